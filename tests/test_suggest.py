@@ -1,0 +1,328 @@
+"""Suggestion rules on synthetic curves whose right answer is known in advance."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from lrtrack.suggest import (
+    RULES,
+    Suggestion,
+    _minimum,
+    _slide,
+    check_rule,
+    suggest,
+    suggest_all,
+)
+
+
+def sigmoid_curve() -> tuple[np.ndarray, np.ndarray]:
+    """100 LRs over 1e-5..10: a sigmoid descent centred at 1e-2, then a sharp rise past 1."""
+    lrs = np.logspace(-5, 1, 100)
+    x = np.log10(lrs)
+    loss = 2.5 - 2.0 / (1.0 + np.exp(-3.0 * (x + 2.0))) + np.where(x > 0, 3.0 * x**2, 0.0)
+    return lrs, loss
+
+
+def piecewise_curve() -> tuple[np.ndarray, np.ndarray]:
+    """41 LRs, 0.1 decade apart: a gentle fall, one cliff between points 20 and 21, a rise after 30.
+
+    Slope per decade: -1 everywhere before 30 except the cliff segment (-5), then +2.
+    Steepest segment: 20 -> 21, so the steepest rule must report index 20.
+    Lowest loss: point 30 (the rise starts right after it).
+    """
+    lrs = np.logspace(-4, 0, 41)
+    steps = np.full(40, -0.1)  # loss change per 0.1-decade step
+    steps[20] = -0.5
+    steps[30:] = 0.2
+    loss = np.concatenate([[5.0], 5.0 + np.cumsum(steps)])
+    return lrs, loss
+
+
+# Twelve hand-made points. Longest strictly decreasing subsequence: 6, 4, 3.5, 3, 2.5, 2, 1.5, 1
+# (indices 1..8; the equally long 5, 4, ... ends at the same index), so lds[8] = 8, end = 8,
+# start = end - lds[end] = 0, L = 8, idx = 0 + int(8/3) + int(8/3/2) = 0 + 2 + 1 = 3.
+VALLEY_LOSSES = [5.0, 6.0, 4.0, 3.5, 3.0, 2.5, 2.0, 1.5, 1.0, 1.2, 3.0, 8.0]
+VALLEY_LRS = np.logspace(-4, -1, 12)
+
+
+# --------------------------------------------------------------------------- #
+# A realistic curve
+# --------------------------------------------------------------------------- #
+
+
+def test_sigmoid_curve_every_rule_lands_where_expected() -> None:
+    lrs, loss = sigmoid_curve()
+    got = suggest_all(lrs, loss)
+    assert all(s.ok for s in got.values()), got
+
+    # Steepest: the sigmoid is steepest at its centre, 1e-2.
+    assert 1e-2 / 1.5 <= got["steepest"].lr <= 1e-2 * 1.5
+
+    # Minimum: exactly a tenth of the LR at the lowest loss, index of that point.
+    i_min = int(np.argmin(loss))
+    assert got["minimum"].index == i_min
+    assert got["minimum"].lr == lrs[i_min] / 10
+
+    # Valley: inside the descent (below the bottom) and below the minimum's LR.
+    valley = got["valley"]
+    assert 1e-4 < valley.lr < lrs[i_min]
+    assert valley.lr < got["minimum"].lr
+    assert loss[valley.index] < loss[0] and valley.lr == lrs[valley.index]
+
+    # Slide: a finite LR inside the descent region.
+    slide = got["slide"]
+    assert math.isfinite(slide.lr) and 1e-4 < slide.lr < lrs[i_min]
+    assert slide.lr == lrs[slide.index]
+
+
+def test_suggest_matches_suggest_all() -> None:
+    lrs, loss = sigmoid_curve()
+    every = suggest_all(lrs, loss)
+    for rule in RULES:
+        assert suggest(rule, lrs, loss) == every[rule]
+
+
+def test_suggest_all_keys_in_rules_order() -> None:
+    lrs, loss = sigmoid_curve()
+    got = suggest_all(list(lrs), list(loss))  # plain lists work too
+    assert list(got) == list(RULES)
+    assert all(isinstance(s, Suggestion) and s.rule == r for r, s in got.items())
+
+
+# --------------------------------------------------------------------------- #
+# Exact indices, with default trimming (41 points: 4 dropped at each end), so the
+# indices also prove the mapping back to the original arrays.
+# --------------------------------------------------------------------------- #
+
+
+def test_steepest_exact_index() -> None:
+    lrs, loss = piecewise_curve()
+    s = suggest("steepest", lrs, loss)
+    assert s.index == 20
+    assert s.lr == lrs[20]
+    assert "-5" in s.reason
+
+
+def test_minimum_exact_index() -> None:
+    lrs, loss = piecewise_curve()
+    s = suggest("minimum", lrs, loss)
+    assert s.index == 30
+    assert s.lr == lrs[30] / 10
+
+
+def test_minimum_divisor_is_tunable() -> None:
+    lrs, loss = piecewise_curve()
+    s = _minimum(lrs, loss, divisor=4.0)
+    assert s.index == 30 and s.lr == lrs[30] / 4
+
+
+def test_valley_exact_index_without_trimming() -> None:
+    s = suggest("valley", VALLEY_LRS, VALLEY_LOSSES, skip_start=0, skip_end=0)
+    assert s.index == 3
+    assert s.lr == VALLEY_LRS[3]
+
+
+def test_valley_exact_index_with_default_trimming() -> None:
+    # Default trimming drops point 0 and point 11. In the window [1..10] the longest
+    # stretch ends at window index 7 with lds = 8, so start = -1, L = 8 and
+    # idx = -1 + 2 + 1 = 2, i.e. original index 3.
+    s = suggest("valley", VALLEY_LRS, VALLEY_LOSSES)
+    assert s.index == 3
+    assert s.lr == VALLEY_LRS[3]
+
+
+def test_valley_stretch_starting_at_first_point() -> None:
+    # Strictly decreasing from the first point: lds[4] = 5, start = 4 - 5 = -1, L = 5,
+    # idx = -1 + int(5/3) + int(5/3/2) = -1 + 1 + 0 = 0,
+    # and with 6 points: lds[5] = 6, start = -1, L = 6, idx = -1 + 2 + 1 = 2.
+    lrs = np.logspace(-3, -1, 6)
+    s5 = suggest("valley", lrs[:5], [5, 4, 3, 2, 1], skip_start=0, skip_end=0)
+    s6 = suggest("valley", lrs, [6, 5, 4, 3, 2, 1], skip_start=0, skip_end=0)
+    assert s5.index == 0 and s5.lr == lrs[0]
+    assert s6.index == 2 and s6.lr == lrs[2]
+
+
+def test_valley_clamps_negative_index() -> None:
+    # One fall, then flat: the first longest stretch ends at 1 with lds = 2, so
+    # start = -1, L = 2 and idx = -1 + 0 + 0 = -1, clamped to 0.
+    lrs = np.logspace(-3, -1, 5)
+    s = suggest("valley", lrs, [2, 1, 1, 1, 1], skip_start=0, skip_end=0)
+    assert s.index == 0 and s.lr == lrs[0]
+
+
+# --------------------------------------------------------------------------- #
+# Slide tunables
+# --------------------------------------------------------------------------- #
+
+
+def test_slide_large_thresh_stops_at_first_window() -> None:
+    # With a threshold nothing exceeds, the loop never runs: the answer is the
+    # first left point, n - 1 - lr_diff of the window.
+    lrs, loss = sigmoid_curve()
+    s = _slide(lrs, loss, skip_start=0, skip_end=0, lr_diff=15, thresh=1e9)
+    assert s.index == 99 - 15
+    assert s.lr == lrs[84]
+
+
+def test_slide_window_shrinks_on_short_curve() -> None:
+    # 20 points, no trimming: the window is min(15, 20 // 4) = 5 steps.
+    lrs = np.logspace(-3, 0, 20)
+    loss = np.linspace(3.0, 1.0, 20) ** 2
+    s = _slide(lrs, loss, skip_start=0, skip_end=0, thresh=1e9)
+    assert s.index == 19 - 5
+
+
+def test_slide_adjust_value_reports_nearest_index() -> None:
+    lrs, loss = sigmoid_curve()
+    base = _slide(lrs, loss)
+    # One grid step is 6/99 decades; a factor 10**0.07 is just over one step away,
+    # so the nearest grid point is the next one up.
+    moved = _slide(lrs, loss, adjust_value=10**0.07)
+    assert moved.lr == pytest.approx(base.lr * 10**0.07)
+    assert moved.index == base.index + 1
+
+
+def test_slide_rejects_bad_tunables() -> None:
+    lrs, loss = sigmoid_curve()
+    with pytest.raises(ValueError, match="lr_diff"):
+        _slide(lrs, loss, lr_diff=0)
+    with pytest.raises(ValueError, match="thresh"):
+        _slide(lrs, loss, thresh=-1.0)
+
+
+# --------------------------------------------------------------------------- #
+# Curves with no answer
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_flat_curve_gives_no_suggestion(rule: str) -> None:
+    lrs = np.logspace(-5, 1, 100)
+    s = suggest(rule, lrs, np.full(100, 2.3))
+    assert s.lr is None and s.index is None and not s.ok
+    assert "flat" in s.reason and "never falls" in s.reason
+
+
+@pytest.mark.parametrize("rule", ["steepest", "valley"])
+def test_rising_curve_never_falls(rule: str) -> None:
+    lrs = np.logspace(-5, 1, 50)
+    s = suggest(rule, lrs, np.linspace(1.0, 3.0, 50))
+    assert s.lr is None and "never falls" in s.reason
+
+
+def test_three_points_is_too_few_for_valley() -> None:
+    s = suggest("valley", [1e-3, 1e-2, 1e-1], [3.0, 2.0, 1.0])
+    assert s.lr is None and s.index is None
+    assert s.reason == "too few points (3 finite points after trimming; need at least 5)"
+
+
+@pytest.mark.parametrize(
+    ("rule", "need"), [("steepest", 3), ("valley", 5), ("minimum", 2), ("slide", 3)]
+)
+def test_too_few_points_per_rule(rule: str, need: int) -> None:
+    n = need - 1
+    s = suggest(rule, np.logspace(-3, -1, n), np.linspace(3.0, 1.0, n))
+    assert s.lr is None
+    assert "too few points" in s.reason and f"need at least {need}" in s.reason
+
+
+def test_empty_curve_is_too_few_points() -> None:
+    for s in suggest_all([], []).values():
+        assert s.lr is None and "too few points (0 finite points" in s.reason
+
+
+def test_trimming_is_reduced_to_leave_enough_points() -> None:
+    # 5 points: default trimming would drop the first one and leave 4, too few for
+    # valley, so it trims less and still answers (stretch 0..4: idx 0 as computed above).
+    lrs = np.logspace(-3, -1, 5)
+    s = suggest("valley", lrs, [5.0, 4.0, 3.0, 2.0, 1.0])
+    assert s.ok and s.index == 0
+    # An explicit request that would leave too few is reduced too.
+    s = suggest("valley", lrs, [5.0, 4.0, 3.0, 2.0, 1.0], skip_start=3, skip_end=3)
+    assert s.ok and s.index == 0
+
+
+def test_explicit_skip_moves_the_window() -> None:
+    # Starting the window past the sigmoid's centre (index 49/50), the descent only
+    # gets gentler, so the window's first segment is the steepest.
+    lrs, loss = sigmoid_curve()
+    s = suggest("steepest", lrs, loss, skip_start=60, skip_end=0)
+    assert s.index == 60 and s.lr == lrs[60]
+    # Ending the piecewise curve's window at point 25 (before its bottom at 30), the
+    # loss still falls everywhere, so the lowest point is the window's last one.
+    lrs, loss = piecewise_curve()
+    s = suggest("minimum", lrs, loss, skip_start=0, skip_end=15)
+    assert s.index == 25 and s.lr == lrs[25] / 10
+
+
+# --------------------------------------------------------------------------- #
+# Non-finite tail and odd LR grids
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_nonfinite_tail_is_ignored(bad: float) -> None:
+    lrs, loss = piecewise_curve()
+    # Extend the sweep by three steps whose loss blew up (the first one is recorded).
+    more_lrs = np.concatenate([lrs, lrs[-1] * 10 ** (0.1 * np.arange(1, 4))])
+    more_loss = np.concatenate([loss, [bad, bad, bad]])
+    assert suggest_all(more_lrs, more_loss) == suggest_all(lrs, loss)
+
+
+def test_all_nan_is_too_few_points() -> None:
+    s = suggest("minimum", [1e-3, 1e-2, 1e-1], [math.nan] * 3)
+    assert s.lr is None and "too few points (0 finite points" in s.reason
+
+
+def test_steepest_ignores_repeated_lrs() -> None:
+    # A held LR (zero-width segment) must not divide by zero; the real steepest
+    # segment (2 -> 3, slope -2/decade) still wins.
+    lrs = [1e-3, 1e-2, 1e-2, 1e-1, 1e0, 1e1]
+    loss = [5.0, 4.0, 3.5, 1.5, 1.0, 0.9]
+    s = suggest("steepest", lrs, loss, skip_start=0, skip_end=0)
+    assert s.index == 2 and s.lr == 1e-2
+
+
+# --------------------------------------------------------------------------- #
+# Input validation
+# --------------------------------------------------------------------------- #
+
+
+def test_mismatched_lengths_raise() -> None:
+    with pytest.raises(ValueError, match=r"same length \(got 3 lrs and 2 losses\)"):
+        suggest("steepest", [1e-3, 1e-2, 1e-1], [1.0, 0.5])
+    with pytest.raises(ValueError, match="got 3 lrs and 2 losses"):
+        suggest_all([1e-3, 1e-2, 1e-1], [1.0, 0.5])
+
+
+def test_unknown_rule_raises() -> None:
+    msg = "unknown suggestion rule 'foo'; allowed: steepest, valley, minimum, slide"
+    with pytest.raises(ValueError) as err:
+        suggest("foo", [1e-3, 1e-2], [1.0, 0.5])
+    assert str(err.value) == msg
+    with pytest.raises(ValueError) as err:
+        check_rule("foo")
+    assert str(err.value) == msg
+    for rule in RULES:
+        check_rule(rule)
+
+
+def test_bad_lrs_raise() -> None:
+    with pytest.raises(ValueError, match="non-decreasing"):
+        suggest("minimum", [1e-2, 1e-3, 1e-1], [3.0, 2.0, 1.0])
+    with pytest.raises(ValueError, match="positive"):
+        suggest("minimum", [0.0, 1e-3, 1e-1], [3.0, 2.0, 1.0])
+    with pytest.raises(ValueError, match="positive"):
+        suggest("minimum", [-1e-3, 1e-3, 1e-1], [3.0, 2.0, 1.0])
+    with pytest.raises(ValueError, match="finite"):
+        suggest("minimum", [1e-3, 1e-2, math.inf], [3.0, 2.0, 1.0])
+
+
+def test_negative_skip_raises() -> None:
+    with pytest.raises(ValueError, match="skip_start"):
+        suggest("minimum", [1e-3, 1e-2, 1e-1], [3.0, 2.0, 1.0], skip_start=-1)
+    with pytest.raises(ValueError, match="skip_end"):
+        suggest("minimum", [1e-3, 1e-2, 1e-1], [3.0, 2.0, 1.0], skip_end=1.5)  # type: ignore[arg-type]
