@@ -1,0 +1,509 @@
+"""The learning-rate range test engine (no Hydra, no MLflow).
+
+Raise the learning rate every optimizer step along a fixed grid, record the loss, and stop
+when the loss diverges. The model, optimizer and RNG state are restored afterwards, whatever
+happens, so the test can be run right before real training.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import random
+import sys
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from lrtrack.batches import (
+    StepFn,
+    batch_size_of,
+    make_supervised_step,
+    move_to_device,
+    resolve_device,
+)
+from lrtrack.observers import NullObserver, StepObserver
+from lrtrack.smoothing import EmaSmoother, check_smoothing
+from lrtrack.suggest import Suggestion, suggest_all
+
+log = logging.getLogger(__name__)
+
+STEP_MODES: tuple[str, ...] = ("exp", "linear")
+
+STOP_COMPLETED = "completed"
+STOP_DIVERGED = "diverged"
+STOP_NON_FINITE = "non_finite_loss"
+STOP_INTERRUPTED = "interrupted"
+
+
+# --------------------------------------------------------------------------- the LR grid
+
+
+def lr_grid(start_lr: float, end_lr: float, num_iter: int, step_mode: str = "exp") -> list[float]:
+    """The LR used at each of ``num_iter`` steps; the first is ``start_lr``, the last ``end_lr``.
+
+    ``exp`` spaces the LRs evenly in log space (``start * (end/start) ** (i / (n-1))``),
+    ``linear`` evenly in LR.
+    """
+    check_grid(start_lr, end_lr, num_iter, step_mode)
+    last = num_iter - 1
+    if step_mode == "exp":
+        ratio = end_lr / start_lr
+        grid = [start_lr * ratio ** (i / last) for i in range(num_iter)]
+    else:
+        grid = [start_lr + (end_lr - start_lr) * (i / last) for i in range(num_iter)]
+    grid[0], grid[-1] = start_lr, end_lr  # exact ends, whatever the float rounding
+    return grid
+
+
+def check_grid(start_lr: float, end_lr: float, num_iter: int, step_mode: str) -> None:
+    """Validate the grid settings; every message names the setting, the value and the fix."""
+    if step_mode not in STEP_MODES:
+        raise ValueError(
+            f"step_mode must be one of {', '.join(STEP_MODES)}; got {step_mode!r}"
+        )
+    if isinstance(num_iter, bool) or not isinstance(num_iter, int):
+        raise TypeError(f"num_iter must be an integer >= 2; got {num_iter!r}")
+    if num_iter < 2:
+        raise ValueError(f"num_iter must be >= 2 (a curve needs two points); got {num_iter}")
+    for name, value in (("start_lr", start_lr), ("end_lr", end_lr)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            raise TypeError(f"{name} must be a finite number; got {value!r}")
+        if value < 0:
+            raise ValueError(f"{name} must not be negative; got {value!r}")
+    if step_mode == "exp" and start_lr <= 0:
+        raise ValueError(
+            f"start_lr must be > 0 for step_mode='exp' (a log-spaced grid cannot start at 0); "
+            f"got {start_lr!r}. Use a small positive start_lr such as 1e-7, or step_mode='linear'."
+        )
+    if start_lr >= end_lr:
+        raise ValueError(
+            f"start_lr must be smaller than end_lr; got start_lr={start_lr!r}, end_lr={end_lr!r}"
+        )
+
+
+# --------------------------------------------------------------------------- the result
+
+
+@dataclass(frozen=True)
+class RangeTestResult:
+    """What a range test measured. Index ``i`` of every list is optimizer step ``i``.
+
+    Attributes:
+        lrs: LR of the first parameter group at each step (the LR the step used).
+        group_lrs: LR of every parameter group at each step.
+        losses: raw loss per step (the validation loss in validation mode).
+        smoothed_losses: bias-corrected EMA of ``losses``.
+        train_losses: training loss per step (equal to ``losses`` without validation).
+        stop_reason: ``completed``, ``diverged``, ``non_finite_loss`` or ``interrupted``.
+        stop_detail: a sentence saying why it stopped where it did.
+        suggestions: every suggestion rule's answer, computed on ``smoothed_losses``.
+        num_iter, step_mode, start_lr, end_lr: the requested grid.
+    """
+
+    lrs: list[float]
+    group_lrs: list[list[float]]
+    losses: list[float]
+    smoothed_losses: list[float]
+    train_losses: list[float]
+    stop_reason: str
+    stop_detail: str
+    suggestions: dict[str, Suggestion]
+    num_iter: int
+    step_mode: str
+    start_lr: float
+    end_lr: float
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def steps(self) -> int:
+        return len(self.lrs)
+
+    @property
+    def best_index(self) -> int | None:
+        """Index of the lowest finite smoothed loss (None when there is none)."""
+        finite = [(v, i) for i, v in enumerate(self.smoothed_losses) if math.isfinite(v)]
+        return min(finite)[1] if finite else None
+
+    @property
+    def min_loss(self) -> float | None:
+        i = self.best_index
+        return None if i is None else self.smoothed_losses[i]
+
+    @property
+    def min_loss_lr(self) -> float | None:
+        i = self.best_index
+        return None if i is None else self.lrs[i]
+
+    def suggested_lr(self, rule: str = "valley") -> float | None:
+        """The LR suggested by ``rule`` (None when that rule has no suggestion)."""
+        if rule not in self.suggestions:
+            raise ValueError(
+                f"unknown suggestion rule {rule!r}; allowed: {', '.join(self.suggestions)}"
+            )
+        return self.suggestions[rule].lr
+
+    def history_rows(self) -> list[dict[str, float]]:
+        """One dict per step (step, lr, per-group LRs, losses): the CSV history."""
+        rows = []
+        for i, lr in enumerate(self.lrs):
+            row: dict[str, float] = {"step": i, "lr": lr}
+            for g, glr in enumerate(self.group_lrs[i][1:], start=1):
+                row[f"lr/group_{g}"] = glr
+            row["loss"] = self.losses[i]
+            row["loss_smoothed"] = self.smoothed_losses[i]
+            if self.train_losses is not self.losses:
+                row["train_loss"] = self.train_losses[i]
+            rows.append(row)
+        return rows
+
+
+# --------------------------------------------------------------------------- state restore
+
+
+class _Snapshot:
+    """Model, optimizer and RNG state, taken before the test and put back after it."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.model_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.optimizer_state = copy.deepcopy(optimizer.state_dict())
+        self.training = model.training
+        self.torch_rng = torch.get_rng_state()
+        self.cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+        self.python_rng = random.getstate()
+        self.numpy_rng = _numpy_rng_state()
+
+    def restore(self) -> None:
+        self.model.load_state_dict(self.model_state)
+        self.optimizer.load_state_dict(self.optimizer_state)
+        self.model.train(self.training)
+        torch.set_rng_state(self.torch_rng)
+        if self.cuda_rng is not None:
+            torch.cuda.set_rng_state_all(self.cuda_rng)
+        random.setstate(self.python_rng)
+        if self.numpy_rng is not None:
+            import numpy as np
+
+            np.random.set_state(self.numpy_rng)
+
+
+def _numpy_rng_state() -> Any:
+    if "numpy" not in sys.modules:
+        return None
+    import numpy as np
+
+    return np.random.get_state()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _cycle(loader: Iterable[Any]) -> Iterator[Any]:
+    """Iterate over ``loader`` forever, starting a new pass (a new shuffle) when it runs out."""
+    while True:
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError("the training loader yielded no batches; check the data set and batch size")
+
+
+def _per_group(value: float | Sequence[float], base_lrs: list[float], name: str) -> list[float]:
+    """Expand a scalar LR to every group, keeping the groups' LR ratios; check a per-group list."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != len(base_lrs):
+            raise ValueError(
+                f"{name} has {len(value)} values but the optimizer has {len(base_lrs)} parameter "
+                f"groups; give one value per group or a single number"
+            )
+        return [float(v) for v in value]
+    if len(base_lrs) == 1:
+        return [float(value)]
+    if base_lrs[0] <= 0:
+        raise ValueError(
+            "the first parameter group's LR is 0, so the ratios between groups are undefined; "
+            f"give {name} as a list with one LR per group"
+        )
+    return [float(value) * lr / base_lrs[0] for lr in base_lrs]
+
+
+def _autocast(device: torch.device, enabled: bool) -> Any:
+    if not enabled:
+        return torch.autocast(device_type=device.type, enabled=False)
+    # float16 needs a GradScaler on CUDA; CPU autocast supports bfloat16 only.
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+class _Validator:
+    """Evaluates the same fixed validation batches at every step (never the whole set)."""
+
+    def __init__(
+        self,
+        loader: Iterable[Any],
+        max_batches: int | None,
+        step_fn: StepFn,
+        device: torch.device,
+        non_blocking: bool,
+        amp: bool,
+    ) -> None:
+        self.loader = loader
+        self.step_fn = step_fn
+        self.device = device
+        self.non_blocking = non_blocking
+        self.amp = amp
+        self.batches: list[Any] | None = None
+        if max_batches is not None:
+            if max_batches < 1:
+                raise ValueError(f"val_batches must be >= 1 or None (all); got {max_batches}")
+            self.batches = []
+            for batch in loader:
+                self.batches.append(move_to_device(batch, device, non_blocking))
+                if len(self.batches) >= max_batches:
+                    break
+            if not self.batches:
+                raise ValueError("the validation loader yielded no batches")
+
+    @torch.no_grad()
+    def __call__(self, model: torch.nn.Module) -> torch.Tensor:
+        was_training = model.training
+        model.eval()
+        total = torch.zeros((), device=self.device)
+        count = 0
+        batches = self.batches if self.batches is not None else self.loader
+        for batch in batches:
+            batch = move_to_device(batch, self.device, self.non_blocking)
+            with _autocast(self.device, self.amp):
+                loss = self.step_fn(model, batch)
+            size = batch_size_of(batch)
+            total += loss.detach().float() * size
+            count += size
+        model.train(was_training)
+        return total / max(count, 1)
+
+
+def _progress_bar(total: int, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    show = enabled and sys.stderr.isatty()
+    return tqdm(total=total, desc="range test", unit="step", disable=not show, leave=False)
+
+
+# --------------------------------------------------------------------------- the engine
+
+
+def run_range_test(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train_loader: Iterable[Any],
+    *,
+    criterion: Callable[..., torch.Tensor] | None = None,
+    step_fn: StepFn | None = None,
+    val_loader: Iterable[Any] | None = None,
+    val_batches: int | None = 5,
+    start_lr: float | Sequence[float] | None = None,
+    end_lr: float | Sequence[float] = 10.0,
+    num_iter: int = 100,
+    step_mode: str = "exp",
+    smoothing: float = 0.95,
+    diverge_th: float = 5.0,
+    accumulation_steps: int = 1,
+    amp: bool = False,
+    grad_scaler: torch.amp.GradScaler | None = None,
+    device: str | torch.device | None = None,
+    non_blocking: bool = True,
+    observer: StepObserver | None = None,
+    progress: bool = True,
+    restore: bool = True,
+) -> RangeTestResult:
+    """Run the learning-rate range test and return what it measured.
+
+    Each optimizer step uses the next LR of the grid (see :func:`lr_grid`), after
+    ``accumulation_steps`` forward/backward passes. Every parameter group moves by the same
+    factor, so the ratios between groups are kept (or give ``start_lr``/``end_lr`` per group).
+
+    Stopping: the test stops when the smoothed loss rises more than ``diverge_th - 1`` times
+    the magnitude of the best smoothed loss above it, i.e. ``smoothed > diverge_th * best``
+    for positive losses. Measuring the rise against ``|best|`` keeps the rule meaningful for
+    losses that can be negative (a negative best is never "exceeded" by a constant factor);
+    when the best loss is exactly 0 any rise above it stops the test. A NaN or infinite loss
+    stops the test at once; the step is recorded and ``stop_reason`` says so.
+
+    Args:
+        model: the model; put on ``device`` (CUDA when present, by default).
+        optimizer: an optimizer over the model's parameters; its LRs are the default start.
+        train_loader: any iterable of batches; restarted when exhausted.
+        criterion: ``criterion(model(inputs), targets)`` for ``(inputs, targets)`` batches.
+        step_fn: ``step_fn(model, batch) -> loss`` for any other batch format.
+        val_loader: when given, the recorded loss is the validation loss on a fixed set of
+            ``val_batches`` batches (all batches, re-read every step, when None).
+        start_lr: first LR (default: the optimizer's LR); a list gives one per group.
+        end_lr: last LR; a list gives one per group.
+        num_iter: number of optimizer steps (the grid's length).
+        step_mode: ``exp`` or ``linear`` spacing.
+        smoothing: EMA decay in [0, 1) for the smoothed loss (bias-corrected).
+        diverge_th: divergence threshold (> 1).
+        accumulation_steps: batches per optimizer step.
+        amp: mixed precision through ``torch.amp`` (float16 + GradScaler on CUDA, bfloat16 on CPU).
+        grad_scaler: a GradScaler to use with ``amp`` on CUDA (one is made when omitted).
+        device: where to run; None picks CUDA when present.
+        non_blocking: non-blocking host-to-device copies.
+        observer: receives ``on_step(step, metrics)`` every step.
+        progress: show a tqdm bar (only on a terminal).
+        restore: put the model, optimizer and RNG state back afterwards.
+
+    Returns:
+        A :class:`RangeTestResult`; ``stop_reason`` is ``interrupted`` after Ctrl-C.
+    """
+    if (criterion is None) == (step_fn is None):
+        raise ValueError("give exactly one of criterion (for (inputs, targets) batches) or step_fn")
+    check_smoothing(smoothing)
+    if not isinstance(diverge_th, (int, float)) or diverge_th <= 1:
+        raise ValueError(f"diverge_th must be a number > 1; got {diverge_th!r}")
+    if isinstance(accumulation_steps, bool) or not isinstance(accumulation_steps, int) or accumulation_steps < 1:
+        raise ValueError(f"accumulation_steps must be an integer >= 1; got {accumulation_steps!r}")
+
+    groups = optimizer.param_groups
+    base_lrs = [float(g["lr"]) for g in groups]
+    starts = base_lrs if start_lr is None else _per_group(start_lr, base_lrs, "start_lr")
+    ends = _per_group(end_lr, base_lrs, "end_lr")
+    grids = [lr_grid(s, e, num_iter, step_mode) for s, e in zip(starts, ends)]
+
+    device = resolve_device(device, model)
+    model.to(device)
+    step = step_fn if step_fn is not None else make_supervised_step(criterion)
+    use_amp = bool(amp) and device.type in ("cuda", "cpu")
+    scaler = None
+    if use_amp and device.type == "cuda":
+        scaler = grad_scaler if grad_scaler is not None else torch.amp.GradScaler("cuda")
+    observer = observer if observer is not None else NullObserver()
+
+    snapshot = _Snapshot(model, optimizer) if restore else None
+    validator = (
+        _Validator(val_loader, val_batches, step, device, non_blocking, use_amp)
+        if val_loader is not None
+        else None
+    )
+    batches = _cycle(train_loader)
+    smoother = EmaSmoother(smoothing)
+
+    lrs: list[float] = []
+    group_lrs: list[list[float]] = []
+    losses: list[float] = []
+    smoothed: list[float] = []
+    train_losses: list[float] = []
+    best = math.inf
+    stop_reason, stop_detail = STOP_COMPLETED, f"reached end_lr after {num_iter} steps"
+    several_groups = len(groups) > 1
+
+    bar = _progress_bar(num_iter, progress)
+    model.train()
+    try:
+        for i in range(num_iter):
+            step_lrs = [grid[i] for grid in grids]
+            for group, lr in zip(groups, step_lrs):
+                group["lr"] = lr
+
+            optimizer.zero_grad(set_to_none=True)
+            train_loss = torch.zeros((), device=device)
+            for _ in range(accumulation_steps):
+                batch = move_to_device(next(batches), device, non_blocking)
+                with _autocast(device, use_amp):
+                    loss = step(model, batch)
+                scaled = loss / accumulation_steps
+                if scaler is not None:
+                    scaler.scale(scaled).backward()
+                else:
+                    scaled.backward()
+                train_loss += loss.detach().float()
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            train_loss /= accumulation_steps
+
+            recorded = validator(model) if validator is not None else train_loss
+            # One host sync per step: the stopping rule needs the value now.
+            if validator is not None:
+                values = torch.stack((recorded, train_loss)).tolist()
+                value, train_value = values[0], values[1]
+            else:
+                value = train_value = recorded.item()
+            value_smoothed = smoother.update(value)
+
+            lrs.append(step_lrs[0])
+            group_lrs.append(step_lrs)
+            losses.append(value)
+            smoothed.append(value_smoothed)
+            train_losses.append(train_value)
+
+            metrics = {"lr": step_lrs[0]}
+            if several_groups:
+                for g, lr in enumerate(step_lrs[1:], start=1):
+                    metrics[f"lr/group_{g}"] = lr
+            metrics["loss"] = value
+            metrics["loss_smoothed"] = value_smoothed
+            if validator is not None:
+                metrics["train_loss"] = train_value
+            observer.on_step(i, metrics)
+            bar.update(1)
+            bar.set_postfix(lr=f"{step_lrs[0]:.2e}", loss=f"{value_smoothed:.4f}", refresh=False)
+
+            if not math.isfinite(value):
+                stop_reason = STOP_NON_FINITE
+                stop_detail = f"loss was {value} at step {i} (lr={step_lrs[0]:.3g})"
+                break
+            best = min(best, value_smoothed)
+            if value_smoothed - best > (diverge_th - 1) * abs(best):
+                stop_reason = STOP_DIVERGED
+                stop_detail = (
+                    f"smoothed loss {value_smoothed:.4g} exceeded diverge_th={diverge_th:g} x "
+                    f"best {best:.4g} at step {i} (lr={step_lrs[0]:.3g})"
+                )
+                break
+    except KeyboardInterrupt:
+        stop_reason = STOP_INTERRUPTED
+        stop_detail = f"interrupted after {len(lrs)} steps"
+        log.warning("range test interrupted after %d steps; returning the partial curve", len(lrs))
+    finally:
+        bar.close()
+        if snapshot is not None:
+            snapshot.restore()
+
+    if stop_reason != STOP_COMPLETED:
+        log.info("range test stopped: %s", stop_detail)
+    return RangeTestResult(
+        lrs=lrs,
+        group_lrs=group_lrs,
+        losses=losses,
+        smoothed_losses=smoothed,
+        train_losses=train_losses if validator is not None else losses,
+        stop_reason=stop_reason,
+        stop_detail=stop_detail,
+        suggestions=suggest_all(lrs, smoothed),
+        num_iter=num_iter,
+        step_mode=step_mode,
+        start_lr=starts[0],
+        end_lr=ends[0],
+        metadata={"device": str(device), "amp": use_amp, "groups": len(groups)},
+    )
+
+
+def summary(result: RangeTestResult) -> Mapping[str, float]:
+    """Summary metrics of a result: the suggestions, the minimum and the number of steps."""
+    out: dict[str, float] = {}
+    for rule, s in result.suggestions.items():
+        if s.lr is not None:
+            out[f"suggested_lr/{rule}"] = s.lr
+    if result.min_loss is not None:
+        out["min_loss"] = result.min_loss
+        out["min_loss_lr"] = result.min_loss_lr
+    out["steps"] = float(result.steps)
+    return out
