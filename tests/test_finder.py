@@ -1,0 +1,303 @@
+"""The range-test engine: grids, smoothing, stopping rules, restore, groups, validation mode."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lrtrack.finder import (
+    STOP_COMPLETED,
+    STOP_DIVERGED,
+    STOP_INTERRUPTED,
+    STOP_NON_FINITE,
+    lr_grid,
+    run_range_test,
+)
+from lrtrack.observers import RecordingObserver
+from lrtrack.smoothing import EmaSmoother, smooth
+
+
+def _task(n: int = 256, seed: int = 0) -> tuple[nn.Module, DataLoader]:
+    torch.manual_seed(seed)
+    x = torch.randn(n, 8)
+    y = (x[:, 0] + x[:, 1] > 0).long()
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+    return model, DataLoader(TensorDataset(x, y), batch_size=32, shuffle=False)
+
+
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+# --------------------------------------------------------------------------- grids
+
+
+def test_exp_grid_is_exact() -> None:
+    grid = lr_grid(1e-5, 0.1, 5, "exp")
+    assert grid[0] == 1e-5 and grid[-1] == 0.1
+    assert grid == pytest.approx([1e-5, 1e-4, 1e-3, 1e-2, 0.1], rel=1e-12)
+
+
+def test_linear_grid_is_exact() -> None:
+    assert lr_grid(0.0, 1.0, 5, "linear") == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert lr_grid(0.1, 1.0, 10, "linear")[-1] == 1.0
+
+
+def test_engine_uses_the_grid_step_by_step() -> None:
+    model, loader = _task()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-5)
+    result = run_range_test(model, opt, loader, criterion=nn.CrossEntropyLoss(), end_lr=0.1,
+                            num_iter=5, diverge_th=1e9, progress=False)
+    assert result.stop_reason == STOP_COMPLETED
+    assert result.lrs == lr_grid(1e-5, 0.1, 5, "exp")
+    assert result.lrs[0] == 1e-5 and result.lrs[-1] == 0.1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"step_mode": "cubic"}, "step_mode must be one of exp, linear; got 'cubic'"),
+        ({"num_iter": 1}, "num_iter must be >= 2"),
+        ({"start_lr": 1.0, "end_lr": 0.1}, "start_lr must be smaller than end_lr"),
+        ({"start_lr": -1e-3}, "start_lr must not be negative"),
+        ({"smoothing": 1.0}, "smoothing must be in [0, 1)"),
+        ({"diverge_th": 1.0}, "diverge_th must be a number > 1"),
+        ({"accumulation_steps": 0}, "accumulation_steps must be an integer >= 1"),
+    ],
+)
+def test_bad_arguments_name_the_setting(kwargs: dict, message: str) -> None:
+    model, loader = _task()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+    with pytest.raises((ValueError, TypeError)) as info:
+        run_range_test(model, opt, loader, criterion=nn.CrossEntropyLoss(), progress=False, **kwargs)
+    assert message in str(info.value)
+
+
+# --------------------------------------------------------------------------- smoothing
+
+
+def test_smoothing_is_bias_corrected() -> None:
+    values = [2.0, 1.0, 3.0, 0.5]
+    beta = 0.9
+    expected, avg = [], 0.0
+    for t, v in enumerate(values, start=1):
+        avg = beta * avg + (1 - beta) * v
+        expected.append(avg / (1 - beta**t))
+    assert smooth(values, beta) == pytest.approx(expected, rel=1e-12)
+    assert smooth(values, beta)[0] == 2.0  # not pulled towards zero
+    assert smooth([5.0] * 10, 0.98) == pytest.approx([5.0] * 10)
+    assert smooth(values, 0.0) == values
+
+
+def test_engine_smoothed_losses_match_the_formula() -> None:
+    model, loader = _task()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+    result = run_range_test(model, opt, loader, criterion=nn.CrossEntropyLoss(), end_lr=1.0,
+                            num_iter=20, smoothing=0.8, progress=False)
+    assert result.smoothed_losses == pytest.approx(smooth(result.losses, 0.8), rel=1e-12)
+    assert result.smoothed_losses[0] == result.losses[0]
+
+
+# --------------------------------------------------------------------------- stopping
+
+
+class _ScriptedLoss(nn.Module):
+    """A 'model' whose loss follows a script, to exercise the stopping rules exactly."""
+
+    def __init__(self, losses: list[float]) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(()))
+        self.losses = losses
+        self.calls = 0
+
+    def step(self, model: nn.Module, batch: object) -> torch.Tensor:
+        value = self.losses[min(self.calls, len(self.losses) - 1)]
+        self.calls += 1
+        return self.w * 0 + value
+
+
+def _scripted(losses: list[float], **kwargs: object):
+    scripted = _ScriptedLoss(losses)
+    opt = torch.optim.SGD(scripted.parameters(), lr=1e-3)
+    loader = [torch.zeros(1)]
+    return run_range_test(scripted, opt, loader, step_fn=scripted.step, end_lr=1.0,
+                          num_iter=len(losses), progress=False, **kwargs)
+
+
+def test_nan_loss_stops_at_once() -> None:
+    result = _scripted([1.0, 0.9, float("nan"), 0.5, 0.4], smoothing=0.0)
+    assert result.stop_reason == STOP_NON_FINITE
+    assert result.steps == 3
+    assert math.isnan(result.losses[-1])
+    assert "step 2" in result.stop_detail
+
+
+def test_inf_loss_stops_at_once() -> None:
+    result = _scripted([1.0, float("inf"), 0.5], smoothing=0.0)
+    assert result.stop_reason == STOP_NON_FINITE and result.steps == 2
+
+
+def test_divergence_stops_when_smoothed_loss_exceeds_threshold() -> None:
+    result = _scripted([1.0, 0.5, 1.0, 2.4, 2.6, 3.0, 9.0], smoothing=0.0, diverge_th=5.0)
+    assert result.stop_reason == STOP_DIVERGED
+    assert result.steps == 5  # 2.6 > 5 x 0.5 is the first to exceed
+    assert result.losses[-1] == pytest.approx(2.6)
+
+
+def test_negative_losses_do_not_stop_the_test_early() -> None:
+    # A naive "smoothed > th * best" stops at once when best < 0; the rise rule does not.
+    losses = [-1.0, -2.0, -3.0, -2.5, -2.0, -1.0]
+    result = _scripted(losses, smoothing=0.0, diverge_th=2.0)
+    assert result.stop_reason == STOP_COMPLETED and result.steps == len(losses)
+    # ... and still stops once the loss rises more than (th - 1) x |best| above the best.
+    result = _scripted([-1.0, -2.0, -3.0, 0.5, 1.0], smoothing=0.0, diverge_th=2.0)
+    assert result.stop_reason == STOP_DIVERGED and result.steps == 4
+
+
+# --------------------------------------------------------------------------- restore
+
+
+def test_state_restored_after_success() -> None:
+    model, loader = _task()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    before, opt_before = _state(model), opt.state_dict()["param_groups"][0]["lr"]
+    torch.manual_seed(7)
+    expected_draw = torch.rand(3)
+    torch.manual_seed(7)
+    py_state = random.getstate()
+    run_range_test(model, opt, loader, criterion=nn.CrossEntropyLoss(), num_iter=10, progress=False)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert opt.param_groups[0]["lr"] == opt_before
+    assert opt.state_dict()["state"] == {}  # no momentum buffers left behind
+    assert torch.equal(torch.rand(3), expected_draw)  # RNG restored
+    assert random.getstate() == py_state
+
+
+def test_state_restored_after_an_exception() -> None:
+    model, loader = _task()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    before = _state(model)
+    calls = {"n": 0}
+
+    def exploding_step(m: nn.Module, batch: object) -> torch.Tensor:
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise RuntimeError("boom")
+        x, y = batch
+        return nn.functional.cross_entropy(m(x), y)
+
+    with pytest.raises(RuntimeError, match="boom"):
+        run_range_test(model, opt, loader, step_fn=exploding_step, num_iter=10, progress=False)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert opt.param_groups[0]["lr"] == 1e-3
+
+
+def test_keyboard_interrupt_restores_and_returns_the_partial_curve() -> None:
+    model, loader = _task()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    before = _state(model)
+    recorder = RecordingObserver()
+
+    def interrupted_step(m: nn.Module, batch: object) -> torch.Tensor:
+        if len(recorder.calls) == 3:
+            raise KeyboardInterrupt
+        x, y = batch
+        return nn.functional.cross_entropy(m(x), y)
+
+    result = run_range_test(model, opt, loader, step_fn=interrupted_step, num_iter=10,
+                            observer=recorder, progress=False)
+    assert result.stop_reason == STOP_INTERRUPTED and result.steps == 3
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+# --------------------------------------------------------------------------- groups, accumulation, validation
+
+
+def test_parameter_groups_keep_their_ratio() -> None:
+    model, loader = _task()
+    opt = torch.optim.SGD([
+        {"params": model[0].parameters(), "lr": 1e-4},
+        {"params": model[2].parameters(), "lr": 1e-3},
+    ])
+    recorder = RecordingObserver()
+    result = run_range_test(model, opt, loader, criterion=nn.CrossEntropyLoss(), end_lr=1.0,
+                            num_iter=8, diverge_th=1e9, observer=recorder, progress=False)
+    for g0, g1 in result.group_lrs:
+        assert g1 / g0 == pytest.approx(10.0, rel=1e-12)
+    assert result.group_lrs[-1] == pytest.approx([1.0, 10.0])
+    assert [v for _, v in recorder.series("lr/group_1")] == [g[1] for g in result.group_lrs]
+
+
+def test_accumulation_consumes_that_many_batches_per_step() -> None:
+    model, loader = _task()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+    seen = {"n": 0}
+
+    def counting_step(m: nn.Module, batch: object) -> torch.Tensor:
+        seen["n"] += 1
+        x, y = batch
+        return nn.functional.cross_entropy(m(x), y)
+
+    result = run_range_test(model, opt, loader, step_fn=counting_step, num_iter=6,
+                            accumulation_steps=3, progress=False)
+    assert result.steps == 6 and seen["n"] == 18
+
+
+def test_validation_mode_uses_the_same_bounded_batches() -> None:
+    model, loader = _task()
+    val_x, val_y = torch.randn(320, 8), torch.randint(0, 2, (320,))
+    counted = {"batches": 0}
+
+    class CountingLoader:
+        def __iter__(self):
+            for batch in DataLoader(TensorDataset(val_x, val_y), batch_size=32):
+                counted["batches"] += 1
+                yield batch
+
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+    result = run_range_test(model, opt, loader, criterion=nn.CrossEntropyLoss(), val_loader=CountingLoader(),
+                            val_batches=2, num_iter=5, progress=False)
+    assert counted["batches"] == 2  # read once, evaluated from memory at every step
+    assert result.train_losses != result.losses
+    assert result.steps == 5
+
+
+def test_observer_gets_every_step_with_the_metric_keys() -> None:
+    model, loader = _task()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+    recorder = RecordingObserver()
+    result = run_range_test(model, opt, loader, criterion=nn.CrossEntropyLoss(), num_iter=7,
+                            observer=recorder, progress=False)
+    assert [s for s, _ in recorder.calls] == list(range(result.steps))
+    assert set(recorder.calls[0][1]) == {"lr", "loss", "loss_smoothed"}
+    assert [v for _, v in recorder.series("loss")] == result.losses
+
+
+def test_result_carries_all_four_suggestions() -> None:
+    model, loader = _task()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+    result = run_range_test(model, opt, loader, criterion=nn.CrossEntropyLoss(), num_iter=60, progress=False)
+    assert list(result.suggestions) == ["steepest", "valley", "minimum", "slide"]
+    assert result.min_loss == min(v for v in result.smoothed_losses if math.isfinite(v))
+
+
+def test_amp_on_cpu_runs_in_bfloat16() -> None:
+    model, loader = _task()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+    result = run_range_test(model, opt, loader, criterion=nn.CrossEntropyLoss(), num_iter=5, amp=True,
+                            device="cpu", progress=False)
+    assert result.metadata["amp"] is True and all(np.isfinite(result.losses))
+
+
+def test_ema_smoother_rejects_bad_values() -> None:
+    with pytest.raises(ValueError, match=r"smoothing must be in \[0, 1\)"):
+        EmaSmoother(-0.1)
