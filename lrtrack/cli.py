@@ -17,6 +17,7 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from lrtrack.config import ConfigError, register_configs, validate
@@ -61,6 +62,8 @@ class Job:
     command: str
     launch_dir: Path
     output_dir: Path
+    sweep: Any = None  # lrtrack.sweep.SweepContext when this job belongs to a multirun sweep
+    parent_run_id: str | None = None  # the job's pipeline run, once it exists
 
     @property
     def model_name(self) -> str:
@@ -82,7 +85,10 @@ def _job(cfg: DictConfig) -> Job:
     choices = {k: v for k, v in OmegaConf.to_container(hc.runtime.choices).items() if v is not None}
     overrides = list(hc.overrides.task)
     command = "python -m lrtrack " + " ".join(sys.argv[1:])
-    return Job(cfg, choices, overrides, command, Path(hc.runtime.cwd), Path(hc.runtime.output_dir))
+    from lrtrack.sweep import current_sweep
+
+    sweep = current_sweep() if hc.mode == RunMode.MULTIRUN else None
+    return Job(cfg, choices, overrides, command, Path(hc.runtime.cwd), Path(hc.runtime.output_dir), sweep)
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -117,9 +123,16 @@ def _data(job: Job) -> Any:
 def _model_and_optimizer(job: Job) -> tuple[Any, Any, Any]:
     from hydra.utils import instantiate
 
-    model = instantiate(job.cfg.model)
-    optimizer = instantiate(job.cfg.optimizer)(model.parameters())
-    criterion = instantiate(job.cfg.criterion)
+    built: list[Any] = []
+    for group in ("model", "optimizer", "criterion"):
+        try:
+            obj = instantiate(job.cfg[group])
+            if group == "optimizer":
+                obj = obj(built[0].parameters())
+        except (ValueError, TypeError) as err:
+            raise BadInput(f"{group} ({job.cfg[group].get('_target_')}): {err}; check the {group}.* settings") from err
+        built.append(obj)
+    model, optimizer, criterion = built
     return model, optimizer, criterion
 
 
@@ -129,6 +142,8 @@ def _tracker(job: Job) -> Any:
     t = job.cfg.tracking
     uri = resolve_tracking_uri(t.tracking_uri, job.launch_dir)
     name = t.experiment_name or f"lrtrack-{job.model_name}"
+    if job.sweep is not None:  # the sweep's store and experiment, created before any job started
+        uri, name = job.sweep.tracking_uri, job.sweep.experiment_name
     return Tracker(uri, name, flush_every=t.flush_every, flush_seconds=t.flush_seconds)
 
 
@@ -328,9 +343,16 @@ def run_job(job: Job) -> float | None:
     model, optimizer, criterion = _model_and_optimizer(job)
     tracker = _tracker(job) if cfg.tracking.enabled else None
     parent = None
-    if tracker and cfg.stage == "all":
+    if tracker and (cfg.stage == "all" or job.sweep is not None):
         name = job.run_name("lrtrack", job.choices.get("optimizer", ""), job.choices.get("schedule", ""))
-        parent = tracker.start_run(name, tags=job.tags("pipeline"))
+        tags = job.tags("pipeline")
+        if job.sweep is not None:  # a child of the sweep's run, named by the job's swept overrides
+            name = job.sweep.job_name(job.overrides)
+            tags.update({"lrtrack.sweep_run_id": job.sweep.run_id,
+                         "lrtrack.sweep_overrides": " ".join(job.sweep.swept(job.overrides)),
+                         "lrtrack.job_num": str(HydraConfig.get().job.num)})
+        parent = tracker.start_run(name, tags=tags, parent_run_id=job.sweep.run_id if job.sweep else None)
+        job.parent_run_id = parent.run_id
         _log_config(parent, job, data)
     parent_id = parent.run_id if parent else None
     try:
@@ -366,6 +388,10 @@ def run_job(job: Job) -> float | None:
 
 def task(cfg: DictConfig) -> float | None:
     """What Hydra calls once per job; returns the metric a sweeper optimises."""
+    if _stderr_gate is not None:
+        _stderr_gate.release()
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        return _sweep_task(cfg)
     try:
         validate(cfg, config_dir())
     except ConfigError as err:
@@ -383,8 +409,102 @@ def task(cfg: DictConfig) -> float | None:
     return None
 
 
+def _sweep_task(cfg: DictConfig) -> float:
+    """One job of a multirun: a failure is logged and recorded in MLflow (the job's runs
+    FAILED, an ``lrtrack.error`` tag), and NaN is returned so Hydra goes on with the other jobs
+    (its basic sweeper would stop the sweep, and skip the sweep's summary, on an exception)."""
+    job = _job(cfg)
+    try:
+        validate(cfg, config_dir())
+        outcome = run_job(job)
+        return float("nan") if outcome is None else float(outcome)
+    except KeyboardInterrupt:
+        raise
+    except Exception as err:
+        lines = err.errors if isinstance(err, ConfigError) else [str(err).strip() or type(err).__name__]
+        log.error("job %s failed: %s", " ".join(job.overrides), " ".join(x.strip() for x in lines))
+        if not isinstance(err, (ConfigError, BadInput, ValueError, TypeError)):
+            log.debug("traceback", exc_info=True)
+        if job.sweep is not None:
+            from lrtrack.sweep import record_failure
+
+            try:
+                record_failure(job.sweep, job.overrides, ConfigError(lines) if isinstance(err, ConfigError) else err,
+                               job.parent_run_id, tags=job.tags("pipeline"))
+            except Exception:
+                log.exception("could not record the failure in MLflow")
+        return float("nan")
+
+
+class _ComposeErrors:
+    """Holds back what Hydra writes to stderr until the first job starts.
+
+    Hydra reports a bad override (a typo, a wrong type, an unknown option) over several lines
+    plus a hint about HYDRA_FULL_ERROR. If composition fails, :func:`main` condenses what was
+    held back into one ``lrtrack: error:`` line; once a job starts, everything passes through.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.held: list[str] = []
+        self.passing = False
+
+    def write(self, text: str) -> int:
+        if self.passing:
+            return self.stream.write(text)
+        self.held.append(text)
+        return len(text)
+
+    def release(self) -> None:
+        if not self.passing:
+            self.passing = True
+            self.stream.write("".join(self.held))
+            self.held = []
+
+    def condensed(self) -> str:
+        parts: list[str] = []
+        skipping_paths = False
+        for raw in "".join(self.held).splitlines():
+            line = raw.strip()
+            if line.startswith("Config search path"):
+                skipping_paths = True
+                continue
+            if skipping_paths and line.startswith("provider="):
+                continue
+            skipping_paths = False
+            if not line or "HYDRA_FULL_ERROR" in line or line.startswith(("reference_type=", "object_type=")):
+                continue
+            if parts and parts[-1].endswith(":") and raw.startswith("\t"):
+                parts[-1] += " " + line  # the first of a list of options
+            elif parts and raw.startswith("\t") and "Available options" in parts[-1]:
+                parts[-1] += ", " + line
+            else:
+                parts.append(line.rstrip("."))
+        return "; ".join(parts)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+_stderr_gate: _ComposeErrors | None = None
+
+
 def main() -> None:
-    """``python -m lrtrack``: the Hydra application."""
+    """``python -m lrtrack``: the Hydra application, with composition errors on one line."""
+    global _stderr_gate
     register_configs()
     app = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")(task)
-    app()
+    _stderr_gate = gate = _ComposeErrors(sys.stderr)
+    sys.stderr = gate
+    try:
+        app()
+    except SystemExit as done:
+        if not gate.passing and done.code not in (0, None):
+            sys.stderr = gate.stream
+            message = gate.condensed() or f"hydra exited with status {done.code}"
+            gate.held = []
+            print(f"lrtrack: error: {message}", file=sys.stderr)
+        raise
+    finally:
+        gate.release()
+        sys.stderr = gate.stream

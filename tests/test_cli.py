@@ -1,0 +1,222 @@
+"""python -m lrtrack end to end: real Hydra composition, real MLflow runs read back through the client."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import run_cli
+
+FAST = ["data=fake", "progress=false", "finder.num_iter=12", "train.epochs=1"]
+
+
+def _client(cwd: Path) -> MlflowClient:
+    return MlflowClient(tracking_uri=f"sqlite:///{cwd / 'mlflow.db'}")
+
+
+def _runs(client: MlflowClient, experiment: str = "lrtrack-mnist_cnn") -> list:
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, f"experiment {experiment} missing"
+    return client.search_runs([exp.experiment_id])
+
+
+def _steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
+    return [m.step for m in client.get_metric_history(run_id, key)]
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_missing_model_prints_one_line_naming_the_models(tmp_path: Path) -> None:
+    proc = run_cli([], tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "lrtrack: error: no model chosen: add +model=<name> (available: mlp, mnist_cnn), "
+        "e.g. python -m lrtrack +model=mnist_cnn"
+    ]
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_out_of_range_values_are_reported_together(tmp_path: Path) -> None:
+    proc = run_cli(["+model=mnist_cnn", "finder.num_iter=1", "finder.step_mode=cubic",
+                    "finder.smoothing=1.5", "finder.start_lr=20", "optimizer.lr=-0.1"], tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert "lrtrack: error: finder.step_mode='cubic' is invalid: allowed: exp, linear" in lines
+    assert "lrtrack: error: finder.num_iter=1 is invalid: must be >= 2 (a curve needs two points)" in lines
+    assert "lrtrack: error: finder.start_lr=20.0 is invalid: must be smaller than finder.end_lr=10.0" in lines
+    assert any(line.startswith("lrtrack: error: finder.smoothing=1.5 is invalid: must be in [0, 1)") for line in lines)
+    assert "lrtrack: error: optimizer.lr=-0.1 is invalid: must be >= 0" in lines
+    assert len(lines) == 5 and "Traceback" not in proc.stderr
+    assert not (tmp_path / "mlflow.db").exists()  # nothing started for a bad config
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("finder.num_iter=abc", "lrtrack: error: Error merging override finder.num_iter=abc; Value 'abc' of type "
+                                "'str' could not be converted to Integer; full_key: finder.num_iter"),
+        ("finder.bogus=1", "lrtrack: error: Could not override 'finder.bogus'; To append to your config use "
+                           "+finder.bogus=1; Key 'bogus' not in 'FinderConfig'; full_key: finder.bogus"),
+        ("optimizer=sgdd", "lrtrack: error: In 'config': Could not find 'optimizer/sgdd'; "
+                           "Available options in 'optimizer': adam, adamw, sgd"),
+    ],
+)
+def test_bad_overrides_get_one_clear_line(tmp_path: Path, override: str, expected: str) -> None:
+    proc = run_cli(["+model=mnist_cnn", override], tmp_path)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == [expected]
+
+
+def test_bad_optimizer_value_names_the_group(tmp_path: Path) -> None:
+    proc = run_cli(["+model=mnist_cnn", *FAST, "stage=range_test", "optimizer.momentum=-1"], tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "lrtrack: error: optimizer (torch.optim.SGD): Invalid momentum value: -1; check the optimizer.* settings")
+
+
+# --------------------------------------------------------------------------- the range test run
+
+
+def test_range_test_run_is_tracked(tmp_path: Path) -> None:
+    proc = run_cli(["+model=mnist_cnn", *FAST, "stage=range_test", "optimizer=sgd"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    client = _client(tmp_path)
+    runs = _runs(client)
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "range_test mnist_cnn sgd exp"
+    tags = run.data.tags
+    assert tags["lrtrack.stage"] == "explore"
+    assert tags["hydra.choice.model"] == "mnist_cnn" and tags["hydra.choice.optimizer"] == "sgd"
+    assert tags["lrtrack.command"].startswith("python -m lrtrack +model=mnist_cnn")
+    assert tags["lrtrack.stop_reason"] in {"completed", "diverged", "non_finite_loss"}
+    assert tags["lrtrack.data"] == "fake"
+    params = run.data.params
+    assert params["finder.num_iter"] == "12" and params["optimizer._target_"] == "torch.optim.SGD"
+    assert params["optimizer.lr"] == "0.001" and params["data.batch_size"] == "64"
+    steps = int(run.data.metrics["steps"])
+    for key in ("lr", "loss", "loss_smoothed"):
+        assert _steps(client, run.info.run_id, key) == list(range(steps)), key
+    lrs = [m.value for m in client.get_metric_history(run.info.run_id, "lr")]
+    assert lrs[0] == pytest.approx(1e-3) and (steps < 12 or lrs[-1] == pytest.approx(10.0))
+    for rule in ("steepest", "valley", "minimum", "slide"):
+        assert f"suggested_lr/{rule}" in run.data.metrics or f"lrtrack.suggestion.{rule}" in tags
+    assert {"min_loss", "min_loss_lr", "steps"} <= set(run.data.metrics)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "range_test")}
+    assert {"range_test/plot.png", "range_test/history.csv", "range_test/suggestions.json"} <= artifacts
+    config_files = {a.path for a in client.list_artifacts(run.info.run_id, "config")}
+    assert config_files == {"config/resolved.yaml", "config/hydra_overrides.yaml"}
+    path = client.download_artifacts(run.info.run_id, "range_test/history.csv", str(tmp_path))
+    with open(path) as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == steps and float(rows[0]["lr"]) == pytest.approx(1e-3)
+    assert "mlflow ui --backend-store-uri sqlite:///" in proc.stdout + proc.stderr
+
+
+def test_mnist_range_test_on_the_real_split(tmp_path: Path, mnist_root: Path) -> None:
+    proc = run_cli(["+model=mnist_cnn", f"data.root={mnist_root}", "stage=range_test", "progress=false",
+                    "finder.num_iter=30"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    client = _client(tmp_path)
+    (run,) = _runs(client)
+    assert run.data.tags["lrtrack.data"] == "mnist" and run.data.tags["lrtrack.data_fallback"] == "false"
+    assert run.data.params["data.batch_size"] == "256"
+    steps = int(run.data.metrics["steps"])
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == steps
+    # 30 log-spaced steps from 1e-3 to 10: a CNN on MNIST learns, so the loss falls somewhere.
+    assert run.data.metrics["min_loss"] < run.data.metrics.get("loss", 99)
+
+
+def test_offline_mnist_falls_back_to_digits_and_says_so(tmp_path: Path) -> None:
+    proc = run_cli(["+model=mnist_cnn", f"data.root={tmp_path / 'no-mnist'}", "stage=range_test",
+                    "progress=false", "finder.num_iter=10"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    output = proc.stdout + proc.stderr
+    assert "FALLING BACK to data=digits" in output and "data.fallback=null" in output
+    (run,) = _runs(_client(tmp_path))
+    assert run.data.tags["lrtrack.data"] == "digits" and run.data.tags["lrtrack.data_fallback"] == "true"
+    assert run.data.params["data.used"] == "digits"
+
+
+def test_offline_mnist_without_fallback_is_one_clear_error(tmp_path: Path) -> None:
+    proc = run_cli(["+model=mnist_cnn", f"data.root={tmp_path / 'no-mnist'}", "data.fallback=null",
+                    "stage=range_test", "progress=false"], tmp_path)
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("lrtrack: error: MNIST is not under data.root=") and "data.fallback=digits" in last
+
+
+# --------------------------------------------------------------------------- range test + training
+
+
+def test_all_stages_make_linked_runs_under_one_parent(tmp_path: Path) -> None:
+    proc = run_cli(["+model=mnist_cnn", *FAST, "schedule.max_lr_rule=minimum"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    client = _client(tmp_path)
+    runs = {r.data.tags["lrtrack.stage"]: r for r in _runs(client)}
+    assert set(runs) == {"pipeline", "explore", "final"}
+    parent, explore, final = runs["pipeline"], runs["explore"], runs["final"]
+    assert all(r.info.status == "FINISHED" for r in runs.values())
+    assert explore.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert final.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert final.data.tags["lrtrack.range_test_run_id"] == explore.info.run_id
+    assert final.info.run_name == "train mnist_cnn sgd onecycle"
+    # max_lr is the range test's 'minimum' suggestion; base_lr a quarter of it.
+    max_lr = float(final.data.params["bounds.max_lr"])
+    assert max_lr == pytest.approx(explore.data.metrics["suggested_lr/minimum"])
+    assert float(final.data.params["bounds.base_lr"]) == pytest.approx(max_lr / 4)
+    assert final.data.params["bounds.rule"] == "max_lr = minimum suggestion; base_lr = max_lr / 4"
+    # Per-step LR under the same key as the range test, so the chart view overlays them.
+    n = len(client.get_metric_history(final.info.run_id, "lr"))
+    assert n == 16  # 1024 fake samples / batch 64, one epoch
+    assert _steps(client, final.info.run_id, "momentum") == list(range(n))
+    lrs = [m.value for m in client.get_metric_history(final.info.run_id, "lr")]
+    assert max(lrs) <= max_lr * (1 + 1e-9) and max(lrs) == pytest.approx(max_lr, rel=1e-2)  # 1cycle peaks between steps
+    assert {"final_val_loss", "final_val_accuracy", "val_loss", "val_accuracy"} <= set(final.data.metrics)
+    arts = {a.path for a in client.list_artifacts(final.info.run_id, "train")}
+    assert {"train/lr_and_loss.png", "train/lr_on_range_test.png", "train/history.csv"} <= arts
+    (ckpt,) = client.list_artifacts(final.info.run_id, "checkpoints")
+    local = client.download_artifacts(final.info.run_id, ckpt.path, str(tmp_path))
+    state = torch.load(local, weights_only=True)
+    assert {"model", "optimizer", "scheduler", "epoch"} <= set(state)
+
+
+def test_train_stage_from_an_earlier_range_test_run(tmp_path: Path) -> None:
+    first = run_cli(["+model=mnist_cnn", *FAST, "stage=range_test"], tmp_path)
+    assert first.returncode == 0, first.stderr
+    client = _client(tmp_path)
+    (explore,) = _runs(client)
+    second = run_cli(["+model=mnist_cnn", *FAST, "stage=train", f"train.lr_from={explore.info.run_id}",
+                      "schedule=triangular2"], tmp_path)
+    assert second.returncode == 0, second.stderr
+    final = next(r for r in _runs(client) if r.data.tags["lrtrack.stage"] == "final")
+    assert final.data.tags["lrtrack.range_test_run_id"] == explore.info.run_id
+    assert float(final.data.params["bounds.max_lr"]) == pytest.approx(explore.data.metrics["suggested_lr/valley"])
+    assert "train/lr_on_range_test.png" in {a.path for a in client.list_artifacts(final.info.run_id, "train")}
+
+
+def test_train_stage_with_a_wrong_run_id_is_a_clear_error(tmp_path: Path) -> None:
+    proc = run_cli(["+model=mnist_cnn", *FAST, "stage=train", "train.lr_from=0123456789abcdef"], tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "lrtrack: error: train.lr_from='0123456789abcdef': no such MLflow run in sqlite:///")
+
+
+def test_train_stage_without_an_lr_source_is_refused(tmp_path: Path) -> None:
+    proc = run_cli(["+model=mnist_cnn", *FAST, "stage=train"], tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "lrtrack: error: stage=train needs an LR: set schedule.max_lr=<lr> or train.lr_from=<range-test run id>"]
+
+
+def test_cfg_job_prints_the_composed_config(tmp_path: Path) -> None:
+    proc = run_cli(["--cfg", "job", "+model=mnist_cnn"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "_target_: lrtrack.models.MnistCNN" in proc.stdout
+    assert "end_lr: 10.0" in proc.stdout and "batch_size: 256" in proc.stdout
