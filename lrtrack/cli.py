@@ -272,7 +272,11 @@ def train_stage(job: Job, tracker: Any, parent_id: str | None, data: Any, model:
     from hydra.utils import instantiate
 
     from lrtrack.plots import schedule_on_range_test_figure, training_figure
-    from lrtrack.schedules import bounds_from_config, bounds_from_suggestions, optimizer_steps_per_epoch
+    from lrtrack.schedules import (
+        bounds_from_config,
+        bounds_from_suggestions,
+        optimizer_steps_per_epoch,
+    )
     from lrtrack.train import train
 
     s, t = job.cfg.schedule, job.cfg.train
