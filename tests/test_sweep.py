@@ -1,0 +1,164 @@
+"""Sweeps end to end: ``python -m lrtrack -m ...`` in a subprocess, read back through MlflowClient.
+
+Each test runs one small sweep (MLP on fake data, 10-step range tests, one epoch) in a temporary
+folder holding its own ``mlflow.db``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+FAST = ["+model=mlp", "data=fake", "data.fake_size=256", "train.epochs=1", "finder.num_iter=10",
+        "progress=false", "train.checkpoint=false"]
+
+
+def lrtrack(args: list[str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "LRTRACK_"))}
+    env["PYTHONUNBUFFERED"] = "1"
+    return subprocess.run([sys.executable, "-m", "lrtrack", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def client_for(folder: Path):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
+
+
+def runs_by_stage(client, stage: str) -> list:
+    exp_ids = [e.experiment_id for e in client.search_experiments()]
+    return list(client.search_runs(exp_ids, filter_string=f"tags.`lrtrack.stage` = '{stage}'", max_results=1000))
+
+
+def children(client, run) -> list:
+    return list(client.search_runs([run.info.experiment_id],
+                                   filter_string=f"tags.`mlflow.parentRunId` = '{run.info.run_id}'"))
+
+
+@pytest.fixture(scope="module")
+def failing_sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """Four jobs: one good; one failing in training (after its range test); two failing validation."""
+    folder = tmp_path_factory.mktemp("sweep")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    proc = lrtrack(["-m", *FAST, f"tracking.tracking_uri={uri}",
+                    "data.batch_size=64,0", "schedule.scheduler.pct_start=0.3,1.5"], folder)
+    return folder, proc
+
+
+def test_sweep_structure_statuses_and_summary(failing_sweep) -> None:
+    folder, proc = failing_sweep
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "3 sweep job(s) failed" in proc.stderr
+    client = client_for(folder)
+
+    sweeps = runs_by_stage(client, "sweep")
+    assert len(sweeps) == 1
+    sweep = sweeps[0]
+    assert sweep.info.status == "FAILED"
+    assert sweep.data.tags["lrtrack.sweep_keys"] == "data.batch_size,schedule.scheduler.pct_start"
+    assert sweep.data.metrics["jobs"] == 4 and sweep.data.metrics["jobs_failed"] == 3
+
+    jobs = {r.info.run_name: r for r in children(client, sweep)}
+    assert set(jobs) == {f"data.batch_size={b} schedule.scheduler.pct_start={p}"
+                         for b in (64, 0) for p in (0.3, 1.5)}
+    assert all(r.data.tags["lrtrack.stage"] == "pipeline" for r in jobs.values())
+    good = jobs["data.batch_size=64 schedule.scheduler.pct_start=0.3"]
+    assert good.info.status == "FINISHED"
+    kids = {r.data.tags["lrtrack.stage"]: r for r in children(client, good)}
+    assert set(kids) == {"explore", "final"}
+    assert all(k.info.status == "FINISHED" for k in kids.values())
+    assert math.isfinite(kids["final"].data.metrics["final_val_loss"])
+
+    in_training = jobs["data.batch_size=64 schedule.scheduler.pct_start=1.5"]
+    assert in_training.info.status == "FAILED"
+    assert "pct_start" in in_training.data.tags["lrtrack.error"]
+    kids = {r.data.tags["lrtrack.stage"]: r.info.status for r in children(client, in_training)}
+    assert kids == {"explore": "FINISHED"}  # the range test ran; training never started
+    for pct in (0.3, 1.5):
+        invalid = jobs[f"data.batch_size=0 schedule.scheduler.pct_start={pct}"]
+        assert invalid.info.status == "FAILED"
+        assert "data.batch_size=0 is invalid" in invalid.data.tags["lrtrack.error"]
+        assert children(client, invalid) == []
+
+    artifacts = {a.path for a in client.list_artifacts(sweep.info.run_id, "sweep")}
+    assert {"sweep/summary.csv", "sweep/summary.json", "sweep/range_tests.png"} <= artifacts
+    text = (Path(client.download_artifacts(sweep.info.run_id, "sweep/summary.csv", str(folder))).read_text())
+    rows = {r["job"]: r for r in csv.DictReader(io.StringIO(text))}
+    assert len(rows) == 4
+    row = rows[good.info.run_name]
+    assert row["status"] == "FINISHED" and row["job_run_id"] == good.info.run_id
+    assert float(row["max_lr"]) > float(row["base_lr"]) > 0
+    assert float(row["suggested_lr/valley"]) > 0 and 0 <= float(row["final_val_accuracy"]) <= 1
+    assert row["explore_run_id"] and row["final_run_id"]
+    assert rows["data.batch_size=0 schedule.scheduler.pct_start=0.3"]["status"] == "FAILED"
+
+
+def test_swept_keys_and_job_names() -> None:
+    from lrtrack.sweep import SweepContext, swept_keys
+
+    assert swept_keys(["+model=mlp", "optimizer=sgd,adamw", "seed=range(3)", "x=1"]) == ["optimizer", "seed"]
+    ctx = SweepContext("r", "sqlite://", "e", ("optimizer",))
+    assert ctx.job_name(["+model=mlp", "optimizer=sgd"]) == "optimizer=sgd"
+
+
+def test_joblib_launcher_and_seed_aggregate(tmp_path: Path) -> None:
+    """Two parallel workers; +experiment=seeds turns on multirun and logs the aggregate run."""
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = lrtrack([*FAST, "+experiment=seeds", "hydra.sweeper.params.seed='0,1'", f"tracking.tracking_uri={uri}",
+                    "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = client_for(tmp_path)
+    (sweep,) = runs_by_stage(client, "sweep")
+    assert sweep.info.status == "FINISHED"
+    assert sweep.data.tags["lrtrack.launcher"] == "joblib"
+    runs = children(client, sweep)
+    jobs = sorted(r.info.run_name for r in runs if r.data.tags["lrtrack.stage"] == "pipeline")
+    assert jobs == ["seed=0", "seed=1"]
+    pids = set()
+    for job in (r for r in runs if r.data.tags["lrtrack.stage"] == "pipeline"):
+        assert job.info.status == "FINISHED"
+        (explore,) = children(client, job)
+        assert explore.data.tags["lrtrack.stage"] == "explore"
+        pids.add(job.data.tags.get("lrtrack.job_num"))
+    assert len(pids) == 2
+
+    (agg,) = [r for r in runs if r.data.tags["lrtrack.stage"] == "range_test_seeds"]
+    assert agg.info.status == "FINISHED"
+    assert agg.data.metrics["seeds"] == 2
+    m = agg.data.metrics
+    for rule in ("valley", "steepest"):
+        if f"suggested_lr/{rule}" in m:
+            assert m[f"suggested_lr/{rule}/min"] <= m[f"suggested_lr/{rule}"] <= m[f"suggested_lr/{rule}/max"]
+    assert "suggested_lr" in m
+    paths = {a.path for a in client.list_artifacts(agg.info.run_id, "range_test")}
+    assert {"range_test/seeds.png", "range_test/history.csv", "range_test/seeds_history.csv"} <= paths
+
+
+def test_aggregate_seeds_uses_the_seeds_that_reached_each_step() -> None:
+    from lrtrack.report import Curve, aggregate_seeds
+
+    lrs = [1e-3, 1e-2, 1e-1, 1.0]
+    agg = aggregate_seeds(
+        {"0": Curve({"lr": lrs, "loss_smoothed": [2.0, 1.0, 0.5, 3.0]}),
+         "1": Curve({"lr": lrs, "loss_smoothed": [2.2, 1.2, 0.7, 5.0]}),
+         "2": Curve({"lr": lrs[:2], "loss_smoothed": [2.4, 1.4]})},  # stopped early
+        {"0": {"valley": 1e-2}, "1": {"valley": 1e-1}, "2": {"valley": 1e-3}})
+    assert agg.lrs == lrs
+    assert agg.median[:2] == pytest.approx([2.2, 1.2])
+    assert agg.median[2:] == pytest.approx([0.6, 4.0])
+    assert agg.lo[0] == pytest.approx(2.0) and agg.hi[0] == pytest.approx(2.4)
+    s = agg.rule_stats("valley")
+    assert s["median"] == pytest.approx(1e-2) and s["min"] == 1e-3 and s["max"] == 1e-1
+    assert s["log10_iqr"] == pytest.approx(1.0)
+    assert agg.rule_stats("steepest") == {}
