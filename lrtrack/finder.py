@@ -14,7 +14,7 @@ import random
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch
 
@@ -39,14 +39,29 @@ STOP_NON_FINITE = "non_finite_loss"
 STOP_INTERRUPTED = "interrupted"
 
 
+class Smoother(Protocol):
+    """Turns the raw loss series into the smoothed one, one value at a time."""
+
+    def update(self, value: float) -> float:
+        """Add one raw loss and return the smoothed loss so far."""
+
+
 # --------------------------------------------------------------------------- the LR grid
 
 
-def lr_grid(start_lr: float, end_lr: float, num_iter: int, step_mode: str = "exp") -> list[float]:
+def lr_grid(
+    start_lr: float,
+    end_lr: float,
+    num_iter: int,
+    step_mode: str = "exp",
+    *,
+    exact_ends: bool = True,
+) -> list[float]:
     """The LR used at each of ``num_iter`` steps; the first is ``start_lr``, the last ``end_lr``.
 
     ``exp`` spaces the LRs evenly in log space (``start * (end/start) ** (i / (n-1))``),
-    ``linear`` evenly in LR.
+    ``linear`` evenly in LR. With ``exact_ends=False`` the last LR is left as the formula
+    gives it (possibly one float rounding away from ``end_lr``), as torch-lr-finder does.
     """
     check_grid(start_lr, end_lr, num_iter, step_mode)
     last = num_iter - 1
@@ -55,7 +70,8 @@ def lr_grid(start_lr: float, end_lr: float, num_iter: int, step_mode: str = "exp
         grid = [start_lr * ratio ** (i / last) for i in range(num_iter)]
     else:
         grid = [start_lr + (end_lr - start_lr) * (i / last) for i in range(num_iter)]
-    grid[0], grid[-1] = start_lr, end_lr  # exact ends, whatever the float rounding
+    if exact_ends:
+        grid[0], grid[-1] = start_lr, end_lr  # exact ends, whatever the float rounding
     return grid
 
 
@@ -321,6 +337,11 @@ def run_range_test(
     observer: StepObserver | None = None,
     progress: bool = True,
     restore: bool = True,
+    exact_ends: bool = True,
+    smoother: Smoother | None = None,
+    stop_on_non_finite: bool = True,
+    divergence_check: Callable[[int, float], str | None] | None = None,
+    validate_fn: Callable[[torch.nn.Module], float | torch.Tensor] | None = None,
 ) -> RangeTestResult:
     """Run the learning-rate range test and return what it measured.
 
@@ -357,6 +378,15 @@ def run_range_test(
         observer: receives ``on_step(step, metrics)`` every step.
         progress: show a tqdm bar (only on a terminal).
         restore: put the model, optimizer and RNG state back afterwards.
+        exact_ends: pin each grid's last LR to ``end_lr`` exactly (see :func:`lr_grid`).
+        smoother: an object with ``update(loss) -> smoothed`` used instead of the
+            bias-corrected EMA (``smoothing`` is then only validated).
+        stop_on_non_finite: stop at the first NaN/inf loss (torch-lr-finder never does).
+        divergence_check: ``check(step, smoothed) -> reason or None`` used instead of the
+            built-in rule; a reason stops the test as ``diverged`` (``diverge_th`` is then
+            not used by the engine).
+        validate_fn: ``validate_fn(model) -> loss`` called after every step instead of the
+            built-in validation on ``val_loader``; its value is the recorded loss.
 
     Returns:
         A :class:`RangeTestResult`; ``stop_reason`` is ``interrupted`` after Ctrl-C.
@@ -364,7 +394,7 @@ def run_range_test(
     if (criterion is None) == (step_fn is None):
         raise ValueError("give exactly one of criterion (for (inputs, targets) batches) or step_fn")
     check_smoothing(smoothing)
-    if not isinstance(diverge_th, (int, float)) or diverge_th <= 1:
+    if divergence_check is None and (not isinstance(diverge_th, (int, float)) or diverge_th <= 1):
         raise ValueError(f"diverge_th must be a number > 1; got {diverge_th!r}")
     if isinstance(accumulation_steps, bool) or not isinstance(accumulation_steps, int) or accumulation_steps < 1:
         raise ValueError(f"accumulation_steps must be an integer >= 1; got {accumulation_steps!r}")
@@ -373,25 +403,23 @@ def run_range_test(
     base_lrs = [float(g["lr"]) for g in groups]
     starts = base_lrs if start_lr is None else _per_group(start_lr, base_lrs, "start_lr")
     ends = _per_group(end_lr, base_lrs, "end_lr")
-    grids = [lr_grid(s, e, num_iter, step_mode) for s, e in zip(starts, ends)]
+    grids = [lr_grid(s, e, num_iter, step_mode, exact_ends=exact_ends) for s, e in zip(starts, ends)]
 
     device = resolve_device(device, model)
     model.to(device)
     step = step_fn if step_fn is not None else make_supervised_step(criterion)
     use_amp = bool(amp) and device.type in ("cuda", "cpu")
-    scaler = None
-    if use_amp and device.type == "cuda":
-        scaler = grad_scaler if grad_scaler is not None else torch.amp.GradScaler("cuda")
+    scaler = grad_scaler  # a scaler given explicitly is always used (any device)
+    if scaler is None and use_amp and device.type == "cuda":
+        scaler = torch.amp.GradScaler("cuda")
     observer = observer if observer is not None else NullObserver()
 
     snapshot = _Snapshot(model, optimizer) if restore else None
-    validator = (
-        _Validator(val_loader, val_batches, step, device, non_blocking, use_amp)
-        if val_loader is not None
-        else None
-    )
+    validator: Callable[[torch.nn.Module], float | torch.Tensor] | None = validate_fn
+    if validator is None and val_loader is not None:
+        validator = _Validator(val_loader, val_batches, step, device, non_blocking, use_amp)
     batches = _cycle(train_loader)
-    smoother = EmaSmoother(smoothing)
+    smoother = smoother if smoother is not None else EmaSmoother(smoothing)
 
     lrs: list[float] = []
     group_lrs: list[list[float]] = []
@@ -431,7 +459,9 @@ def run_range_test(
 
             recorded = validator(model) if validator is not None else train_loss
             # One host sync per step: the stopping rule needs the value now.
-            if validator is not None:
+            if validator is not None and not isinstance(recorded, torch.Tensor):
+                value, train_value = float(recorded), train_loss.item()
+            elif validator is not None:
                 values = torch.stack((recorded, train_loss)).tolist()
                 value, train_value = values[0], values[1]
             else:
@@ -456,12 +486,17 @@ def run_range_test(
             bar.update(1)
             bar.set_postfix(lr=f"{step_lrs[0]:.2e}", loss=f"{value_smoothed:.4f}", refresh=False)
 
-            if not math.isfinite(value):
+            if stop_on_non_finite and not math.isfinite(value):
                 stop_reason = STOP_NON_FINITE
                 stop_detail = f"loss was {value} at step {i} (lr={step_lrs[0]:.3g})"
                 break
             best = min(best, value_smoothed)
-            if value_smoothed - best > (diverge_th - 1) * abs(best):
+            if divergence_check is not None:
+                reason = divergence_check(i, value_smoothed)
+                if reason:
+                    stop_reason, stop_detail = STOP_DIVERGED, reason
+                    break
+            elif value_smoothed - best > (diverge_th - 1) * abs(best):
                 stop_reason = STOP_DIVERGED
                 stop_detail = (
                     f"smoothed loss {value_smoothed:.4g} exceeded diverge_th={diverge_th:g} x "
