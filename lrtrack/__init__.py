@@ -27,6 +27,10 @@ _EXPORTS = {
     "StepObserver": "lrtrack.observers",
     "NullObserver": "lrtrack.observers",
     "RecordingObserver": "lrtrack.observers",
+    "LRFinder": "lrtrack.compat",
+    "DataLoaderIter": "lrtrack.compat",
+    "TrainDataLoaderIter": "lrtrack.compat",
+    "ValDataLoaderIter": "lrtrack.compat",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -13,6 +13,17 @@ ROOT = Path(__file__).resolve().parents[1]
 MNIST_SPLIT = ROOT.parent / "shared" / "data" / "mnist-t10k-split"
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny models run 10-100x faster on one thread than on two competing ones here."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def mnist_root() -> Path:
     if not (MNIST_SPLIT / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file():
