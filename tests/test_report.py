@@ -1,0 +1,81 @@
+"""``python -m lrtrack.report``: one HTML page with PNGs from runs read back through MlflowClient."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+FAST = ["+model=mlp", "data=fake", "data.fake_size=256", "train.epochs=1", "finder.num_iter=10",
+        "progress=false", "train.checkpoint=false"]
+
+
+def clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "LRTRACK_"))}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@pytest.fixture(scope="module")
+def sweep_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("report")
+    proc = subprocess.run(
+        [sys.executable, "-m", "lrtrack", "-m", *FAST, "optimizer=sgd,adamw",
+         f"tracking.tracking_uri=sqlite:///{folder / 'mlflow.db'}"],
+        cwd=folder, env=clean_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return folder
+
+
+def report(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "lrtrack.report", *args], cwd=cwd, env=clean_env(),
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_report_of_a_sweep_run_writes_html_with_images(sweep_store: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{sweep_store / 'mlflow.db'}")
+    (exp,) = [e for e in client.search_experiments() if e.name == "lrtrack-mlp"]
+    (sweep,) = client.search_runs([exp.experiment_id], "tags.`lrtrack.stage` = 'sweep'")
+
+    proc = report([sweep.info.run_id, "--out", "by_sweep"], sweep_store)
+    assert proc.returncode == 0, proc.stderr
+    out = sweep_store / "by_sweep"
+    page = (out / "index.html").read_text()
+    images = re.findall(r"<img src='([^']+)'", page)
+    assert {"range_tests.png", "bounds.png", "lr_paths.png", "training.png"} <= set(images)
+    for name in images:
+        data = (out / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    assert "optimizer=sgd" in page and "optimizer=adamw" in page
+    assert page.count("<td class=\"FINISHED\">") == 2
+    assert sweep.info.run_id in page
+    assert (out / "summary.csv").read_text().count("\n") == 3
+
+
+@pytest.mark.slow
+def test_report_by_experiment_name_and_errors(sweep_store: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from lrtrack.report import main
+
+    for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.chdir(sweep_store)
+    assert main(["lrtrack-mlp", "--out", "by_name"]) == 0
+    page = (sweep_store / "by_name" / "index.html").read_text()
+    assert "experiment lrtrack-mlp" in page and "range_tests.png" in page
+    assert page.count("<td class=\"FINISHED\">") == 2  # the pipeline runs, not the sweep run
+
+    assert main(["no-such-thing", "--out", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "neither an experiment (available: " in err and "lrtrack-mlp" in err
+
+    monkeypatch.chdir(sweep_store / "by_name")  # no mlflow.db here
+    assert main(["lrtrack-mlp"]) == 2
+    assert "no MLflow store" in capsys.readouterr().err
