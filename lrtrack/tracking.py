@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -74,6 +74,12 @@ class MetricBuffer:
     Sends when ``flush_every`` steps or ``flush_seconds`` have passed since the last send, in
     a single background thread so the training loop never waits on the store; ``close()``
     sends the rest and waits. Non-finite values are sent as they are (MLflow stores NaN/inf).
+
+    Flushed metrics go to one queue that the sender drains in ``log_batch`` calls of up to
+    1,000 metrics, so when the store falls behind, waiting flushes are merged into fewer,
+    larger calls. Memory stays flat however long the run: when more than ``max_queued``
+    metrics wait to be sent, ``flush`` waits for the sender (backpressure) instead of
+    queueing more.
     """
 
     def __init__(
@@ -84,6 +90,7 @@ class MetricBuffer:
         flush_every: int = 100,
         flush_seconds: float = 5.0,
         background: bool = True,
+        max_queued: int = 10 * MAX_METRICS_PER_BATCH,
     ) -> None:
         self.client = client
         self.run_id = run_id
@@ -95,6 +102,8 @@ class MetricBuffer:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lrtrack-mlflow") if background else None
         self._futures: list[Future[None]] = []
         self._lock = threading.Lock()
+        self._queue: list[Metric] = []  # flushed, not yet sent (guarded by _lock)
+        self.max_queued = max(1, int(max_queued))
         self.sent = 0
         self.send_seconds = 0.0
 
@@ -118,9 +127,26 @@ class MetricBuffer:
         self._last_send = time.monotonic()
         if self._executor is None:
             self._send(pending)
-        else:
-            self._futures = [f for f in self._futures if not f.done() or f.exception() is not None]
-            self._futures.append(self._executor.submit(self._send, pending))
+            return
+        with self._lock:
+            self._queue.extend(pending)
+            queued = len(self._queue)
+        self._futures = [f for f in self._futures if not f.done() or f.exception() is not None]
+        # A drain that has not started yet will see what was just queued; else start one.
+        if not any(not f.running() and not f.done() for f in self._futures):
+            self._futures.append(self._executor.submit(self._drain))
+        if queued > self.max_queued:  # the store is behind: wait rather than grow
+            wait([f for f in self._futures if not f.done()])
+
+    def _drain(self) -> None:
+        """Send everything queued, in ``log_batch`` calls of up to 1,000 metrics."""
+        while True:
+            with self._lock:
+                batch = self._queue[:MAX_METRICS_PER_BATCH]
+                del self._queue[:MAX_METRICS_PER_BATCH]
+            if not batch:
+                return
+            self._send(batch)
 
     def _send(self, metrics: list[Metric]) -> None:
         start = time.perf_counter()
@@ -142,6 +168,13 @@ class MetricBuffer:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+        with self._lock:
+            left, self._queue = self._queue, []
+        if left and not errors:  # a drain that failed part-way leaves the rest here
+            try:
+                self._send(left)
+            except Exception as err:  # noqa: BLE001 - reported below like the others
+                errors.append(err)
         if errors:
             raise RuntimeError(f"could not log metrics to MLflow run {self.run_id}: {errors[0]}") from errors[0]
 
