@@ -235,14 +235,18 @@ def range_test_overlay_figure(curves: Sequence[tuple[str, Curve, float | None]],
     """
     fig, ax = plt.subplots(figsize=(9, 5.5), dpi=110)
     cmap = plt.get_cmap("tab10")
-    drawn = []
+    drawn: list[list[float]] = []
+    seen: dict[tuple[float, ...], str] = {}
     for i, (label, curve, lr) in enumerate(curves):
         lrs, sm = curve.get("lr"), curve.get("loss_smoothed")
         if not lrs:
             continue
         color = cmap(i % 10)
         text = f"{label}: {lr:.2e}" if lr else f"{label}: no suggestion"
-        ax.plot(lrs, sm, color=color, lw=1.8, label=text)
+        same = seen.setdefault(tuple(round(v, 9) for v in sm), label)
+        if same != label:  # identical range tests (same model, optimizer, data and seed) overlap
+            text += f" (same curve as {same})"
+        ax.plot(lrs, sm, color=color, lw=1.8 if same == label else 1.2, ls="-" if same == label else (0, (4, 3)), label=text)
         drawn.append(sm)
         if lr:
             ax.plot([lr], [_nearest(lrs, sm, lr)], "o", color=color, ms=8, mec="black")
@@ -489,7 +493,8 @@ def resolve_target(client: MlflowClient, target: str) -> tuple[str, str, str, li
         jobs = [job_record(client, run)]
     else:
         jobs = sweep_jobs(client, run.info.run_id)
-    return f"{stage or 'run'} {run.info.run_name}", run.info.experiment_id, stage or "run", jobs, run
+    title = run.info.run_name if (run.info.run_name or "").startswith(stage or "run") else f"{stage or 'run'} {run.info.run_name}"
+    return title, run.info.experiment_id, stage or "run", jobs, run
 
 
 def write_report(client: MlflowClient, target: str, out: str | Path) -> Path:
@@ -555,6 +560,8 @@ def write_report(client: MlflowClient, target: str, out: str | Path) -> Path:
     meta = (f"{len(rows)} job(s), {n_failed} failed; tracking store <code>{html.escape(client.tracking_uri)}</code>"
             + (f"; sweep run <code>{sweep.info.run_id}</code> ({sweep.info.status})" if sweep is not None else ""))
     shown = [c for c in SUMMARY_COLUMNS if any(r.get(c) not in (None, "") for r in rows)]
+    if all(r.get("overrides") == r.get("job") for r in rows):
+        shown.remove("overrides")  # a sweep names its jobs by their overrides
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>lrtrack report: {html.escape(title)}</title>",
              f"<style>{_CSS}</style></head><body>",
              f"<h1>lrtrack report: {html.escape(title)}</h1><p class='meta'>{meta}</p>",

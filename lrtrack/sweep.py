@@ -12,6 +12,17 @@ In ``on_multirun_end`` it reads every job back through ``MlflowClient``, logs th
 FINISHED. With ``aggregate_seeds: true`` (``+experiment=seeds``) it also logs, per group of
 jobs that differ only in ``seed``, a ``range_test_seeds`` run with the median curve, its spread
 and each rule's suggestion spread across seeds.
+
+Launchers (any Hydra launcher works; the jobs find the sweep through the environment)::
+
+    python -m lrtrack -m +model=mnist_cnn optimizer=sgd,adamw schedule=onecycle,triangular2
+    python -m lrtrack -m +model=mnist_cnn optimizer=sgd,adamw hydra/launcher=joblib hydra.launcher.n_jobs=2
+    python -m lrtrack -m +model=mnist_cnn optimizer=sgd,adamw hydra/launcher=submitit_local \
+        hydra.launcher.cpus_per_task=1 hydra.launcher.timeout_min=60
+    python -m lrtrack.report <sweep run id> --out report/     # compare the jobs on one HTML page
+
+A failed job is logged, its runs end FAILED with an ``lrtrack.error`` tag, and the sweep goes on;
+the sweep's run then ends FAILED and the command exits with status 1.
 """
 
 from __future__ import annotations
