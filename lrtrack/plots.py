@@ -36,12 +36,7 @@ def draw_range_test(ax: plt.Axes, result: RangeTestResult, *, chosen_rule: str |
     ax.set_xscale("log" if result.step_mode == "exp" else "linear")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("loss")
-    finite = [v for v in result.smoothed_losses if math.isfinite(v)]
-    if finite:
-        # Keep the divergent tail from flattening the interesting part of the curve.
-        lo, hi = min(finite), max(finite[0], min(max(finite), finite[0] + 2 * (finite[0] - min(finite)) + 1e-9))
-        pad = 0.08 * (hi - lo if hi > lo else 1.0)
-        ax.set_ylim(lo - pad, hi + pad)
+    focus_on_descent(ax, result.smoothed_losses)
     for rule, suggestion in result.suggestions.items():
         if suggestion.lr is None:
             continue
@@ -53,6 +48,17 @@ def draw_range_test(ax: plt.Axes, result: RangeTestResult, *, chosen_rule: str |
                 label=f"{rule}{chosen}: {suggestion.lr:.2e}")
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(loc="best", fontsize=8)
+
+
+def focus_on_descent(ax: plt.Axes, smoothed: list[float]) -> None:
+    """Limit the y axis to the descent, so a divergent tail does not flatten it."""
+    finite = [v for v in smoothed if math.isfinite(v)]
+    if not finite:
+        return
+    lo = min(finite)
+    hi = max(finite[0], min(max(finite), finite[0] + 2 * (finite[0] - lo) + 1e-9))
+    pad = 0.08 * (hi - lo if hi > lo else 1.0)
+    ax.set_ylim(lo - pad, hi + pad)
 
 
 def _loss_at(result: RangeTestResult, lr: float) -> float:
@@ -84,12 +90,7 @@ def schedule_on_range_test_figure(
         base_lr, max_lr = bounds
         ax.axvline(max_lr, color="tab:red", ls="--", label=f"max_lr {max_lr:.2e}")
         ax.axvline(base_lr, color="tab:green", ls="--", label=f"base_lr {base_lr:.2e}")
-    finite = [v for v in range_smoothed if math.isfinite(v)]
-    if finite:
-        lo_y = min(finite)
-        hi_y = max(finite[0], min(max(finite), finite[0] + 2 * (finite[0] - lo_y) + 1e-9))
-        pad = 0.08 * (hi_y - lo_y if hi_y > lo_y else 1.0)
-        ax.set_ylim(lo_y - pad, hi_y + pad)
+    focus_on_descent(ax, range_smoothed)
     ax.set_xlabel("learning rate")
     ax.set_ylabel("range-test loss")
     ax.set_title(title)
