@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import matplotlib
@@ -50,13 +51,23 @@ def draw_range_test(ax: plt.Axes, result: RangeTestResult, *, chosen_rule: str |
     ax.legend(loc="best", fontsize=8)
 
 
-def focus_on_descent(ax: plt.Axes, smoothed: list[float]) -> None:
-    """Limit the y axis to the descent, so a divergent tail does not flatten it."""
-    finite = [v for v in smoothed if math.isfinite(v)]
-    if not finite:
+def focus_on_descent(ax: plt.Axes, *curves: Sequence[float | None]) -> None:
+    """Limit the y axis to where the curves descend, so divergent tails do not flatten them.
+
+    The top is the highest starting value, or a little above it when a curve rises early;
+    the bottom is the lowest finite value of any curve.
+    """
+    firsts, lows, highs = [], [], []
+    for curve in curves:
+        finite = [v for v in curve if v is not None and math.isfinite(v)]
+        if finite:
+            firsts.append(finite[0])
+            lows.append(min(finite))
+            highs.append(max(finite))
+    if not firsts:
         return
-    lo = min(finite)
-    hi = max(finite[0], min(max(finite), finite[0] + 2 * (finite[0] - lo) + 1e-9))
+    lo, start = min(lows), max(firsts)
+    hi = max(start, min(max(highs), start + 2 * (start - lo) + 1e-9))
     pad = 0.08 * (hi - lo if hi > lo else 1.0)
     ax.set_ylim(lo - pad, hi + pad)
 

@@ -30,6 +30,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from lrtrack.plots import focus_on_descent  # noqa: E402
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from mlflow.entities import Run
@@ -202,23 +204,6 @@ def rows_to_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str] = SUMMARY
 # --------------------------------------------------------------------------- figures
 
 
-def _ylim(ax: Any, curves: Iterable[Sequence[float]]) -> None:
-    """Keep divergent tails from flattening the interesting part of the curves."""
-    firsts, lows, highs = [], [], []
-    for c in curves:
-        finite = [v for v in c if v is not None and math.isfinite(v)]
-        if finite:
-            firsts.append(finite[0])
-            lows.append(min(finite))
-            highs.append(max(finite))
-    if not firsts:
-        return
-    lo, start = min(lows), max(firsts)
-    hi = max(start, min(max(highs), start + 2 * (start - lo) + 1e-9))
-    pad = 0.08 * (hi - lo if hi > lo else 1.0)
-    ax.set_ylim(lo - pad, hi + pad)
-
-
 def _nearest(lrs: Sequence[float], values: Sequence[float], lr: float) -> float:
     pairs = [(abs(math.log(x) - math.log(lr)), v) for x, v in zip(lrs, values, strict=False)
              if x and x > 0 and v is not None and math.isfinite(v)]
@@ -252,7 +237,7 @@ def range_test_overlay_figure(curves: Sequence[tuple[str, Curve, float | None]],
             ax.plot([lr], [_nearest(lrs, sm, lr)], "o", color=color, ms=8, mec="black")
             ax.axvline(lr, color=color, ls=":", lw=1)
     ax.set_xscale("log")
-    _ylim(ax, drawn)
+    focus_on_descent(ax, *drawn)
     ax.set_xlabel("learning rate")
     ax.set_ylabel("smoothed loss")
     ax.set_title(title)
@@ -421,7 +406,7 @@ def seeds_figure(agg: SeedAggregate, *, chosen_rule: str = "valley", title: str 
         ax.plot([s["median"]], [_nearest(agg.lrs, agg.median, s["median"])], "o", color=color, ms=8,
                 label=f"{rule}{chosen}: {s['median']:.2e} [{s['min']:.1e}, {s['max']:.1e}]")
     ax.set_xscale("log")
-    _ylim(ax, [agg.median, agg.q75])
+    focus_on_descent(ax, agg.median, agg.q75)
     ax.set_xlabel("learning rate")
     ax.set_ylabel("smoothed loss")
     ax.set_title(title)
