@@ -31,9 +31,7 @@ log = logging.getLogger(__name__)
 MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
 MAX_PARAMS_PER_BATCH = 100
 MAX_PARAM_VALUE = 6000  # longer values are rejected/truncated by the store
-PARENT_TAG = "mlflow.parentRunId"
-STAGE_TAG = "lrtrack.stage"
-RANGE_TEST_LINK_TAG = "lrtrack.range_test_run_id"
+PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag (lrtrack's layout is in runlog.py)
 
 
 def resolve_tracking_uri(configured: str | None, launch_dir: str | Path) -> str:
@@ -189,6 +187,8 @@ class TrackedRun:
         self.metrics = MetricBuffer(client, run_id, flush_every=flush_every, flush_seconds=flush_seconds)
         self._ended = False
 
+    enabled = True
+
     # Observer interface, so a TrackedRun can be handed straight to the engine.
     def on_step(self, step: int, metrics: Mapping[str, float]) -> None:
         self.metrics.on_step(step, metrics)
@@ -208,10 +208,8 @@ class TrackedRun:
         self.metrics.add(step, finite)
 
     def log_figure(self, figure: Figure, artifact_file: str) -> None:
-        import matplotlib.pyplot as plt
-
+        # lrtrack's figures are plain matplotlib Figures (no pyplot), so there is nothing to close.
         self.client.log_figure(self.run_id, figure, artifact_file)
-        plt.close(figure)
 
     def log_dict(self, data: Any, artifact_file: str) -> None:
         self.client.log_dict(self.run_id, data, artifact_file)
@@ -261,6 +259,46 @@ class TrackedRun:
             self.end("FAILED")
 
 
+class NullRun:
+    """A run that records nothing: what the recipe uses with ``tracking.enabled=false``."""
+
+    run_id: str | None = None
+    enabled = False
+
+    def on_step(self, step: int, metrics: Mapping[str, float]) -> None:
+        pass
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        pass
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        pass
+
+    def log_summary(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        pass
+
+    def log_dict(self, data: Any, artifact_file: str) -> None:
+        pass
+
+    def end(self, status: str = "FINISHED") -> None:
+        pass
+
+    def __enter__(self) -> NullRun:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+
+class NullTracker:
+    """No tracking (``tracking.enabled=false``): its runs record nothing."""
+
+    enabled = False
+
+    def start_run(self, name: str, **kwargs: Any) -> NullRun:
+        return NullRun()
+
+
 class Tracker:
     """A tracking store and experiment; starts runs in it.
 
@@ -270,6 +308,8 @@ class Tracker:
         flush_every: steps between metric sends.
         flush_seconds: longest time between metric sends.
     """
+
+    enabled = True
 
     def __init__(self, tracking_uri: str, experiment_name: str, *, flush_every: int = 100, flush_seconds: float = 5.0) -> None:
         self.tracking_uri = tracking_uri

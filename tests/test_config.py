@@ -1,0 +1,128 @@
+"""The real config composed in-process (Hydra's compose API), then validated and dry-run.
+
+These are the checks that need no data and no subprocess: every option of every group
+composes to a complete config, and every bad value is reported, all at once, with the
+setting, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import ConfigCompositionException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError
+
+from lrtrack.config import (
+    ConfigError,
+    available_options,
+    config_dir,
+    dry_run,
+    register_configs,
+    validate,
+)
+
+
+def composed(*overrides: str, model: str = "mnist_cnn") -> DictConfig:
+    """``python -m lrtrack +model=MODEL OVERRIDES`` composed as the CLI composes it."""
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose("config", overrides=[f"+model={model}", *overrides])
+
+
+def errors_of(cfg: DictConfig) -> list[str]:
+    try:
+        validate(cfg)
+        dry_run(cfg)
+    except ConfigError as err:
+        return err.errors
+    return []
+
+
+@pytest.mark.parametrize("group", ["data", "optimizer", "criterion", "finder", "schedule", "tracking", "model"])
+def test_every_option_of_every_group_composes_to_a_complete_valid_config(group: str) -> None:
+    options = available_options(group)
+    assert options, group
+    for option in options:
+        cfg = composed(model=option) if group == "model" else composed(f"{group}={option}")
+        missing = OmegaConf.missing_keys(cfg)
+        assert not missing, f"{group}={option} leaves {sorted(missing)} unset"
+        assert errors_of(cfg) == [], f"{group}={option}"
+
+
+def test_the_defaults_are_the_seed_example() -> None:
+    cfg = composed()
+    assert cfg.optimizer._target_ == "torch.optim.SGD" and cfg.optimizer.lr == 0.001 and cfg.optimizer.momentum == 0.5
+    assert cfg.data.batch_size == 256 and cfg.criterion._target_ == "torch.nn.NLLLoss"
+    assert (cfg.finder.end_lr, cfg.finder.num_iter, cfg.finder.step_mode) == (10.0, 100, "exp")
+    assert (cfg.bounds.max_lr, cfg.bounds.max_lr_rule, cfg.bounds.base_divisor) == (None, "valley", 4.0)
+
+
+def test_linear_finder_is_exp_with_two_settings_changed() -> None:
+    exp, linear = composed(), composed("finder=linear")
+    assert linear.finder.step_mode == "linear" and linear.finder.end_lr == 1.0
+    rest = {k: v for k, v in exp.finder.items() if k not in ("step_mode", "end_lr")}
+    assert {k: linear.finder[k] for k in rest} == rest
+
+
+def test_smoke_experiment_shrinks_the_run() -> None:
+    cfg = composed("+experiment=smoke")
+    assert cfg.data.name == "fake" and cfg.finder.num_iter == 12 and cfg.train.epochs == 1
+    assert cfg.progress is False
+
+
+def test_schedule_files_hold_only_the_scheduler_and_bounds_are_typed() -> None:
+    cfg = composed("schedule=triangular2", "bounds.max_lr=0.3")
+    assert cfg.schedule._target_ == "lrtrack.schedules.triangular2" and "max_lr" not in cfg.schedule
+    assert cfg.bounds.max_lr == 0.3
+    with pytest.raises(ConfigCompositionException):
+        composed("bounds.max_lr=fast")  # a float, by the schema
+    with pytest.raises(ConfigCompositionException) as info:
+        composed("bounds.max_lr_rul=valley")  # a typo in a key
+    assert isinstance(info.value.__cause__, ConfigAttributeError)
+
+
+def test_range_errors_are_collected_and_name_setting_value_and_what_is_allowed() -> None:
+    cfg = composed("finder.num_iter=1", "finder.step_mode=cubic", "finder.smoothing=1.5", "finder.start_lr=20",
+                   "optimizer.lr=-0.1", "bounds.base_divisor=0.5", "bounds.max_lr_rule=best", "train.epochs=0")
+    assert errors_of(cfg) == [
+        "optimizer.lr=-0.1 is invalid: must be >= 0",
+        "finder.step_mode='cubic' is invalid: allowed: exp, linear",
+        "finder.num_iter=1 is invalid: must be >= 2 (a curve needs two points)",
+        "finder.start_lr=20.0 is invalid: must be smaller than finder.end_lr=10.0",
+        "finder.smoothing=1.5 is invalid: must be in [0, 1) (EMA decay; 0 = no smoothing)",
+        "train.epochs=0 is invalid: must be >= 1",
+        "bounds.max_lr_rule='best' is invalid: allowed: steepest, valley, minimum, slide, min_loss_div10",
+        "bounds.base_divisor=0.5 is invalid: must be a number >= 1 (Smith: 3-4)",
+    ]
+
+
+def test_exp_grid_from_lr_zero_is_refused_with_the_fix() -> None:
+    assert errors_of(composed("optimizer.lr=0")) == [
+        "optimizer.lr=0 is invalid: must be > 0 for finder.step_mode=exp (a log-spaced grid cannot start at 0); "
+        "set finder.start_lr=1e-7, or use finder=linear"]
+    assert errors_of(composed("optimizer.lr=0", "finder=linear", "stage=range_test")) == []
+    # ... but the training schedule keeps the groups' LR ratios, so it needs a positive LR: caught now.
+    (line,) = errors_of(composed("optimizer.lr=0", "finder=linear"))
+    assert line.startswith("schedule (lrtrack.schedules.onecycle): parameter group 0 has lr=0.0")
+
+
+def test_dry_run_builds_the_optimizer_and_schedule_before_anything_starts() -> None:
+    assert errors_of(composed("optimizer.momentum=-1")) == [
+        "optimizer (torch.optim.SGD): Invalid momentum value: -1; check the optimizer.* settings"]
+    assert errors_of(composed("schedule.pct_start=1.5")) == [
+        "schedule (lrtrack.schedules.onecycle): onecycle pct_start must be in (0, 1), got 1.5; e.g. 0.3.; "
+        "check the schedule.* settings"]
+    # Cycling momentum needs an optimizer that has momentum.
+    (line,) = errors_of(composed("optimizer.momentum=0", "schedule=triangular"))
+    assert line.startswith("schedule (lrtrack.schedules.triangular): ") and "cycle_momentum" in line
+    # Only the range test: the schedule is not built, so its settings do not matter.
+    assert errors_of(composed("stage=range_test", "schedule.pct_start=1.5")) == []
+
+
+def test_train_stage_needs_an_lr_source() -> None:
+    assert errors_of(composed("stage=train")) == [
+        "stage=train needs an LR: set bounds.max_lr=<lr> or train.lr_from=<range-test run id>"]
+    assert errors_of(composed("stage=train", "bounds.max_lr=0.1")) == []
