@@ -18,6 +18,7 @@ _EXPORTS = {
     "run_range_test": "lrtrack.finder",
     "lr_grid": "lrtrack.finder",
     "RangeTestResult": "lrtrack.finder",
+    "RangeTestPolicy": "lrtrack.finder",
     "Suggestion": "lrtrack.suggest",
     "suggest": "lrtrack.suggest",
     "suggest_all": "lrtrack.suggest",

@@ -31,7 +31,8 @@ EXIT_INTERRUPTED = 130
 
 def fail(lines: str | list[str], code: int = EXIT_BAD_INPUT) -> NoReturn:
     """Print one line per problem to stderr and exit without a traceback."""
-    for line in [lines] if isinstance(lines, str) else lines:
+    for problem in [lines] if isinstance(lines, str) else lines:
+        line = " ".join(part.strip() for part in str(problem).splitlines() if part.strip())
         print(f"lrtrack: error: {line}", file=sys.stderr)
     sys.exit(code)
 

@@ -13,8 +13,9 @@ Code written against ``torch_lr_finder`` keeps working after a one-line import c
 engine). By default it runs lrtrack's corrected range test: bias-corrected smoothing, a stop at
 the first NaN/inf loss, the model, optimizer and RNG restored after the test (also when it
 fails), a fixed validation subset, and all four suggestion rules in ``finder.suggestions``.
-``LRFinder(..., compat=True)`` reproduces torch-lr-finder 0.2.2's numbers instead, so a ported
-notebook draws the same curve; :data:`DIFFERENCES` lists every intentional difference.
+``LRFinder(..., compat=True)`` behaves like torch-lr-finder 0.2.2 instead (it passes 0.2.2's own
+test suite, tests/test_compat_upstream.py) and reproduces its numbers, so a ported notebook
+draws the same curve; :data:`DIFFERENCES` lists every intentional difference.
 
 The loader wrappers :class:`DataLoaderIter`, :class:`TrainDataLoaderIter` and
 :class:`ValDataLoaderIter` behave like torch-lr-finder's: subclass one and override
@@ -25,6 +26,7 @@ The loader wrappers :class:`DataLoaderIter`, :class:`TrainDataLoaderIter` and
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 import numbers
@@ -33,15 +35,23 @@ import random
 import tempfile
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from lrtrack.batches import StepFn, batch_size_of, move_to_device
-from lrtrack.finder import STEP_MODES, STOP_COMPLETED, RangeTestResult, run_range_test
+from lrtrack.finder import (
+    STEP_MODES,
+    STOP_COMPLETED,
+    RangeTestPolicy,
+    RangeTestResult,
+    StateSnapshot,
+    run_range_test,
+)
 from lrtrack.observers import StepObserver
+from lrtrack.steps import StepFn, autocast_factory, batch_size_of, mean_loss, supervised_step
 from lrtrack.suggest import Suggestion, check_rule, suggest
 
 log = logging.getLogger(__name__)
@@ -59,57 +69,57 @@ __all__ = [
 #: Validation batches evaluated per step in lrtrack mode (the engine's default).
 DEFAULT_VAL_BATCHES = 5
 
-#: Intentional behaviour differences from torch-lr-finder 0.2.2 (default mode vs. 0.2.2, and
-#: what ``compat=True`` keeps). One line each, ready for the README.
+#: Every intentional difference between the default mode and torch-lr-finder 0.2.2, and what
+#: ``compat=True`` keeps. The README's "Coming from pytorch-lr-finder" section lists exactly
+#: these lines (tests/test_compat.py checks that), so this tuple is the one place to change.
 DIFFERENCES: tuple[str, ...] = (
-    "Smoothing: the default is a bias-corrected EMA with decay 1 - smooth_f (smooth_f=0 turns "
-    "it off); torch-lr-finder seeds the average with the first loss and never corrects it. "
-    "compat=True uses torch-lr-finder's formula.",
-    "NaN/inf loss: the default stops the test at the first non-finite loss (the step is "
-    "recorded, finder.result.stop_reason is 'non_finite_loss'); torch-lr-finder runs on to "
-    "num_iter and fills the history with NaN. compat=True keeps running.",
-    "Divergence: the default stops when smoothed - best > (diverge_th - 1) * |best| "
-    "(identical to smoothed > diverge_th * best for positive losses, and sane for negative "
-    "ones) and requires diverge_th > 1; compat=True uses smoothed > diverge_th * best.",
-    "Restore: model, optimizer and RNG state are restored after every range_test, also when "
-    "it raises or is interrupted; torch-lr-finder restores only on reset() and never on an "
-    "exception. reset() still restores the state captured when the LRFinder was created. "
-    "This holds in both modes.",
-    "Validation: the default evaluates a fixed set of val_batches=5 validation batches after "
-    "each step; torch-lr-finder evaluates the whole validation loader every step "
-    "(val_batches=None, or compat=True, does that). A ValDataLoaderIter left mid-pass by an "
-    "earlier test starts a full pass (torch-lr-finder would average a partial first pass).",
-    "Parameter groups: by default a scalar start_lr/end_lr keeps the ratios between groups' "
-    "LRs; torch-lr-finder gives every group the same start_lr (when set) and the same end_lr. "
-    "compat=True does the same; lists with one LR per group work in both modes.",
-    "LR grid: by default the last LR is exactly end_lr; torch-lr-finder's formula can be one "
-    "float rounding away from it (compat=True keeps that). In both, history['lr'][i] is the LR "
-    "step i trained with.",
-    "Suggestions: after range_test, finder.suggestions holds all four rules (steepest, valley, "
-    "minimum, slide) on the smoothed curve and finder.result the whole RangeTestResult. "
-    "plot(suggest_lr=True) marks the 'steepest' rule of lrtrack.suggest (slope against "
-    "log10 LR) by default and returns None for the LR, with a logged reason, when the curve is "
-    "too short; with compat=True it is torch-lr-finder's argmin of np.gradient on the trimmed "
-    "curve and a too-short curve raises RuntimeError. suggest_lr may also name a rule.",
-    "start_lr=0: a real 0 by default (valid with step_mode='linear'); compat=True treats it, "
-    "like torch-lr-finder, as 'use the optimizer's LR'.",
-    "Scheduler check: lrtrack never attaches a scheduler, so range_test can run again without "
-    "reset(); torch-lr-finder raises RuntimeError on the second call.",
-    "Argument errors are raised before anything is changed, with messages that name the "
-    "parameter, the bad value and the fix; same exception types as torch-lr-finder.",
-    "Loaders: train_loader/val_loader may be any iterable of batches, not only a DataLoader "
-    "or its iterator wrappers.",
-    "step_fn(model, batch) -> loss replaces criterion for dict batches, several inputs or "
-    "outputs and custom losses; observer= receives every step (e.g. MLflow tracking).",
-    "Mixed precision: amp_backend='apex' raises a 'not supported' ValueError; with "
-    "amp_backend='torch', amp_config=None autocasts on the model's device (float16 on CUDA, "
-    "bfloat16 on CPU) where torch-lr-finder fails.",
-    "memory_cache=False keeps both the reset() state and the per-test restore state on disk "
-    "under cache_dir (the system temp dir by default), never a second copy in memory.",
-    "Messages go through logging (logger 'lrtrack.compat'), never print; the progress bar "
-    "shows only on a terminal.",
-    "range_test still returns None (so a notebook cell shows nothing); plot() returns ax, or "
-    "(ax, lr) when it suggests, as before.",
+    "Smoothing: a bias-corrected EMA with decay `1 - smooth_f` (`smooth_f=0` turns it off); "
+    "0.2.2 seeds the average with the first loss and never corrects it, and `compat=True` does "
+    "the same.",
+    "NaN/inf loss: the test stops at the first non-finite loss (the step is recorded and "
+    "`result.stop_reason` is `'non_finite_loss'`); 0.2.2 runs on to `num_iter` and fills the "
+    "history with NaN, and so does `compat=True`.",
+    "Divergence: the test stops when `smoothed - best > (diverge_th - 1) * |best|` (the same as "
+    "`smoothed > diverge_th * best` for positive losses, and sane for negative ones) and needs "
+    "`diverge_th > 1`; `compat=True` uses 0.2.2's `smoothed > diverge_th * best`.",
+    "Restore, in both modes: the model, optimizer and RNG state are put back after every "
+    "`range_test`, also when it raises or is interrupted; 0.2.2 restores only on `reset()`, "
+    "which still restores the state from when the `LRFinder` was created.",
+    "Validation: `val_batches=5` fixed validation batches are evaluated after each step; 0.2.2 "
+    "evaluates the whole validation loader every step, as `val_batches=None` or `compat=True` "
+    "does. A `ValDataLoaderIter` left mid-pass by an earlier test starts a full pass.",
+    "Parameter groups: a scalar `start_lr`/`end_lr` keeps the ratios between the groups' LRs; "
+    "0.2.2 gives every group the same `start_lr` (when set) and the same `end_lr`, and so does "
+    "`compat=True`. A list with one LR per group works in both modes.",
+    "LR grid: the last LR is exactly `end_lr`; 0.2.2's formula can be one float rounding away "
+    "from it, and `compat=True` keeps that. In both modes `history['lr'][i]` is the LR that "
+    "step `i` trained with.",
+    "Suggestions: `finder.suggestions` holds all four rules (steepest, valley, minimum, slide) "
+    "and `finder.result` the whole `RangeTestResult`; `plot(suggest_lr=True)` marks lrtrack's "
+    "`steepest` rule (the slope against log10 LR, so every LR must be > 0) and returns `None` "
+    "for the LR, with a logged reason, when the curve is too short. With `compat=True` it is "
+    "0.2.2's argmin of `np.gradient` on the trimmed curve, and a too-short curve raises 0.2.2's "
+    "'Need at least' `RuntimeError`. `suggest_lr` may also name a rule.",
+    "`start_lr=0` is a real 0 (valid with `step_mode='linear'`); 0.2.2, and `compat=True`, "
+    "read a falsy `start_lr` as 'use the optimizer's LR'.",
+    "Scheduler check, in both modes: no scheduler is attached to the optimizer, so `range_test` "
+    "can run again without `reset()`; 0.2.2 raises `RuntimeError` on the second call.",
+    "Argument errors, in both modes: raised before anything changes, with messages that name "
+    "the parameter, the bad value and the fix; the exception types are 0.2.2's.",
+    "Loaders: `train_loader`/`val_loader` may be any iterable of batches; 0.2.2, and "
+    "`compat=True`, take only a `DataLoader` or a `TrainDataLoaderIter`/`ValDataLoaderIter` and "
+    "raise a 'has unsupported type' `ValueError` for anything else.",
+    "New in both modes: `step_fn(model, batch) -> loss` replaces `criterion` for dict batches, "
+    "several inputs or outputs and custom losses; `observer=` receives every step (for example "
+    "an MLflow run from `lrtrack.tracking`).",
+    "Mixed precision, in both modes: `amp_backend='apex'` raises a 'not supported' "
+    "`ValueError`; with `amp_backend='torch'` and `amp_config=None` the forward pass autocasts "
+    "on the model's device (float16 on CUDA, bfloat16 on CPU), where 0.2.2 fails.",
+    "`memory_cache=False`, in both modes, keeps the `reset()` state and the per-test restore "
+    "state in files under `cache_dir` (the system temp folder by default), never a second copy "
+    "in memory.",
+    "Messages, in both modes, go through `logging` (logger `lrtrack.compat`), never `print`; "
+    "the progress bar shows only on a terminal.",
 )
 
 
@@ -351,21 +361,44 @@ def _remove_files(files: dict[str, str]) -> None:
     files.clear()
 
 
-class _RngState:
-    """torch (CPU and CUDA), Python and numpy RNG state, to put back after the test."""
+class _DiskSnapshot:
+    """:class:`~lrtrack.finder.StateSnapshot` for ``memory_cache=False``.
 
-    def __init__(self) -> None:
-        self.torch = torch.get_rng_state()
-        self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-        self.python = random.getstate()
-        self.numpy = np.random.get_state()
+    The model and optimizer states go to files under ``cache_dir`` (never a second copy in
+    memory, which is why a user picks ``memory_cache=False``); the training flag and the RNG
+    states are kept as :class:`StateSnapshot` keeps them. The files are removed by
+    :meth:`restore`.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        cache_dir: str | os.PathLike[str] | None,
+    ) -> None:
+        self.model, self.optimizer = model, optimizer
+        self.cache = _StateCache(False, cache_dir)
+        self.cache.store("model", model.state_dict())
+        self.cache.store("optimizer", optimizer.state_dict())
+        self.training = model.training
+        self.torch_rng = torch.get_rng_state()
+        self.cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+        self.python_rng = random.getstate()
+        self.numpy_rng = np.random.get_state()
 
     def restore(self) -> None:
-        torch.set_rng_state(self.torch)
-        if self.cuda is not None:
-            torch.cuda.set_rng_state_all(self.cuda)
-        random.setstate(self.python)
-        np.random.set_state(self.numpy)
+        """Load the saved states back, then delete the files."""
+        try:
+            self.model.load_state_dict(self.cache.retrieve("model"))
+            self.optimizer.load_state_dict(self.cache.retrieve("optimizer"))
+        finally:
+            self.cache.clear()
+        self.model.train(self.training)
+        torch.set_rng_state(self.torch_rng)
+        if self.cuda_rng is not None:
+            torch.cuda.set_rng_state_all(self.cuda_rng)
+        random.setstate(self.python_rng)
+        np.random.set_state(self.numpy_rng)
 
 
 # --------------------------------------------------------------------------- argument checks
@@ -440,9 +473,9 @@ class LRFinder:
     * ``compat=True``: torch-lr-finder 0.2.2's numbers, so a ported notebook draws the same
       curve: its smoothing formula (no bias correction), NaN never stopping the test, its
       ``loss > diverge_th * best`` rule, the whole validation loader averaged every step, a
-      scalar ``start_lr``/``end_lr`` applied to every group, its LR grid, and ``plot()``'s
-      steepest-gradient suggestion on the trimmed curve. The state is still restored after
-      each test.
+      scalar ``start_lr``/``end_lr`` applied to every group, its LR grid, its two loader
+      types each, and ``plot()``'s steepest-gradient suggestion on the trimmed curve. The
+      state is still restored after each test.
 
     In both modes ``history["lr"][i]`` is the LR that step ``i`` trained with (what 0.2.2
     records too), and ``history["loss"][i]`` the smoothed loss after that step. The full list
@@ -588,11 +621,12 @@ class LRFinder:
         """Run the range test; the curve lands in ``history``, ``result`` and ``suggestions``.
 
         Args:
-            train_loader: a DataLoader of ``(inputs, labels, ...)`` batches, a
-                :class:`TrainDataLoaderIter` (subclass) for other formats, or any iterable of
-                batches (with ``step_fn``, batches of any format).
+            train_loader: a DataLoader of ``(inputs, labels, ...)`` batches or a
+                :class:`TrainDataLoaderIter` (subclass) for other formats; in the default
+                mode also any iterable of batches (with ``step_fn``, batches of any format).
             val_loader: when given, the recorded loss is the validation loss after each step
-                (a DataLoader, a :class:`ValDataLoaderIter` or any re-iterable).
+                (a DataLoader or a :class:`ValDataLoaderIter`; in the default mode also any
+                re-iterable of batches).
             start_lr: first LR (default: the optimizer's); a list gives one per group.
             end_lr: last LR; a list gives one per group.
             num_iter: number of optimizer steps (> 1).
@@ -606,104 +640,60 @@ class LRFinder:
             progress: show a progress bar (on a terminal).
 
         Raises:
-            ValueError: bad step_mode, num_iter <= 1, smooth_f outside [0, 1), and the
-                engine's checks on the LRs and accumulation_steps.
-            TypeError: arguments of the wrong type (e.g. a train_loader that is not iterable).
+            ValueError: bad step_mode, num_iter <= 1, smooth_f outside [0, 1), a loader of
+                another type with ``compat=True`` ("has unsupported type", as in 0.2.2), and
+                the engine's checks on the LRs and accumulation_steps.
+            TypeError: arguments of the wrong type (e.g. in the default mode a train_loader
+                that is not iterable).
             RuntimeError: the optimizer has a scheduler attached, or a non-resetting
                 train_loader ran out of batches.
         """
         _check_scheduler(self.optimizer)
         mode = _check_range_args(step_mode, num_iter, smooth_f, diverge_th, non_blocking_transfer)
-        if val_batches == "auto":
-            val_batches = None if self.compat else DEFAULT_VAL_BATCHES
-        elif val_batches is not None and (
-            isinstance(val_batches, bool) or not isinstance(val_batches, int) or val_batches < 1
-        ):
-            raise ValueError(
-                f"val_batches must be 'auto', None (the whole loader) or an integer >= 1; "
-                f"got {val_batches!r}"
-            )
+        val_batches = self._val_batches(val_batches)
         starts, ends = self._lr_bounds(start_lr, end_lr)
+        self._check_loaders(train_loader, val_loader)
         device = torch.device(self.device)
-        amp_config = self._amp_config(device)
-
-        if val_loader is not None and not isinstance(val_loader, Iterable):
-            raise TypeError(
-                f"val_loader must be None, a DataLoader, a ValDataLoaderIter or another "
-                f"re-iterable of batches; got {type(val_loader).__name__}"
-            )
-        # Creating the loaders' iterators may draw from the RNG (train first, then val, in
-        # 0.2.2's order); the RNG is put back to this state after the test.
-        rng = _RngState()
-        train_source = self._train_source(train_loader)
-        val_source = self._val_source(val_loader)
-
-        step = self.step_fn if self.step_fn is not None else _supervised_step(self.criterion)
-        engine_step = _with_autocast(step, amp_config) if amp_config is not None else step
-        kwargs: dict[str, Any] = {
-            "step_fn": engine_step,
-            "start_lr": starts,
-            "end_lr": ends,
-            "num_iter": int(num_iter),
-            "step_mode": mode,
-            "accumulation_steps": accumulation_steps,
-            "grad_scaler": self.grad_scaler if self.amp_backend == "torch" else None,
-            "device": device,
-            "non_blocking": non_blocking_transfer,
-            "observer": self.observer,
-            "progress": progress,
-            "restore": self.memory_cache,
-        }
-        divergence: TorchLrFinderDivergence | None = None
-        if self.compat:
-            divergence = TorchLrFinderDivergence(diverge_th)
-            kwargs.update(
-                smoother=TorchLrFinderSmoother(smooth_f),
-                divergence_check=divergence,
-                stop_on_non_finite=False,
-                exact_ends=False,
-            )
-            if val_source is not None:
-                if val_batches is None:
-                    kwargs["validate_fn"] = self._compat_validator(
-                        val_source, step, device, non_blocking_transfer
-                    )
-                else:
-                    kwargs.update(val_loader=val_source, val_batches=val_batches)
-        else:
-            kwargs.update(
-                smoothing=1.0 - smooth_f if smooth_f > 0 else 0.0,
-                diverge_th=diverge_th,
-                val_loader=val_source,
-                val_batches=val_batches,
-            )
+        step = self._step(device)
 
         self.history = {"lr": [], "loss": []}
         self.best_loss = None
         self.result = None
         self.suggestions = {}
-        try:
-            if self.memory_cache:
-                result = run_range_test(self.model, self.optimizer, train_source, **kwargs)
-            else:
-                result = self._run_with_disk_restore(train_source, kwargs)
-        finally:
-            rng.restore()
-
-        self.result = result
-        self.suggestions = dict(result.suggestions)
-        self.history = {"lr": list(result.lrs), "loss": list(result.smoothed_losses)}
-        if divergence is not None:
-            self.best_loss = divergence.best
+        # The snapshot comes before the loaders' iterators, whose creation may draw from the
+        # RNG (train first, then val, in 0.2.2's order): the test leaves the RNG untouched.
+        snapshot: StateSnapshot | _DiskSnapshot
+        if self.memory_cache:
+            snapshot = StateSnapshot(self.model, self.optimizer)
         else:
-            self.best_loss = result.min_loss
-        if result.stop_reason != STOP_COMPLETED:
-            log.info("Stopping early (%s): %s", result.stop_reason, result.stop_detail)
-        log.info(
-            "Learning rate search finished after %d steps; see the curve with plot() and all "
-            "suggestions in .suggestions",
-            result.steps,
-        )
+            snapshot = _DiskSnapshot(self.model, self.optimizer, self.cache_dir)
+        try:
+            train_source = self._train_source(train_loader)
+            val_source = self._val_source(val_loader)
+            options = self._mode_options(
+                val_source, val_batches, step, device, non_blocking_transfer, smooth_f, diverge_th
+            )
+            result = run_range_test(
+                self.model,
+                self.optimizer,
+                train_source,
+                step_fn=step,
+                start_lr=starts,
+                end_lr=ends,
+                num_iter=int(num_iter),
+                step_mode=mode,
+                accumulation_steps=accumulation_steps,
+                grad_scaler=self.grad_scaler if self.amp_backend == "torch" else None,
+                device=device,
+                non_blocking=non_blocking_transfer,
+                observer=self.observer,
+                progress=progress,
+                restore=False,
+                **options,
+            )
+        finally:
+            snapshot.restore()
+        self._keep(result, options.get("policy"))
 
     def plot(
         self,
@@ -751,7 +741,7 @@ class LRFinder:
         tlf_rule = self.compat and suggest_lr is True
         if tlf_rule and n < skip_start + skip_end + 2:
             raise RuntimeError(
-                f"plot needs at least skip_start + skip_end + 2 = {skip_start + skip_end + 2} "
+                f"Need at least skip_start + skip_end + 2 = {skip_start + skip_end + 2} "
                 f"recorded steps to suggest an LR; the last range test recorded {n}. Lower "
                 "skip_start/skip_end, run range_test with a larger num_iter, or pass "
                 "suggest_lr=False."
@@ -824,23 +814,113 @@ class LRFinder:
         ends_c = list(end_lr) if isinstance(end_lr, (list, tuple)) else [end_lr] * n_groups
         return starts_c, ends_c
 
-    def _amp_config(self, device: torch.device) -> dict[str, Any] | None:
-        if self.amp_backend != "torch":
-            return None
-        if self.amp_config is not None:
-            return dict(self.amp_config)
-        dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-        return {"device_type": device.type, "dtype": dtype}
+    def _val_batches(self, val_batches: int | None | str) -> int | None:
+        """``"auto"`` means 5 batches, or the whole loader (None) in compat mode."""
+        if val_batches == "auto":
+            return None if self.compat else DEFAULT_VAL_BATCHES
+        if val_batches is not None and (
+            isinstance(val_batches, bool) or not isinstance(val_batches, int) or val_batches < 1
+        ):
+            raise ValueError(
+                f"val_batches must be 'auto', None (the whole loader) or an integer >= 1; "
+                f"got {val_batches!r}"
+            )
+        return val_batches
 
-    def _train_source(self, train_loader: Any) -> Iterable[Any]:
-        if isinstance(train_loader, DataLoader):
-            wrapper = _RawTrainIter if self.step_fn is not None else TrainDataLoaderIter
-            return wrapper(train_loader)
+    def _check_loaders(self, train_loader: Any, val_loader: Any) -> None:
+        """The loader types each mode takes (0.2.2's two types each with compat=True)."""
+        if self.compat:
+            if not isinstance(train_loader, (DataLoader, TrainDataLoaderIter)):
+                raise ValueError(_unsupported_loader("train_loader", train_loader))
+            if val_loader is not None and not isinstance(
+                val_loader, (DataLoader, ValDataLoaderIter)
+            ):
+                raise ValueError(_unsupported_loader("val_loader", val_loader))
+            return
         if not isinstance(train_loader, Iterable):
             raise TypeError(
                 f"train_loader must be a DataLoader, a TrainDataLoaderIter or another iterable "
                 f"of batches; got {type(train_loader).__name__}"
             )
+        if val_loader is not None and not isinstance(val_loader, Iterable):
+            raise TypeError(
+                f"val_loader must be None, a DataLoader, a ValDataLoaderIter or another "
+                f"re-iterable of batches; got {type(val_loader).__name__}"
+            )
+
+    def _step(self, device: torch.device) -> StepFn:
+        """The loss of one batch: ``step_fn`` or the supervised step, under autocast with
+        ``amp_backend="torch"`` (``amp_config``, or the device's default dtype)."""
+        step = self.step_fn if self.step_fn is not None else supervised_step(self.criterion)
+        if self.amp_backend != "torch":
+            return step
+        autocast: Callable[[], AbstractContextManager[Any]]
+        if self.amp_config is not None:
+            autocast = functools.partial(torch.autocast, **self.amp_config)
+        else:
+            autocast = autocast_factory(device, True)
+
+        def autocast_step(model: torch.nn.Module, batch: Any) -> torch.Tensor:
+            with autocast():
+                return step(model, batch)
+
+        return autocast_step
+
+    def _mode_options(
+        self,
+        val_source: Iterable[Any] | None,
+        val_batches: int | None,
+        step: StepFn,
+        device: torch.device,
+        non_blocking: bool,
+        smooth_f: float,
+        diverge_th: float,
+    ) -> dict[str, Any]:
+        """run_range_test's keywords that differ by mode: lrtrack's settings or 0.2.2's policy."""
+        if not self.compat:
+            return {
+                "smoothing": 1.0 - smooth_f if smooth_f > 0 else 0.0,
+                "diverge_th": diverge_th,
+                "val_loader": val_source,
+                "val_batches": val_batches,
+            }
+        options: dict[str, Any] = {}
+        validate_fn = None
+        if val_source is not None and val_batches is None:
+            validate_fn = self._compat_validator(val_source, step, device, non_blocking)
+        elif val_source is not None:
+            options.update(val_loader=val_source, val_batches=val_batches)
+        options["policy"] = RangeTestPolicy(
+            smoother=TorchLrFinderSmoother(smooth_f),
+            divergence_check=TorchLrFinderDivergence(diverge_th),
+            stop_on_non_finite=False,
+            exact_ends=False,
+            validate_fn=validate_fn,
+        )
+        return options
+
+    def _keep(self, result: RangeTestResult, policy: RangeTestPolicy | None) -> None:
+        """Expose a finished test as history, best_loss, result and suggestions."""
+        self.result = result
+        self.suggestions = dict(result.suggestions)
+        self.history = {"lr": list(result.lrs), "loss": list(result.smoothed_losses)}
+        divergence = policy.divergence_check if policy is not None else None
+        if isinstance(divergence, TorchLrFinderDivergence):
+            self.best_loss = divergence.best
+        else:
+            self.best_loss = result.min_loss
+        if result.stop_reason != STOP_COMPLETED:
+            log.info("Stopping early (%s): %s", result.stop_reason, result.stop_detail)
+        log.info(
+            "Learning rate search finished after %d steps; see the curve with plot() and all "
+            "suggestions in .suggestions",
+            result.steps,
+        )
+
+    def _train_source(self, train_loader: Any) -> Iterable[Any]:
+        if isinstance(train_loader, DataLoader):
+            wrapper = _RawTrainIter if self.step_fn is not None else TrainDataLoaderIter
+            return wrapper(train_loader)
         if getattr(train_loader, "auto_reset", True) is False and isinstance(
             train_loader, Iterator
         ):
@@ -848,6 +928,8 @@ class LRFinder:
         return train_loader
 
     def _val_source(self, val_loader: Any) -> Iterable[Any] | None:
+        if val_loader is None:
+            return None
         if isinstance(val_loader, DataLoader):
             wrapper = _RawValIter if self.step_fn is not None else ValDataLoaderIter
             return wrapper(val_loader)
@@ -866,29 +948,28 @@ class LRFinder:
         step: StepFn,
         device: torch.device,
         non_blocking: bool,
-    ) -> Callable[[torch.nn.Module], float]:
-        """0.2.2's validation: sum of ``loss * len(labels)`` over the whole loader, in Python
-        floats, divided by the dataset's length."""
-        use_step_fn = self.step_fn is not None
+    ) -> Callable[[torch.nn.Module], torch.Tensor]:
+        """0.2.2's validation: the whole loader after every step, each batch's loss weighted
+        by its number of labels (by :func:`~lrtrack.steps.batch_size_of` with ``step_fn``),
+        the sum divided by ``len(dataset)``."""
+        by_labels = self.step_fn is None
+        seen = [0]
 
-        def validate(model: torch.nn.Module) -> float:
-            was_training = model.training
-            model.eval()
-            running, seen = 0.0, 0
-            with torch.no_grad():
-                for batch in val_source:
-                    batch = move_to_device(batch, device, non_blocking)
-                    loss = step(model, batch)
-                    size = batch_size_of(batch) if use_step_fn else len(batch[1])
-                    running += loss.item() * size
-                    seen += size
-            model.train(was_training)
-            total = _dataset_length(val_source, seen)
-            if total == 0:
-                raise ValueError(
-                    "val_loader yielded no samples; give a non-empty validation loader"
-                )
-            return running / total
+        def weighted() -> Iterator[Any]:
+            # mean_loss weighs a batch by its first item's size: put the labels first.
+            seen[0] = 0
+            for batch in val_source:
+                item = (batch[1], batch[0]) if by_labels else batch
+                seen[0] += len(item[0]) if by_labels else batch_size_of(item)
+                yield item
+
+        def item_step(model: torch.nn.Module, item: Any) -> torch.Tensor:
+            return step(model, (item[1], item[0])) if by_labels else step(model, item)
+
+        def validate(model: torch.nn.Module) -> torch.Tensor:
+            loss = mean_loss(model, weighted(), item_step, device=device, non_blocking=non_blocking)
+            total = _dataset_length(val_source, seen[0])
+            return loss if total == seen[0] else loss * seen[0] / total
 
         return validate
 
@@ -908,48 +989,16 @@ class LRFinder:
         nearest = int(np.argmin(np.abs(np.log10(lrs) - math.log10(found.lr))))
         return found.lr, losses[nearest], label
 
-    def _run_with_disk_restore(
-        self, train_source: Iterable[Any], kwargs: dict[str, Any]
-    ) -> RangeTestResult:
-        """Run the engine without its in-memory snapshot; restore from files instead."""
-        test_cache = _StateCache(False, self.cache_dir)
-        test_cache.store("model", self.model.state_dict())
-        test_cache.store("optimizer", self.optimizer.state_dict())
-        was_training = self.model.training
-        try:
-            return run_range_test(self.model, self.optimizer, train_source, **kwargs)
-        finally:
-            self.model.load_state_dict(test_cache.retrieve("model"))
-            self.optimizer.load_state_dict(test_cache.retrieve("optimizer"))
-            self.model.train(was_training)
-            test_cache.clear()
 
-
-def _supervised_step(criterion: Callable[..., torch.Tensor] | None) -> StepFn:
-    """``criterion(model(inputs), labels)`` on ``(inputs, labels, ...)`` batches."""
-    if criterion is None:
-        raise ValueError("criterion is required when no step_fn is given")
-
-    def step(model: torch.nn.Module, batch: Any) -> torch.Tensor:
-        if not isinstance(batch, (list, tuple)) or len(batch) < 2:
-            raise TypeError(
-                f"criterion mode expects (inputs, labels) batches; got {type(batch).__name__}. "
-                "Wrap the loader in a TrainDataLoaderIter/ValDataLoaderIter subclass that "
-                "overrides inputs_labels_from_batch, or pass step_fn=lambda model, batch: loss."
-            )
-        return criterion(model(batch[0]), batch[1])
-
-    return step
-
-
-def _with_autocast(step: StepFn, amp_config: Mapping[str, Any]) -> StepFn:
-    """Run ``step`` (forward pass and loss) under ``torch.autocast(**amp_config)``."""
-
-    def autocast_step(model: torch.nn.Module, batch: Any) -> torch.Tensor:
-        with torch.autocast(**amp_config):
-            return step(model, batch)
-
-    return autocast_step
+def _unsupported_loader(name: str, loader: Any) -> str:
+    """The compat-mode message for a loader torch-lr-finder 0.2.2 would not take."""
+    kind = "TrainDataLoaderIter" if name == "train_loader" else "ValDataLoaderIter"
+    return (
+        f"`{name}` has unsupported type {type(loader).__name__}: with compat=True it must be a "
+        f"torch DataLoader or a {kind} (subclass), as in torch-lr-finder 0.2.2. Wrap it in a "
+        f"{kind} subclass that overrides inputs_labels_from_batch, or use compat=False, which "
+        "accepts any iterable of batches."
+    )
 
 
 def _dataset_length(source: Any, default: int) -> int:

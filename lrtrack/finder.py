@@ -17,16 +17,20 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
+from torch import nn
 
-from lrtrack.batches import (
-    StepFn,
-    batch_size_of,
-    make_supervised_step,
-    move_to_device,
-    resolve_device,
-)
 from lrtrack.observers import NullObserver, StepObserver
 from lrtrack.smoothing import EmaSmoother, check_smoothing
+from lrtrack.steps import (
+    StepFn,
+    autocast_factory,
+    make_grad_scaler,
+    mean_loss,
+    move_to_device,
+    resolve_device,
+    supervised_step,
+    train_step,
+)
 from lrtrack.suggest import Suggestion, suggest_all
 
 log = logging.getLogger(__name__)
@@ -177,13 +181,45 @@ class RangeTestResult:
         return rows
 
 
+# --------------------------------------------------------------------------- the policy
+
+
+@dataclass(frozen=True)
+class RangeTestPolicy:
+    """Engine behaviours other than lrtrack's: torch-lr-finder 0.2.2's, for :mod:`lrtrack.compat`.
+
+    Library users leave ``run_range_test(policy=None)``; every field's default is lrtrack's
+    behaviour.
+
+    Attributes:
+        smoother: an object with ``update(loss) -> smoothed`` used instead of the
+            bias-corrected EMA of ``smoothing`` (which is then only validated).
+        divergence_check: ``check(step, smoothed) -> reason or None`` used instead of the
+            ``diverge_th`` rule (then not checked); a reason stops the test as ``diverged``.
+        stop_on_non_finite: stop at the first NaN/inf loss (torch-lr-finder never does).
+        exact_ends: pin each grid's last LR to ``end_lr`` exactly (see :func:`lr_grid`).
+        validate_fn: ``validate_fn(model) -> loss`` called after every step instead of the
+            built-in validation on ``val_loader``; its value is the recorded loss.
+    """
+
+    smoother: Smoother | None = None
+    divergence_check: Callable[[int, float], str | None] | None = None
+    stop_on_non_finite: bool = True
+    exact_ends: bool = True
+    validate_fn: Callable[[nn.Module], float | torch.Tensor] | None = None
+
+
 # --------------------------------------------------------------------------- state restore
 
 
-class _Snapshot:
-    """Model, optimizer and RNG state, taken before the test and put back after it."""
+class StateSnapshot:
+    """Model, optimizer and RNG state, taken on creation and put back by :meth:`restore`.
 
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    Covers the model's parameters and buffers and its ``training`` flag, the optimizer's
+    state dict (LRs, momentum buffers) and the torch, CUDA, Python and numpy RNGs.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         self.model = model
         self.optimizer = optimizer
         self.model_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -195,6 +231,7 @@ class _Snapshot:
         self.numpy_rng = _numpy_rng_state()
 
     def restore(self) -> None:
+        """Put everything back as it was when the snapshot was taken (may be called again)."""
         self.model.load_state_dict(self.model_state)
         self.optimizer.load_state_dict(self.optimizer_state)
         self.model.train(self.training)
@@ -216,7 +253,24 @@ def _numpy_rng_state() -> Any:
     return np.random.get_state()
 
 
-# --------------------------------------------------------------------------- helpers
+# --------------------------------------------------------------------------- set-up helpers
+
+
+def _check_settings(
+    criterion: Any, step_fn: Any, smoothing: Any, diverge_th: Any, accumulation_steps: Any,
+    policy: RangeTestPolicy,
+) -> None:
+    if not isinstance(policy, RangeTestPolicy):
+        raise TypeError(f"policy must be a RangeTestPolicy or None; got {type(policy).__name__}")
+    if (criterion is None) == (step_fn is None):
+        raise ValueError("give exactly one of criterion (for (inputs, targets) batches) or step_fn")
+    check_smoothing(smoothing)
+    if policy.divergence_check is None and (
+        not isinstance(diverge_th, (int, float)) or diverge_th <= 1
+    ):
+        raise ValueError(f"diverge_th must be a number > 1; got {diverge_th!r}")
+    if isinstance(accumulation_steps, bool) or not isinstance(accumulation_steps, int) or accumulation_steps < 1:
+        raise ValueError(f"accumulation_steps must be an integer >= 1; got {accumulation_steps!r}")
 
 
 def _cycle(loader: Iterable[Any]) -> Iterator[Any]:
@@ -249,59 +303,20 @@ def _per_group(value: float | Sequence[float], base_lrs: list[float], name: str)
     return [float(value) * lr / base_lrs[0] for lr in base_lrs]
 
 
-def _autocast(device: torch.device, enabled: bool) -> Any:
-    if not enabled:
-        return torch.autocast(device_type=device.type, enabled=False)
-    # float16 needs a GradScaler on CUDA; CPU autocast supports bfloat16 only.
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-class _Validator:
-    """Evaluates the same fixed validation batches at every step (never the whole set)."""
-
-    def __init__(
-        self,
-        loader: Iterable[Any],
-        max_batches: int | None,
-        step_fn: StepFn,
-        device: torch.device,
-        non_blocking: bool,
-        amp: bool,
-    ) -> None:
-        self.loader = loader
-        self.step_fn = step_fn
-        self.device = device
-        self.non_blocking = non_blocking
-        self.amp = amp
-        self.batches: list[Any] | None = None
-        if max_batches is not None:
-            if max_batches < 1:
-                raise ValueError(f"val_batches must be >= 1 or None (all); got {max_batches}")
-            self.batches = []
-            for batch in loader:
-                self.batches.append(move_to_device(batch, device, non_blocking))
-                if len(self.batches) >= max_batches:
-                    break
-            if not self.batches:
-                raise ValueError("the validation loader yielded no batches")
-
-    @torch.no_grad()
-    def __call__(self, model: torch.nn.Module) -> torch.Tensor:
-        was_training = model.training
-        model.eval()
-        total = torch.zeros((), device=self.device)
-        count = 0
-        batches = self.batches if self.batches is not None else self.loader
-        for batch in batches:
-            batch = move_to_device(batch, self.device, self.non_blocking)
-            with _autocast(self.device, self.amp):
-                loss = self.step_fn(model, batch)
-            size = batch_size_of(batch)
-            total += loss.detach().float() * size
-            count += size
-        model.train(was_training)
-        return total / max(count, 1)
+def _fixed_batches(
+    loader: Iterable[Any], max_batches: int, device: torch.device, non_blocking: bool
+) -> list[Any]:
+    """The first ``max_batches`` batches of ``loader``, read once and kept on ``device``."""
+    if max_batches < 1:
+        raise ValueError(f"val_batches must be >= 1 or None (all); got {max_batches}")
+    batches: list[Any] = []
+    for batch in loader:
+        batches.append(move_to_device(batch, device, non_blocking))
+        if len(batches) >= max_batches:
+            break
+    if not batches:
+        raise ValueError("the validation loader yielded no batches")
+    return batches
 
 
 def _progress_bar(total: int, enabled: bool) -> Any:
@@ -314,8 +329,156 @@ def _progress_bar(total: int, enabled: bool) -> Any:
 # --------------------------------------------------------------------------- the engine
 
 
+class _RangeTest:
+    """One range test: its set-up, one optimizer step per grid LR, the curve, the stop rule."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        step_fn: StepFn,
+        grids: list[list[float]],
+        *,
+        device: torch.device,
+        amp: bool,
+        grad_scaler: torch.amp.GradScaler | None,
+        accumulation_steps: int,
+        non_blocking: bool,
+        policy: RangeTestPolicy,
+        diverge_th: float,
+        smoother: Smoother,
+        observer: StepObserver,
+    ) -> None:
+        self.model, self.optimizer, self.step_fn, self.grids = model, optimizer, step_fn, grids
+        self.device, self.amp, self.non_blocking = device, amp, non_blocking
+        self.autocast = autocast_factory(device, amp)
+        # a scaler given explicitly is always used (any device)
+        self.scaler = grad_scaler if grad_scaler is not None else make_grad_scaler(device, amp)
+        self.accumulation_steps = accumulation_steps
+        self.policy, self.diverge_th = policy, diverge_th
+        self.smoother, self.observer = smoother, observer
+        self.validate: Callable[[nn.Module], float | torch.Tensor] | None = None
+        self.lrs: list[float] = []
+        self.group_lrs: list[list[float]] = []
+        self.losses: list[float] = []
+        self.smoothed: list[float] = []
+        self.train_losses: list[float] = []
+        self.best = math.inf
+        self.stop_reason = STOP_COMPLETED
+        self.stop_detail = f"reached end_lr after {len(grids[0])} steps"
+
+    def set_validation(self, val_loader: Iterable[Any] | None, val_batches: int | None) -> None:
+        """Validate with ``policy.validate_fn``, else on ``val_batches`` fixed batches."""
+        if self.policy.validate_fn is not None:
+            self.validate = self.policy.validate_fn
+            return
+        if val_loader is None:
+            return
+        batches = val_loader
+        if val_batches is not None:
+            batches = _fixed_batches(val_loader, val_batches, self.device, self.non_blocking)
+        self.validate = lambda model: mean_loss(
+            model, batches, self.step_fn, device=self.device, autocast=self.autocast,
+            non_blocking=self.non_blocking,
+        )
+
+    def run(self, batches: Iterator[Any], progress: bool) -> None:
+        """Step through the grid until it ends, the stop rule fires or Ctrl-C."""
+        num_iter = len(self.grids[0])
+        bar = _progress_bar(num_iter, progress)
+        self.model.train()
+        try:
+            for i in range(num_iter):
+                step_lrs, value, train_value = self.step(i, batches.__next__)
+                smoothed = self.record(i, step_lrs, value, train_value)
+                bar.update(1)
+                bar.set_postfix(lr=f"{step_lrs[0]:.2e}", loss=f"{smoothed:.4f}", refresh=False)
+                stop = self.stop_rule(i, step_lrs[0], value, smoothed)
+                if stop is not None:
+                    self.stop_reason, self.stop_detail = stop
+                    break
+        except KeyboardInterrupt:
+            self.stop_reason = STOP_INTERRUPTED
+            self.stop_detail = f"interrupted after {len(self.lrs)} steps"
+            log.warning("range test interrupted after %d steps; returning the partial curve", len(self.lrs))
+        finally:
+            bar.close()
+
+    def step(self, i: int, next_batch: Callable[[], Any]) -> tuple[list[float], float, float]:
+        """Set the step's LRs, take one optimizer step; return the LRs and the measured losses."""
+        step_lrs = [grid[i] for grid in self.grids]
+        for group, lr in zip(self.optimizer.param_groups, step_lrs):
+            group["lr"] = lr
+        train_loss = train_step(
+            self.model, self.optimizer, next_batch, self.step_fn, device=self.device,
+            accumulation_steps=self.accumulation_steps, autocast=self.autocast,
+            scaler=self.scaler, non_blocking=self.non_blocking,
+        )
+        # One host sync per step: the stopping rule needs the value now.
+        if self.validate is None:
+            value = train_value = train_loss.item()
+            return step_lrs, value, train_value
+        recorded = self.validate(self.model)
+        if not isinstance(recorded, torch.Tensor):
+            return step_lrs, float(recorded), train_loss.item()
+        value, train_value = torch.stack((recorded, train_loss.to(recorded.dtype))).tolist()
+        return step_lrs, value, train_value
+
+    def record(self, i: int, step_lrs: list[float], value: float, train_value: float) -> float:
+        """Append one step to the curve and tell the observer; return the smoothed loss."""
+        smoothed = self.smoother.update(value)
+        self.lrs.append(step_lrs[0])
+        self.group_lrs.append(step_lrs)
+        self.losses.append(value)
+        self.smoothed.append(smoothed)
+        self.train_losses.append(train_value)
+        metrics = {"lr": step_lrs[0]}
+        for g, lr in enumerate(step_lrs[1:], start=1):
+            metrics[f"lr/group_{g}"] = lr
+        metrics["loss"] = value
+        metrics["loss_smoothed"] = smoothed
+        if self.validate is not None:
+            metrics["train_loss"] = train_value
+        self.observer.on_step(i, metrics)
+        return smoothed
+
+    def stop_rule(self, i: int, lr: float, value: float, smoothed: float) -> tuple[str, str] | None:
+        """``(stop_reason, detail)`` when the test must stop after step ``i``, else None."""
+        if self.policy.stop_on_non_finite and not math.isfinite(value):
+            return STOP_NON_FINITE, f"loss was {value} at step {i} (lr={lr:.3g})"
+        self.best = min(self.best, smoothed)
+        if self.policy.divergence_check is not None:
+            reason = self.policy.divergence_check(i, smoothed)
+            return (STOP_DIVERGED, reason) if reason else None
+        if smoothed - self.best > (self.diverge_th - 1) * abs(self.best):
+            return STOP_DIVERGED, (
+                f"smoothed loss {smoothed:.4g} exceeded diverge_th={self.diverge_th:g} x "
+                f"best {self.best:.4g} at step {i} (lr={lr:.3g})"
+            )
+        return None
+
+    def result(self, step_mode: str, start_lr: float, end_lr: float) -> RangeTestResult:
+        if self.stop_reason != STOP_COMPLETED:
+            log.info("range test stopped: %s", self.stop_detail)
+        return RangeTestResult(
+            lrs=self.lrs,
+            group_lrs=self.group_lrs,
+            losses=self.losses,
+            smoothed_losses=self.smoothed,
+            train_losses=self.train_losses if self.validate is not None else self.losses,
+            stop_reason=self.stop_reason,
+            stop_detail=self.stop_detail,
+            suggestions=suggest_all(self.lrs, self.smoothed),
+            num_iter=len(self.grids[0]),
+            step_mode=step_mode,
+            start_lr=start_lr,
+            end_lr=end_lr,
+            metadata={"device": str(self.device), "amp": self.amp, "groups": len(self.grids)},
+        )
+
+
 def run_range_test(
-    model: torch.nn.Module,
+    model: nn.Module,
     optimizer: torch.optim.Optimizer,
     train_loader: Iterable[Any],
     *,
@@ -337,11 +500,7 @@ def run_range_test(
     observer: StepObserver | None = None,
     progress: bool = True,
     restore: bool = True,
-    exact_ends: bool = True,
-    smoother: Smoother | None = None,
-    stop_on_non_finite: bool = True,
-    divergence_check: Callable[[int, float], str | None] | None = None,
-    validate_fn: Callable[[torch.nn.Module], float | torch.Tensor] | None = None,
+    policy: RangeTestPolicy | None = None,
 ) -> RangeTestResult:
     """Run the learning-rate range test and return what it measured.
 
@@ -377,158 +536,37 @@ def run_range_test(
         non_blocking: non-blocking host-to-device copies.
         observer: receives ``on_step(step, metrics)`` every step.
         progress: show a tqdm bar (only on a terminal).
-        restore: put the model, optimizer and RNG state back afterwards.
-        exact_ends: pin each grid's last LR to ``end_lr`` exactly (see :func:`lr_grid`).
-        smoother: an object with ``update(loss) -> smoothed`` used instead of the
-            bias-corrected EMA (``smoothing`` is then only validated).
-        stop_on_non_finite: stop at the first NaN/inf loss (torch-lr-finder never does).
-        divergence_check: ``check(step, smoothed) -> reason or None`` used instead of the
-            built-in rule; a reason stops the test as ``diverged`` (``diverge_th`` is then
-            not used by the engine).
-        validate_fn: ``validate_fn(model) -> loss`` called after every step instead of the
-            built-in validation on ``val_loader``; its value is the recorded loss.
+        restore: put the model, optimizer and RNG state back afterwards (:class:`StateSnapshot`).
+        policy: torch-lr-finder 0.2.2's behaviour for lrtrack.compat; leave None.
 
     Returns:
         A :class:`RangeTestResult`; ``stop_reason`` is ``interrupted`` after Ctrl-C.
     """
-    if (criterion is None) == (step_fn is None):
-        raise ValueError("give exactly one of criterion (for (inputs, targets) batches) or step_fn")
-    check_smoothing(smoothing)
-    if divergence_check is None and (not isinstance(diverge_th, (int, float)) or diverge_th <= 1):
-        raise ValueError(f"diverge_th must be a number > 1; got {diverge_th!r}")
-    if isinstance(accumulation_steps, bool) or not isinstance(accumulation_steps, int) or accumulation_steps < 1:
-        raise ValueError(f"accumulation_steps must be an integer >= 1; got {accumulation_steps!r}")
-
-    groups = optimizer.param_groups
-    base_lrs = [float(g["lr"]) for g in groups]
+    policy = policy if policy is not None else RangeTestPolicy()
+    _check_settings(criterion, step_fn, smoothing, diverge_th, accumulation_steps, policy)
+    base_lrs = [float(g["lr"]) for g in optimizer.param_groups]
     starts = base_lrs if start_lr is None else _per_group(start_lr, base_lrs, "start_lr")
     ends = _per_group(end_lr, base_lrs, "end_lr")
-    grids = [lr_grid(s, e, num_iter, step_mode, exact_ends=exact_ends) for s, e in zip(starts, ends)]
+    grids = [lr_grid(s, e, num_iter, step_mode, exact_ends=policy.exact_ends) for s, e in zip(starts, ends)]
 
     device = resolve_device(device, model)
     model.to(device)
-    step = step_fn if step_fn is not None else make_supervised_step(criterion)
-    use_amp = bool(amp) and device.type in ("cuda", "cpu")
-    scaler = grad_scaler  # a scaler given explicitly is always used (any device)
-    if scaler is None and use_amp and device.type == "cuda":
-        scaler = torch.amp.GradScaler("cuda")
-    observer = observer if observer is not None else NullObserver()
-
-    snapshot = _Snapshot(model, optimizer) if restore else None
-    validator: Callable[[torch.nn.Module], float | torch.Tensor] | None = validate_fn
-    if validator is None and val_loader is not None:
-        validator = _Validator(val_loader, val_batches, step, device, non_blocking, use_amp)
-    batches = _cycle(train_loader)
-    smoother = smoother if smoother is not None else EmaSmoother(smoothing)
-
-    lrs: list[float] = []
-    group_lrs: list[list[float]] = []
-    losses: list[float] = []
-    smoothed: list[float] = []
-    train_losses: list[float] = []
-    best = math.inf
-    stop_reason, stop_detail = STOP_COMPLETED, f"reached end_lr after {num_iter} steps"
-    several_groups = len(groups) > 1
-
-    bar = _progress_bar(num_iter, progress)
-    model.train()
+    test = _RangeTest(
+        model, optimizer, step_fn if step_fn is not None else supervised_step(criterion), grids,
+        device=device, amp=bool(amp) and device.type in ("cuda", "cpu"), grad_scaler=grad_scaler,
+        accumulation_steps=accumulation_steps, non_blocking=non_blocking, policy=policy,
+        diverge_th=diverge_th,
+        smoother=policy.smoother if policy.smoother is not None else EmaSmoother(smoothing),
+        observer=observer if observer is not None else NullObserver(),
+    )
+    snapshot = StateSnapshot(model, optimizer) if restore else None
     try:
-        for i in range(num_iter):
-            step_lrs = [grid[i] for grid in grids]
-            for group, lr in zip(groups, step_lrs):
-                group["lr"] = lr
-
-            optimizer.zero_grad(set_to_none=True)
-            train_loss = torch.zeros((), device=device)
-            for _ in range(accumulation_steps):
-                batch = move_to_device(next(batches), device, non_blocking)
-                with _autocast(device, use_amp):
-                    loss = step(model, batch)
-                scaled = loss / accumulation_steps
-                if scaler is not None:
-                    scaler.scale(scaled).backward()
-                else:
-                    scaled.backward()
-                train_loss += loss.detach().float()
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            train_loss /= accumulation_steps
-
-            recorded = validator(model) if validator is not None else train_loss
-            # One host sync per step: the stopping rule needs the value now.
-            if validator is not None and not isinstance(recorded, torch.Tensor):
-                value, train_value = float(recorded), train_loss.item()
-            elif validator is not None:
-                values = torch.stack((recorded, train_loss)).tolist()
-                value, train_value = values[0], values[1]
-            else:
-                value = train_value = recorded.item()
-            value_smoothed = smoother.update(value)
-
-            lrs.append(step_lrs[0])
-            group_lrs.append(step_lrs)
-            losses.append(value)
-            smoothed.append(value_smoothed)
-            train_losses.append(train_value)
-
-            metrics = {"lr": step_lrs[0]}
-            if several_groups:
-                for g, lr in enumerate(step_lrs[1:], start=1):
-                    metrics[f"lr/group_{g}"] = lr
-            metrics["loss"] = value
-            metrics["loss_smoothed"] = value_smoothed
-            if validator is not None:
-                metrics["train_loss"] = train_value
-            observer.on_step(i, metrics)
-            bar.update(1)
-            bar.set_postfix(lr=f"{step_lrs[0]:.2e}", loss=f"{value_smoothed:.4f}", refresh=False)
-
-            if stop_on_non_finite and not math.isfinite(value):
-                stop_reason = STOP_NON_FINITE
-                stop_detail = f"loss was {value} at step {i} (lr={step_lrs[0]:.3g})"
-                break
-            best = min(best, value_smoothed)
-            if divergence_check is not None:
-                reason = divergence_check(i, value_smoothed)
-                if reason:
-                    stop_reason, stop_detail = STOP_DIVERGED, reason
-                    break
-            elif value_smoothed - best > (diverge_th - 1) * abs(best):
-                stop_reason = STOP_DIVERGED
-                stop_detail = (
-                    f"smoothed loss {value_smoothed:.4g} exceeded diverge_th={diverge_th:g} x "
-                    f"best {best:.4g} at step {i} (lr={step_lrs[0]:.3g})"
-                )
-                break
-    except KeyboardInterrupt:
-        stop_reason = STOP_INTERRUPTED
-        stop_detail = f"interrupted after {len(lrs)} steps"
-        log.warning("range test interrupted after %d steps; returning the partial curve", len(lrs))
+        test.set_validation(val_loader, val_batches)
+        test.run(_cycle(train_loader), progress)
     finally:
-        bar.close()
         if snapshot is not None:
             snapshot.restore()
-
-    if stop_reason != STOP_COMPLETED:
-        log.info("range test stopped: %s", stop_detail)
-    return RangeTestResult(
-        lrs=lrs,
-        group_lrs=group_lrs,
-        losses=losses,
-        smoothed_losses=smoothed,
-        train_losses=train_losses if validator is not None else losses,
-        stop_reason=stop_reason,
-        stop_detail=stop_detail,
-        suggestions=suggest_all(lrs, smoothed),
-        num_iter=num_iter,
-        step_mode=step_mode,
-        start_lr=starts[0],
-        end_lr=ends[0],
-        metadata={"device": str(device), "amp": use_amp, "groups": len(groups)},
-    )
+    return test.result(step_mode, starts[0], ends[0])
 
 
 def summary(result: RangeTestResult) -> Mapping[str, float]:

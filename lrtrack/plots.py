@@ -1,35 +1,60 @@
-"""Matplotlib figures (Agg backend, so they render without a display)."""
+"""Matplotlib figures for range tests, training runs, sweeps and seed aggregates.
+
+Every figure is a :class:`matplotlib.figure.Figure` built with the object API: nothing here
+imports pyplot or switches the backend, so a notebook keeps its own. Save one with
+``fig.savefig(path)`` or log it with ``MlflowClient.log_figure``; it needs no ``plt.close``.
+The functions take plain sequences (no MLflow): :mod:`lrtrack.runlog` reads them back.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+from lrtrack.suggest import RULES
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
     from lrtrack.finder import RangeTestResult
+    from lrtrack.seeds import SeedAggregate
 
 RULE_COLORS = {"steepest": "tab:red", "valley": "tab:green", "minimum": "tab:purple", "slide": "tab:orange"}
+
+#: One job on the range-test overlay: (label, lrs, smoothed losses, the chosen suggestion).
+OverlayCurve = tuple[str, Sequence[float], Sequence[float], float | None]
+#: One training run's LR path: (label, LR per optimizer step, max_lr, base_lr).
+LRPath = tuple[str, Sequence[float], float | None, float | None]
+#: One training run's losses: (label, smoothed loss per step, [(step, validation loss)]).
+TrainingCurves = tuple[str, Sequence[float], Sequence[tuple[int, float]]]
+#: One job's bounds: (label, {rule: suggested LR}, (base_lr, max_lr) or None).
+JobBounds = tuple[str, Mapping[str, float | None], tuple[float, float] | None]
+
+
+def _figure(width: float, height: float) -> tuple[Figure, Axes]:
+    fig = Figure(figsize=(width, height), dpi=110, layout="tight")
+    return fig, fig.add_subplot()
+
+
+def _color(i: int) -> tuple[float, float, float, float]:
+    return matplotlib.colormaps["tab10"](i % 10)
 
 
 def range_test_figure(
     result: RangeTestResult, *, title: str | None = None, chosen_rule: str | None = None
 ) -> Figure:
     """Loss and smoothed loss against LR (log axis), each suggestion marked and labelled."""
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    fig, ax = _figure(8, 5)
     draw_range_test(ax, result, chosen_rule=chosen_rule)
     ax.set_title(title or f"LR range test ({result.step_mode}, {result.steps} steps, {result.stop_reason})")
-    fig.tight_layout()
     return fig
 
 
-def draw_range_test(ax: plt.Axes, result: RangeTestResult, *, chosen_rule: str | None = None) -> None:
+def draw_range_test(ax: Axes, result: RangeTestResult, *, chosen_rule: str | None = None) -> None:
     """Draw a range-test curve and its suggestions onto ``ax``."""
     lrs = result.lrs
     ax.plot(lrs, result.losses, color="0.7", lw=1, label="loss")
@@ -44,14 +69,14 @@ def draw_range_test(ax: plt.Axes, result: RangeTestResult, *, chosen_rule: str |
         color = RULE_COLORS.get(rule, "black")
         chosen = " (chosen)" if rule == chosen_rule else ""
         ax.axvline(suggestion.lr, color=color, ls="--", lw=2 if chosen else 1, alpha=0.8)
-        y = _loss_at(result, suggestion.lr)
+        y = loss_at(result.lrs, result.smoothed_losses, suggestion.lr)
         ax.plot([suggestion.lr], [y], "o", color=color, ms=7,
                 label=f"{rule}{chosen}: {suggestion.lr:.2e}")
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(loc="best", fontsize=8)
 
 
-def focus_on_descent(ax: plt.Axes, *curves: Sequence[float | None]) -> None:
+def focus_on_descent(ax: Axes, *curves: Sequence[float | None]) -> None:
     """Limit the y axis to where the curves descend, so divergent tails do not flatten them.
 
     The top is the highest starting value, or a little above it when a curve rises early;
@@ -72,11 +97,11 @@ def focus_on_descent(ax: plt.Axes, *curves: Sequence[float | None]) -> None:
     ax.set_ylim(lo - pad, hi + pad)
 
 
-def _loss_at(result: RangeTestResult, lr: float) -> float:
-    """The smoothed loss at the recorded LR nearest ``lr`` (on a log scale)."""
-    pairs = [(abs(math.log(x) - math.log(lr)), v) for x, v in zip(result.lrs, result.smoothed_losses)
-             if x > 0 and math.isfinite(v)]
-    return min(pairs)[1] if pairs else float("nan")
+def loss_at(lrs: Sequence[float], losses: Sequence[float | None], lr: float) -> float:
+    """The loss at the recorded LR nearest ``lr`` (on a log scale); NaN when there is none."""
+    pairs = [(abs(math.log(x) - math.log(lr)), v) for x, v in zip(lrs, losses)
+             if x and x > 0 and v is not None and math.isfinite(v)]
+    return min(pairs)[1] if pairs else math.nan
 
 
 def schedule_on_range_test_figure(
@@ -89,7 +114,7 @@ def schedule_on_range_test_figure(
     title: str = "training LRs on the range-test curve",
 ) -> Figure:
     """The range-test loss against LR with the band of LRs the training run visits shaded."""
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    fig, ax = _figure(8, 5)
     ax.plot(range_lrs, range_losses, color="0.7", lw=1, label="range-test loss")
     ax.plot(range_lrs, range_smoothed, color="tab:blue", lw=2, label="range-test smoothed loss")
     ax.set_xscale("log")
@@ -107,7 +132,6 @@ def schedule_on_range_test_figure(
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
     return fig
 
 
@@ -121,7 +145,8 @@ def training_figure(
     title: str = "training run",
 ) -> Figure:
     """LR (top) and loss (bottom) against optimizer step, with validation loss per epoch."""
-    fig, (ax_lr, ax_loss) = plt.subplots(2, 1, figsize=(8, 6), dpi=110, sharex=True)
+    fig = Figure(figsize=(8, 6), dpi=110, layout="tight")
+    ax_lr, ax_loss = fig.subplots(2, 1, sharex=True)
     steps = list(range(len(lrs)))
     ax_lr.plot(steps, lrs, color="tab:orange")
     ax_lr.set_ylabel("learning rate")
@@ -135,5 +160,136 @@ def training_figure(
     ax_loss.grid(True, alpha=0.25)
     ax_loss.legend(loc="best", fontsize=8)
     ax_lr.set_title(title)
-    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------- comparing runs
+
+
+def range_test_overlay_figure(curves: Sequence[OverlayCurve], *, title: str = "range tests") -> Figure:
+    """Every job's smoothed range-test curve, each with its chosen suggestion marked.
+
+    Identical curves (same model, optimizer, data and seed) are drawn dashed and say so.
+
+    Args:
+        curves: ``(label, lrs, smoothed losses, suggested LR or None)`` per job.
+    """
+    fig, ax = _figure(9, 5.5)
+    drawn: list[Sequence[float]] = []
+    seen: dict[tuple[float, ...], str] = {}
+    for i, (label, lrs, smoothed, lr) in enumerate(curves):
+        if not lrs:
+            continue
+        color = _color(i)
+        text = f"{label}: {lr:.2e}" if lr else f"{label}: no suggestion"
+        first = seen.setdefault(tuple(round(v, 9) for v in smoothed), label)
+        if first != label:
+            text += f" (same curve as {first})"
+        ax.plot(lrs, smoothed, color=color, lw=1.8 if first == label else 1.2,
+                ls="-" if first == label else (0, (4, 3)), label=text)
+        drawn.append(smoothed)
+        if lr:
+            ax.plot([lr], [loss_at(lrs, smoothed, lr)], "o", color=color, ms=8, mec="black")
+            ax.axvline(lr, color=color, ls=":", lw=1)
+    ax.set_xscale("log")
+    focus_on_descent(ax, *drawn)
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("smoothed loss")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.25)
+    if drawn:
+        ax.legend(loc="best", fontsize=7)
+    return fig
+
+
+def lr_paths_figure(paths: Sequence[LRPath], *, title: str = "LR paths of the training runs") -> Figure:
+    """Each training run's LR per optimizer step, its max_lr/base_lr as dashed lines."""
+    fig, ax = _figure(9, 4.5)
+    for i, (label, lrs, max_lr, base_lr) in enumerate(paths):
+        color = _color(i)
+        if lrs:
+            ax.plot(range(len(lrs)), lrs, color=color, lw=1.5, label=label)
+        for bound in (max_lr, base_lr):
+            if bound:
+                ax.axhline(bound, color=color, ls="--", lw=0.8, alpha=0.7)
+    ax.set_yscale("log")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("learning rate")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.25)
+    if paths:
+        ax.legend(loc="best", fontsize=7)
+    return fig
+
+
+def training_curves_figure(runs: Sequence[TrainingCurves], *,
+                           title: str = "training loss (smoothed) and validation loss") -> Figure:
+    """Each training run's smoothed training loss, and its validation loss per epoch as dots."""
+    fig, ax = _figure(9, 5)
+    for i, (label, smoothed, val) in enumerate(runs):
+        color = _color(i)
+        if smoothed:
+            ax.plot(range(len(smoothed)), smoothed, color=color, lw=1.5, label=f"{label} train")
+        if val:
+            xs, ys = zip(*val)
+            ax.plot(xs, ys, "o--", color=color, ms=6, label=f"{label} val")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.25)
+    if runs:
+        ax.legend(loc="best", fontsize=7)
+    return fig
+
+
+def bounds_figure(jobs: Sequence[JobBounds], *, title: str = "suggestions and chosen bounds per job") -> Figure:
+    """Per job (one line each): every rule's suggestion as a marker and the [base_lr, max_lr] bar."""
+    fig, ax = _figure(9, 0.6 * max(len(jobs), 2) + 1.6)
+    labelled: set[str] = set()
+    for y, (_, suggestions, bounds) in enumerate(jobs):
+        if bounds and bounds[0] and bounds[1]:
+            ax.plot(list(bounds), [y, y], color="0.3", lw=6, alpha=0.35, solid_capstyle="butt",
+                    label=None if "bounds" in labelled else "[base_lr, max_lr]")
+            labelled.add("bounds")
+        for rule in RULES:
+            lr = suggestions.get(rule)
+            if lr:
+                ax.plot([lr], [y], "o", color=RULE_COLORS[rule], ms=7, label=None if rule in labelled else rule)
+                labelled.add(rule)
+    ax.set_yticks(range(len(jobs)), [label[:60] for label, _, _ in jobs], fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_title(title)
+    ax.grid(True, which="both", axis="x", alpha=0.25)
+    if labelled:
+        ax.legend(loc="best", fontsize=7)
+    return fig
+
+
+def seeds_figure(agg: SeedAggregate, *, chosen_rule: str = "valley", title: str = "range test over seeds") -> Figure:
+    """The median curve over seeds with its inter-quartile and min-max bands, each seed faint
+    behind, and each rule's median suggestion with its spread over the seeds shaded."""
+    fig, ax = _figure(9, 5.5)
+    for curve in agg.curves:
+        ax.plot(agg.lrs, curve, color="0.75", lw=0.8)
+    ax.fill_between(agg.lrs, agg.lo, agg.hi, color="tab:blue", alpha=0.12, label="min-max over seeds")
+    ax.fill_between(agg.lrs, agg.q25, agg.q75, color="tab:blue", alpha=0.25, label="inter-quartile")
+    ax.plot(agg.lrs, agg.median, color="tab:blue", lw=2.2, label=f"median of {len(agg.seeds)} seeds")
+    for rule in RULES:
+        s = agg.rule_stats(rule)
+        if not s:
+            continue
+        color = RULE_COLORS[rule]
+        chosen = " (chosen)" if rule == chosen_rule else ""
+        ax.axvspan(s["min"], s["max"], color=color, alpha=0.10)
+        ax.axvline(s["median"], color=color, ls="--", lw=2 if chosen else 1)
+        ax.plot([s["median"]], [loss_at(agg.lrs, agg.median, s["median"])], "o", color=color, ms=8,
+                label=f"{rule}{chosen}: {s['median']:.2e} [{s['min']:.1e}, {s['max']:.1e}]")
+    ax.set_xscale("log")
+    focus_on_descent(ax, agg.median, agg.q75)
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("smoothed loss")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(loc="best", fontsize=7)
     return fig

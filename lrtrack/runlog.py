@@ -14,11 +14,18 @@ Runs are written through :class:`lrtrack.tracking.TrackedRun` and read through
 from __future__ import annotations
 
 import csv
+import io
 import logging
+import math
+import os
 import tempfile
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from lrtrack.suggest import RULES
 
 if TYPE_CHECKING:
     from lrtrack.finder import RangeTestResult
@@ -171,7 +178,7 @@ def log_range_test(run: Any, result: RangeTestResult, *, chosen_rule: str, title
 
 def bounds_params(bounds: Bounds, steps_per_epoch: int) -> dict[str, Any]:
     """The params a training run records about the LR range it ran in."""
-    return {"bounds.max_lr_used": bounds.max_lr, "bounds.base_lr_used": bounds.base_lr,
+    return {MAX_LR_PARAM: bounds.max_lr, BASE_LR_PARAM: bounds.base_lr,
             "bounds.rule_used": bounds.rule, "bounds.steps_per_epoch": steps_per_epoch}
 
 
@@ -180,7 +187,7 @@ def log_training(run: Any, result: TrainResult, *, bounds: Bounds, steps_per_epo
     """Everything a training run leaves on its run: summary, figures, history, checkpoint."""
     from lrtrack.plots import schedule_on_range_test_figure, training_figure
 
-    final = {"final_val_loss": result.final_val_loss, "final_val_accuracy": result.final_val_accuracy}
+    final = {FINAL_VAL_LOSS: result.final_val_loss, FINAL_VAL_ACCURACY: result.final_val_accuracy}
     run.log_summary({k: v for k, v in final.items() if v is not None}, step=max(result.steps - 1, 0))
     # Epoch metrics are logged at the epoch's last optimizer step.
     epoch_steps = [(i + 1) * steps_per_epoch - 1 for i in range(len(result.epochs))]
@@ -232,7 +239,7 @@ def read_range_test(client: Any, run_id: str, *, where: str) -> RangeCurve:
     Raises:
         RunLookupError: no such run, or not a range test.
     """
-    from lrtrack.suggest import RULES, Suggestion
+    from lrtrack.suggest import Suggestion
 
     try:
         run = client.get_run(run_id)
@@ -249,38 +256,17 @@ def read_range_test(client: Any, run_id: str, *, where: str) -> RangeCurve:
         lr = metrics.get(f"{SUGGESTED_LR}/{rule}")
         reason = "" if lr is not None else tags.get(f"{SUGGESTION_TAG_PREFIX}{rule}", "not logged")
         suggestions[rule] = Suggestion(rule, lr, None, reason)
-    columns = _history_columns(client, run_id)
-    return RangeCurve(columns.get("lr", []), columns.get("loss", []), columns.get("loss_smoothed", []),
+    history = read_csv_artifact(client, run_id, RANGE_TEST_HISTORY)
+    if not history:
+        log.warning("could not read the range-test history of run %s; no overlay figure", run_id)
+    return RangeCurve(history.get("lr"), history.get("loss"), history.get("loss_smoothed"),
                       suggestions, metrics.get("min_loss_lr"), run_id, tags.get(STOP_REASON_TAG, "completed"))
-
-
-def _history_columns(client: Any, run_id: str) -> dict[str, list[float]]:
-    """The range-test history CSV as float columns; empty when it cannot be read."""
-    columns: dict[str, list[float]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = client.download_artifacts(run_id, RANGE_TEST_HISTORY, tmp)
-            with open(path, newline="") as fh:
-                for row in csv.DictReader(fh):
-                    for key, value in row.items():
-                        columns.setdefault(key, []).append(float(value) if value else float("nan"))
-        except Exception as err:  # the curve is only needed for the overlay figure
-            log.warning("could not read the range-test history of run %s (%s); no overlay figure", run_id, err)
-            return {}
-    return columns
 
 
 # ---- reading runs
 # (The read side and the sweep bookkeeping below are edited apart from the write side above, so
 # their imports live here.)
-import io  # noqa: E402
-import math  # noqa: E402
-import os  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Iterable, Iterator  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
 
-from lrtrack.suggest import RULES  # noqa: E402
 
 if TYPE_CHECKING:
     from mlflow.entities import Run

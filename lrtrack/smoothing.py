@@ -5,11 +5,9 @@ Shared by the range test and the training loop so both curves are smoothed the s
 
 from __future__ import annotations
 
-import math
-
 
 def check_smoothing(smoothing: float) -> None:
-    """Raise ``ValueError`` unless ``0 <= smoothing < 1``."""
+    """Raise ``TypeError`` (not a number) or ``ValueError`` unless ``0 <= smoothing < 1``."""
     if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)):
         raise TypeError(f"smoothing must be a number in [0, 1), got {smoothing!r}")
     if not 0.0 <= smoothing < 1.0:
@@ -53,7 +51,3 @@ def smooth(values: list[float], smoothing: float) -> list[float]:
     """Bias-corrected EMA of a whole series (non-finite values propagate)."""
     smoother = EmaSmoother(smoothing)
     return [smoother.update(v) for v in values]
-
-
-def is_finite(value: float) -> bool:
-    return math.isfinite(value)

@@ -15,10 +15,8 @@ from __future__ import annotations
 import logging
 import math
 import os
-import random
 import sys
 from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,14 +25,21 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from lrtrack.batches import batch_size_of, make_supervised_step, move_to_device, resolve_device
 from lrtrack.observers import NullObserver, StepObserver
 from lrtrack.schedules import BatchSchedule, current_momentum, optimizer_steps_per_epoch
 from lrtrack.smoothing import EmaSmoother, check_smoothing
+from lrtrack.steps import (
+    StepFn,
+    autocast_factory,
+    make_grad_scaler,
+    mean_loss,
+    resolve_device,
+    seed_everything,
+    supervised_step,
+    train_step,
+)
 
 logger = logging.getLogger(__name__)
-
-StepFn = Callable[[nn.Module, Any], torch.Tensor]
 
 
 @dataclass
@@ -128,30 +133,6 @@ def _check_args(
         )
 
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)  # also seeds every CUDA device
-    try:
-        import numpy as np
-    except ImportError:  # numpy is optional for the loop itself
-        return
-    np.random.seed(seed % 2**32)
-
-
-def _autocast(device: torch.device, amp: bool) -> Callable[[], AbstractContextManager[Any]]:
-    """A factory of autocast contexts: float16 on CUDA, bfloat16 on CPU, nothing elsewhere."""
-    if not amp:
-        return nullcontext
-    if device.type == "cuda":
-        return lambda: torch.autocast("cuda", dtype=torch.float16)
-    if device.type == "cpu":
-        return lambda: torch.autocast("cpu", dtype=torch.bfloat16)
-    logger.warning(
-        "amp=True is not supported on device %s here; training in full precision.", device
-    )
-    return nullcontext
-
-
 def _step_metrics(
     optimizer: torch.optim.Optimizer,
 ) -> tuple[dict[str, float], float, float | None]:
@@ -174,7 +155,25 @@ def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-@torch.no_grad()
+class _Accuracy:
+    """Counts ``argmax(outputs, dim=1) == targets`` where the targets are class indices."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)
+        self.samples = 0
+
+    def __call__(self, outputs: Any, targets: Any) -> None:
+        if (
+            isinstance(outputs, torch.Tensor)
+            and isinstance(targets, torch.Tensor)
+            and outputs.dim() >= 2
+            and not targets.is_floating_point()
+            and targets.shape == outputs.shape[:1] + outputs.shape[2:]
+        ):
+            self.correct += (outputs.argmax(dim=1) == targets).sum()
+            self.samples += targets.numel()
+
+
 def evaluate(
     model: nn.Module,
     loader: Iterable[Any],
@@ -190,55 +189,219 @@ def evaluate(
     ``criterion(model(inputs), targets)`` (which must average over the batch) and the accuracy
     is the share of ``argmax(outputs, dim=1) == targets``, measured when the targets are class
     indices. Without ``criterion``, ``step_fn(model, batch)`` gives the loss and no accuracy is
-    measured. Batch means are weighted by batch size; one synchronization at the end.
+    measured. Batch means are weighted by batch size (:func:`lrtrack.steps.mean_loss`); one
+    synchronization at the end.
     """
-    was_training = model.training
-    model.eval()
-    autocast = _autocast(device, amp)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    samples = 0
-    accuracy_samples = 0
-    try:
-        for batch in loader:
-            batch = move_to_device(batch, device)
-            size = batch_size_of(batch)
-            with autocast():
-                if criterion is not None:
-                    if not isinstance(batch, (list, tuple)) or len(batch) < 2:
-                        raise TypeError(
-                            "validation with a criterion expects (inputs, targets) batches, got "
-                            f"{type(batch).__name__}; pass step_fn and criterion=None for other "
-                            "batch formats."
-                        )
-                    inputs, targets = batch[0], batch[1]
-                    outputs = model(inputs)
-                    loss = criterion(outputs, targets)
-                elif step_fn is not None:
-                    outputs = targets = None
-                    loss = step_fn(model, batch)
-                else:
-                    raise TypeError("evaluate() needs a criterion or a step_fn, got neither.")
-            loss_sum += loss.detach().double() * size
-            samples += size
-            if (
-                isinstance(outputs, torch.Tensor)
-                and isinstance(targets, torch.Tensor)
-                and outputs.dim() >= 2
-                and not targets.is_floating_point()
-                and targets.shape == outputs.shape[:1] + outputs.shape[2:]
-            ):
-                correct += (outputs.argmax(dim=1) == targets).sum()
-                accuracy_samples += targets.numel()
-    finally:
-        model.train(was_training)
-    if samples == 0:
-        raise ValueError("val_loader yielded no batches; pass a non-empty loader or None.")
-    totals = torch.stack([loss_sum, correct.double()]).tolist()  # the one sync
-    metrics = {"val_loss": totals[0] / samples}
-    if accuracy_samples:
-        metrics["val_accuracy"] = totals[1] / accuracy_samples
+    accuracy = _Accuracy(device)
+    if criterion is not None:
+        step = supervised_step(criterion, on_outputs=accuracy)
+    elif step_fn is not None:
+        step = step_fn
+    else:
+        raise TypeError("evaluate() needs a criterion or a step_fn, got neither.")
+    loss = mean_loss(model, loader, step, device=device, autocast=autocast_factory(device, amp))
+    totals = torch.stack([loss, accuracy.correct.to(loss.dtype)]).tolist()  # the one sync
+    metrics = {"val_loss": totals[0]}
+    if accuracy.samples:
+        metrics["val_accuracy"] = totals[1] / accuracy.samples
     return metrics
+
+
+class _EpochBatches:
+    """``next_batch`` for :func:`lrtrack.steps.train_step` over one pass of a loader."""
+
+    def __init__(self, loader: Iterable[Any]) -> None:
+        self._iterator = iter(loader)
+        self.count = 0
+        self.exhausted = False
+
+    def __call__(self) -> Any:
+        try:
+            batch = next(self._iterator)
+        except StopIteration:
+            self.exhausted = True
+            raise
+        self.count += 1
+        return batch
+
+
+def _planned_steps(
+    train_loader: Iterable[Any],
+    accumulation_steps: int,
+    epochs: int,
+    schedule: BatchSchedule | None,
+) -> int | None:
+    """Optimizer steps per epoch (None without ``len``); warn when the schedule plans others."""
+    try:
+        steps_per_epoch = optimizer_steps_per_epoch(len(train_loader), accumulation_steps)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None  # no len() (iterable datasets) or an empty loader, found later
+    if schedule is not None and schedule.total_steps - schedule.steps_done != steps_per_epoch * epochs:
+        logger.warning(
+            "the %s schedule plans %d more optimizer steps but this run takes %d "
+            "(%d epochs x ceil(%d batches / accumulation_steps=%d)); build it with "
+            "steps_per_epoch=%d so the schedule ends with the run.",
+            schedule.name,
+            schedule.total_steps - schedule.steps_done,
+            steps_per_epoch * epochs,
+            epochs,
+            len(train_loader),  # type: ignore[arg-type]
+            accumulation_steps,
+            steps_per_epoch,
+        )
+    return steps_per_epoch
+
+
+def _progress_bar(total: int | None, progress: bool) -> Any:
+    return tqdm(
+        total=total,
+        disable=not progress or not sys.stderr.isatty(),
+        unit="step",
+        dynamic_ncols=True,
+    )
+
+
+class _Trainer:
+    """The state of one training run: its set-up, then :meth:`run_epoch` per epoch."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        schedule: BatchSchedule | None,
+        step: StepFn,
+        device: torch.device,
+        accumulation_steps: int,
+        grad_clip_norm: float | None,
+        smoothing: float,
+        observer: StepObserver,
+        amp: bool,
+        bar: Any,
+    ) -> None:
+        self.model, self.optimizer, self.schedule, self.step = model, optimizer, schedule, step
+        self.device, self.amp = device, amp
+        self.autocast = autocast_factory(device, amp)
+        self.scaler = make_grad_scaler(device, amp)
+        self.accumulation_steps, self.grad_clip_norm = accumulation_steps, grad_clip_norm
+        self.smoother = EmaSmoother(smoothing)
+        self.observer, self.bar = observer, bar
+        self.result = TrainResult(checkpoint_path=None)
+        self.global_step = 0
+        self._pending: tuple[dict[str, float], float, float | None, float] | None = None
+
+    def fit(
+        self,
+        train_loader: Iterable[Any],
+        epochs: int,
+        val_loader: Iterable[Any] | None,
+        criterion: Callable[..., torch.Tensor] | None,
+        step_fn: StepFn | None,
+        checkpoint: Path | None,
+    ) -> TrainResult:
+        """All epochs: train, validate, report, checkpoint; returns the result."""
+        try:
+            for epoch in range(epochs):
+                self.bar.set_description(f"epoch {epoch + 1}/{epochs}")
+                metrics = {"epoch": float(epoch), "train_loss_epoch": self.run_epoch(train_loader)}
+                if val_loader is not None:
+                    metrics.update(evaluate(self.model, val_loader, device=self.device,
+                                            criterion=criterion, step_fn=step_fn, amp=self.amp))
+                self.end_epoch(epoch, epochs, metrics)
+                if checkpoint is not None:
+                    self.save_checkpoint(checkpoint, epoch)
+            self.optimizer.zero_grad(set_to_none=True)
+        finally:
+            self.bar.close()
+            self.result.steps = self.global_step
+        if self.result.epochs:
+            self.result.final_val_loss = self.result.epochs[-1].get("val_loss")
+            self.result.final_val_accuracy = self.result.epochs[-1].get("val_accuracy")
+        return self.result
+
+    def run_epoch(self, train_loader: Iterable[Any]) -> float:
+        """One pass over ``train_loader``; returns the mean loss per batch."""
+        self.model.train()
+        batches = _EpochBatches(train_loader)
+        loss_sum = 0.0
+        while not batches.exhausted:
+            before = batches.count
+            try:
+                train_step(
+                    self.model, self.optimizer, batches, self.step, device=self.device,
+                    accumulation_steps=self.accumulation_steps, autocast=self.autocast,
+                    scaler=self.scaler, grad_clip_norm=self.grad_clip_norm,
+                    before_step=self._check_loss,
+                )
+            except StopIteration:
+                break
+            loss_sum += self._record_step() * (batches.count - before)
+        if batches.count == 0:
+            raise ValueError(
+                "train_loader yielded no batches; check the dataset size, batch_size and drop_last."
+            )
+        return loss_sum / batches.count
+
+    def _check_loss(self, loss: torch.Tensor) -> None:
+        """Read the step's loss (the one sync of the step); stop before applying a NaN/inf."""
+        metrics, lr, momentum = _step_metrics(self.optimizer)  # the LR this step uses
+        value = float(loss.item())
+        if not math.isfinite(value):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLossError(
+                f"training loss became {value} at step {self.global_step} (lr={lr:.4g}); "
+                "stopped before applying it. Lower the LR (schedule.max_lr or a more cautious "
+                "schedule.max_lr_rule), add grad_clip_norm, or check the data.",
+                step=self.global_step,
+                lr=lr,
+                result=self.result,
+            )
+        self._pending = (metrics, lr, momentum, value)
+
+    def _record_step(self) -> float:
+        """Step the schedule, record the step that was just applied; return its loss."""
+        assert self._pending is not None  # set by _check_loss for every applied step
+        metrics, lr, momentum, value = self._pending
+        self._pending = None
+        if self.schedule is not None:
+            self.schedule.step()
+        smoothed = self.smoother.update(value)
+        metrics["loss"] = value
+        metrics["loss_smoothed"] = smoothed
+        self.observer.on_step(self.global_step, metrics)
+        self.result.lrs.append(lr)
+        self.result.momentums.append(momentum)
+        self.result.losses.append(value)
+        self.result.smoothed_losses.append(smoothed)
+        self.bar.update(1)
+        self.bar.set_postfix(lr=f"{lr:.3g}", smoothed_loss=f"{smoothed:.4f}", refresh=False)
+        self.global_step += 1
+        return value
+
+    def end_epoch(self, epoch: int, epochs: int, epoch_metrics: dict[str, float]) -> None:
+        """Report the epoch's metrics at the global step of its last optimizer step."""
+        self.observer.on_step(self.global_step - 1, epoch_metrics)
+        self.result.epochs.append(epoch_metrics)
+        logger.info(
+            "epoch %d/%d: %s",
+            epoch + 1,
+            epochs,
+            ", ".join(f"{k}={v:.4g}" for k, v in epoch_metrics.items() if k != "epoch"),
+        )
+
+    def save_checkpoint(self, path: Path, epoch: int) -> None:
+        schedule = self.schedule
+        _save_checkpoint(
+            path,
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": schedule.state_dict() if schedule is not None else None,
+                "epoch": epoch,
+                "global_step": self.global_step,
+            },
+        )
+        self.result.checkpoint_path = path
 
 
 def train(
@@ -263,10 +426,11 @@ def train(
 ) -> TrainResult:
     """Train ``model`` for ``epochs`` epochs, stepping ``schedule`` after every optimizer step.
 
-    One optimizer step per ``accumulation_steps`` batches: each micro-batch's loss is divided
-    by ``accumulation_steps`` before ``backward``; a last partial accumulation at the epoch end
-    still steps, with its gradients rescaled to the mean over the micro-batches it had. Build
-    the schedule with ``steps_per_epoch = ceil(batches / accumulation_steps)``
+    One optimizer step per ``accumulation_steps`` batches (:func:`lrtrack.steps.train_step`):
+    each micro-batch's loss is divided by ``accumulation_steps`` before ``backward``; a last
+    partial accumulation at the epoch end still steps, with its gradients rescaled to the mean
+    over the micro-batches it had. Build the schedule with
+    ``steps_per_epoch = ceil(batches / accumulation_steps)``
     (:func:`lrtrack.schedules.optimizer_steps_per_epoch`); a mismatch is logged.
 
     Args:
@@ -308,174 +472,19 @@ def train(
     _check_args(epochs, accumulation_steps, grad_clip_norm, smoothing, optimizer, schedule)
     if step_fn is None and criterion is None:
         criterion = nn.CrossEntropyLoss()
-    train_step: StepFn = step_fn if step_fn is not None else make_supervised_step(criterion)  # type: ignore[arg-type]
-    observer = observer if observer is not None else NullObserver()
     if seed is not None:
-        _seed_everything(seed)
+        seed_everything(seed)
     device = resolve_device(device, model)
     model.to(device)
-    autocast = _autocast(device, amp)
-    scaler = torch.amp.GradScaler("cuda") if amp and device.type == "cuda" else None
-    checkpoint_path = Path(checkpoint_dir) / "last.pt" if checkpoint_dir is not None else None
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-
-    steps_per_epoch: int | None = None
-    try:
-        steps_per_epoch = optimizer_steps_per_epoch(len(train_loader), accumulation_steps)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        steps_per_epoch = None  # no len() (iterable datasets) or an empty loader, found below
-    if schedule is not None and steps_per_epoch is not None:
-        planned = steps_per_epoch * epochs
-        if schedule.total_steps - schedule.steps_done != planned:
-            logger.warning(
-                "the %s schedule plans %d more optimizer steps but this run takes %d "
-                "(%d epochs x ceil(%d batches / accumulation_steps=%d)); build it with "
-                "steps_per_epoch=%d so the schedule ends with the run.",
-                schedule.name,
-                schedule.total_steps - schedule.steps_done,
-                planned,
-                epochs,
-                len(train_loader),  # type: ignore[arg-type]
-                accumulation_steps,
-                steps_per_epoch,
-            )
-
-    result = TrainResult(checkpoint_path=None)
-    smoother = EmaSmoother(smoothing)
-    global_step = 0
-    bar = tqdm(
-        total=steps_per_epoch * epochs if steps_per_epoch is not None else None,
-        disable=not progress or not sys.stderr.isatty(),
-        unit="step",
-        dynamic_ncols=True,
+    steps_per_epoch = _planned_steps(train_loader, accumulation_steps, epochs, schedule)
+    trainer = _Trainer(
+        model, optimizer, schedule=schedule,
+        step=step_fn if step_fn is not None else supervised_step(criterion),  # type: ignore[arg-type]
+        device=device, accumulation_steps=accumulation_steps, grad_clip_norm=grad_clip_norm,
+        smoothing=smoothing, observer=observer if observer is not None else NullObserver(),
+        amp=amp, bar=_progress_bar(None if steps_per_epoch is None else steps_per_epoch * epochs, progress),
     )
-
-    def optimizer_step(loss_sum: torch.Tensor, micro: int) -> float:
-        """Apply one optimizer step for ``micro`` accumulated micro-batches; return its loss."""
-        nonlocal global_step
-        metrics, lr, momentum = _step_metrics(optimizer)  # the LR this step uses
-        loss_value = float((loss_sum / micro).item())  # the one sync of the step
-        if not math.isfinite(loss_value):
-            optimizer.zero_grad(set_to_none=True)
-            raise NonFiniteLossError(
-                f"training loss became {loss_value} at step {global_step} (lr={lr:.4g}); "
-                "stopped before applying it. Lower the LR (schedule.max_lr or a more cautious "
-                "schedule.max_lr_rule), add grad_clip_norm, or check the data.",
-                step=global_step,
-                lr=lr,
-                result=result,
-            )
-        if micro != accumulation_steps:
-            # a partial accumulation at the epoch end: make its gradient the mean over the
-            # micro-batches it really had, not a sum scaled by 1/accumulation_steps
-            grads = [p.grad for p in params if p.grad is not None]
-            if grads:
-                torch._foreach_mul_(grads, accumulation_steps / micro)
-        if scaler is not None:
-            if grad_clip_norm is not None:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(params, grad_clip_norm)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            if grad_clip_norm is not None:
-                nn.utils.clip_grad_norm_(params, grad_clip_norm)
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if schedule is not None:
-            schedule.step()
-
-        smoothed = smoother.update(loss_value)
-        metrics["loss"] = loss_value
-        metrics["loss_smoothed"] = smoothed
-        observer.on_step(global_step, metrics)
-        result.lrs.append(lr)
-        result.momentums.append(momentum)
-        result.losses.append(loss_value)
-        result.smoothed_losses.append(smoothed)
-        bar.update(1)
-        bar.set_postfix(lr=f"{lr:.3g}", smoothed_loss=f"{smoothed:.4f}", refresh=False)
-        global_step += 1
-        return loss_value
-
-    try:
-        optimizer.zero_grad(set_to_none=True)
-        for epoch in range(epochs):
-            model.train()
-            bar.set_description(f"epoch {epoch + 1}/{epochs}")
-            epoch_loss_sum = 0.0
-            epoch_batches = 0
-            loss_sum = torch.zeros((), device=device)
-            micro = 0
-            for batch in train_loader:
-                batch = move_to_device(batch, device)
-                with autocast():
-                    loss = train_step(model, batch)
-                scaled = loss / accumulation_steps
-                if scaler is not None:
-                    scaler.scale(scaled).backward()
-                else:
-                    scaled.backward()
-                loss_sum = loss_sum + loss.detach().float()
-                micro += 1
-                if micro == accumulation_steps:
-                    epoch_loss_sum += optimizer_step(loss_sum, micro) * micro
-                    epoch_batches += micro
-                    loss_sum = torch.zeros((), device=device)
-                    micro = 0
-            if micro:
-                epoch_loss_sum += optimizer_step(loss_sum, micro) * micro
-                epoch_batches += micro
-            if epoch_batches == 0:
-                raise ValueError(
-                    "train_loader yielded no batches; check the dataset size, batch_size and "
-                    "drop_last."
-                )
-
-            epoch_metrics: dict[str, float] = {
-                "epoch": float(epoch),
-                "train_loss_epoch": epoch_loss_sum / epoch_batches,
-            }
-            if val_loader is not None:
-                epoch_metrics.update(
-                    evaluate(
-                        model,
-                        val_loader,
-                        device=device,
-                        criterion=criterion,
-                        step_fn=step_fn,
-                        amp=amp,
-                    )
-                )
-            observer.on_step(global_step - 1, epoch_metrics)
-            result.epochs.append(epoch_metrics)
-            logger.info(
-                "epoch %d/%d: %s",
-                epoch + 1,
-                epochs,
-                ", ".join(f"{k}={v:.4g}" for k, v in epoch_metrics.items() if k != "epoch"),
-            )
-            if checkpoint_path is not None:
-                _save_checkpoint(
-                    checkpoint_path,
-                    {
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": schedule.state_dict() if schedule is not None else None,
-                        "epoch": epoch,
-                        "global_step": global_step,
-                    },
-                )
-                result.checkpoint_path = checkpoint_path
-    finally:
-        bar.close()
-        result.steps = global_step
-
-    if result.epochs:
-        last = result.epochs[-1]
-        result.final_val_loss = last.get("val_loss")
-        result.final_val_accuracy = last.get("val_accuracy")
-    return result
-
+    checkpoint = Path(checkpoint_dir) / "last.pt" if checkpoint_dir is not None else None
+    return trainer.fit(train_loader, epochs, val_loader, criterion, step_fn, checkpoint)
 
 __all__ = ["NonFiniteLossError", "TrainResult", "evaluate", "train"]

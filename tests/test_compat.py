@@ -2,9 +2,11 @@
 
 The differential tests run both finders on identical seeded copies of tiny tasks and require,
 in compat mode, the same ``history["lr"]`` exactly, the same ``history["loss"]`` within 1e-6
-and the same suggestion from ``plot()``. The rest pins the better defaults (NaN stops the
-test, bias-corrected smoothing, restore after an exception), the argument errors and the
-loader wrappers.
+and the same suggestion from ``plot()``; only they (and the error-type comparisons) use the
+reference, through the ``tlf`` fixture. The rest pins the better defaults (NaN stops the test,
+bias-corrected smoothing, restore after an exception), the argument errors, the loader
+wrappers and the documented differences. torch-lr-finder's own test suite runs against compat
+mode in tests/test_compat_upstream.py.
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ import copy
 import gc
 import math
 import random
+import re
 from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import matplotlib
@@ -40,9 +45,16 @@ from lrtrack.observers import RecordingObserver  # noqa: E402
 from lrtrack.smoothing import smooth  # noqa: E402
 from lrtrack.suggest import RULES, suggest  # noqa: E402
 
-tlf = pytest.importorskip("torch_lr_finder")
-
 LOSS_ATOL = 1e-6
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+@pytest.fixture
+def tlf() -> ModuleType:
+    """torch-lr-finder 0.2.2, the reference: a dev dependency, so a missing one is an error."""
+    import torch_lr_finder
+
+    return torch_lr_finder
 
 
 @pytest.fixture(autouse=True)
@@ -151,6 +163,7 @@ def _sqrt_task() -> tuple[nn.Module, DataLoader, nn.Module]:
 
 
 def _run(
+    tlf: ModuleType,
     impl: str,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -176,6 +189,7 @@ def _run(
 
 
 def _differential(
+    tlf: ModuleType,
     make_model: Callable[[], nn.Module],
     make_optimizer: Callable[[nn.Module], torch.optim.Optimizer],
     make_loaders: Callable[[Any], tuple[Any, Any]],
@@ -192,6 +206,7 @@ def _differential(
     for impl, module in (("tlf", tlf), ("lrtrack", compat)):
         model = copy.deepcopy(base)
         out[impl] = _run(
+            tlf,
             impl,
             model,
             make_optimizer(model),
@@ -216,15 +231,17 @@ def _sgd(lr: float = 1e-4, momentum: float = 0.9) -> Callable[[nn.Module], torch
 # --------------------------------------------------------------------------- differential
 
 
-def test_xor_mlp_matches_torch_lr_finder() -> None:
+def test_xor_mlp_matches_torch_lr_finder(tlf: ModuleType) -> None:
     def loaders(_: Any) -> tuple[DataLoader, None]:
         return DataLoader(_xor_data(), batch_size=32), None
 
-    hist, lr = _differential(_mlp, _sgd(), loaders, nn.CrossEntropyLoss(), end_lr=10, num_iter=60)
+    hist, lr = _differential(
+        tlf, _mlp, _sgd(), loaders, nn.CrossEntropyLoss(), end_lr=10, num_iter=60
+    )
     assert len(hist["lr"]) >= 17 and lr is not None
 
 
-def test_xor_mlp_with_accumulation_and_validation_matches() -> None:
+def test_xor_mlp_with_accumulation_and_validation_matches(tlf: ModuleType) -> None:
     def loaders(_: Any) -> tuple[DataLoader, DataLoader]:
         return (
             DataLoader(_xor_data(), batch_size=16),
@@ -232,6 +249,7 @@ def test_xor_mlp_with_accumulation_and_validation_matches() -> None:
         )
 
     _differential(
+        tlf,
         _mlp,
         _sgd(1e-3),
         loaders,
@@ -243,13 +261,14 @@ def test_xor_mlp_with_accumulation_and_validation_matches() -> None:
     )
 
 
-def test_small_cnn_with_dropout_and_validation_matches() -> None:
+def test_small_cnn_with_dropout_and_validation_matches(tlf: ModuleType) -> None:
     def loaders(_: Any) -> tuple[DataLoader, DataLoader]:
         gen = torch.Generator().manual_seed(7)  # shuffled, same order for both
         train = DataLoader(_image_data(96, 0), batch_size=16, shuffle=True, generator=gen)
         return train, DataLoader(_image_data(48, 1), batch_size=16)
 
     _differential(
+        tlf,
         _SmallCNN,
         lambda m: torch.optim.Adam(m.parameters(), lr=1e-5),
         loaders,
@@ -260,12 +279,12 @@ def test_small_cnn_with_dropout_and_validation_matches() -> None:
     )
 
 
-def test_small_cnn_without_validation_matches() -> None:
+def test_small_cnn_without_validation_matches(tlf: ModuleType) -> None:
     def loaders(_: Any) -> tuple[DataLoader, None]:
         gen = torch.Generator().manual_seed(11)
         return DataLoader(_image_data(96, 0), batch_size=16, shuffle=True, generator=gen), None
 
-    _differential(_SmallCNN, _sgd(1e-4), loaders, nn.NLLLoss(), end_lr=10, num_iter=40)
+    _differential(tlf, _SmallCNN, _sgd(1e-4), loaders, nn.NLLLoss(), end_lr=10, num_iter=40)
 
 
 def _two_groups(model: nn.Module) -> torch.optim.Optimizer:
@@ -284,20 +303,21 @@ def _two_groups(model: nn.Module) -> torch.optim.Optimizer:
         {"start_lr": [1e-5, 1e-4], "end_lr": 2.0, "num_iter": 25, "step_mode": "linear"},
     ],
 )
-def test_two_parameter_groups_match(range_kwargs: dict[str, Any]) -> None:
+def test_two_parameter_groups_match(range_kwargs: dict[str, Any], tlf: ModuleType) -> None:
     def loaders(_: Any) -> tuple[DataLoader, None]:
         return DataLoader(_xor_data(), batch_size=32), None
 
-    _differential(_mlp, _two_groups, loaders, nn.CrossEntropyLoss(), **range_kwargs)
+    _differential(tlf, _mlp, _two_groups, loaders, nn.CrossEntropyLoss(), **range_kwargs)
 
 
 @pytest.mark.parametrize("with_val", [False, True])
-def test_non_tensor_inputs_match(with_val: bool) -> None:
+def test_non_tensor_inputs_match(with_val: bool, tlf: ModuleType) -> None:
     def loaders(_: Any) -> tuple[DataLoader, DataLoader | None]:
         val = DataLoader(_Words(40, seed=1), batch_size=16) if with_val else None
         return DataLoader(_Words(), batch_size=16), val
 
     _differential(
+        tlf,
         _CharModel,
         _sgd(1e-3),
         loaders,
@@ -308,7 +328,7 @@ def test_non_tensor_inputs_match(with_val: bool) -> None:
     )
 
 
-def test_custom_batch_format_via_iterator_subclasses_matches() -> None:
+def test_custom_batch_format_via_iterator_subclasses_matches(tlf: ModuleType) -> None:
     def loaders(module: Any) -> tuple[Any, Any]:
         class TrainIter(module.TrainDataLoaderIter):
             def inputs_labels_from_batch(self, batch_data: Any) -> tuple[Any, Any]:
@@ -322,14 +342,15 @@ def test_custom_batch_format_via_iterator_subclasses_matches() -> None:
         val = DataLoader(_DictData(_xor_data(64, seed=2)), batch_size=32)
         return TrainIter(train), ValIter(val)
 
-    _differential(_mlp, _sgd(), loaders, nn.CrossEntropyLoss(), end_lr=10, num_iter=30)
+    _differential(tlf, _mlp, _sgd(), loaders, nn.CrossEntropyLoss(), end_lr=10, num_iter=30)
 
 
-def test_nan_never_stops_in_compat_mode_same_as_torch_lr_finder() -> None:
+def test_nan_never_stops_in_compat_mode_same_as_torch_lr_finder(tlf: ModuleType) -> None:
     def loaders(_: Any) -> tuple[DataLoader, None]:
         return _sqrt_task()[1], None
 
     hist, _ = _differential(
+        tlf,
         lambda: _sqrt_task()[0],
         lambda m: torch.optim.SGD(m.parameters(), lr=1e-3),
         loaders,
@@ -341,11 +362,12 @@ def test_nan_never_stops_in_compat_mode_same_as_torch_lr_finder() -> None:
     assert len(hist["loss"]) == 30 and math.isnan(hist["loss"][-1])
 
 
-def test_divergence_stop_matches() -> None:
+def test_divergence_stop_matches(tlf: ModuleType) -> None:
     def loaders(_: Any) -> tuple[DataLoader, None]:
         return DataLoader(_xor_data(), batch_size=32), None
 
     hist, _ = _differential(
+        tlf,
         _mlp,
         _sgd(1e-2),
         loaders,
@@ -358,7 +380,7 @@ def test_divergence_stop_matches() -> None:
     assert len(hist["lr"]) < 100  # stopped early at the same step as torch-lr-finder
 
 
-def test_torch_amp_backend_matches() -> None:
+def test_torch_amp_backend_matches(tlf: ModuleType) -> None:
     def loaders(_: Any) -> tuple[DataLoader, None]:
         return DataLoader(_xor_data(), batch_size=16), None
 
@@ -370,6 +392,7 @@ def test_torch_amp_backend_matches() -> None:
         }
 
     _differential(
+        tlf,
         _mlp,
         _sgd(1e-3),
         loaders,
@@ -562,7 +585,7 @@ def test_plot_in_default_mode_uses_lrtracks_rules() -> None:
         ({"skip_end": -2}, ValueError, "skip_end must be an integer >= 0; got -2"),
         ({"show_lr": "big"}, ValueError, "show_lr must be a float"),
         ({"suggest_lr": "median"}, ValueError, "unknown suggestion rule 'median'"),
-        ({"skip_start": 30}, RuntimeError, "plot needs at least skip_start + skip_end + 2 = 37"),
+        ({"skip_start": 30}, RuntimeError, "Need at least skip_start + skip_end + 2 = 37"),
     ],
 )
 def test_plot_argument_errors(kwargs: dict[str, Any], exc: type, fragment: str) -> None:
@@ -605,7 +628,7 @@ def _scheduled_optimizer(model: nn.Module) -> torch.optim.Optimizer:
     ],
 )
 def test_range_test_argument_errors_match_torch_lr_finders_types(
-    range_kwargs: dict[str, Any], exc: type, fragments: list[str]
+    range_kwargs: dict[str, Any], exc: type, fragments: list[str], tlf: ModuleType
 ) -> None:
     loader = DataLoader(_xor_data(), batch_size=32)
     model = _mlp()
@@ -624,7 +647,9 @@ def test_range_test_argument_errors_match_torch_lr_finders_types(
     assert optimizer.param_groups[0]["lr"] == 1e-3 and "initial_lr" not in optimizer.param_groups[0]
 
 
-def test_scheduler_already_attached_is_a_runtime_error_like_torch_lr_finder() -> None:
+def test_scheduler_already_attached_is_a_runtime_error_like_torch_lr_finder(
+    tlf: ModuleType,
+) -> None:
     with pytest.raises(RuntimeError):
         model = _mlp()
         tlf.LRFinder(model, _scheduled_optimizer(model), nn.CrossEntropyLoss())
@@ -780,7 +805,67 @@ def test_names_are_importable_from_lrtrack_when_exported() -> None:
     assert Exported is LRFinder and ExportedIter is TrainDataLoaderIter
 
 
-def test_differences_are_documented() -> None:
-    assert len(DIFFERENCES) >= 10
-    assert "compat=True" in (LRFinder.__doc__ or "")
-    assert any("NaN" in line for line in DIFFERENCES)
+def _readme_differences() -> list[str]:
+    """The bullet list after the README's "What differs on purpose" line, one string a bullet."""
+    text = README.read_text(encoding="utf-8")
+    section = text.split("## Coming from pytorch-lr-finder", 1)[1].split("\n## ", 1)[0]
+    listing = section.split("What differs on purpose", 1)[1]
+    bullets: list[str] = []
+    for line in listing.splitlines()[1:]:
+        if line.startswith("- "):
+            bullets.append(line[2:])
+        elif line.startswith("  ") and bullets:
+            bullets[-1] += " " + line.strip()
+        elif line.strip() and bullets:
+            break  # the first paragraph after the list
+    return bullets
+
+
+def test_readme_lists_every_difference_once_and_nothing_else() -> None:
+    assert _readme_differences() == list(DIFFERENCES)
+    text = README.read_text(encoding="utf-8")
+    for line in DIFFERENCES:  # listed once: only this section carries them
+        first_words = re.escape(" ".join(line.split()[:6]))
+        assert len(re.findall(first_words, re.sub(r"\s+", " ", text))) == 1, line
+
+
+def test_compat_mode_takes_only_torch_lr_finders_loader_types() -> None:
+    batches = list(DataLoader(_xor_data(), batch_size=32))
+    finder, model, optimizer, loader = _xor_finder(compat=True)
+    before = _params(model)
+    with pytest.raises(ValueError, match="`train_loader` has unsupported type list") as info:
+        finder.range_test(batches, end_lr=1, num_iter=5)
+    assert "compat=False" in str(info.value)  # the message names the way out
+    with pytest.raises(ValueError, match="`val_loader` has unsupported type list"):
+        finder.range_test(loader, val_loader=batches[:2], end_lr=1, num_iter=5)
+    _assert_same_state(model, before)
+    assert optimizer.param_groups[0]["lr"] == 1e-4 and finder.history == {"lr": [], "loss": []}
+    # The same loaders are fine in the default mode (see test_any_iterable_of_batches_is_accepted).
+    default, *_ = _xor_finder()
+    default.range_test(batches, val_loader=batches[:2], end_lr=1, num_iter=5)
+    assert len(default.history["lr"]) == 5
+
+
+def test_memory_cache_false_restores_from_files_and_removes_them(tmp_path: Any) -> None:
+    finder, model, optimizer, loader = _xor_finder(memory_cache=False, cache_dir=tmp_path)
+    reset_files = sorted(tmp_path.iterdir())
+    before, opt_before = _params(model), copy.deepcopy(optimizer.state_dict())
+    rng_before = torch.get_rng_state()
+    seen: list[int] = []
+    finder.observer = _FileCounter(tmp_path, seen)
+    finder.range_test(loader, end_lr=1, num_iter=5)
+    assert seen and all(n == len(reset_files) + 2 for n in seen)  # + the per-test state files
+    assert sorted(tmp_path.iterdir()) == reset_files  # those are gone afterwards
+    _assert_same_state(model, before)
+    assert optimizer.state_dict() == opt_before
+    assert torch.equal(torch.get_rng_state(), rng_before)
+
+
+class _FileCounter:
+    """An observer that records how many files a folder holds at every step."""
+
+    def __init__(self, folder: Any, seen: list[int]) -> None:
+        self.folder, self.seen = folder, seen
+
+    def on_step(self, step: int, metrics: dict[str, float]) -> None:
+        self.seen.append(len(list(self.folder.iterdir())))

@@ -16,6 +16,8 @@ from lrtrack.finder import (
     STOP_DIVERGED,
     STOP_INTERRUPTED,
     STOP_NON_FINITE,
+    RangeTestPolicy,
+    StateSnapshot,
     lr_grid,
     run_range_test,
 )
@@ -290,12 +292,124 @@ def test_result_carries_all_four_suggestions() -> None:
     assert result.min_loss == min(v for v in result.smoothed_losses if math.isfinite(v))
 
 
-def test_amp_on_cpu_runs_in_bfloat16() -> None:
+class _DtypeRecorder(nn.Module):
+    """The task's MLP, recording the dtype of its hidden activations at every forward pass."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.dtypes: list[torch.dtype] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.model[0](x)
+        self.dtypes.append(hidden.dtype)
+        return self.model[2](self.model[1](hidden))
+
+
+@pytest.mark.parametrize(("amp", "dtype"), [(True, torch.bfloat16), (False, torch.float32)])
+def test_amp_on_cpu_runs_in_bfloat16(amp: bool, dtype: torch.dtype) -> None:
+    model, loader = _task()
+    recorder = _DtypeRecorder(model)
+    opt = torch.optim.SGD(recorder.parameters(), lr=1e-4)
+    val = [next(iter(loader))]
+    result = run_range_test(recorder, opt, loader, criterion=nn.CrossEntropyLoss(), num_iter=5,
+                            amp=amp, device="cpu", val_loader=val, val_batches=1, progress=False)
+    # 5 training and 5 validation forward passes, every one under autocast when amp is on
+    assert recorder.dtypes == [dtype] * 10
+    assert result.metadata["amp"] is amp and all(np.isfinite(result.losses))
+    assert all(p.dtype == torch.float32 for p in recorder.parameters())
+
+
+# --------------------------------------------------------------------------- the policy (compat's hooks)
+
+
+def test_policy_smoother_replaces_the_ema() -> None:
+    class Doubling:
+        def __init__(self) -> None:
+            self.seen: list[float] = []
+
+        def update(self, value: float) -> float:
+            self.seen.append(value)
+            return 2 * value
+
+    smoother = Doubling()
+    result = _scripted([1.0, 0.8, 0.6, 0.5], smoothing=0.9, policy=RangeTestPolicy(smoother=smoother))
+    assert smoother.seen == result.losses == pytest.approx([1.0, 0.8, 0.6, 0.5])
+    assert result.smoothed_losses == [2 * v for v in result.losses]
+
+
+def test_policy_divergence_check_replaces_the_rule() -> None:
+    calls: list[tuple[int, float]] = []
+
+    def check(step: int, smoothed: float) -> str | None:
+        calls.append((step, smoothed))
+        return "custom stop" if step == 2 else None
+
+    # diverge_th=1.0 is invalid for lrtrack's rule, but unused (and unchecked) with a check
+    result = _scripted([1.0, 50.0, 0.5, 0.4, 0.3], smoothing=0.0, diverge_th=1.0,
+                       policy=RangeTestPolicy(divergence_check=check))
+    assert result.stop_reason == STOP_DIVERGED and result.stop_detail == "custom stop"
+    assert calls == [(0, 1.0), (1, 50.0), (2, 0.5)]  # 50 x best would have stopped lrtrack's rule
+
+
+def test_policy_can_run_on_through_nan_and_leave_the_grid_ends_unpinned() -> None:
+    losses = [1.0, float("nan"), 0.5, 0.4]
+    result = _scripted(losses, smoothing=0.0, policy=RangeTestPolicy(stop_on_non_finite=False))
+    assert result.stop_reason == STOP_COMPLETED and result.steps == 4
+    assert math.isnan(result.losses[1])
+    model, loader = _task()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-5)
+    result = run_range_test(model, opt, loader, criterion=nn.CrossEntropyLoss(), end_lr=1.0,
+                            num_iter=5, diverge_th=1e9, progress=False,
+                            policy=RangeTestPolicy(exact_ends=False))
+    assert result.lrs[-1] == 0.9999999999999999  # 1e-5 * (1.0 / 1e-5) ** 1, unpinned
+    assert result.lrs == lr_grid(1e-5, 1.0, 5, "exp", exact_ends=False)
+
+
+def test_policy_validate_fn_gives_the_recorded_loss() -> None:
     model, loader = _task()
     opt = torch.optim.SGD(model.parameters(), lr=1e-4)
-    result = run_range_test(model, opt, loader, criterion=nn.CrossEntropyLoss(), num_iter=5, amp=True,
-                            device="cpu", progress=False)
-    assert result.metadata["amp"] is True and all(np.isfinite(result.losses))
+    values = iter([3.0, torch.tensor(2.5), 2.0])
+    recorder = RecordingObserver()
+    result = run_range_test(model, opt, loader, criterion=nn.CrossEntropyLoss(), num_iter=3,
+                            val_loader=[("never", "read")], observer=recorder, progress=False,
+                            policy=RangeTestPolicy(validate_fn=lambda m: next(values)))
+    assert result.losses == [3.0, 2.5, 2.0]
+    assert result.train_losses != result.losses and all(0 < v < 2 for v in result.train_losses)
+    assert [m["train_loss"] for _, m in recorder.calls] == result.train_losses
+
+
+def test_policy_must_be_a_range_test_policy() -> None:
+    model, loader = _task()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+    with pytest.raises(TypeError, match="policy must be a RangeTestPolicy or None; got dict"):
+        run_range_test(model, opt, loader, criterion=nn.CrossEntropyLoss(), progress=False,
+                       policy={"exact_ends": False})
+
+
+def test_state_snapshot_restores_model_optimizer_mode_and_rngs() -> None:
+    model, loader = _task()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    model.eval()
+    before = _state(model)
+    torch.manual_seed(3), random.seed(3), np.random.seed(3)
+    snapshot = StateSnapshot(model, opt)
+    expected = (torch.rand(2), random.random(), np.random.rand())  # the draws after the snapshot
+
+    x, y = next(iter(loader))
+    model.train()
+    nn.functional.cross_entropy(model(x), y).backward()
+    opt.param_groups[0]["lr"] = 0.5
+    opt.step()
+    torch.rand(5), random.random(), np.random.rand(4)
+    snapshot.restore()
+
+    assert model.training is False
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert opt.param_groups[0]["lr"] == 1e-3 and opt.state_dict()["state"] == {}
+    again = (torch.rand(2), random.random(), np.random.rand())
+    assert torch.equal(again[0], expected[0]) and again[1:] == expected[1:]
 
 
 def test_ema_smoother_rejects_bad_values() -> None:

@@ -14,6 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -22,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 from lrtrack.compat import LRFinder  # noqa: E402
 from lrtrack.finder import RangeTestResult, run_range_test  # noqa: E402
-from lrtrack.suggest import RULES  # noqa: E402
+from lrtrack.suggest import RULES, suggest  # noqa: E402
 
 VOCAB, SEQ = 20, 6
 
@@ -268,8 +269,13 @@ def test_two_inputs_with_lrfinder(compat: bool) -> None:
         step_fn=two_input_step,
         compat=compat,
     )
+    # DataLoaders over ready-made batches (batch_size=None): compat mode, like torch-lr-finder,
+    # takes DataLoaders only
     finder.range_test(
-        _two_input_batches(6, 0), val_loader=_two_input_batches(2, 1), end_lr=10, num_iter=40
+        DataLoader(_two_input_batches(6, 0), batch_size=None),
+        val_loader=DataLoader(_two_input_batches(2, 1), batch_size=None),
+        end_lr=10,
+        num_iter=40,
     )
     assert 17 <= len(finder.history["lr"]) <= 40
     assert finder.suggestions["steepest"].rule == "steepest"
@@ -278,5 +284,13 @@ def test_two_inputs_with_lrfinder(compat: bool) -> None:
         _, lr = finder.plot(ax=ax)
     finally:
         plt.close(fig)
-    assert lr is None or lr > 0
+    # plot() marks the steepest descent of the curve trimmed by its default skips (10, 5):
+    # torch-lr-finder's np.gradient rule in compat mode, lrtrack's steepest rule otherwise
+    lrs, losses = finder.history["lr"], finder.history["loss"]
+    if compat:
+        expected = lrs[10:-5][int(np.gradient(np.asarray(losses[10:-5])).argmin())]
+    else:
+        expected = suggest("steepest", lrs, losses, skip_start=10, skip_end=5).lr
+    assert expected is not None and lr == expected
+    assert lrs[10] <= lr <= lrs[-6]
     _assert_restored(model, before)

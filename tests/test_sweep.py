@@ -16,8 +16,6 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
-
 FAST = ["+model=mlp", "data=fake", "data.fake_size=256", "train.epochs=1", "finder.num_iter=10",
         "progress=false", "train.checkpoint=false"]
 
@@ -47,14 +45,17 @@ def children(client, run) -> list:
 
 @pytest.fixture(scope="module")
 def failing_sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
-    """Four jobs: one good; one failing in training (after its range test); two failing validation."""
+    """Four jobs: one good; one failing after its range test (3 steps are too few for the valley
+    rule, so it has no bounds to train in); two failing validation."""
     folder = tmp_path_factory.mktemp("sweep")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
-    proc = lrtrack(["-m", *FAST, f"tracking.tracking_uri={uri}",
-                    "data.batch_size=64,0", "schedule.scheduler.pct_start=0.3,1.5"], folder)
+    fast = [o for o in FAST if not o.startswith("finder.num_iter=")]
+    proc = lrtrack(["-m", *fast, f"tracking.tracking_uri={uri}",
+                    "data.batch_size=64,0", "finder.num_iter=10,3"], folder)
     return folder, proc
 
 
+@pytest.mark.slow
 def test_sweep_structure_statuses_and_summary(failing_sweep) -> None:
     folder, proc = failing_sweep
     assert proc.returncode == 1, proc.stderr[-3000:]
@@ -65,27 +66,26 @@ def test_sweep_structure_statuses_and_summary(failing_sweep) -> None:
     assert len(sweeps) == 1
     sweep = sweeps[0]
     assert sweep.info.status == "FAILED"
-    assert sweep.data.tags["lrtrack.sweep_keys"] == "data.batch_size,schedule.scheduler.pct_start"
+    assert sweep.data.tags["lrtrack.sweep_keys"] == "data.batch_size,finder.num_iter"
     assert sweep.data.metrics["jobs"] == 4 and sweep.data.metrics["jobs_failed"] == 3
 
     jobs = {r.info.run_name: r for r in children(client, sweep)}
-    assert set(jobs) == {f"data.batch_size={b} schedule.scheduler.pct_start={p}"
-                         for b in (64, 0) for p in (0.3, 1.5)}
+    assert set(jobs) == {f"data.batch_size={b} finder.num_iter={n}" for b in (64, 0) for n in (10, 3)}
     assert all(r.data.tags["lrtrack.stage"] == "pipeline" for r in jobs.values())
-    good = jobs["data.batch_size=64 schedule.scheduler.pct_start=0.3"]
+    good = jobs["data.batch_size=64 finder.num_iter=10"]
     assert good.info.status == "FINISHED"
     kids = {r.data.tags["lrtrack.stage"]: r for r in children(client, good)}
     assert set(kids) == {"explore", "final"}
     assert all(k.info.status == "FINISHED" for k in kids.values())
     assert math.isfinite(kids["final"].data.metrics["final_val_loss"])
 
-    in_training = jobs["data.batch_size=64 schedule.scheduler.pct_start=1.5"]
-    assert in_training.info.status == "FAILED"
-    assert "pct_start" in in_training.data.tags["lrtrack.error"]
-    kids = {r.data.tags["lrtrack.stage"]: r.info.status for r in children(client, in_training)}
+    no_bounds = jobs["data.batch_size=64 finder.num_iter=3"]
+    assert no_bounds.info.status == "FAILED"
+    assert "bounds.max_lr_rule='valley' has no suggestion" in no_bounds.data.tags["lrtrack.error"]
+    kids = {r.data.tags["lrtrack.stage"]: r.info.status for r in children(client, no_bounds)}
     assert kids == {"explore": "FINISHED"}  # the range test ran; training never started
-    for pct in (0.3, 1.5):
-        invalid = jobs[f"data.batch_size=0 schedule.scheduler.pct_start={pct}"]
+    for num_iter in (10, 3):
+        invalid = jobs[f"data.batch_size=0 finder.num_iter={num_iter}"]
         assert invalid.info.status == "FAILED"
         assert "data.batch_size=0 is invalid" in invalid.data.tags["lrtrack.error"]
         assert children(client, invalid) == []
@@ -100,20 +100,24 @@ def test_sweep_structure_statuses_and_summary(failing_sweep) -> None:
     assert float(row["max_lr"]) > float(row["base_lr"]) > 0
     assert float(row["suggested_lr/valley"]) > 0 and 0 <= float(row["final_val_accuracy"]) <= 1
     assert row["explore_run_id"] and row["final_run_id"]
-    assert rows["data.batch_size=0 schedule.scheduler.pct_start=0.3"]["status"] == "FAILED"
+    assert rows["data.batch_size=0 finder.num_iter=10"]["status"] == "FAILED"
+    assert "no suggestion" in rows[no_bounds.info.run_name]["error"]
 
 
 def test_swept_keys_and_job_names() -> None:
-    from lrtrack.sweep import SweepContext, swept_keys
+    from lrtrack.runlog import SweepContext
+    from lrtrack.sweep import swept_keys
 
     assert swept_keys(["+model=mlp", "optimizer=sgd,adamw", "seed=range(3)", "x=1"]) == ["optimizer", "seed"]
     ctx = SweepContext("r", "sqlite://", "e", ("optimizer",))
     assert ctx.job_name(["+model=mlp", "optimizer=sgd"]) == "optimizer=sgd"
 
 
+@pytest.mark.slow
 def test_joblib_launcher_and_seed_aggregate(tmp_path: Path) -> None:
     """Two parallel workers; +experiment=seeds turns on multirun and logs the aggregate run."""
-    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    import hydra_plugins.hydra_joblib_launcher  # noqa: F401 - a hard dependency: fail, never skip
+
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     proc = lrtrack([*FAST, "+experiment=seeds", "hydra.sweeper.params.seed='0,1'", f"tracking.tracking_uri={uri}",
                     "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], tmp_path)
@@ -137,22 +141,28 @@ def test_joblib_launcher_and_seed_aggregate(tmp_path: Path) -> None:
     assert agg.info.status == "FINISHED"
     assert agg.data.metrics["seeds"] == 2
     m = agg.data.metrics
-    for rule in ("valley", "steepest"):
-        if f"suggested_lr/{rule}" in m:
-            assert m[f"suggested_lr/{rule}/min"] <= m[f"suggested_lr/{rule}"] <= m[f"suggested_lr/{rule}/max"]
-    assert "suggested_lr" in m
+    rule = agg.data.tags["lrtrack.suggestion_rule"]
+    assert m["suggested_lr"] == m[f"suggested_lr/{rule}"]
+    assert m[f"suggested_lr/{rule}/min"] <= m[f"suggested_lr/{rule}"] <= m[f"suggested_lr/{rule}/max"]
+    assert m[f"suggested_lr/{rule}/n"] == 2
     paths = {a.path for a in client.list_artifacts(agg.info.run_id, "range_test")}
     assert {"range_test/seeds.png", "range_test/history.csv", "range_test/seeds_history.csv"} <= paths
 
+    from lrtrack.report import write_report
+
+    page = write_report(client, sweep.info.run_id, tmp_path / "report").read_text()
+    assert "<img src='seeds_0.png'" in page and "Range test over seeds: range_test_seeds x2" in page
+    assert (tmp_path / "report" / "seeds_0.png").read_bytes()[:4] == b"\x89PNG"
+
 
 def test_aggregate_seeds_uses_the_seeds_that_reached_each_step() -> None:
-    from lrtrack.report import Curve, aggregate_seeds
+    from lrtrack.seeds import aggregate_seeds
 
     lrs = [1e-3, 1e-2, 1e-1, 1.0]
     agg = aggregate_seeds(
-        {"0": Curve({"lr": lrs, "loss_smoothed": [2.0, 1.0, 0.5, 3.0]}),
-         "1": Curve({"lr": lrs, "loss_smoothed": [2.2, 1.2, 0.7, 5.0]}),
-         "2": Curve({"lr": lrs[:2], "loss_smoothed": [2.4, 1.4]})},  # stopped early
+        {"0": (lrs, [2.0, 1.0, 0.5, 3.0]),
+         "1": (lrs, [2.2, 1.2, 0.7, 5.0]),
+         "2": (lrs[:2], [2.4, 1.4])},  # stopped early
         {"0": {"valley": 1e-2}, "1": {"valley": 1e-1}, "2": {"valley": 1e-3}})
     assert agg.lrs == lrs
     assert agg.median[:2] == pytest.approx([2.2, 1.2])
@@ -162,3 +172,13 @@ def test_aggregate_seeds_uses_the_seeds_that_reached_each_step() -> None:
     assert s["median"] == pytest.approx(1e-2) and s["min"] == 1e-3 and s["max"] == 1e-1
     assert s["log10_iqr"] == pytest.approx(1.0)
     assert agg.rule_stats("steepest") == {}
+    assert agg.seeds == ["0", "1", "2"] and math.isnan(agg.curves[2][3])
+    rows = agg.history_rows()
+    assert [r["step"] for r in rows] == [0, 1, 2, 3] and rows[2]["loss_smoothed"] == pytest.approx(0.6)
+
+
+def test_aggregate_seeds_without_any_history_says_so() -> None:
+    from lrtrack.seeds import aggregate_seeds
+
+    with pytest.raises(ValueError, match="no range-test history"):
+        aggregate_seeds({"0": ([], [])}, {})

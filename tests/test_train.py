@@ -214,8 +214,11 @@ def test_val_loss_is_weighted_by_batch_size() -> None:
     )
     model.eval()
     with torch.no_grad():
-        expected = nn.functional.cross_entropy(model(val.tensors[0]), val.tensors[1]).item()
+        outputs = model(val.tensors[0])
+    expected = nn.functional.cross_entropy(outputs, val.tensors[1]).item()
     assert result.final_val_loss == pytest.approx(expected, rel=1e-5)
+    accuracy = (outputs.argmax(dim=1) == val.tensors[1]).double().mean().item()
+    assert result.final_val_accuracy == pytest.approx(accuracy, abs=1e-12)
 
 
 def test_two_groups_and_grad_clip_and_bf16_amp() -> None:
@@ -230,12 +233,15 @@ def test_two_groups_and_grad_clip_and_bf16_amp() -> None:
     )
     schedule = S.cosine(opt, max_lr=0.2, base_lr=0.05, steps_per_epoch=6, epochs=1)
     observer = RecordingObserver()
+    dtypes: list[torch.dtype] = []
+    model[0].register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
     result = train(
         model,
         opt,
         loader(),
         epochs=1,
         schedule=schedule,
+        val_loader=loader(32, shuffle=False, seed=1),
         grad_clip_norm=1.0,
         amp=True,
         observer=observer,
@@ -245,6 +251,23 @@ def test_two_groups_and_grad_clip_and_bf16_amp() -> None:
     assert first["lr"] == pytest.approx(0.2)
     assert first["lr/group_1"] == pytest.approx(0.02)
     assert all(math.isfinite(v) for v in result.losses)
+    # 6 training and 2 validation batches, all under CPU autocast; the weights stay float32
+    assert dtypes == [torch.bfloat16] * 8
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_grad_clip_norm_bounds_every_update() -> None:
+    model, opt = model_and_opt(momentum=0.0)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    params: list[torch.Tensor] = []
+
+    def step_fn(m: nn.Module, batch) -> torch.Tensor:
+        params.append(torch.cat([p.detach().flatten() for p in m.parameters()]))
+        return nn.functional.cross_entropy(m(batch[0]), batch[1]) * 100  # large gradients
+
+    train(model, opt, loader(), epochs=1, step_fn=step_fn, grad_clip_norm=0.01, progress=False)
+    updates = [torch.linalg.vector_norm(b - a).item() for a, b in zip(params, params[1:])]
+    assert len(updates) == 5 and all(u == pytest.approx(0.01, rel=1e-4) for u in updates)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,198 @@
+"""runlog's read side and sweep bookkeeping against a real sqlite MLflow store.
+
+The runs are made by hand through ``MlflowClient`` in the layout lrtrack writes (a sweep run,
+pipeline runs under it, explore/final runs under those), so these tests pin the layout the
+report and the sweep summary read, without running a pipeline.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from lrtrack import runlog
+
+RANGE_CSV = "step,lr,loss,loss_smoothed\n0,0.001,2.3,2.3\n1,0.01,1.9,2.0\n2,0.1,1.2,\n3,1.0,9.0,4.0\n"
+
+
+@dataclass
+class Store:
+    client: Any
+    uri: str
+    experiment_id: str
+    sweep_id: str
+    job_ids: dict[str, str]  # "job0"/"job1" -> pipeline run id; "explore1", "final1", "loose"...
+
+
+def _run(client: Any, experiment_id: str, name: str, tags: dict[str, str], *, parent: str | None = None,
+         params: dict[str, str] | None = None, metrics: dict[str, float] | None = None,
+         artifacts: dict[str, str] | None = None, status: str = "FINISHED") -> str:
+    if parent:
+        tags = {**tags, runlog.PARENT_TAG: parent}
+    run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+    for key, value in (params or {}).items():
+        client.log_param(run_id, key, value)
+    for key, value in (metrics or {}).items():
+        client.log_metric(run_id, key, value)
+    for path, text in (artifacts or {}).items():
+        client.log_text(run_id, text, path)
+    client.set_terminated(run_id, status)
+    return run_id
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
+    from mlflow.tracking import MlflowClient
+
+    folder = tmp_path_factory.mktemp("runlog")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("lrtrack-test", artifact_location=(folder / "artifacts").as_uri())
+    stage = runlog.STAGE_TAG
+    sweep = _run(client, exp, "sweep optimizer=sgd seed=0,1", {stage: runlog.STAGE_SWEEP})
+    ids = {"sweep": sweep}
+    # Job 1 starts first but is Hydra's job 1: sweep_jobs orders by job number.
+    for num, seed, parts in ((1, "1", ("explore", "final")), (0, "0", ("explore",))):
+        overrides = f"+model=mlp optimizer=sgd seed={seed}"
+        job = _run(client, exp, f"optimizer=sgd seed={seed}", {
+            stage: runlog.STAGE_PIPELINE, runlog.JOB_NUM_TAG: str(num), runlog.OVERRIDES_TAG: overrides,
+            runlog.SWEEP_OVERRIDES_TAG: f"optimizer=sgd seed={seed}"}, parent=sweep, params={"seed": seed})
+        ids[f"job{num}"] = job
+        ids[f"explore{num}"] = _run(
+            client, exp, f"explore {seed}", {stage: runlog.STAGE_EXPLORE, runlog.SUGGESTION_RULE_TAG: "valley"},
+            parent=job, params={"seed": seed},
+            metrics={"suggested_lr/valley": 0.01 * (1 + num), "suggested_lr/steepest": 0.003},
+            artifacts={runlog.RANGE_TEST_HISTORY: RANGE_CSV})
+        if "final" in parts:
+            final = _run(client, exp, f"final {seed}", {stage: runlog.STAGE_FINAL}, parent=job,
+                         params={runlog.MAX_LR_PARAM: "0.01", runlog.BASE_LR_PARAM: "0.001"},
+                         metrics={runlog.FINAL_VAL_LOSS: 0.5, runlog.FINAL_VAL_ACCURACY: 0.8},
+                         artifacts={runlog.TRAIN_HISTORY: "step,lr,loss,loss_smoothed\n0,0.001,2,2\n1,0.01,1,1.5\n"})
+            for step, value in ((5, 0.7), (2, 0.9)):
+                client.log_metric(final, "val_loss", value, step=step)
+            ids[f"final{num}"] = final
+    ids["loose"] = _run(client, exp, "range test on its own", {stage: runlog.STAGE_EXPLORE})
+    _run(client, exp, "not lrtrack's", {})
+    return Store(client, uri, exp, sweep, ids)
+
+
+def test_sweep_jobs_pairs_each_pipeline_run_with_its_children_in_job_order(store: Store) -> None:
+    jobs = runlog.sweep_jobs(store.client, store.sweep_id)
+    assert [j.name for j in jobs] == ["optimizer=sgd seed=0", "optimizer=sgd seed=1"]
+    first, second = jobs
+    assert first.job_run.info.run_id == store.job_ids["job0"]
+    assert first.explore.info.run_id == store.job_ids["explore0"] and first.final is None
+    assert second.final.info.run_id == store.job_ids["final1"]
+    assert [r.info.run_id for r in runlog.child_runs(store.client, second.job_run)] == [
+        store.job_ids["explore1"], store.job_ids["final1"]]
+    assert runlog.job_record(store.client, second.job_run).explore.info.run_id == store.job_ids["explore1"]
+
+
+def test_job_rows_and_their_csv(store: Store) -> None:
+    jobs = runlog.sweep_jobs(store.client, store.sweep_id)
+    rows = [j.row() for j in jobs]
+    assert list(rows[1]) == list(runlog.SUMMARY_COLUMNS)
+    assert rows[1] == {
+        "job": "optimizer=sgd seed=1", "overrides": "optimizer=sgd seed=1", "status": "FINISHED",
+        "suggestion_rule": "valley", "suggested_lr/steepest": 0.003, "suggested_lr/valley": 0.02,
+        "suggested_lr/minimum": None, "suggested_lr/slide": None, "max_lr": 0.01, "base_lr": 0.001,
+        "final_val_accuracy": 0.8, "final_val_loss": 0.5, "error": "", "job_run_id": store.job_ids["job1"],
+        "explore_run_id": store.job_ids["explore1"], "final_run_id": store.job_ids["final1"]}
+    assert rows[0]["max_lr"] is None and rows[0]["final_run_id"] == ""
+    assert jobs[1].chosen_lr() == 0.02
+    table = list(csv.DictReader(io.StringIO(runlog.rows_to_csv(rows))))
+    assert [r["job"] for r in table] == ["optimizer=sgd seed=0", "optimizer=sgd seed=1"]
+    assert table[0]["max_lr"] == "" and table[1]["suggested_lr/valley"] == "0.02"
+
+
+def test_experiment_jobs_keeps_loose_range_tests_and_skips_other_runs(store: Store) -> None:
+    jobs = runlog.experiment_jobs(store.client, store.experiment_id)
+    assert [j.name for j in jobs] == ["optimizer=sgd seed=1", "optimizer=sgd seed=0", "range test on its own"]
+    assert jobs[0].final.info.run_id == store.job_ids["final1"]
+    loose = jobs[2]
+    assert loose.job_run is None and loose.explore.info.run_id == store.job_ids["loose"]
+    assert loose.row()["status"] == "FINISHED" and loose.chosen_lr() is None
+
+
+def test_read_csv_artifact_and_metric_history(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
+    curve = runlog.read_csv_artifact(store.client, store.job_ids["explore1"], runlog.RANGE_TEST_HISTORY)
+    assert curve.get("lr") == [0.001, 0.01, 0.1, 1.0]
+    smoothed = curve.get("loss_smoothed")
+    assert smoothed[:2] == [2.3, 2.0] and math.isnan(smoothed[2]) and smoothed[3] == 4.0
+    assert curve.get("nope") == []
+    missing = runlog.read_csv_artifact(store.client, store.job_ids["loose"], runlog.RANGE_TEST_HISTORY)
+    assert not missing and missing.get("lr") == []
+    assert "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR" not in os.environ  # set only while downloading
+    assert runlog.metric_history(store.client, store.job_ids["final1"], "val_loss") == [(2, 0.9), (5, 0.7)]
+    assert runlog.metric_history(store.client, store.job_ids["final1"], "nope") == []
+    curves = runlog.range_test_curves(store.client, runlog.sweep_jobs(store.client, store.sweep_id))
+    assert [(name, lrs[-1], lr) for name, lrs, _, lr in curves] == [
+        ("optimizer=sgd seed=0", 1.0, 0.01), ("optimizer=sgd seed=1", 1.0, 0.02)]
+
+
+def test_record_failure_tags_a_run_or_creates_a_failed_one(store: Store) -> None:
+    sweep_id = _run(store.client, store.experiment_id, "sweep x=0,1", {runlog.STAGE_TAG: runlog.STAGE_SWEEP},
+                    status="RUNNING")
+    ctx = runlog.SweepContext(sweep_id, store.uri, "lrtrack-test", ("x",))
+    overrides = ["+model=mlp", "x=1"]
+    created = runlog.record_failure(ctx, overrides, ValueError("x=1 is invalid:\n  use 0"), None,
+                                    tags={runlog.COMMAND_TAG: "python -m lrtrack"})
+    run = store.client.get_run(created)
+    assert run.info.status == "FAILED" and run.info.run_name == "x=1"
+    assert run.data.tags[runlog.ERROR_TAG] == "ValueError: x=1 is invalid: use 0"
+    assert run.data.tags[runlog.PARENT_TAG] == sweep_id and run.data.tags[runlog.STAGE_TAG] == "pipeline"
+    assert run.data.tags[runlog.SWEEP_OVERRIDES_TAG] == "x=1"
+    assert run.data.tags[runlog.OVERRIDES_TAG] == "+model=mlp x=1"
+    assert run.data.tags[runlog.COMMAND_TAG] == "python -m lrtrack"
+
+    existing = _run(store.client, store.experiment_id, "x=0", {runlog.STAGE_TAG: runlog.STAGE_PIPELINE},
+                    parent=sweep_id, status="FAILED")
+    assert runlog.record_failure(ctx, ["x=0"], RuntimeError(""), existing) == existing
+    assert store.client.get_run(existing).data.tags[runlog.ERROR_TAG] == "RuntimeError: RuntimeError"
+
+    rows = runlog.log_sweep_summary(store.client, sweep_id, runlog.sweep_jobs(store.client, sweep_id),
+                                    wall_seconds=3.0)
+    assert [r["status"] for r in rows] == ["FAILED", "FAILED"]
+    sweep = store.client.get_run(sweep_id)
+    assert sweep.data.metrics == {"jobs": 2.0, "jobs_failed": 2.0, "wall_seconds": 3.0}
+    assert runlog.BEST_JOB_TAG not in sweep.data.tags
+
+
+def test_sweep_summary_and_seed_aggregate_round_trip(store: Store) -> None:
+    from lrtrack.seeds import aggregate_seeds
+
+    jobs = runlog.sweep_jobs(store.client, store.sweep_id)
+    rows = runlog.log_sweep_summary(store.client, store.sweep_id, jobs)
+    assert len(rows) == 2
+    sweep = store.client.get_run(store.sweep_id)
+    assert sweep.data.metrics["jobs_failed"] == 0 and sweep.data.metrics["best_final_val_loss"] == 0.5
+    assert sweep.data.tags[runlog.BEST_JOB_TAG] == "optimizer=sgd seed=1"
+    paths = {a.path for a in store.client.list_artifacts(store.sweep_id, "sweep")}
+    assert paths == {runlog.SWEEP_SUMMARY_CSV, runlog.SWEEP_SUMMARY_JSON, runlog.SWEEP_RANGE_TESTS_PLOT}
+
+    assert {runlog.seed_group(j) for j in jobs} == {"+model=mlp optimizer=sgd"}
+    assert [runlog.job_seed(j) for j in jobs] == ["0", "1"]
+    curves, suggestions = runlog.seed_inputs(store.client, jobs)
+    assert set(curves) == {"0", "1"} and suggestions["1"]["valley"] == 0.02
+    agg = aggregate_seeds(curves, suggestions)
+    seeds_id = runlog.log_seed_aggregate(
+        store.client, store.experiment_id, store.sweep_id, agg, name="range_test_seeds x2",
+        group="+model=mlp optimizer=sgd", rule="valley", seed_run_ids=[j.explore.info.run_id for j in jobs])
+    (found,) = runlog.seed_runs(store.client, store.experiment_id, store.sweep_id)
+    assert found.info.run_id == seeds_id and found.info.status == "FINISHED"
+    assert found.data.metrics["seeds"] == 2 and found.data.metrics["suggested_lr/valley/n"] == 2
+    assert found.data.metrics["suggested_lr"] == pytest.approx(math.sqrt(0.01 * 0.02))
+    assert runlog.seed_runs(store.client, store.experiment_id, "another sweep") == []
+    back = runlog.read_seed_aggregate(store.client, found)
+    assert back is not None and back.seeds == ["0", "1"]
+    assert back.median[:2] == pytest.approx(agg.median[:2]) and back.lrs == agg.lrs
+    assert back.per_seed == {"0": {"steepest": 0.003, "valley": 0.01, "minimum": None, "slide": None},
+                             "1": {"steepest": 0.003, "valley": 0.02, "minimum": None, "slide": None}}
+    assert runlog.read_seed_aggregate(store.client, store.client.get_run(store.job_ids["loose"])) is None
