@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -20,7 +21,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from lrtrack.config import ConfigError, config_dir, dry_run, register_configs, validate
+from lrtrack.config import ConfigError, check_config, config_dir, register_configs
+from lrtrack.redact import redact
 
 log = logging.getLogger("lrtrack")
 
@@ -50,57 +52,31 @@ def job_info() -> Any:
                    sweep=current_sweep() if multirun else None, job_num=hc.job.num if multirun else None)
 
 
-def check(cfg: DictConfig) -> None:
-    """Every check that needs no data: the settings, then building the optimizer and schedule."""
-    validate(cfg, config_dir())
-    dry_run(cfg)
-
-
 def task(cfg: DictConfig) -> float | None:
     """What Hydra calls once per job; returns the metric a sweeper optimises."""
     global _job_started
     _job_started = True
-    from lrtrack.recipe import RangeTestRecipe, UserError
+    from lrtrack.recipe import RangeTestRecipe, RunFailure, UserError, run_sweep_job
+    from lrtrack.spool import DeliveryError
 
     job = job_info()
     if job.sweep is not None or HydraConfig.get().mode == RunMode.MULTIRUN:
-        return sweep_job(cfg, job)
+        return run_sweep_job(cfg, job)
     try:
-        check(cfg)
+        check_config(cfg)
         return RangeTestRecipe(cfg, job).run()
     except ConfigError as err:
         fail(err.errors)
     except UserError as err:
         fail(str(err))
+    except RunFailure as err:  # the run ended FAILED and its lrtrack.error tag says why
+        fail(str(err), EXIT_FAILED)
+    except DeliveryError as err:  # the job ran; its records wait in the spool (the message says how to send them)
+        fail(str(err), EXIT_FAILED)
     except KeyboardInterrupt:
-        fail("interrupted; the runs so far are kept in MLflow (status KILLED)", EXIT_INTERRUPTED)
-
-
-def sweep_job(cfg: DictConfig, job: Any) -> float:
-    """One job of a multirun: a failure is logged and recorded in MLflow (the job's runs FAILED,
-    an ``lrtrack.error`` tag), and NaN is returned so Hydra goes on with the other jobs (its
-    basic sweeper would stop the sweep, and skip the sweep's summary, on an exception)."""
-    from lrtrack.recipe import RangeTestRecipe, UserError
-    from lrtrack.runlog import STAGE_PIPELINE, RunContext, record_failure
-
-    try:
-        check(cfg)
-        outcome = RangeTestRecipe(cfg, job).run()
-        return float("nan") if outcome is None else float(outcome)
-    except KeyboardInterrupt:
-        raise
-    except Exception as err:
-        lines = err.errors if isinstance(err, ConfigError) else [str(err).strip() or type(err).__name__]
-        expected = isinstance(err, (ConfigError, UserError))
-        log.error("job %s failed: %s", " ".join(job.overrides), " ".join(x.strip() for x in lines),
-                  exc_info=not expected)  # a bug keeps its traceback in the job's log
-        if job.sweep is not None:
-            try:
-                tags = RunContext({}, job.choices, job.overrides, job.command).tags(STAGE_PIPELINE)
-                record_failure(job.sweep, job.overrides, err, job.pipeline_run_id, tags=tags)
-            except Exception:
-                log.exception("could not record the failure in MLflow")
-        return float("nan")
+        resume = f"; continue training with: {job.command} train.resume={job.final_run_id}" if job.final_run_id else ""
+        resume = redact(resume)
+        fail(f"interrupted; the runs so far are kept in MLflow (status KILLED){resume}", EXIT_INTERRUPTED)
 
 
 def condensed(error: BaseException) -> str:
@@ -128,12 +104,17 @@ def condensed(error: BaseException) -> str:
 _job_started = False
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main() -> None:
     """``python -m lrtrack``: the Hydra application; a composition error is one line, exit 2."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     register_configs()
+    signal.signal(signal.SIGTERM, _terminate)  # a cluster's preemption: stop as Ctrl-C does
     # Let composition errors reach us as exceptions (Hydra would print them over many lines).
     os.environ["HYDRA_FULL_ERROR"] = "1"
     app = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")(task)

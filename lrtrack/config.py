@@ -10,7 +10,9 @@ before anything starts. Importing this module stays cheap (no torch): ``--help``
 
 from __future__ import annotations
 
+import difflib
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,22 +23,11 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 STAGES = ("all", "range_test", "train")
 STEP_MODES = ("exp", "linear")  # mirrors lrtrack.finder.STEP_MODES without importing torch
-SUGGESTION_RULES = ("steepest", "valley", "minimum", "slide")
+SUGGESTION_RULES = ("confirmed", "steepest", "valley", "minimum", "slide")  # mirrors lrtrack.suggest.RULES
 MAX_LR_RULES = SUGGESTION_RULES + ("min_loss_div10",)
-DATASETS = ("mnist", "digits", "fake")
-
-
-@dataclass
-class DataConfig:
-    name: str = MISSING
-    root: str = "data"
-    batch_size: int = MISSING
-    val_batch_size: int = MISSING
-    in_memory: bool = True
-    download: bool = True
-    fallback: Optional[str] = "digits"
-    num_workers: int = 0
-    fake_size: int = 1024
+DATA_FALLBACKS = (None, "digits", "fake")
+# Settings of the data builders (lrtrack.data) that must be whole numbers >= 1.
+DATA_COUNTS = ("batch_size", "val_batch_size", "fake_size")
 
 
 @dataclass
@@ -51,6 +42,8 @@ class FinderConfig:
     val_batches: int = MISSING
     amp: bool = MISSING
     suggestion: str = MISSING
+    probe_steps: Optional[int] = MISSING
+    repeats: int = MISSING
 
 
 @dataclass
@@ -69,6 +62,8 @@ class TrainConfig:
     smoothing: float = MISSING
     amp: bool = MISSING
     checkpoint: bool = MISSING
+    resume: Optional[str] = MISSING
+    allow_partial: bool = MISSING
 
 
 @dataclass
@@ -78,6 +73,8 @@ class TrackingConfig:
     experiment_name: Optional[str] = MISSING
     flush_every: int = MISSING
     flush_seconds: float = MISSING
+    delivery_timeout_s: float = MISSING
+    spool_dir: Optional[str] = MISSING
 
 
 @dataclass
@@ -86,7 +83,9 @@ class LRTrackConfig:
     optimizer: Any = MISSING
     criterion: Any = MISSING
     schedule: Any = None
-    data: DataConfig = field(default_factory=DataConfig)
+    data: Any = MISSING  # a node with _target_ (conf/data/): lrtrack.data's builders or a user's own
+    step: Any = None  # null: criterion(model(inputs), targets); else a _target_ (model, batch) -> loss
+    metric: Any = None  # the validation metric (conf/metric/); null or empty (metric=none): validation loss only
     finder: FinderConfig = field(default_factory=FinderConfig)
     bounds: BoundsConfig = field(default_factory=BoundsConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -141,6 +140,7 @@ class _Errors:
 def validate(cfg: DictConfig, conf_dir: str | Path | None = None) -> None:
     """Check every setting a user can get wrong; raise :class:`ConfigError` listing them all."""
     errors = _Errors()
+    _check_unknown_keys(cfg, errors)
     _check_choices(cfg, errors, conf_dir)
     if cfg.stage not in STAGES:
         errors.bad("stage", cfg.stage, f"allowed: {', '.join(STAGES)}")
@@ -148,6 +148,24 @@ def validate(cfg: DictConfig, conf_dir: str | Path | None = None) -> None:
         check(cfg, errors)
     if errors.lines:
         raise ConfigError(errors.lines)
+
+
+_TYPED_NODES = {"finder": FinderConfig, "bounds": BoundsConfig, "train": TrainConfig,
+                "tracking": TrackingConfig}
+
+
+def _check_unknown_keys(cfg: DictConfig, errors: _Errors) -> None:
+    """``+finder.num_iters=5`` adds a key the schema does not have: a typo, not a setting."""
+    import difflib
+    from dataclasses import fields
+
+    for node, schema in _TYPED_NODES.items():
+        known = [f.name for f in fields(schema)]
+        for key in cfg[node].keys() if cfg.get(node) is not None else []:
+            if key not in known and not str(key).startswith("_"):
+                close = difflib.get_close_matches(str(key), known, n=1)
+                hint = f"did you mean {node}.{close[0]}?" if close else f"known: {', '.join(known)}"
+                errors.bad(f"{node}.{key}", cfg[node][key], f"{node} has no setting {key!r}", hint)
 
 
 def _check_choices(cfg: DictConfig, errors: _Errors, conf_dir: str | Path | None) -> None:
@@ -201,19 +219,98 @@ def _check_finder(cfg: DictConfig, errors: _Errors) -> None:
         errors.bad("finder.val_batches", f.val_batches, "must be >= 0 (0 = training loss, no validation)")
     if f.suggestion not in SUGGESTION_RULES:
         errors.bad("finder.suggestion", f.suggestion, f"allowed: {', '.join(SUGGESTION_RULES)}")
+    if f.probe_steps is not None and f.probe_steps < 0:
+        errors.bad("finder.probe_steps", f.probe_steps, "must be >= 0 (0: no confirmation probes) or null (auto)")
+    elif f.probe_steps == 0:
+        for setting, rule in (("finder.suggestion", f.suggestion), ("bounds.max_lr_rule", cfg.bounds.max_lr_rule)):
+            if rule == "confirmed":
+                errors.bad(setting, rule, "needs the confirmation probes, but finder.probe_steps=0",
+                           "set finder.probe_steps=null (auto) or choose a curve rule (steepest, valley, minimum, "
+                           "slide)")
+    if f.repeats < 1:
+        errors.bad("finder.repeats", f.repeats, "must be >= 1 (the number of range tests to take the median of)")
 
 
 def _check_data(cfg: DictConfig, errors: _Errors) -> None:
+    """The ``data`` node: a ``_target_``; for lrtrack's own builders, known settings in range."""
     d = cfg.data
-    if d.name not in DATASETS:
-        errors.bad("data.name", d.name, f"allowed: {', '.join(DATASETS)}")
-    for key in ("batch_size", "val_batch_size", "fake_size"):
-        if d[key] < 1:
-            errors.bad(f"data.{key}", d[key], "must be >= 1")
-    if d.num_workers < 0:
-        errors.bad("data.num_workers", d.num_workers, "must be >= 0")
-    if d.fallback not in (None, "digits", "fake"):
+    if not isinstance(d, DictConfig) or not d.get("_target_"):
+        errors.add(f"data has no _target_: choose data=<name> (available: {', '.join(available_options('data'))}) "
+                   "or write conf/data/<name>.yaml with _target_: <your loader factory, or lrtrack.data.datasets>")
+        return
+    target = str(d._target_)
+    allowed = builtin_data_settings(target)
+    if allowed is not None:
+        for key in (k for k in d if not str(k).startswith("_")):
+            if key == "seed":
+                errors.bad("data.seed", d[key], "the data order follows the top-level seed", "set seed=<n> instead")
+            elif key not in allowed:
+                close = difflib.get_close_matches(str(key), allowed, n=1)
+                errors.bad(f"data.{key}", d[key], f"{target} has no setting {key!r}"
+                           + (f" (did you mean {close[0]}?)" if close else "") + f"; its settings: {', '.join(allowed)}")
+    _check_data_values(d, errors)
+    for node in ("step", "metric"):
+        value = cfg.get(node)
+        if value is not None and not (isinstance(value, DictConfig) and (value.get("_target_") or not value)):
+            errors.bad(node, value, f"must be null, empty or a node with _target_ (conf/{node}/ or your own YAML)")
+
+
+def _check_data_values(d: DictConfig, errors: _Errors) -> None:
+    for key in DATA_COUNTS:
+        value = d.get(key)
+        if value is not None and (not _int(value) or value < 1):
+            errors.bad(f"data.{key}", value, "must be a whole number >= 1")
+    if d.get("num_workers") is not None and (not _int(d.num_workers) or d.num_workers < 0):
+        errors.bad("data.num_workers", d.num_workers, "must be a whole number >= 0 (0: load in the main process)")
+    if "fallback" in d and d.fallback not in DATA_FALLBACKS:
         errors.bad("data.fallback", d.fallback, "allowed: digits, fake, null (no fallback)")
+    if d.get("channels") is not None and d.channels not in (1, 3):
+        errors.bad("data.channels", d.channels, "allowed: 1 (grayscale), 3 (RGB), null (as the images are)")
+    size = d.get("size")
+    if size is not None and not ((_int(size) and size > 0) or (OmegaConf.is_list(size) and len(size) == 2
+                                                               and all(_int(v) and v > 0 for v in size))):
+        errors.bad("data.size", size, "must be a side in pixels, [height, width], or null (keep the images' size)")
+    if d.get("max_memory_mb") is not None and (not _num(d.max_memory_mb) or d.max_memory_mb <= 0):
+        errors.bad("data.max_memory_mb", d.max_memory_mb, "must be a positive number of MiB")
+
+
+def builtin_data_settings(target: str) -> list[str] | None:
+    """The settings of one of lrtrack's data builders (``lrtrack.data.*``); None for any other target."""
+    if not target.startswith("lrtrack.data."):
+        return None
+    import inspect
+
+    from lrtrack.data import BUILTINS  # torch, no torchvision
+
+    builder = BUILTINS.get(target)
+    if builder is None:
+        return None
+    return [p for p in inspect.signature(builder).parameters if p != "seed"]
+
+
+def import_hint(target: str) -> str | None:
+    """Why ``_target_: target`` cannot be imported, and how to make it importable; None when it can."""
+    import importlib
+    import os
+
+    module, _, attr = target.rpartition(".")
+    if not module:
+        return f"_target_ {target!r} is not a dotted path: write module.Name (e.g. mymodels.Net for mymodels.py)"
+    here = os.getcwd()
+    try:
+        loaded = importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if err.name and (module == err.name or module.startswith(err.name + ".")):
+            return (f"cannot import {target!r}: no module {err.name!r} on the Python path; put {err.name}.py (or "
+                    f"the package folder) in the folder you launch from ({here}), pip install -e your project, "
+                    "or add its folder to PYTHONPATH")
+        return f"cannot import {target!r}: importing {module} needs {err.name!r}, which is not installed ({err})"
+    except Exception as err:  # the user's module raised while importing
+        return f"cannot import {target!r}: importing {module} raised {type(err).__name__}: {err}"
+    if not hasattr(loaded, attr):
+        return (f"cannot import {target!r}: module {module} ({getattr(loaded, '__file__', '?')}) has no "
+                f"{attr!r}; check the spelling of _target_")
+    return None
 
 
 def _check_train(cfg: DictConfig, errors: _Errors) -> None:
@@ -226,6 +323,10 @@ def _check_train(cfg: DictConfig, errors: _Errors) -> None:
         errors.bad("train.grad_clip_norm", t.grad_clip_norm, "must be > 0 or null (no clipping)")
     if not 0 <= t.smoothing < 1:
         errors.bad("train.smoothing", t.smoothing, "must be in [0, 1)")
+    if t.resume is not None and cfg.stage == "range_test":
+        errors.bad("train.resume", t.resume, "continues a training run, so it needs stage=all or stage=train")
+    if t.resume is not None and not t.checkpoint:
+        errors.bad("train.checkpoint", t.checkpoint, "must be true with train.resume (it continues from checkpoints)")
 
 
 def _check_bounds(cfg: DictConfig, errors: _Errors) -> None:
@@ -246,6 +347,15 @@ def _check_tracking(cfg: DictConfig, errors: _Errors) -> None:
         errors.bad("tracking.flush_every", tr.flush_every, "must be >= 1")
     if tr.flush_seconds <= 0:
         errors.bad("tracking.flush_seconds", tr.flush_seconds, "must be > 0")
+    if tr.delivery_timeout_s < 0:
+        errors.bad("tracking.delivery_timeout_s", tr.delivery_timeout_s,
+                   "must be >= 0 (seconds to wait at the end for a tracking store that went away)")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Every check that needs no data: the settings (:func:`validate`), then :func:`dry_run`."""
+    validate(cfg)
+    dry_run(cfg)
 
 
 def dry_run(cfg: DictConfig) -> None:
@@ -258,6 +368,7 @@ def dry_run(cfg: DictConfig) -> None:
     import torch
 
     errors: list[str] = []
+    _check_device(str(cfg.device), errors)
     optimizer = _build(errors, "optimizer", cfg.optimizer,
                        lambda partial: partial([torch.nn.Parameter(torch.zeros(1))]))
     if optimizer is not None and cfg.stage in ("all", "train") and cfg.schedule is not None:
@@ -268,6 +379,23 @@ def dry_run(cfg: DictConfig) -> None:
                                        epochs=max(int(cfg.train.epochs), 1)))
     if errors:
         raise ConfigError(errors)
+
+
+def _check_device(device: str, errors: list[str]) -> None:
+    """``device=cuda`` on a machine without CUDA fails now, not after the data is loaded."""
+    import torch
+
+    if device == "auto":
+        return
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        errors.append(f"device={device!r} is invalid: not a torch device; use auto, cpu, cuda or cuda:<index>")
+        return
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        errors.append(f"device={device!r} is invalid: CUDA is not available on this machine; use device=auto or cpu")
+    elif parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        errors.append(f"device={device!r} is invalid: this machine has {torch.cuda.device_count()} CUDA device(s)")
 
 
 def _build(errors: list[str], group: str, node: DictConfig, finish: Callable[[Any], Any]) -> Any:
@@ -286,7 +414,15 @@ def component_error(group: str, node: DictConfig, err: BaseException) -> str:
     """One line for a component that cannot be built: ``group (target): message; check ...``."""
     cause = err.__cause__ if err.__cause__ is not None and not str(err).strip() else err
     message = " ".join(line.strip() for line in str(cause).strip().splitlines()) or type(cause).__name__
+    located = re.search(r"Error locating target '([^']+)'", message)
+    hint = import_hint(located.group(1)) if located else None
+    if hint:
+        return f"{group} ({node.get('_target_')}): {hint}"
     return f"{group} ({node.get('_target_')}): {message}; check the {group}.* settings"
+
+
+def _int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _num(value: Any) -> bool:

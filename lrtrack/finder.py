@@ -3,6 +3,10 @@
 Raise the learning rate every optimizer step along a fixed grid, record the loss, and stop
 when the loss diverges. The model, optimizer and RNG state are restored afterwards, whatever
 happens, so the test can be run right before real training.
+
+After the sweep the engine locates the divergence edge (:func:`lrtrack.suggest.find_edge`) and,
+from the restored start state, runs a few short fixed-LR probes below it
+(:mod:`lrtrack.probes`): the confirmation stage behind the default ``confirmed`` suggestion.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import logging
 import math
 import random
 import sys
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -19,7 +24,9 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from lrtrack.distributed import mean_over_ranks
 from lrtrack.observers import NullObserver, StepObserver
+from lrtrack.probes import Probe, ProbeSearch
 from lrtrack.smoothing import EmaSmoother, check_smoothing
 from lrtrack.steps import (
     StepFn,
@@ -31,7 +38,7 @@ from lrtrack.steps import (
     supervised_step,
     train_step,
 )
-from lrtrack.suggest import Suggestion, suggest_all
+from lrtrack.suggest import DEFAULT_RULE, Edge, Suggestion, find_edge, suggest_all
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +127,13 @@ class RangeTestResult:
         train_losses: training loss per step (equal to ``losses`` without validation).
         stop_reason: ``completed``, ``diverged``, ``non_finite_loss`` or ``interrupted``.
         stop_detail: a sentence saying why it stopped where it did.
-        suggestions: every suggestion rule's answer, computed on ``smoothed_losses``.
+        suggestions: every suggestion rule's answer (:data:`lrtrack.suggest.RULES`, the default
+            ``confirmed`` first), none past the divergence edge.
         num_iter, step_mode, start_lr, end_lr: the requested grid.
+        edge: where the loss starts rising for good (:func:`lrtrack.suggest.find_edge`).
+        probes: the fixed-LR probes of the confirmation stage, in the order they ran.
+        repeats: for a repeated test (:func:`lrtrack.repeats.run_repeated_range_test`), each
+            repeat's own result; this result is then their median (see :meth:`band`).
     """
 
     lrs: list[float]
@@ -137,10 +149,23 @@ class RangeTestResult:
     start_lr: float
     end_lr: float
     metadata: dict[str, Any] = field(default_factory=dict)
+    edge: Edge = field(default_factory=lambda: Edge(None, None, "not located"))
+    probes: tuple[Probe, ...] = ()
+    repeats: tuple[RangeTestResult, ...] = ()
 
     @property
     def steps(self) -> int:
         return len(self.lrs)
+
+    @property
+    def edge_lr(self) -> float | None:
+        """The LR where the loss starts rising for good (None when the sweep did not reach it)."""
+        return self.edge.lr
+
+    @property
+    def probe_steps(self) -> int:
+        """Optimizer steps the confirmation probes took (on top of :attr:`steps`)."""
+        return sum(p.steps for p in self.probes)
 
     @property
     def best_index(self) -> int | None:
@@ -158,7 +183,7 @@ class RangeTestResult:
         i = self.best_index
         return None if i is None else self.lrs[i]
 
-    def suggested_lr(self, rule: str = "valley") -> float | None:
+    def suggested_lr(self, rule: str = DEFAULT_RULE) -> float | None:
         """The LR suggested by ``rule`` (None when that rule has no suggestion)."""
         if rule not in self.suggestions:
             raise ValueError(
@@ -166,9 +191,28 @@ class RangeTestResult:
             )
         return self.suggestions[rule].lr
 
+    def band(self) -> dict[str, list[float]]:
+        """Per step, the spread of the repeats' smoothed losses: ``q25``, ``q75``, ``min``, ``max``
+        (NaN where no repeat reached the step); empty for a single test."""
+        if not self.repeats:
+            return {}
+        import numpy as np
+
+        grid = np.full((len(self.repeats), self.steps), np.nan)
+        for i, r in enumerate(self.repeats):
+            row = np.asarray(r.smoothed_losses[: self.steps], dtype=float)
+            grid[i, : row.size] = np.where(np.isfinite(row), row, np.nan)
+        out: dict[str, list[float]] = {}
+        for name, q in (("q25", 25), ("q75", 75), ("min", 0), ("max", 100)):
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # a step no repeat reached
+                out[name] = np.nanpercentile(grid, q, axis=0).tolist()
+        return out
+
     def history_rows(self) -> list[dict[str, float]]:
-        """One dict per step (step, lr, per-group LRs, losses): the CSV history."""
+        """One dict per step (step, lr, per-group LRs, losses; the repeats' band): the CSV history."""
         rows = []
+        band = self.band()
         for i, lr in enumerate(self.lrs):
             row: dict[str, float] = {"step": i, "lr": lr}
             for g, glr in enumerate(self.group_lrs[i][1:], start=1):
@@ -177,6 +221,8 @@ class RangeTestResult:
             row["loss_smoothed"] = self.smoothed_losses[i]
             if self.train_losses is not self.losses:
                 row["train_loss"] = self.train_losses[i]
+            for name, values in band.items():
+                row[f"loss_smoothed_{name}"] = values[i]
             rows.append(row)
         return rows
 
@@ -387,6 +433,7 @@ class _RangeTest:
         num_iter = len(self.grids[0])
         bar = _progress_bar(num_iter, progress)
         self.model.train()
+        _optimizer_train_mode(self.optimizer)
         try:
             for i in range(num_iter):
                 step_lrs, value, train_value = self.step(i, batches.__next__)
@@ -414,14 +461,16 @@ class _RangeTest:
             accumulation_steps=self.accumulation_steps, autocast=self.autocast,
             scaler=self.scaler, non_blocking=self.non_blocking,
         )
-        # One host sync per step: the stopping rule needs the value now.
+        # One host sync per step: the stopping rule needs the value now. In a torchrun job the
+        # loss is the mean over the ranks, so every rank records the same curve and stops alike.
+        train_loss = mean_over_ranks(train_loss)
         if self.validate is None:
             value = train_value = train_loss.item()
             return step_lrs, value, train_value
         recorded = self.validate(self.model)
         if not isinstance(recorded, torch.Tensor):
             return step_lrs, float(recorded), train_loss.item()
-        value, train_value = torch.stack((recorded, train_loss.to(recorded.dtype))).tolist()
+        value, train_value = torch.stack((recorded, train_loss.to(recorded.device, recorded.dtype))).tolist()
         return step_lrs, value, train_value
 
     def record(self, i: int, step_lrs: list[float], value: float, train_value: float) -> float:
@@ -457,9 +506,41 @@ class _RangeTest:
             )
         return None
 
-    def result(self, step_mode: str, start_lr: float, end_lr: float) -> RangeTestResult:
+    def edge(self) -> Edge:
+        """The divergence edge of the curve recorded so far."""
+        return find_edge(self.lrs, self.smoothed, raw_losses=self.losses)
+
+    def probe(self, lr: float, batches: Sequence[Any], steps: int) -> Probe:
+        """``steps`` optimizer steps at the fixed LR ``lr`` (group ratios kept) on ``batches``.
+
+        Stops early when the loss is not finite, or stays above the divergence threshold for
+        three steps in a row (Adam's first steps at a large LR often spike and recover).
+        """
+        ratios = [grid[0] / self.grids[0][0] for grid in self.grids]
+        for group, ratio in zip(self.optimizer.param_groups, ratios):
+            group["lr"] = lr * ratio
+        self.model.train()
+        _optimizer_train_mode(self.optimizer)
+        source = iter(batches)
+        losses: list[float] = []
+        over = 0
+        for _ in range(steps):
+            value = mean_over_ranks(train_step(
+                self.model, self.optimizer, source.__next__, self.step_fn, device=self.device,
+                accumulation_steps=self.accumulation_steps, autocast=self.autocast,
+                scaler=self.scaler, non_blocking=self.non_blocking,
+            )).item()
+            losses.append(value)
+            over = over + 1 if value - losses[0] > (self.diverge_th - 1) * abs(losses[0]) else 0
+            if not math.isfinite(value) or over >= 3:
+                break
+        return Probe(lr, tuple(losses), steps)
+
+    def result(self, step_mode: str, start_lr: float, end_lr: float,
+               probes: Sequence[Probe] = ()) -> RangeTestResult:
         if self.stop_reason != STOP_COMPLETED:
             log.info("range test stopped: %s", self.stop_detail)
+        edge = self.edge()
         return RangeTestResult(
             lrs=self.lrs,
             group_lrs=self.group_lrs,
@@ -468,12 +549,14 @@ class _RangeTest:
             train_losses=self.train_losses if self.validate is not None else self.losses,
             stop_reason=self.stop_reason,
             stop_detail=self.stop_detail,
-            suggestions=suggest_all(self.lrs, self.smoothed),
+            suggestions=suggest_all(self.lrs, self.smoothed, raw_losses=self.losses, probes=probes),
             num_iter=len(self.grids[0]),
             step_mode=step_mode,
             start_lr=start_lr,
             end_lr=end_lr,
             metadata={"device": str(self.device), "amp": self.amp, "groups": len(self.grids)},
+            edge=edge,
+            probes=tuple(probes),
         )
 
 
@@ -500,6 +583,7 @@ def run_range_test(
     observer: StepObserver | None = None,
     progress: bool = True,
     restore: bool = True,
+    probe_steps: int | None = None,
     policy: RangeTestPolicy | None = None,
 ) -> RangeTestResult:
     """Run the learning-rate range test and return what it measured.
@@ -514,6 +598,11 @@ def run_range_test(
     losses that can be negative (a negative best is never "exceeded" by a constant factor);
     when the best loss is exactly 0 any rise above it stops the test. A NaN or infinite loss
     stops the test at once; the step is recorded and ``stop_reason`` says so.
+
+    In a torchrun job (a process group initialised, see :mod:`lrtrack.distributed`; the model in
+    ``DistributedDataParallel``, each rank on its shard, e.g. :func:`lrtrack.data.shard`) every
+    rank calls this; the recorded loss (training, validation and the probes') is the mean over
+    the ranks at every step, so every rank gets the same curve, stop, probes and suggestions.
 
     Args:
         model: the model; put on ``device`` (CUDA when present, by default).
@@ -537,18 +626,24 @@ def run_range_test(
         observer: receives ``on_step(step, metrics)`` every step.
         progress: show a tqdm bar (only on a terminal).
         restore: put the model, optimizer and RNG state back afterwards (:class:`StateSnapshot`).
+        probe_steps: steps of each fixed-LR probe of the confirmation stage (the ``confirmed``
+            suggestion); None: ``min(20, max(4, num_iter // 5))``; 0: no probes. The probes
+            start from the restored state (so they need ``restore=True``), run on the same
+            batches, and take at most ``num_iter`` steps in all (``result.probe_steps``).
         policy: torch-lr-finder 0.2.2's behaviour for lrtrack.compat; leave None.
 
     Returns:
-        A :class:`RangeTestResult`; ``stop_reason`` is ``interrupted`` after Ctrl-C.
+        A :class:`RangeTestResult`; ``stop_reason`` is ``interrupted`` after Ctrl-C. Its
+        ``suggestions`` hold every rule (the default ``confirmed`` included) and ``edge`` the
+        divergence edge.
     """
     policy = policy if policy is not None else RangeTestPolicy()
     _check_settings(criterion, step_fn, smoothing, diverge_th, accumulation_steps, policy)
+    steps = _probe_steps(probe_steps, num_iter)
     base_lrs = [float(g["lr"]) for g in optimizer.param_groups]
     starts = base_lrs if start_lr is None else _per_group(start_lr, base_lrs, "start_lr")
     ends = _per_group(end_lr, base_lrs, "end_lr")
     grids = [lr_grid(s, e, num_iter, step_mode, exact_ends=policy.exact_ends) for s, e in zip(starts, ends)]
-
     device = resolve_device(device, model)
     model.to(device)
     test = _RangeTest(
@@ -559,24 +654,82 @@ def run_range_test(
         smoother=policy.smoother if policy.smoother is not None else EmaSmoother(smoothing),
         observer=observer if observer is not None else NullObserver(),
     )
-    snapshot = StateSnapshot(model, optimizer) if restore else None
+    probes = _execute(test, StateSnapshot(model, optimizer) if restore else None, train_loader, val_loader,
+                      val_batches, progress, steps)
+    return test.result(step_mode, starts[0], ends[0], probes)
+
+
+def _execute(test: _RangeTest, snapshot: StateSnapshot | None, train_loader: Iterable[Any],
+             val_loader: Iterable[Any] | None, val_batches: int | None, progress: bool,
+             probe_steps: int) -> list[Probe]:
+    """The sweep, then the confirmation probes (with a snapshot); the state restored whatever happens."""
+    probes: list[Probe] = []
     try:
         test.set_validation(val_loader, val_batches)
-        test.run(_cycle(train_loader), progress)
+        batches = _cycle(train_loader)
+        test.run(batches, progress)
+        if snapshot is not None and probe_steps and test.stop_reason != STOP_INTERRUPTED:
+            probes = _confirm(test, snapshot, batches, probe_steps, budget=len(test.grids[0]))
     finally:
         if snapshot is not None:
             snapshot.restore()
-    return test.result(step_mode, starts[0], ends[0])
+    return probes
+
+
+def _probe_steps(probe_steps: int | None, num_iter: int) -> int:
+    if probe_steps is None:
+        return min(20, max(4, num_iter // 5))
+    if isinstance(probe_steps, bool) or not isinstance(probe_steps, int) or probe_steps < 0:
+        raise ValueError(f"probe_steps must be an integer >= 0 (0: no probes) or None (auto); got {probe_steps!r}")
+    return probe_steps
+
+
+def _confirm(test: _RangeTest, snapshot: StateSnapshot, batches: Iterator[Any], steps: int,
+             budget: int) -> list[Probe]:
+    """The confirmation stage: fixed-LR probes from the start state below the divergence edge.
+
+    Every probe starts from ``snapshot`` and runs on the same batches (the next ones after the
+    sweep), so the probes differ only in their LR; :class:`~lrtrack.probes.ProbeSearch` picks
+    the LRs. Stops when the search ends, the next probe would exceed ``budget`` steps in all,
+    or on Ctrl-C (keeping the probes done).
+    """
+    if len(test.lrs) < 2:
+        return []
+    edge = test.edge()
+    search = ProbeSearch(edge.lr if edge.lr is not None else test.lrs[-1], lowest_lr=test.grids[0][0])
+    fixed = [move_to_device(next(batches), test.device, test.non_blocking)
+             for _ in range(steps * test.accumulation_steps)]
+    used = 0
+    try:
+        while (lr := search.next_lr()) is not None and used + steps <= budget:
+            snapshot.restore()
+            probe = test.probe(lr, fixed, steps)
+            used += probe.steps
+            search.add(probe)
+    except KeyboardInterrupt:
+        log.warning("confirmation probes interrupted after %d probes", len(search.probes))
+    log.info("confirmation: %d fixed-LR probes, %d steps", len(search.probes), used)
+    return search.probes
+
+
+def _optimizer_train_mode(optimizer: torch.optim.Optimizer) -> None:
+    """Schedule-free optimizers take their steps in train mode (``optimizer.train()``)."""
+    switch = getattr(optimizer, "train", None)
+    if callable(switch):
+        switch()
 
 
 def summary(result: RangeTestResult) -> Mapping[str, float]:
-    """Summary metrics of a result: the suggestions, the minimum and the number of steps."""
+    """Summary metrics of a result: the suggestions, the edge, the minimum and the steps taken."""
     out: dict[str, float] = {}
     for rule, s in result.suggestions.items():
         if s.lr is not None:
             out[f"suggested_lr/{rule}"] = s.lr
+    if result.edge_lr is not None:
+        out["edge_lr"] = result.edge_lr
     if result.min_loss is not None:
         out["min_loss"] = result.min_loss
         out["min_loss_lr"] = result.min_loss_lr
     out["steps"] = float(result.steps)
+    out["probe_steps"] = float(result.probe_steps)
     return out

@@ -9,13 +9,14 @@ The functions take plain sequences (no MLflow): :mod:`lrtrack.runlog` reads them
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import matplotlib
 from matplotlib.figure import Figure
 
-from lrtrack.suggest import RULES
+from lrtrack.suggest import DEFAULT_RULE, RULES
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -23,7 +24,9 @@ if TYPE_CHECKING:
     from lrtrack.finder import RangeTestResult
     from lrtrack.seeds import SeedAggregate
 
-RULE_COLORS = {"steepest": "tab:red", "valley": "tab:green", "minimum": "tab:purple", "slide": "tab:orange"}
+RULE_COLORS = {"confirmed": "tab:brown", "steepest": "tab:red", "valley": "tab:green", "minimum": "tab:purple",
+               "slide": "tab:orange"}
+EDGE_COLOR = "tab:red"
 
 #: One job on the range-test overlay: (label, lrs, smoothed losses, the chosen suggestion).
 OverlayCurve = tuple[str, Sequence[float], Sequence[float], float | None]
@@ -45,24 +48,51 @@ def _color(i: int) -> tuple[float, float, float, float]:
 
 
 def range_test_figure(
-    result: RangeTestResult, *, title: str | None = None, chosen_rule: str | None = None
+    result: RangeTestResult, *, title: str | None = None, chosen_rule: str | None = DEFAULT_RULE
 ) -> Figure:
-    """Loss and smoothed loss against LR (log axis), each suggestion marked and labelled."""
-    fig, ax = _figure(8, 5)
+    """Loss and smoothed loss against LR (log axis), each suggestion marked and labelled.
+
+    Also drawn: the divergence edge (and the region past it), the confirmation probes, the
+    band of a repeated test, and under the axes which rule chose the LR and why.
+    """
+    fig = Figure(figsize=(9, 6.2), dpi=110, layout="constrained")
+    ax = fig.add_subplot()
     draw_range_test(ax, result, chosen_rule=chosen_rule)
-    ax.set_title(title or f"LR range test ({result.step_mode}, {result.steps} steps, {result.stop_reason})")
+    repeats = f", median of {len(result.repeats)} repeats" if result.repeats else ""
+    ax.set_title(title or f"LR range test ({result.step_mode}, {result.steps} steps{repeats}, {result.stop_reason})")
+    fig.supxlabel(chosen_text(result, chosen_rule), fontsize=8, ha="left", x=0.01)
     return fig
 
 
+def chosen_text(result: RangeTestResult, chosen_rule: str | None) -> str:
+    """Which rule chose the LR and why (wrapped), plus the divergence edge: the figure's caption."""
+    lines = []
+    s = result.suggestions.get(chosen_rule) if chosen_rule else None
+    if s is not None:
+        head = f"chosen: {s.rule} = {s.lr:.3g}" if s.lr is not None else f"chosen: {s.rule}: no suggestion"
+        lines.append(textwrap.fill(f"{head} ({s.reason})", 150))
+    edge = result.edge
+    edge_text = f"{edge.lr:.3g}" if edge.lr is not None else "not found"
+    lines.append(textwrap.fill(f"divergence edge: {edge_text} ({edge.reason}); no suggestion goes past it", 150))
+    return "\n".join(lines)
+
+
 def draw_range_test(ax: Axes, result: RangeTestResult, *, chosen_rule: str | None = None) -> None:
-    """Draw a range-test curve and its suggestions onto ``ax``."""
+    """Draw a range-test curve, its band, edge, probes and suggestions onto ``ax``."""
     lrs = result.lrs
     ax.plot(lrs, result.losses, color="0.7", lw=1, label="loss")
-    ax.plot(lrs, result.smoothed_losses, color="tab:blue", lw=2, label="smoothed loss")
+    band = result.band()
+    if band:
+        ax.fill_between(lrs, band["min"], band["max"], color="tab:blue", alpha=0.10,
+                        label=f"min-max of {len(result.repeats)} repeats")
+        ax.fill_between(lrs, band["q25"], band["q75"], color="tab:blue", alpha=0.25, label="inter-quartile")
+    ax.plot(lrs, result.smoothed_losses, color="tab:blue", lw=2,
+            label="smoothed loss (median)" if band else "smoothed loss")
     ax.set_xscale("log" if result.step_mode == "exp" else "linear")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("loss")
     focus_on_descent(ax, result.smoothed_losses)
+    _draw_edge_and_probes(ax, result)
     for rule, suggestion in result.suggestions.items():
         if suggestion.lr is None:
             continue
@@ -74,6 +104,26 @@ def draw_range_test(ax: Axes, result: RangeTestResult, *, chosen_rule: str | Non
                 label=f"{rule}{chosen}: {suggestion.lr:.2e}")
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(loc="best", fontsize=8)
+
+
+def _draw_edge_and_probes(ax: Axes, result: RangeTestResult) -> None:
+    """The divergence edge (a line, the region past it shaded) and each probe's final loss."""
+    if result.edge.lr is not None and result.lrs:
+        ax.axvline(result.edge.lr, color=EDGE_COLOR, ls="-.", lw=1.5,
+                   label=f"divergence edge: {result.edge.lr:.2e}")
+        ax.axvspan(result.edge.lr, max(result.lrs[-1], result.edge.lr), color=EDGE_COLOR, alpha=0.06)
+    probes = [p for p in result.probes if not result.repeats or p in result.repeats[0].probes]
+    if not probes:
+        return
+    steps = probes[0].planned
+    good = [(p.lr, p.score) for p in probes if math.isfinite(p.score)]
+    if good:
+        ax.plot(*zip(*good), "x", color="tab:brown", ms=8, mew=2,
+                label=f"probes: loss after {steps} steps at a fixed LR")
+    bad = [p.lr for p in probes if not math.isfinite(p.score)]
+    if bad:
+        top = ax.get_ylim()[1]
+        ax.plot(bad, [top] * len(bad), "v", color="tab:brown", ms=7, clip_on=False, label="probes that diverged")
 
 
 def focus_on_descent(ax: Axes, *curves: Sequence[float | None]) -> None:
@@ -266,7 +316,7 @@ def bounds_figure(jobs: Sequence[JobBounds], *, title: str = "suggestions and ch
     return fig
 
 
-def seeds_figure(agg: SeedAggregate, *, chosen_rule: str = "valley", title: str = "range test over seeds") -> Figure:
+def seeds_figure(agg: SeedAggregate, *, chosen_rule: str = "confirmed", title: str = "range test over seeds") -> Figure:
     """The median curve over seeds with its inter-quartile and min-max bands, each seed faint
     behind, and each rule's median suggestion with its spread over the seeds shaded."""
     fig, ax = _figure(9, 5.5)

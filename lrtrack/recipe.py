@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator
+from concurrent.futures import Future, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from lrtrack import runlog
-from lrtrack.config import component_error
+from lrtrack.config import ConfigError, check_config, component_error
+from lrtrack.redact import redact, redact_tree
 
 log = logging.getLogger("lrtrack")
 
@@ -45,6 +47,7 @@ class JobInfo:
     sweep: Any = None  # lrtrack.sweep.SweepContext when the job belongs to a multirun sweep
     job_num: int | None = None
     pipeline_run_id: str | None = field(default=None, init=False)  # once the job's run exists
+    final_run_id: str | None = field(default=None, init=False)  # once training has started
 
     def model_name(self, cfg: DictConfig) -> str:
         return self.choices.get("model") or str(cfg.model.get("_target_", "model")).rsplit(".", 1)[-1]
@@ -52,7 +55,7 @@ class JobInfo:
 
 @dataclass
 class Components:
-    """What set-up builds: data, model, optimizer, loss, and where runs go."""
+    """What set-up builds: data, model, optimizer, loss, step, metric, and where runs go."""
 
     data: Any
     model: Any
@@ -60,6 +63,12 @@ class Components:
     criterion: Any
     tracker: Any
     data_info: runlog.DataInfo
+    step: Any = None  # (model, batch) -> loss from the step setting; None: criterion on (inputs, targets)
+    metric: Any = "accuracy"  # the validation metric (lrtrack.tasks.as_metric); None: validation loss only
+
+    def loss_args(self) -> dict[str, Any]:
+        """How the engine computes a batch's loss: ``run_range_test(..., **parts.loss_args())``."""
+        return {"criterion": None, "step_fn": self.step} if self.step is not None else {"criterion": self.criterion}
 
 
 class RangeTestRecipe:
@@ -82,25 +91,64 @@ class RangeTestRecipe:
 
     def run(self) -> float | None:
         """Run the configured stages; returns the final validation loss (or the min range-test loss)."""
-        parts = self.setup()
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        from lrtrack.distributed import launch_problem, process_group
+
+        problem = launch_problem(self._device())
+        if problem is not None:
+            raise UserError(problem)
+        # torchrun: one process group for the job (gloo on CPU, nccl on CUDA), left at the end.
+        # Log lines go through tqdm while a progress bar is drawn, so neither overwrites the other.
+        with process_group(self._device()), logging_redirect_tqdm(loggers=[logging.getLogger()]):
+            return self._run()
+
+    def _run(self) -> float | None:
+        self._redact_saved_config()
+        parts = self._distribute(self.setup())
+        with parts.tracker:  # delivers what is left at the end (bounded wait); DeliveryError if it cannot
+            return self._stages(parts)
+
+    def _stages(self, parts: Components) -> float | None:
+        from lrtrack.distributed import broadcast_object, is_distributed, is_main
+
         stage = self.cfg.stage
+        if self.cfg.train.resume:
+            if is_distributed():
+                raise UserError("train.resume continues a run in one process: run it without torchrun")
+            return self.resume(parts)
         with self._pipeline_run(parts) as pipeline:
             outcome: float | None = None
             curve = None
             if stage in ("all", "range_test"):
                 curve, outcome = self.range_test(parts, pipeline.run_id)
-            elif self.cfg.train.lr_from:
-                curve = self.read_range_test(parts)
+            elif self.cfg.train.lr_from:  # torchrun: rank 0 reads it (the others track nothing)
+                curve = broadcast_object(self.read_range_test(parts) if is_main() else None)
             if stage in ("all", "train"):
-                bounds = self.choose_bounds(curve)
+                bounds = broadcast_object(self.choose_bounds(curve))  # torchrun: rank 0's decision everywhere
                 outcome = self.train(parts, bounds, curve, pipeline.run_id)
                 pipeline.log_summary({"final_val_loss": outcome} if outcome is not None else {})
         if parts.tracker.enabled and self.job.sweep is None:
-            log.info("MLflow: %s", parts.tracker.ui_hint())
+            log.info("MLflow: %s", redact(parts.tracker.ui_hint()))
         return outcome
 
     def setup(self) -> Components:
-        """Seed, then build the data, model, optimizer, loss and tracker (no run is created yet)."""
+        """Seed, then build the data, model, optimizer, loss, step and metric, check that they fit
+        on the first batch, and open the tracker (no run is created yet).
+
+        Raises:
+            UserError: a component cannot be built, or the first batch shows a mismatch
+                (one line naming the setting to change).
+        """
+        self._import_from_launch_dir()
+        opening = self._open_tracker()  # checked now; the store opens while the data loads
+        try:
+            return self._build_components(opening)
+        except BaseException:
+            wait([opening])  # let the store finish opening (its log lines) before the error is shown
+            raise
+
+    def _build_components(self, opening: Future[Any]) -> Components:
         from lrtrack.steps import seed_everything
 
         seed_everything(self.cfg.seed)
@@ -108,20 +156,47 @@ class RangeTestRecipe:
         model = self._build("model", lambda built: built)
         optimizer = self._build("optimizer", lambda partial: partial(model.parameters()))
         criterion = self._build("criterion", lambda built: built)
+        step, metric = self._step(), self._metric()
+        self.check_first_batch(data, model, criterion, step)
         info = runlog.DataInfo(data.name, data.source, data.fell_back)
-        return Components(data, model, optimizer, criterion, self._tracker(), info)
+        return Components(data, model, optimizer, criterion, self._opened(opening), info, step=step, metric=metric)
+
+    def check_first_batch(self, data: Any, model: Any, criterion: Any, step: Any) -> None:
+        """Run the model once on the first training batch (eval mode, no gradients, data order and
+        RNG untouched) and stop before any run starts when model, loss and data cannot train
+        together: logits given to ``nll``, probabilities to ``cross_entropy``, class counts or
+        shapes that cannot match, dict batches without a ``step``, a loss that is not a scalar."""
+        from lrtrack.data import peek
+        from lrtrack.steps import move_to_device, resolve_device
+        from lrtrack.tasks import first_batch_problem
+
+        device = resolve_device(self._device(), model)
+        try:
+            batch = move_to_device(peek(data.train), device)
+        except ValueError as err:
+            raise UserError(f"data ({self.cfg.data.get('_target_')}): {err}") from err
+        model.to(device)
+        problem = first_batch_problem(model, batch, criterion=None if step is not None else criterion, step=step,
+                                      num_classes=data.num_classes)
+        if problem is not None:
+            raise UserError(f"first batch: {problem}")
 
     def range_test(self, parts: Components, parent_id: str | None) -> tuple[runlog.RangeCurve, float | None]:
-        """The exploratory run: the range test, its suggestions, plot and history."""
-        from lrtrack.finder import STOP_INTERRUPTED, run_range_test
+        """The exploratory run: the range test (``finder.repeats`` of them), its suggestions, plot and history."""
+        from lrtrack.finder import STOP_INTERRUPTED
+        from lrtrack.repeats import run_repeated_range_test
 
         f = self.cfg.finder
-        name = self._run_name("range_test", self.job.choices.get("optimizer", ""), f.step_mode)
-        with parts.tracker.start_run(name, tags=self.context.tags(runlog.STAGE_EXPLORE),
-                                     parent_run_id=parent_id) as run:
+        name = self._run_name(parts, "range_test", self.job.choices.get("optimizer", ""), f.step_mode)
+        with _recording_errors(parts.tracker.start_run(name, tags=self.context.tags(runlog.STAGE_EXPLORE),
+                                                       parent_run_id=parent_id)) as run:
             runlog.log_config(run, self.context, parts.data_info)
-            result = run_range_test(
-                parts.model, parts.optimizer, parts.data.train, criterion=parts.criterion,
+            log.info("range test: %d steps from %s to %g (%s)%s", f.num_iter,
+                     "the optimizer's LR" if f.start_lr is None else f"{f.start_lr:g}", f.end_lr, f.step_mode,
+                     f", {f.repeats} repeats" if f.repeats > 1 else "")
+            result = run_repeated_range_test(
+                parts.model, parts.optimizer, parts.data.train, repeats=f.repeats, probe_steps=f.probe_steps,
+                **parts.loss_args(),
                 val_loader=parts.data.val if f.val_batches > 0 else None, val_batches=f.val_batches or None,
                 start_lr=f.start_lr, end_lr=f.end_lr, num_iter=f.num_iter, step_mode=f.step_mode,
                 smoothing=f.smoothing, diverge_th=f.diverge_th, accumulation_steps=f.accumulation_steps,
@@ -139,10 +214,15 @@ class RangeTestRecipe:
         if not parts.tracker.enabled:
             raise UserError("train.lr_from needs tracking.enabled=true (it reads the run from MLflow)")
         try:
-            return runlog.read_range_test(parts.tracker.client, self.cfg.train.lr_from,
-                                          where=parts.tracker.tracking_uri)
+            curve = runlog.read_range_test(parts.tracker.client, self.cfg.train.lr_from,
+                                           where=redact(parts.tracker.tracking_uri))
         except runlog.RunLookupError as err:
             raise UserError(str(err)) from err
+        if curve.stop_reason == "interrupted" and not self.cfg.train.allow_partial:
+            raise UserError(f"train.lr_from={curve.run_id!r} names a range test that was interrupted after "
+                            f"{len(curve.lrs)} steps, so its suggestions come from a partial curve; run the "
+                            "range test again, or set train.allow_partial=true to use it anyway")
+        return curve
 
     def choose_bounds(self, curve: runlog.RangeCurve | None) -> Any:
         """The LR range of the training run: ``bounds.max_lr`` when set, else from the range test."""
@@ -157,42 +237,103 @@ class RangeTestRecipe:
             return bounds_from_suggestions(curve.suggestions, max_lr_rule=b.max_lr_rule,
                                            base_divisor=b.base_divisor, min_loss_lr=curve.min_loss_lr)
         except ValueError as err:  # e.g. the chosen rule had no suggestion on this curve
-            raise UserError(str(err).replace("schedule.", "bounds.")) from err
+            raise UserError(str(err)) from err
 
     def train(self, parts: Components, bounds: Any, curve: runlog.RangeCurve | None,
               parent_id: str | None) -> float | None:
         """The final run: the schedule within ``bounds``, then training."""
+        schedule_name = self.job.choices.get("schedule", str(self.cfg.schedule.get("_target_", "")).rsplit(".")[-1])
+        name = self._run_name(parts, "train", self.job.choices.get("optimizer", ""), schedule_name)
+        link = {runlog.RANGE_TEST_LINK_TAG: curve.run_id} if curve is not None and curve.run_id else {}
+        with _recording_errors(parts.tracker.start_run(name, tags=self.context.tags(runlog.STAGE_FINAL, **link),
+                                                       parent_run_id=parent_id)) as run:
+            return self._fit(parts, bounds, curve, run, run, name)
+
+    def resume(self, parts: Components) -> float | None:
+        """``train.resume``: continue a killed training run, into the same MLflow run, from its last
+        checkpoint; steps it already logged are not logged again."""
+        from lrtrack.schedules import Bounds
+        from lrtrack.tracking import NullRun
+
+        tracker, run_id = parts.tracker, str(self.cfg.train.resume)
+        if not tracker.enabled:
+            raise UserError("train.resume needs tracking.enabled=true (it continues an MLflow run)")
+        try:
+            record = runlog.read_training_run(tracker.client, run_id, where=redact(tracker.tracking_uri))
+        except runlog.RunLookupError as err:
+            raise UserError(str(err)) from err
+        self._check_same_config(record)
+        folder = self.job.output_dir / "resume"
+        folder.mkdir(parents=True, exist_ok=True)
+        checkpoint = runlog.download_checkpoint(tracker.client, run_id, str(folder))
+        if checkpoint is None:
+            raise UserError(f"train.resume={run_id!r}: the run has no checkpoint yet (it stopped in its first "
+                            "epoch); start it again without train.resume")
+        curve = None
+        if record.range_test_run_id:
+            curve = runlog.read_range_test(tracker.client, record.range_test_run_id, where=redact(tracker.tracking_uri))
+        bounds = Bounds(record.max_lr, record.base_lr, record.rule)
+        logged = runlog.last_logged_steps(tracker.client, run_id)
+        parent = tracker.reopen_run(record.parent_run_id) if record.parent_run_id else NullRun()
+        with _recording_errors(parent), _recording_errors(tracker.reopen_run(run_id)) as run:
+            log.info("resuming training run %s from %s", run_id, checkpoint)
+            title = tracker.client.get_run(run_id).info.run_name
+            outcome = self._fit(parts, bounds, curve, run, runlog.SkipLogged(run, logged), title, checkpoint)
+            parent.log_summary({"final_val_loss": outcome} if outcome is not None else {})
+        return outcome
+
+    def _fit(self, parts: Components, bounds: Any, curve: runlog.RangeCurve | None, run: Any, observer: Any,
+             title: str, resume_from: str | None = None) -> float | None:
+        """Build the schedule, train (or continue training), log what the run produced."""
         from hydra.utils import instantiate
 
         from lrtrack.schedules import optimizer_steps_per_epoch
-        from lrtrack.train import train
+        from lrtrack.train import NonFiniteLossError
 
         t = self.cfg.train
         steps_per_epoch = optimizer_steps_per_epoch(len(parts.data.train), t.accumulation_steps)
         schedule = instantiate(self.cfg.schedule)(parts.optimizer, max_lr=bounds.max_lr, base_lr=bounds.base_lr,
                                                   steps_per_epoch=steps_per_epoch, epochs=t.epochs)
-        schedule_name = self.job.choices.get("schedule", schedule.name)
-        name = self._run_name("train", self.job.choices.get("optimizer", ""), schedule_name)
-        link = {runlog.RANGE_TEST_LINK_TAG: curve.run_id} if curve is not None and curve.run_id else {}
         log.info("training: %s, max_lr=%.3e base_lr=%.3e (%s), %d epochs x %d steps",
-                 schedule_name, bounds.max_lr, bounds.base_lr, bounds.rule, t.epochs, steps_per_epoch)
-        with parts.tracker.start_run(name, tags=self.context.tags(runlog.STAGE_FINAL, **link),
-                                     parent_run_id=parent_id) as run:
-            runlog.log_config(run, self.context, parts.data_info, runlog.bounds_params(bounds, steps_per_epoch))
-            checkpoints = self.job.output_dir / "checkpoints"
-            result = train(
-                parts.model, parts.optimizer, parts.data.train, epochs=t.epochs, schedule=schedule,
-                criterion=parts.criterion, val_loader=parts.data.val, device=self._device(),
-                accumulation_steps=t.accumulation_steps, grad_clip_norm=t.grad_clip_norm, smoothing=t.smoothing,
-                observer=run, checkpoint_dir=checkpoints if t.checkpoint else None, seed=self.cfg.seed,
-                progress=self.cfg.progress, amp=t.amp)
-            log.info("training done: val_loss=%s val_accuracy=%s", result.final_val_loss, result.final_val_accuracy)
-            if run.enabled:
-                if result.checkpoint_path is not None:
-                    run.log_artifact(result.checkpoint_path, runlog.CHECKPOINT_DIR)
-                runlog.log_training(run, result, bounds=bounds, steps_per_epoch=steps_per_epoch, curve=curve,
-                                    title=name)
+                 schedule.name, bounds.max_lr, bounds.base_lr, bounds.rule, t.epochs, steps_per_epoch)
+        if run.enabled:
+            self.job.final_run_id = run.run_id
+            if resume_from is None:
+                runlog.log_config(run, self.context, parts.data_info, runlog.bounds_params(bounds, steps_per_epoch))
+            log.info("training run %s started; if it is killed, continue it with: %s train.resume=%s",
+                     run.run_id, redact(self.job.command), run.run_id)
+        try:
+            result = self._train(parts, schedule, observer, resume_from)
+        except NonFiniteLossError as err:
+            raise RunFailure(f"{err}; the run ends FAILED with the steps before it logged") from err
+        log.info("training done: %s", ", ".join(f"{k}={v:.4g}" for k, v in runlog.final_metrics(result).items()))
+        if run.enabled:
+            runlog.log_training(run, result, bounds=bounds, steps_per_epoch=steps_per_epoch, curve=curve,
+                                title=title)
         return result.final_val_loss
+
+    def _train(self, parts: Components, schedule: Any, observer: Any, resume_from: str | None) -> Any:
+        from lrtrack.train import train
+
+        t = self.cfg.train
+        return train(
+            parts.model, parts.optimizer, parts.data.train, epochs=t.epochs, schedule=schedule,
+            **parts.loss_args(), metric=parts.metric, val_loader=parts.data.val, device=self._device(),
+            accumulation_steps=t.accumulation_steps, grad_clip_norm=t.grad_clip_norm, smoothing=t.smoothing,
+            observer=observer, checkpoint_dir=self.job.output_dir / "checkpoints" if t.checkpoint else None,
+            seed=self.cfg.seed, progress=self.cfg.progress, amp=t.amp, resume_from=resume_from)
+
+    def _check_same_config(self, record: runlog.TrainingRecord) -> None:
+        """A resumed run must continue the same training: refuse settings that changed."""
+        from lrtrack.tracking import flatten
+
+        free = ("train.resume", "progress", "device", "stage", "tracking.", "hydra.")
+        now = flatten(self.context.config)
+        changed = [f"{k}={now[k]} (the run has {record.params[k]})" for k in sorted(now)
+                   if k in record.params and now[k] != record.params[k] and not k.startswith(free)]
+        if changed:
+            raise UserError(f"train.resume={record.run_id!r} continues a run with other settings: "
+                            f"{', '.join(changed)}; resume with the overrides the run was started with")
 
     # ------------------------------------------------------------------ building blocks
 
@@ -205,29 +346,92 @@ class RangeTestRecipe:
         if not parts.tracker.enabled or (self.cfg.stage != "all" and sweep is None):
             yield NullRun()
             return
-        name = self._run_name("lrtrack", self.job.choices.get("optimizer", ""), self.job.choices.get("schedule", ""))
+        name = self._run_name(parts, "lrtrack", self.job.choices.get("optimizer", ""),
+                              self.job.choices.get("schedule", ""))
         extra: dict[str, str] = {}
         if sweep is not None:  # a child of the sweep's run, named by the job's swept overrides
-            name = sweep.job_name(self.job.overrides)
+            name = redact(sweep.job_name(self.job.overrides))
             extra = {runlog.SWEEP_RUN_TAG: sweep.run_id, runlog.SWEEP_OVERRIDES_TAG: " ".join(
                 sweep.swept(self.job.overrides)), runlog.JOB_NUM_TAG: str(self.job.job_num)}
-        with parts.tracker.start_run(name, tags=self.context.tags(runlog.STAGE_PIPELINE, **extra),
-                                     parent_run_id=sweep.run_id if sweep is not None else None) as run:
+        with _recording_errors(parts.tracker.start_run(
+                name, tags=self.context.tags(runlog.STAGE_PIPELINE, **extra),
+                parent_run_id=sweep.run_id if sweep is not None else None)) as run:
             self.job.pipeline_run_id = run.run_id
             runlog.log_config(run, self.context, parts.data_info)
             yield run
 
     def _data(self) -> Any:
-        from lrtrack.data import DataUnavailableError, build_data
+        """The ``data`` node built: lrtrack's builders get the seed and paths from the launch folder;
+        a user's own ``_target_`` gets its settings as written and may return loaders or a bundle."""
+        from hydra.errors import InstantiationException
+        from hydra.utils import instantiate
 
-        d = self.cfg.data
-        root = Path(d.root) if Path(d.root).is_absolute() else self.job.launch_dir / d.root
+        from lrtrack.data import BUILTINS, DataUnavailableError, as_bundle
+
+        node = self.cfg.data
+        target = str(node.get("_target_"))
+        settings: dict[str, Any] = {}
+        if target in BUILTINS:
+            settings["seed"] = self.cfg.seed
+            for key in ("root", "path"):
+                if node.get(key) is not None and not Path(str(node[key])).is_absolute():
+                    settings[key] = str(self.job.launch_dir / str(node[key]))
         try:
-            return build_data(d.name, root=root, batch_size=d.batch_size, val_batch_size=d.val_batch_size,
-                              in_memory=d.in_memory, download=d.download, fallback=d.fallback,
-                              num_workers=d.num_workers, seed=self.cfg.seed, fake_size=d.fake_size)
+            return as_bundle(instantiate(node, **settings), self.job.choices.get("data") or target.rsplit(".", 1)[-1])
         except DataUnavailableError as err:
             raise UserError(str(err)) from err
+        except (InstantiationException, ValueError, TypeError) as err:
+            if isinstance(err.__cause__, DataUnavailableError):
+                raise UserError(str(err.__cause__)) from err
+            raise UserError(component_error("data", node, err)) from err
+
+    def _step(self) -> Any:
+        """The ``step`` setting: None (the criterion on (inputs, targets)) or a (model, batch) -> loss."""
+        node = self.cfg.get("step")
+        return self._callable("step", node) if node else None
+
+    def _metric(self) -> Any:
+        """The ``metric`` setting as a validation metric (:func:`lrtrack.tasks.as_metric`); None: loss only."""
+        from lrtrack.tasks import as_metric
+
+        node = self.cfg.get("metric")
+        if not node:
+            return None
+        built = self._callable("metric", node)
+        name = None if hasattr(built, "name") else self.job.choices.get("metric")
+        try:
+            return as_metric(built, name=name)
+        except TypeError as err:
+            raise UserError(f"metric ({node.get('_target_')}): {err}") from err
+
+    def _callable(self, group: str, node: DictConfig) -> Any:
+        """A ``_target_`` that is called per batch: a class is instantiated with its settings; a
+        function is bound to them (``_partial_``), unless the node says otherwise."""
+        import inspect
+
+        from hydra.errors import InstantiationException
+        from hydra.utils import get_object, instantiate
+
+        from lrtrack.config import import_hint
+
+        target = str(node.get("_target_"))
+        hint = import_hint(target)
+        if hint is not None:
+            raise UserError(f"{group} ({target}): {hint}")
+        partial = node.get("_partial_", not inspect.isclass(get_object(target)))
+        try:
+            return instantiate(node, _partial_=partial)
+        except (InstantiationException, ValueError, TypeError) as err:
+            raise UserError(component_error(group, node, err)) from err
+
+    def _import_from_launch_dir(self) -> None:
+        """Make modules in the launch folder importable by ``_target_`` (``python -m`` puts the
+        working folder on ``sys.path``; a launcher's worker process may not)."""
+        import sys
+
+        folder = str(self.job.launch_dir)
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
 
     def _build(self, group: str, finish: Any) -> Any:
         """Instantiate the ``group`` component; a constructor's complaint becomes one line."""
@@ -240,23 +444,126 @@ class RangeTestRecipe:
         except (InstantiationException, ValueError, TypeError) as err:
             raise UserError(component_error(group, node, err)) from err
 
-    def _tracker(self) -> Any:
-        from lrtrack.tracking import NullTracker, Tracker, resolve_tracking_uri
+    def _open_tracker(self) -> Future[Any]:
+        """Check the tracking store at once (one line, seconds at most, before any data is
+        loaded), then open it in the background: creating a fresh store and importing MLflow
+        take a second or more that the data loading can hide."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from lrtrack.distributed import is_main
+        from lrtrack.tracking import (
+            NullTracker,
+            Tracker,
+            TrackingUnavailable,
+            preflight,
+            resolve_tracking_uri,
+        )
 
         t = self.cfg.tracking
-        if not t.enabled:
-            return NullTracker()
+        if not t.enabled or not is_main():  # torchrun: rank 0 alone opens the store and logs
+            done: Future[Any] = Future()
+            done.set_result(NullTracker())
+            return done
         uri = resolve_tracking_uri(t.tracking_uri, self.job.launch_dir)
         name = t.experiment_name or f"lrtrack-{self.model_name}"
         if self.job.sweep is not None:  # the sweep's store and experiment, created before any job started
             uri, name = self.job.sweep.tracking_uri, self.job.sweep.experiment_name
-        return Tracker(uri, name, flush_every=t.flush_every, flush_seconds=t.flush_seconds)
+        try:
+            preflight(uri)
+        except TrackingUnavailable as err:
+            raise UserError(str(err)) from err
+        for noisy in ("mlflow.store.db.utils", "alembic.runtime.migration"):  # "Creating tables ...": not news
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+        spool = Path(t.spool_dir) if t.spool_dir else self.job.output_dir / "tracking-spool"
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lrtrack-store")
+        opening = pool.submit(Tracker, uri, name, flush_every=t.flush_every, flush_seconds=t.flush_seconds,
+                              spool_dir=spool, delivery_timeout_s=t.delivery_timeout_s)
+        pool.shutdown(wait=False)
+        return opening
+
+    @staticmethod
+    def _opened(opening: Future[Any]) -> Any:
+        from lrtrack.tracking import TrackingUnavailable
+
+        try:
+            return opening.result()
+        except TrackingUnavailable as err:
+            raise UserError(str(err)) from err
+
+    def _distribute(self, parts: Components) -> Components:
+        """torchrun: the model in DistributedDataParallel, each rank on its shard of the data
+        (:func:`lrtrack.data.shard_bundle`), and the other ranks' log lines at WARNING only."""
+        from lrtrack.data import shard_bundle
+        from lrtrack.distributed import is_distributed, is_main, rank, world_size, wrap_model
+        from lrtrack.steps import resolve_device
+
+        if not is_distributed():
+            return parts
+        if not is_main():
+            logging.getLogger("lrtrack").setLevel(logging.WARNING)
+        log.info("torchrun: %d ranks, DistributedDataParallel; data.batch_size=%s per rank", world_size(),
+                 self.cfg.data.get("batch_size", "?"))
+        parts.model = wrap_model(parts.model, resolve_device(self._device(), parts.model))
+        parts.data = shard_bundle(parts.data, rank(), world_size())
+        return parts
+
+    def _redact_saved_config(self) -> None:
+        """Hydra saved the config and overrides in the job's folder: mask credentials there too."""
+        import yaml
+
+        for path in (self.job.output_dir / ".hydra").glob("*.yaml"):
+            text = path.read_text()
+            if redact(text) != text:
+                path.write_text(yaml.safe_dump(redact_tree(yaml.safe_load(text)), sort_keys=False))
 
     def _device(self) -> str | None:
         return None if self.cfg.device == "auto" else str(self.cfg.device)
 
-    def _run_name(self, stage: str, *parts: str) -> str:
-        return " ".join([stage, self.model_name, *parts])
+    def _run_name(self, components: Components, stage: str, *parts: str) -> str:
+        """``range_test mnist_cnn sgd exp on mnist``: the data set is in the name, so a run that fell
+        back to other data never looks like the one that was asked for."""
+        data = components.data_info
+        where = f"on {data.name}" + (" (fallback: the requested data was unavailable)" if data.fell_back else "")
+        return " ".join([stage, self.model_name, *[p for p in parts if p], where])
+
+
+def run_sweep_job(cfg: DictConfig, job: JobInfo) -> float:
+    """One job of a multirun: a failure is logged and recorded in MLflow (the job's runs FAILED,
+    an ``lrtrack.error`` tag), and NaN is returned so Hydra goes on with the other jobs (its
+    basic sweeper would stop the sweep, and skip the sweep's summary, on an exception)."""
+    try:
+        check_config(cfg)
+        outcome = RangeTestRecipe(cfg, job).run()
+        return float("nan") if outcome is None else float(outcome)
+    except KeyboardInterrupt:
+        raise
+    except Exception as err:
+        lines = err.errors if isinstance(err, ConfigError) else [str(err).strip() or type(err).__name__]
+        expected = isinstance(err, (ConfigError, UserError))
+        log.error("job %s failed: %s", " ".join(job.overrides), " ".join(x.strip() for x in lines),
+                  exc_info=not expected)  # a bug keeps its traceback in the job's log
+        if job.sweep is not None:
+            try:
+                tags = runlog.RunContext({}, job.choices, job.overrides, job.command).tags(runlog.STAGE_PIPELINE)
+                runlog.record_failure(job.sweep, job.overrides, err, job.pipeline_run_id, tags=tags)
+            except Exception:
+                log.exception("could not record the failure in MLflow")
+        return float("nan")
+
+
+class RunFailure(Exception):
+    """Training could not go on for a reason lrtrack detected (a NaN loss): one line, exit 1."""
+
+
+@contextmanager
+def _recording_errors(run: Any) -> Iterator[Any]:
+    """Open ``run``; when its work fails, say why on the run (``lrtrack.error``) before it ends FAILED."""
+    with run:
+        try:
+            yield run
+        except Exception as err:
+            run.set_tags({runlog.ERROR_TAG: runlog.error_message(err)})
+            raise
 
 
 def _log_suggestions(result: Any) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from lrtrack import plots, runlog
+from lrtrack.redact import redact
 from lrtrack.suggest import RULES
 
 if TYPE_CHECKING:
@@ -89,7 +90,7 @@ def resolve_target(client: MlflowClient, target: str) -> Target:
     except Exception as err:
         names = ", ".join(e.name for e in client.search_experiments())
         raise ValueError(f"{target!r} is neither an experiment (available: {names or 'none'}) nor a run id "
-                         f"in {client.tracking_uri}") from err
+                         f"in {redact(client.tracking_uri)}") from err
     stage = run.data.tags.get(runlog.STAGE_TAG)
     if stage == runlog.STAGE_PIPELINE:
         jobs = [runlog.job_record(client, run)]
@@ -161,7 +162,7 @@ def _figures(client: MlflowClient, target: Target, rows: Sequence[dict[str, Any]
     for i, run in enumerate(runlog.seed_runs(client, target.experiment_id, sweep_id)):
         agg = runlog.read_seed_aggregate(client, run)
         if agg is not None:
-            rule = run.data.tags.get(runlog.SUGGESTION_RULE_TAG, "valley")
+            rule = runlog.suggestion_rule(run)
             figures.append((f"seeds_{i}.png", f"Range test over seeds: {run.info.run_name}",
                             "Median curve with inter-quartile and min-max bands; each rule's median suggestion, "
                             "its seed spread shaded.",
@@ -185,9 +186,9 @@ def _table_html(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
 def _page(client: MlflowClient, target: Target, rows: Sequence[dict[str, Any]], images: Sequence[_Image]) -> str:
     n_failed = sum(1 for r in rows if r["status"] == "FAILED")
     sweep = target.sweep
-    meta = (f"{len(rows)} job(s), {n_failed} failed; tracking store <code>{html.escape(client.tracking_uri)}</code>"
+    meta = (f"{len(rows)} job(s), {n_failed} failed; tracking store <code>{html.escape(redact(client.tracking_uri))}</code>"
             + (f"; sweep run <code>{sweep.info.run_id}</code> ({sweep.info.status})" if sweep is not None else ""))
-    shown = [c for c in runlog.SUMMARY_COLUMNS if any(r.get(c) not in (None, "") for r in rows)]
+    shown = [c for c in runlog.summary_columns(rows) if any(r.get(c) not in (None, "") for r in rows)]
     if "overrides" in shown and all(r.get("overrides") == r.get("job") for r in rows):
         shown.remove("overrides")  # a sweep names its jobs by their overrides
     title = html.escape(target.title)
@@ -220,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-        print(f"lrtrack.report: error: no MLflow store at {uri}; pass --tracking-uri or run from the folder "
+        print(f"lrtrack.report: error: no MLflow store at {redact(uri)}; pass --tracking-uri or run from the folder "
               "holding mlflow.db", file=sys.stderr)
         return 2
     from mlflow.tracking import MlflowClient
@@ -228,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         page = write_report(MlflowClient(tracking_uri=uri), args.target, args.out)
     except ValueError as err:
-        print(f"lrtrack.report: error: {err}", file=sys.stderr)
+        print(f"lrtrack.report: error: {redact(str(err))}", file=sys.stderr)
         return 2
     print(f"wrote {page}")
     return 0

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from lrtrack.redact import redact, redact_tree
 from lrtrack.suggest import RULES
 
 if TYPE_CHECKING:
@@ -118,7 +119,7 @@ class RunContext:
                 if not group.startswith("hydra/") and choice is not None}
         tags.update({STAGE_TAG: stage, COMMAND_TAG: self.command, OVERRIDES_TAG: " ".join(self.overrides)})
         tags.update(extra)
-        return tags
+        return redact_tree(tags)
 
 
 @dataclass(frozen=True)
@@ -137,16 +138,18 @@ def log_config(run: Any, ctx: RunContext, data: DataInfo, extra_params: Mapping[
     params: dict[str, Any] = flatten(ctx.config)
     params["data.used"] = data.name
     params.update(extra_params or {})
-    run.log_params(params)
-    run.set_tags({DATA_TAG: data.name, DATA_SOURCE_TAG: data.source,
-                  DATA_FALLBACK_TAG: str(data.fell_back).lower()})
-    run.log_dict(dict(ctx.config), CONFIG_RESOLVED)
-    run.log_dict({"overrides": list(ctx.overrides), "choices": dict(ctx.choices), "command": ctx.command},
-                 CONFIG_OVERRIDES)
+    run.log_params(redact_tree(params))
+    run.set_tags(redact_tree({DATA_TAG: data.name, DATA_SOURCE_TAG: data.source,
+                              DATA_FALLBACK_TAG: str(data.fell_back).lower()}))
+    run.log_dict(redact_tree(dict(ctx.config)), CONFIG_RESOLVED)
+    run.log_dict(redact_tree({"overrides": list(ctx.overrides), "choices": dict(ctx.choices),
+                              "command": ctx.command}), CONFIG_OVERRIDES)
 
 
 def range_test_summary(result: RangeTestResult, chosen_rule: str) -> dict[str, float]:
-    """The summary metrics of a range test: every rule's LR, the chosen one, the minimum, steps."""
+    """The summary metrics of a range test: every rule's LR, the chosen one, the divergence edge
+    (``edge_lr``), the minimum, the sweep's ``steps``, the confirmation's ``probe_steps`` and
+    ``probes``, and ``repeats``."""
     out: dict[str, float] = {}
     for rule, s in result.suggestions.items():
         if s.lr is not None:
@@ -154,10 +157,15 @@ def range_test_summary(result: RangeTestResult, chosen_rule: str) -> dict[str, f
     chosen = result.suggestions.get(chosen_rule)
     if chosen is not None and chosen.lr is not None:
         out[SUGGESTED_LR] = chosen.lr
+    if result.edge.lr is not None:
+        out["edge_lr"] = result.edge.lr
     if result.min_loss is not None:
         out["min_loss"] = result.min_loss
         out["min_loss_lr"] = float(result.min_loss_lr)  # type: ignore[arg-type]
     out["steps"] = float(result.steps)
+    out["probe_steps"] = float(result.probe_steps)
+    out["probes"] = float(len(result.probes))
+    out["repeats"] = float(max(1, len(result.repeats)))
     return out
 
 
@@ -166,14 +174,21 @@ def log_range_test(run: Any, result: RangeTestResult, *, chosen_rule: str, title
     from lrtrack.plots import range_test_figure
 
     run.log_summary(range_test_summary(result, chosen_rule), step=max(result.steps - 1, 0))
+    edge = result.edge
     run.set_tags({STOP_REASON_TAG: result.stop_reason, STOP_DETAIL_TAG: result.stop_detail,
                   SUGGESTION_RULE_TAG: chosen_rule,
+                  "lrtrack.edge": edge.reason if edge.lr is None else f"{edge.lr:.6g}",  # the divergence edge
                   **{f"{SUGGESTION_TAG_PREFIX}{rule}": (s.reason if s.lr is None else f"{s.lr:.6g}")
                      for rule, s in result.suggestions.items()}})
     run.log_figure(range_test_figure(result, title=title, chosen_rule=chosen_rule), RANGE_TEST_PLOT)
-    run.log_rows_csv(result.history_rows(), RANGE_TEST_HISTORY)
+    run.log_rows_csv(result.history_rows(), RANGE_TEST_HISTORY)  # with repeats: the band's columns too
     run.log_dict({rule: {"lr": s.lr, "index": s.index, "reason": s.reason}
                   for rule, s in result.suggestions.items()}, RANGE_TEST_SUGGESTIONS)
+    # The divergence edge, the confirmation probes and each repeat's suggestions, for review.
+    run.log_dict({"edge": {"lr": edge.lr, "index": edge.index, "reason": edge.reason},
+                  "probes": [p.as_dict() for p in result.probes], "probe_steps": result.probe_steps,
+                  "repeats": [{"edge_lr": r.edge.lr, **{rule: s.lr for rule, s in r.suggestions.items()}}
+                              for r in result.repeats]}, "range_test/confirmation.json")
 
 
 def bounds_params(bounds: Bounds, steps_per_epoch: int) -> dict[str, Any]:
@@ -182,13 +197,19 @@ def bounds_params(bounds: Bounds, steps_per_epoch: int) -> dict[str, Any]:
             "bounds.rule_used": bounds.rule, "bounds.steps_per_epoch": steps_per_epoch}
 
 
+def final_metrics(result: TrainResult) -> dict[str, float]:
+    """A training run's summary: ``final_<key>`` for each validation value of its last epoch
+    (``final_val_loss``, and ``final_val_accuracy`` or ``final_val_<metric>`` where measured)."""
+    last = result.epochs[-1] if result.epochs else {}
+    return {f"final_{k}": float(v) for k, v in last.items() if k.startswith("val_") and v is not None}
+
+
 def log_training(run: Any, result: TrainResult, *, bounds: Bounds, steps_per_epoch: int,
                  curve: RangeCurve | None, title: str) -> None:
     """Everything a training run leaves on its run: summary, figures, history, checkpoint."""
     from lrtrack.plots import schedule_on_range_test_figure, training_figure
 
-    final = {FINAL_VAL_LOSS: result.final_val_loss, FINAL_VAL_ACCURACY: result.final_val_accuracy}
-    run.log_summary({k: v for k, v in final.items() if v is not None}, step=max(result.steps - 1, 0))
+    run.log_summary(final_metrics(result), step=max(result.steps - 1, 0))
     # Epoch metrics are logged at the epoch's last optimizer step.
     epoch_steps = [(i + 1) * steps_per_epoch - 1 for i in range(len(result.epochs))]
     val_losses = [e["val_loss"] for e in result.epochs if "val_loss" in e]
@@ -263,10 +284,86 @@ def read_range_test(client: Any, run_id: str, *, where: str) -> RangeCurve:
                       suggestions, metrics.get("min_loss_lr"), run_id, tags.get(STOP_REASON_TAG, "completed"))
 
 
+# --------------------------------------------------------------------------- a training run, read back
+
+
+@dataclass
+class TrainingRecord:
+    """What resuming a killed training run needs from it (``train.resume``)."""
+
+    run_id: str
+    parent_run_id: str | None
+    status: str
+    max_lr: float
+    base_lr: float
+    rule: str
+    range_test_run_id: str | None
+    params: dict[str, str]
+
+
+def read_training_run(client: Any, run_id: str, *, where: str) -> TrainingRecord:
+    """A final run, for ``train.resume``; raises :class:`RunLookupError` when it is not one."""
+    try:
+        run = client.get_run(run_id)
+    except Exception as err:
+        raise RunLookupError(f"train.resume={run_id!r}: no such MLflow run in {where} ({type(err).__name__}); "
+                             "pass the id of the training run to continue (printed when it started)") from err
+    tags, params = run.data.tags, run.data.params
+    if tags.get(STAGE_TAG) != STAGE_FINAL:
+        raise RunLookupError(f"train.resume={run_id!r} is not a training run (its {STAGE_TAG} tag is "
+                             f"{tags.get(STAGE_TAG)!r}, expected {STAGE_FINAL!r})")
+    if MAX_LR_PARAM not in params:
+        raise RunLookupError(f"train.resume={run_id!r}: the run has no {MAX_LR_PARAM} param (it stopped before "
+                             "training started); start a new run instead")
+    return TrainingRecord(run_id, tags.get(PARENT_TAG), run.info.status, float(params[MAX_LR_PARAM]),
+                          float(params[BASE_LR_PARAM]), params.get("bounds.rule_used", ""),
+                          tags.get(RANGE_TEST_LINK_TAG), dict(params))
+
+
+def download_checkpoint(client: Any, run_id: str, folder: str) -> str | None:
+    """The run's last uploaded checkpoint, downloaded into ``folder`` (None when it has none)."""
+    try:
+        return client.download_artifacts(run_id, f"{CHECKPOINT_DIR}/last.pt", folder)
+    except Exception as err:  # no checkpoint was uploaded (killed in the first epoch)
+        log.debug("run %s has no checkpoint (%s)", run_id, err)
+        return None
+
+
+def last_logged_steps(client: Any, run_id: str) -> dict[str, int]:
+    """For each metric of a run, the last step logged (what a resumed run must not log again)."""
+    run = client.get_run(run_id)
+    return {key: max(m.step for m in client.get_metric_history(run_id, key)) for key in run.data.metrics}
+
+
+class SkipLogged:
+    """An observer that passes on only the metrics a resumed run has not logged yet.
+
+    Args:
+        inner: the run (or any observer) to pass them to.
+        logged: metric key -> last step already logged.
+    """
+
+    def __init__(self, inner: Any, logged: Mapping[str, int]) -> None:
+        self.inner = inner
+        self.logged = dict(logged)
+
+    def on_step(self, step: int, metrics: Mapping[str, float]) -> None:
+        fresh = {k: v for k, v in metrics.items() if step > self.logged.get(k, -1)}
+        if fresh:
+            self.inner.on_step(step, fresh)
+
+    def on_checkpoint(self, path: Any, step: int) -> None:
+        on_checkpoint = getattr(self.inner, "on_checkpoint", None)
+        if on_checkpoint is not None:
+            on_checkpoint(path, step)
+
+
 # ---- reading runs
 # (The read side and the sweep bookkeeping below are edited apart from the write side above, so
 # their imports live here.)
 
+
+from lrtrack.suggest import DEFAULT_RULE  # noqa: E402 - see above
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -280,11 +377,31 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "max_lr", "base_lr", FINAL_VAL_ACCURACY, FINAL_VAL_LOSS, "error",
     "job_run_id", "explore_run_id", "final_run_id",
 )
+#: A training run's validation summaries: final_val_loss, final_val_accuracy or final_val_<metric>.
+FINAL_METRIC_PREFIX = "final_val_"
+
+
+def summary_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """:data:`SUMMARY_COLUMNS` plus the ``final_val_<metric>`` columns some row measured
+    (a custom validation metric), placed before ``final_val_loss``."""
+    columns = list(SUMMARY_COLUMNS)
+    extra = sorted({k for r in rows for k in r if k.startswith(FINAL_METRIC_PREFIX) and k not in columns})
+    at = columns.index(FINAL_VAL_LOSS)
+    return columns[:at] + extra + columns[at:]
+
+
 #: Column prefix of :data:`SEEDS_HISTORY`: ``seed/<seed>`` holds that seed's smoothed loss.
 SEED_COLUMN_PREFIX = "seed/"
 # Written by cli.py before the recipe (the configured bounds); read only when the *_used params are absent.
 _CONFIG_MAX_LR_PARAM, _CONFIG_BASE_LR_PARAM = "bounds.max_lr", "bounds.base_lr"
 _ALL_RUNS = 10000  # search_runs page size: every run of an experiment or a sweep in one call
+
+
+def suggestion_rule(run: Run) -> str:
+    """The rule a range test (or a ``range_test_seeds`` run) chose: its ``lrtrack.suggestion_rule``
+    tag, else :data:`lrtrack.suggest.DEFAULT_RULE` (lrtrack always writes the tag; a run without it
+    ended before its range test was logged)."""
+    return run.data.tags.get(SUGGESTION_RULE_TAG) or DEFAULT_RULE
 
 
 @dataclass
@@ -324,11 +441,11 @@ class JobRecord:
         return run.info.run_name if run else "?"
 
     def chosen_lr(self) -> float | None:
-        """The suggestion of the rule the range test chose (valley when it records none)."""
+        """The suggestion of the rule the range test chose (:func:`suggestion_rule`); None when
+        there is no range test or that rule found none."""
         if self.explore is None:
             return None
-        rule = self.explore.data.tags.get(SUGGESTION_RULE_TAG) or "valley"
-        return self.explore.data.metrics.get(f"{SUGGESTED_LR}/{rule}")
+        return self.explore.data.metrics.get(f"{SUGGESTED_LR}/{suggestion_rule(self.explore)}")
 
     def row(self) -> dict[str, Any]:
         """The summary-table row (see :data:`SUMMARY_COLUMNS`)."""
@@ -347,6 +464,7 @@ class JobRecord:
         row["base_lr"] = _float(params.get(BASE_LR_PARAM, params.get(_CONFIG_BASE_LR_PARAM)))
         row[FINAL_VAL_ACCURACY] = fi.data.metrics.get(FINAL_VAL_ACCURACY) if fi else None
         row[FINAL_VAL_LOSS] = fi.data.metrics.get(FINAL_VAL_LOSS) if fi else None
+        row.update({k: v for k, v in (fi.data.metrics if fi else {}).items() if k.startswith(FINAL_METRIC_PREFIX)})
         errors = [r.data.tags.get(ERROR_TAG) for r in (self.job_run, ex, fi) if r is not None]
         row["error"] = next((e for e in errors if e), "")
         for column, run in (("job_run_id", self.job_run), ("explore_run_id", ex), ("final_run_id", fi)):
@@ -585,18 +703,19 @@ class SweepContext:
 def start_sweep_run(client: MlflowClient, experiment_id: str, *, swept: Sequence[str], overrides: Sequence[str],
                     keys: Sequence[str], command: str, launcher: str, sweep_dir: str) -> str:
     """Create a sweep's parent run (named by its swept overrides) and log its command; returns its id."""
-    run = client.create_run(experiment_id, run_name="sweep " + (" ".join(swept) or "(no swept keys)"), tags={
+    name = redact("sweep " + (" ".join(swept) or "(no swept keys)"))
+    run = client.create_run(experiment_id, run_name=name, tags=redact_tree({
         STAGE_TAG: STAGE_SWEEP, COMMAND_TAG: command, OVERRIDES_TAG: " ".join(overrides),
-        SWEEP_KEYS_TAG: ",".join(keys), LAUNCHER_TAG: launcher, SWEEP_DIR_TAG: sweep_dir})
-    client.log_dict(run.info.run_id, {"command": command, "overrides": list(overrides), "swept": list(swept),
-                                      "launcher": launcher}, SWEEP_COMMAND)
+        SWEEP_KEYS_TAG: ",".join(keys), LAUNCHER_TAG: launcher, SWEEP_DIR_TAG: sweep_dir}))
+    client.log_dict(run.info.run_id, redact_tree({"command": command, "overrides": list(overrides),
+                                                  "swept": list(swept), "launcher": launcher}), SWEEP_COMMAND)
     return run.info.run_id
 
 
 def error_message(error: BaseException) -> str:
     """An exception as one line, ``Type: message``, short enough for a tag."""
     message = " ".join(line.strip() for line in str(error).strip().splitlines()) or type(error).__name__
-    return f"{type(error).__name__}: {message}"[:5000]
+    return redact(f"{type(error).__name__}: {message}")[:5000]
 
 
 def record_failure(sweep: SweepContext, overrides: Sequence[str], error: BaseException,
@@ -621,7 +740,8 @@ def record_failure(sweep: SweepContext, overrides: Sequence[str], error: BaseExc
     if job_run_id is None:
         all_tags = {STAGE_TAG: STAGE_PIPELINE, PARENT_TAG: sweep.run_id, **sweep.job_tags(overrides), **(tags or {})}
         job_run_id = client.create_run(ensure_experiment(client, sweep.experiment_name),
-                                       run_name=sweep.job_name(overrides), tags=all_tags).info.run_id
+                                       run_name=redact(sweep.job_name(overrides)),
+                                       tags=redact_tree(all_tags)).info.run_id
         client.set_terminated(job_run_id, status="FAILED")
     client.set_tag(job_run_id, ERROR_TAG, error_message(error))
     return job_run_id
@@ -634,9 +754,10 @@ def log_sweep_summary(client: MlflowClient, sweep_run_id: str, jobs: Sequence[Jo
     from lrtrack.plots import range_test_overlay_figure
 
     rows = [job.row() for job in jobs]
-    client.log_text(sweep_run_id, rows_to_csv(rows), SWEEP_SUMMARY_CSV)
+    columns = summary_columns(rows)
+    client.log_text(sweep_run_id, rows_to_csv(rows, columns), SWEEP_SUMMARY_CSV)
     client.log_table(sweep_run_id, {c: ["" if r.get(c) is None else r.get(c) for r in rows]
-                                    for c in SUMMARY_COLUMNS}, SWEEP_SUMMARY_JSON)
+                                    for c in columns}, SWEEP_SUMMARY_JSON)
     curves = range_test_curves(client, jobs)
     if curves:
         figure = range_test_overlay_figure(curves, title=f"sweep: {len(curves)} range tests")
@@ -664,10 +785,15 @@ def log_seed_aggregate(client: MlflowClient, experiment_id: str, parent_run_id: 
     (``suggested_lr/<rule>`` the median, plus ``/min``, ``/max``, ``/log10_iqr``, ``/n``), the median
     curve as its range-test history, each seed's curve and suggestions, and the figure.
 
+    The suggestions are each seed's *logged* ones (``agg.per_seed``), not re-read from the median
+    curve: ``confirmed`` comes from each seed's probes and has no curve to be computed from. The
+    chosen ``rule``'s median is also ``suggested_lr``; the ``lrtrack.suggestion.<rule>`` tags hold
+    each median, or why there is none (no seed's range test found one).
+
     Returns:
         The run's id; the run ends FINISHED, or FAILED (re-raising) when logging fails.
     """
-    from mlflow.entities import Metric
+    from mlflow.entities import Metric, RunTag
 
     from lrtrack.plots import seeds_figure
     from lrtrack.seeds import HISTORY_COLUMNS
@@ -682,7 +808,10 @@ def log_seed_aggregate(client: MlflowClient, experiment_id: str, parent_run_id: 
         if chosen := agg.rule_stats(rule):
             metrics.append(Metric(SUGGESTED_LR, chosen["median"], now, 0))
         metrics.append(Metric("seeds", float(len(agg.seeds)), now, 0))
-        client.log_batch(run_id, metrics=metrics)
+        tags = [RunTag(f"{SUGGESTION_TAG_PREFIX}{r}", f"{s['median']:.6g}" if (s := agg.rule_stats(r)) else
+                       f"no seed's range test has a {r} suggestion (each says why in its {SUGGESTION_TAG_PREFIX}{r} tag)")
+                for r in RULES]
+        client.log_batch(run_id, metrics=metrics, tags=tags)
         client.log_text(run_id, rows_to_csv(agg.history_rows(), HISTORY_COLUMNS), RANGE_TEST_HISTORY)
         seed_columns = [f"{SEED_COLUMN_PREFIX}{s}" for s in agg.seeds]
         per_seed = [{"lr": lr, **{c: agg.curves[j][i] for j, c in enumerate(seed_columns)}}

@@ -43,7 +43,7 @@ from typing import Any
 from torch.optim import Optimizer
 from torch.optim import lr_scheduler as torch_sched
 
-from lrtrack.suggest import RULES, Suggestion
+from lrtrack.suggest import DEFAULT_RULE, RULES, Suggestion
 
 logger = logging.getLogger(__name__)
 
@@ -103,22 +103,25 @@ class Bounds:
 def _check_divisor(base_divisor: Any) -> float:
     if isinstance(base_divisor, bool) or not isinstance(base_divisor, (int, float)):
         raise TypeError(
-            f"schedule.base_divisor must be a number >= 1, got {base_divisor!r} "
+            f"bounds.base_divisor must be a number >= 1, got {base_divisor!r} "
             "(base_lr = max_lr / base_divisor; Smith suggests 3-4)."
         )
     if not math.isfinite(base_divisor) or base_divisor < 1:
         raise ValueError(
-            f"schedule.base_divisor must be a finite number >= 1, got {base_divisor!r} "
+            f"bounds.base_divisor must be a finite number >= 1, got {base_divisor!r} "
             "(base_lr = max_lr / base_divisor; Smith suggests 3-4). Set e.g. "
-            "schedule.base_divisor=4."
+            "bounds.base_divisor=4."
         )
     return float(base_divisor)
 
 
 def bounds_from_config(max_lr: float, base_divisor: float = 4.0) -> Bounds:
-    """Bounds from an explicit ``schedule.max_lr``: ``base_lr = max_lr / base_divisor``."""
+    """Bounds from an explicit ``bounds.max_lr``: ``base_lr = max_lr / base_divisor``.
+
+    Error messages name the config keys (``bounds.max_lr``, ``bounds.base_divisor``).
+    """
     max_lr = _check_positive(
-        "schedule.max_lr", max_lr, " Set a positive LR, or null to take it from the range test."
+        "bounds.max_lr", max_lr, " Set a positive LR, or null to take it from the range test."
     )
     divisor = _check_divisor(base_divisor)
     return Bounds(
@@ -131,7 +134,7 @@ def bounds_from_config(max_lr: float, base_divisor: float = 4.0) -> Bounds:
 def bounds_from_suggestions(
     suggestions: Mapping[str, Suggestion],
     *,
-    max_lr_rule: str = "valley",
+    max_lr_rule: str = DEFAULT_RULE,
     base_divisor: float = 4.0,
     min_loss_lr: float | None = None,
 ) -> Bounds:
@@ -139,27 +142,28 @@ def bounds_from_suggestions(
 
     Args:
         suggestions: the range test's suggestions, keyed by rule name.
-        max_lr_rule: one of the suggestion rules (``steepest``, ``valley``, ``minimum``,
-            ``slide``) or ``min_loss_div10``: the LR at the minimum loss divided by 10
+        max_lr_rule: one of the suggestion rules (``confirmed``, the default, ``steepest``,
+            ``valley``, ``minimum``, ``slide``) or ``min_loss_div10``: the LR at the minimum loss divided by 10
             (Smith's rule for the 1cycle peak), which needs ``min_loss_lr``.
         base_divisor: ``>= 1``; Smith suggests 3-4.
         min_loss_lr: the LR at which the (smoothed) loss was lowest; only for ``min_loss_div10``.
 
     Raises:
         ValueError: an unknown rule, a rule with no suggestion (its reason is quoted), a missing
-            ``min_loss_lr``, or a bad ``base_divisor``.
+            ``min_loss_lr``, or a bad ``base_divisor``. The messages name the config keys
+            (``bounds.max_lr_rule``, ``bounds.max_lr``, ``bounds.base_divisor``).
     """
     divisor = _check_divisor(base_divisor)
     if max_lr_rule not in MAX_LR_RULES:
         raise ValueError(
-            f"schedule.max_lr_rule must be one of {', '.join(MAX_LR_RULES)}, got {max_lr_rule!r}."
+            f"bounds.max_lr_rule must be one of {', '.join(MAX_LR_RULES)}, got {max_lr_rule!r}."
         )
     if max_lr_rule == "min_loss_div10":
         if min_loss_lr is None:
             raise ValueError(
-                "schedule.max_lr_rule=min_loss_div10 needs the LR at the minimum loss "
+                "bounds.max_lr_rule=min_loss_div10 needs the LR at the minimum loss "
                 "(min_loss_lr), which was not given. Pass min_loss_lr, choose another rule "
-                f"({', '.join(RULES)}), or set schedule.max_lr explicitly."
+                f"({', '.join(RULES)}), or set bounds.max_lr explicitly."
             )
         lr = _check_positive("min_loss_lr", min_loss_lr) / 10.0
         rule = "max_lr = LR at minimum loss / 10"
@@ -176,15 +180,14 @@ def bounds_from_suggestions(
                 for name, s in suggestions.items()
                 if s is not None and s.ok and name != max_lr_rule
             ]
-            alternatives = (
-                f"choose a rule that has one ({', '.join(others)})"
+            fix = (
+                f"Set bounds.max_lr_rule to a rule that has one ({', '.join(others)}), or set "
+                "bounds.max_lr to an explicit LR."
                 if others
-                else "no other rule has a suggestion either"
+                else "No other rule has a suggestion either: set bounds.max_lr to an explicit LR."
             )
             raise ValueError(
-                f"schedule.max_lr_rule={max_lr_rule!r} has no suggestion: {reason}. "
-                f"Set schedule.max_lr_rule to another rule ({alternatives}), or set "
-                "schedule.max_lr to an explicit LR."
+                f"bounds.max_lr_rule={max_lr_rule!r} has no suggestion: {reason}. {fix}"
             )
         lr = suggestion.lr
         if (
@@ -195,7 +198,7 @@ def bounds_from_suggestions(
         ):
             raise ValueError(
                 f"the {max_lr_rule!r} suggestion is not a positive finite LR ({lr!r}); "
-                "set schedule.max_lr explicitly or choose another schedule.max_lr_rule."
+                "set bounds.max_lr explicitly or choose another bounds.max_lr_rule."
             )
         lr = float(lr)
         rule = f"max_lr = {max_lr_rule} suggestion"
@@ -343,7 +346,7 @@ def _check_common(
     if base_lr > max_lr:
         raise ValueError(
             f"base_lr must not exceed max_lr, got base_lr={base_lr!r} > max_lr={max_lr!r}. "
-            "Use schedule.base_divisor >= 1."
+            "Use bounds.base_divisor >= 1."
         )
     steps_per_epoch = _check_int("steps_per_epoch", steps_per_epoch, minimum=1)
     epochs = _check_int("epochs", epochs, minimum=1)

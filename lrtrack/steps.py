@@ -243,6 +243,7 @@ def mean_loss(
     device: torch.device,
     autocast: Callable[[], AbstractContextManager[Any]] = nullcontext,
     non_blocking: bool = True,
+    across_ranks: bool = True,
 ) -> torch.Tensor:
     """The mean loss per sample over ``batches``, in eval mode without gradients.
 
@@ -252,12 +253,21 @@ def mean_loss(
     the loss (accuracy), give a ``step_fn`` that records it, e.g. ``supervised_step(criterion,
     on_outputs=...)``.
 
+    In a torchrun job (:mod:`lrtrack.distributed`) each rank evaluates its own shard and, with
+    ``across_ranks``, the sums and sample counts are added over the ranks, so every rank gets
+    the mean over all of them (every rank must then call it). The batches run through the model
+    inside a ``DistributedDataParallel`` wrapper, so no rank waits on another per batch.
+
     Returns:
-        A scalar tensor on ``device``; nothing here waits for the device.
+        A scalar tensor on ``device``; nothing here waits for the device (except the reduction
+        over ranks).
 
     Raises:
         ValueError: ``batches`` yielded nothing.
     """
+    from lrtrack.distributed import is_distributed, sum_over_ranks, unwrap
+
+    model = unwrap(model) if is_distributed() else model
     was_training = model.training
     model.eval()
     dtype = torch.float32 if device.type == "mps" else torch.float64
@@ -274,6 +284,9 @@ def mean_loss(
                 samples += size
     finally:
         model.train(was_training)
+    if across_ranks and is_distributed():
+        total, count = sum_over_ranks(torch.stack((total, torch.tensor(float(samples), dtype=dtype, device=device))))
+        samples = int(count.item())
     if samples == 0:
         raise ValueError("the validation loader yielded no batches; pass a non-empty one or None")
     return total / samples

@@ -1,18 +1,24 @@
-"""Suggestion rules on a finished range-test curve (no Hydra, no MLflow).
+"""Suggestion rules on a finished range-test curve, and the divergence edge (no Hydra, no MLflow).
 
-A range test sweeps the learning rate upwards and records a (smoothed) loss at
-every step. This module turns that curve into a suggested learning rate with one
-of four rules, the same ideas that fastai and pytorch-lr-finder popularised:
+A range test sweeps the learning rate upwards and records a loss at every step. This module
+turns that curve into suggested learning rates, one per rule:
 
+* ``confirmed`` (the default, :data:`DEFAULT_RULE`): the largest LR that, in short fixed-LR
+  probes from the start (:mod:`lrtrack.probes`, run by the engine), trains about as well as
+  the best probe, divided by :data:`CONFIRMED_MARGIN`. Chosen by ``scripts/bench_suggestions.py``;
+  ``docs/suggestions.md`` says why it works and where it fails.
 * ``steepest``: where the loss falls fastest against log10(LR).
 * ``valley``: roughly the middle of the longest stretch over which the loss keeps
   falling, which tends to be more robust to noise than the steepest point.
 * ``minimum``: one tenth of the LR at the lowest loss, backing off from the
   point where training is about to become unstable.
-* ``slide``: walk back from the divergent end until the loss gradient at two
+* ``slide``: walk back from the divergence edge until the loss gradient at two
   points a fixed window apart agrees, i.e. until the curve stops bending.
 
-Every rule works on a *trimmed* view of the curve: non-finite losses at the
+The **divergence edge** (:func:`find_edge`) is where the loss starts rising for good. No rule
+suggests an LR past it: a suggestion beyond it is capped at it (and says so).
+
+The curve rules work on a *trimmed* view of the smoothed curve: non-finite losses at the
 tail are dropped first (the test stops at the first NaN, which is still
 recorded), then a few noisy points at the start and a few divergent points at
 the end are skipped. When a rule cannot answer it returns a
@@ -31,7 +37,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
-RULES: tuple[str, ...] = ("steepest", "valley", "minimum", "slide")
+from lrtrack.probes import Probe, good_limit
+from lrtrack.smoothing import zero_lag
+
+#: Every rule, the default first.
+RULES: tuple[str, ...] = ("confirmed", "steepest", "valley", "minimum", "slide")
+#: The rule the CLI and the library use unless told otherwise.
+DEFAULT_RULE = "confirmed"
+#: The rules that read the curve alone (no probes).
+CURVE_RULES: tuple[str, ...] = ("steepest", "valley", "minimum", "slide")
+
+#: ``confirmed`` divides the largest good probe LR by this.
+CONFIRMED_MARGIN = 2.5
+#: The divergence edge: decay of the centred smoothing of the raw loss ...
+EDGE_SMOOTHING = 0.8
+#: ... and the band above the curve's minimum, as a share of its descent, that the loss
+#: leaves for good at the edge.
+EDGE_BAND = 0.05
 
 
 @dataclass(frozen=True)
@@ -488,6 +510,114 @@ _RULE_FUNCS: dict[str, Callable[..., Suggestion]] = {
 
 
 # --------------------------------------------------------------------------- #
+# The divergence edge and the confirmed rule
+# --------------------------------------------------------------------------- #
+
+
+@dataclass(frozen=True)
+class Edge:
+    """Where the loss starts rising for good: the last point before it leaves, for the rest of
+    the sweep, a narrow band above its lowest value (``lr`` None when there is no such point)."""
+
+    lr: float | None
+    index: int | None
+    reason: str
+
+    @property
+    def found(self) -> bool:
+        return self.lr is not None
+
+
+def find_edge(
+    lrs: Sequence[float],
+    losses: Sequence[float],
+    *,
+    raw_losses: Sequence[float] | None = None,
+    band: float = EDGE_BAND,
+    smoothing: float = EDGE_SMOOTHING,
+) -> Edge:
+    """Locate the divergence edge: where the loss starts rising for good.
+
+    The raw loss (``raw_losses``, else ``losses``) is clipped at its starting level (a
+    diverged tail must not smear backwards) and smoothed with a *centred* filter
+    (:func:`lrtrack.smoothing.zero_lag`): the running EMA a range test logs trails the raw
+    loss by about 19 steps at 0.95, which puts every feature of the curve at too large an LR.
+    The edge is the last point within ``band`` of the descent above the minimum after which
+    the curve never comes back into that band. A non-finite tail (NaN/inf) counts as rising.
+
+    Args:
+        lrs: LR per step, non-decreasing and positive.
+        losses: the smoothed loss per step (used when ``raw_losses`` is None).
+        raw_losses: the raw loss per step (recommended; the engine passes it).
+        band: the band's height as a share of the descent (start level - minimum).
+        smoothing: the decay of each pass of the centred filter.
+
+    Returns:
+        The :class:`Edge`; ``lr`` is None, with a reason, when the loss never falls or is still
+        near its lowest at the end of the sweep (the edge lies past ``end_lr``).
+    """
+    lr_arr, loss_arr = _validate_curve(lrs, losses)
+    raw = loss_arr if raw_losses is None else _validate_curve(lrs, raw_losses)[1]
+    n = _finite_prefix_length(raw)
+    if n < _MIN_POINTS["valley"]:
+        return Edge(None, None, f"too few points ({n} finite points; need at least {_MIN_POINTS['valley']})")
+    start = float(np.median(raw[: max(3, n // 10)]))
+    curve = np.asarray(zero_lag(np.minimum(raw[:n], start).tolist(), smoothing))
+    low = int(np.argmin(curve))
+    depth = start - float(curve[low])
+    if depth <= _FLAT_RTOL * max(1.0, abs(start)):
+        return Edge(None, None, _FLAT_REASON)
+    top = float(curve[low]) + band * depth
+    e = int(np.flatnonzero(curve <= top)[-1])
+    if e == n - 1 and n == raw.shape[0]:
+        return Edge(None, None, (f"the loss is still near its lowest at the end of the sweep (lr "
+                                 f"{_fmt(float(lr_arr[-1]))}): the edge lies past end_lr; raise end_lr"))
+    return Edge(float(lr_arr[e]), e, (
+        f"the loss rises for good past lr {_fmt(float(lr_arr[e]))} (centred smoothing; it leaves the "
+        f"lowest {band:g} of its descent there and never comes back)"))
+
+
+def _nearest_index(lrs: np.ndarray, lr: float) -> int | None:
+    if lrs.size == 0:
+        return None
+    return int(np.argmin(np.abs(np.log10(lrs) - math.log10(lr))))
+
+
+def _confirmed(lrs: np.ndarray, probes: Sequence[Probe] | None, margin: float = CONFIRMED_MARGIN) -> Suggestion:
+    """The default rule: the largest good probe LR (:func:`lrtrack.probes.good_limit`) / ``margin``."""
+    if not probes:
+        return Suggestion("confirmed", None, None, (
+            "no fixed-LR probes were run (run_range_test runs them when probe_steps > 0 and restore=True); "
+            f"choose a curve rule instead ({', '.join(CURVE_RULES)})"))
+    limit, why = good_limit(probes)
+    if limit is None:
+        return Suggestion("confirmed", None, None, why)
+    lr = limit / margin
+    return Suggestion("confirmed", lr, _nearest_index(lrs, lr), f"confirmed: {why}; divided by {margin:g}")
+
+
+def _cap(s: Suggestion, edge: Edge) -> Suggestion:
+    """``s``, or ``s`` moved back to the edge when it lies past it (the reason says so)."""
+    if edge.lr is None or s.lr is None or s.lr <= edge.lr:
+        return s
+    return Suggestion(s.rule, edge.lr, edge.index, (
+        f"{s.reason}; capped at the divergence edge {_fmt(edge.lr)} (it gave {_fmt(s.lr)}, where the "
+        "loss already rises for good)"))
+
+
+def _answer(rule: str, lrs: np.ndarray, losses: np.ndarray, edge: Edge, probes: Sequence[Probe] | None,
+            skip_start: int | None, skip_end: int | None) -> Suggestion:
+    if rule == "confirmed":
+        return _cap(_confirmed(lrs, probes), edge)
+    if rule == "slide" and edge.index is not None:
+        # Slide walks back from the end of the curve: start it at the edge, not past the cliff.
+        stop = edge.index + 1
+        return _cap(_slide(lrs[:stop], losses[:stop], skip_start=skip_start,
+                           skip_end=0 if skip_end is None else skip_end), edge)
+    return _cap(_RULE_FUNCS[rule](lrs, losses, skip_start=skip_start, skip_end=skip_end), edge)
+
+
+# --------------------------------------------------------------------------- #
 # Public API
 # --------------------------------------------------------------------------- #
 
@@ -497,6 +627,8 @@ def suggest(
     lrs: Sequence[float],
     losses: Sequence[float],
     *,
+    raw_losses: Sequence[float] | None = None,
+    probes: Sequence[Probe] | None = None,
     skip_start: int | None = None,
     skip_end: int | None = None,
 ) -> Suggestion:
@@ -506,13 +638,16 @@ def suggest(
         rule: One of :data:`RULES`.
         lrs: LR at each step (param group 0), non-decreasing and positive.
         losses: Smoothed loss at each step; a non-finite tail is ignored.
+        raw_losses: Raw loss at each step, for the divergence edge (:func:`find_edge`);
+            without it the edge is located on ``losses``.
+        probes: The engine's fixed-LR probes (``RangeTestResult.probes``), for ``confirmed``.
         skip_start: Points to drop at the start; None means ``max(1, n // 10)``.
         skip_end: Points to drop at the end; None means ``min(5, n // 10)``.
             Either is reduced if it would leave the rule too few points.
 
     Returns:
-        The rule's :class:`Suggestion`. ``index`` refers to the original,
-        untrimmed arrays. When the rule cannot answer, ``lr`` is None and
+        The rule's :class:`Suggestion`, never past the divergence edge. ``index`` refers to
+        the original, untrimmed arrays. When the rule cannot answer, ``lr`` is None and
         ``reason`` says why.
 
     Raises:
@@ -520,36 +655,42 @@ def suggest(
             negative skip count.
     """
     check_rule(rule)
-    lr_arr, loss_arr = _validate_curve(lrs, losses)
-    start = _check_skip("skip_start", skip_start)
-    end = _check_skip("skip_end", skip_end)
-    return _RULE_FUNCS[rule](lr_arr, loss_arr, skip_start=start, skip_end=end)
+    return suggest_all(lrs, losses, raw_losses=raw_losses, probes=probes, skip_start=skip_start,
+                       skip_end=skip_end, rules=(rule,))[rule]
 
 
 def suggest_all(
     lrs: Sequence[float],
     losses: Sequence[float],
     *,
+    raw_losses: Sequence[float] | None = None,
+    probes: Sequence[Probe] | None = None,
     skip_start: int | None = None,
     skip_end: int | None = None,
+    rules: Sequence[str] = RULES,
 ) -> dict[str, Suggestion]:
     """Run every rule on the same curve.
 
     Args:
         lrs: LR at each step (param group 0), non-decreasing and positive.
         losses: Smoothed loss at each step; a non-finite tail is ignored.
+        raw_losses: As in :func:`suggest`.
+        probes: As in :func:`suggest`.
         skip_start: As in :func:`suggest`.
         skip_end: As in :func:`suggest`.
+        rules: The rules to run (default: all, in :data:`RULES` order).
 
     Returns:
-        ``{rule: Suggestion}`` with keys in :data:`RULES` order.
+        ``{rule: Suggestion}`` with keys in ``rules`` order.
 
     Raises:
         ValueError: As in :func:`suggest`.
     """
+    for rule in rules:
+        check_rule(rule)
     lr_arr, loss_arr = _validate_curve(lrs, losses)
     start = _check_skip("skip_start", skip_start)
     end = _check_skip("skip_end", skip_end)
-    return {
-        rule: _RULE_FUNCS[rule](lr_arr, loss_arr, skip_start=start, skip_end=end) for rule in RULES
-    }
+    edge = find_edge(lr_arr, loss_arr, raw_losses=raw_losses)
+    return {rule: _answer(rule, lr_arr, loss_arr, edge, probes, start, end) for rule in rules}
+

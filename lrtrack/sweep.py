@@ -101,9 +101,7 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not OmegaConf.select(config, "tracking.enabled", default=True):
             return
-        from mlflow.tracking import MlflowClient
-
-        from lrtrack.tracking import ensure_experiment, resolve_tracking_uri
+        from lrtrack.tracking import ensure_experiment, open_store, resolve_tracking_uri
 
         self.started = time.monotonic()
         launch_dir = OmegaConf.select(config, "hydra.runtime.cwd") or os.getcwd()
@@ -115,7 +113,7 @@ class SweepCallback(Callback):
             for key, value in params.items():
                 keys.append(override_key(str(key)))
                 overrides.append(f"{key}={value}")
-        client = MlflowClient(tracking_uri=uri)  # creating the client's store makes the sqlite tables
+        client = open_store(uri)  # a fresh sqlite store is created under a file lock, before any job starts
         name = _experiment_name(config)
         launcher = str(OmegaConf.select(config, "hydra.runtime.choices.hydra/launcher") or "basic")
         swept = [o for o in overrides if override_key(o) in keys]
@@ -138,10 +136,25 @@ class SweepCallback(Callback):
         failed = finish_sweep(ctx, aggregate_seeds=self.aggregate_seeds,
                               wall_seconds=time.monotonic() - self.started)
         self.context = None
+        _print_review_hint(ctx)
         if failed and self.exit_on_failure:
             print(f"lrtrack: error: {failed} sweep job(s) failed; see the FAILED runs under sweep run "
                   f"{ctx.run_id} (their {runlog.ERROR_TAG} tag says why)", file=sys.stderr)
             sys.exit(EXIT_JOBS_FAILED)
+
+
+def _print_review_hint(ctx: SweepContext) -> None:
+    """The one review hint of a sweep (its jobs print none): the report command and the UI."""
+    from mlflow.tracking import MlflowClient
+
+    from lrtrack.redact import redact
+
+    experiment = MlflowClient(tracking_uri=ctx.tracking_uri).get_experiment_by_name(ctx.experiment_name)
+    where = f"#/experiments/{experiment.experiment_id}/runs/{ctx.run_id}" if experiment else ""
+    ui = (f"open {ctx.tracking_uri.rstrip('/')}/{where}" if ctx.tracking_uri.startswith(("http://", "https://"))
+          else f"mlflow ui --backend-store-uri {ctx.tracking_uri}\n  then open http://127.0.0.1:5000/{where}")
+    log.info("sweep %s done. Compare its jobs on one page: python -m lrtrack.report %s --out report/\n"
+             "MLflow: %s", ctx.run_id, ctx.run_id, redact(ui))
 
 
 def finish_sweep(ctx: SweepContext, *, aggregate_seeds: bool = False, wall_seconds: float | None = None) -> int:
@@ -196,7 +209,7 @@ def log_seed_aggregate(client: MlflowClient, ctx: SweepContext, group: str,
     except ValueError as err:
         log.warning("seed aggregate of %s skipped: %s", group or "the sweep", err)
         return None
-    rule = jobs[0].explore.data.tags.get(runlog.SUGGESTION_RULE_TAG, "valley")
+    rule = runlog.suggestion_rule(jobs[0].explore)  # the jobs differ only in seed: one rule
     short = " ".join(o for o in group.split() if override_key(o) in ctx.keys and override_key(o) != "seed")
     name = f"range_test_seeds x{len(agg.seeds)}" + (f" {short}" if short else "")
     run_id = runlog.log_seed_aggregate(
@@ -205,4 +218,8 @@ def log_seed_aggregate(client: MlflowClient, ctx: SweepContext, group: str,
     summary = ", ".join(f"{r} {s['median']:.2e} [{s['min']:.1e}, {s['max']:.1e}]"
                         for r in RULES if (s := agg.rule_stats(r)))
     log.info("seeds %s: %s", ",".join(agg.seeds), summary)
+    if not agg.rule_stats(rule):
+        log.warning("seeds %s: no range test has a %s suggestion, so run %s has no %s; each range test's "
+                    "%s%s tag says why", ",".join(agg.seeds), rule, run_id, runlog.SUGGESTED_LR,
+                    runlog.SUGGESTION_TAG_PREFIX, rule)
     return run_id

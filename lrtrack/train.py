@@ -6,8 +6,9 @@ Per optimizer step the observer gets ``lr`` (group 0; ``lr/group_<i>`` for the o
 ``momentum`` (SGD momentum or Adam beta1 of group 0, when the optimizer has one), ``loss`` (the
 mean over the step's micro-batches) and ``loss_smoothed`` (bias-corrected EMA). The LR reported
 is the one the step *used*: it is read before ``schedule.step()``. Each epoch end adds one call
-with ``epoch``, ``train_loss_epoch`` and, with a validation loader, ``val_loss`` and
-``val_accuracy``, at the global step of the epoch's last optimizer step.
+with ``epoch``, ``train_loss_epoch`` and, with a validation loader, ``val_loss`` and the
+validation metric (``val_accuracy`` by default, where the targets are class indices; see
+:func:`evaluate`), at the global step of the epoch's last optimizer step.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,12 +26,20 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from lrtrack.distributed import (
+    is_distributed,
+    is_main,
+    mean_over_ranks,
+    unwrap,
+    weighted_mean_over_ranks,
+)
 from lrtrack.observers import NullObserver, StepObserver
 from lrtrack.schedules import BatchSchedule, current_momentum, optimizer_steps_per_epoch
 from lrtrack.smoothing import EmaSmoother, check_smoothing
 from lrtrack.steps import (
     StepFn,
     autocast_factory,
+    batch_size_of,
     make_grad_scaler,
     mean_loss,
     resolve_device,
@@ -38,6 +47,7 @@ from lrtrack.steps import (
     supervised_step,
     train_step,
 )
+from lrtrack.tasks import as_metric
 
 logger = logging.getLogger(__name__)
 
@@ -147,31 +157,25 @@ def _step_metrics(
     return metrics, lr, momentum
 
 
+def set_optimizer_mode(optimizer: torch.optim.Optimizer, *, training: bool) -> None:
+    """Call ``optimizer.train()`` / ``optimizer.eval()`` when it has them (schedule-free optimizers).
+
+    Schedule-free optimizers (``schedulefree.AdamWScheduleFree``, ``SGDScheduleFree``) keep two
+    weight sequences: the one gradients are taken at (train mode) and the averaged one to
+    evaluate and save (eval mode). They must be switched alongside the model; other optimizers
+    have no such methods and are left alone.
+    """
+    switch = getattr(optimizer, "train" if training else "eval", None)
+    if callable(switch):
+        switch()
+
+
 def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
     # replace in one move so an interrupted save never leaves a truncated last.pt
     os.replace(tmp, path)
-
-
-class _Accuracy:
-    """Counts ``argmax(outputs, dim=1) == targets`` where the targets are class indices."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.correct = torch.zeros((), dtype=torch.int64, device=device)
-        self.samples = 0
-
-    def __call__(self, outputs: Any, targets: Any) -> None:
-        if (
-            isinstance(outputs, torch.Tensor)
-            and isinstance(targets, torch.Tensor)
-            and outputs.dim() >= 2
-            and not targets.is_floating_point()
-            and targets.shape == outputs.shape[:1] + outputs.shape[2:]
-        ):
-            self.correct += (outputs.argmax(dim=1) == targets).sum()
-            self.samples += targets.numel()
 
 
 def evaluate(
@@ -182,29 +186,66 @@ def evaluate(
     criterion: Callable[..., torch.Tensor] | None,
     step_fn: StepFn | None,
     amp: bool = False,
+    metric: Any = "accuracy",
 ) -> dict[str, float]:
-    """Mean loss per sample (and accuracy where it is defined) over ``loader``.
+    """Mean loss per sample (``val_loss``) and the validation metric (``val_<name>``) over ``loader``.
 
     With ``criterion`` the batches are ``(inputs, targets)``: the loss is
-    ``criterion(model(inputs), targets)`` (which must average over the batch) and the accuracy
-    is the share of ``argmax(outputs, dim=1) == targets``, measured when the targets are class
-    indices. Without ``criterion``, ``step_fn(model, batch)`` gives the loss and no accuracy is
-    measured. Batch means are weighted by batch size (:func:`lrtrack.steps.mean_loss`); one
-    synchronization at the end.
+    ``criterion(model(inputs), targets)`` (which must average over the batch) and the metric sees
+    ``(outputs, targets)``. Without ``criterion``, ``step_fn(model, batch)`` gives the loss; the
+    metric then sees outputs only when the step offers ``with_outputs(on_outputs)`` (as
+    :class:`lrtrack.tasks.ModelLoss` does). Batch means are weighted by batch size
+    (:func:`lrtrack.steps.mean_loss`).
+
+    Args:
+        metric: ``"accuracy"`` (measured where the targets are class indices, so a regression
+            run reports ``val_loss`` alone), ``None`` (loss only), a callable
+            ``fn(outputs, targets)`` or an object with ``update``/``compute``/``reset``
+            (:func:`lrtrack.tasks.as_metric`).
+
+    In a torchrun job each rank evaluates its shard; the loss is reduced over the ranks by
+    :func:`lrtrack.steps.mean_loss` and the metric is the ranks' values weighted by their samples.
     """
-    accuracy = _Accuracy(device)
+    measure = as_metric(metric)
+    if measure is not None:
+        measure.reset()
+    on_outputs = measure.update if measure is not None else None
     if criterion is not None:
-        step = supervised_step(criterion, on_outputs=accuracy)
+        step = supervised_step(criterion, on_outputs=on_outputs)
     elif step_fn is not None:
-        step = step_fn
+        with_outputs = getattr(step_fn, "with_outputs", None)
+        step = with_outputs(on_outputs) if on_outputs is not None and callable(with_outputs) else step_fn
     else:
         raise TypeError("evaluate() needs a criterion or a step_fn, got neither.")
-    loss = mean_loss(model, loader, step, device=device, autocast=autocast_factory(device, amp))
-    totals = torch.stack([loss, accuracy.correct.to(loss.dtype)]).tolist()  # the one sync
-    metrics = {"val_loss": totals[0]}
-    if accuracy.samples:
-        metrics["val_accuracy"] = totals[1] / accuracy.samples
+    seen = [0]
+    loss = mean_loss(model, _counted(loader, seen), step, device=device, autocast=autocast_factory(device, amp))
+    metrics = {"val_loss": float(loss)}
+    value = measure.compute() if measure is not None else None
+    if value is not None and is_distributed():
+        value = weighted_mean_over_ranks(float(value), float(seen[0]))
+    if value is not None:
+        metrics[f"val_{measure.name}"] = value  # type: ignore[union-attr]
     return metrics
+
+
+def _counted(loader: Iterable[Any], seen: list[int]) -> Iterator[Any]:
+    """The batches of ``loader``, adding their samples to ``seen[0]`` on the way."""
+    for batch in loader:
+        seen[0] += batch_size_of(batch)
+        yield batch
+
+
+def set_data_epoch(loader: Any, epoch: int) -> None:
+    """Tell a ``DistributedSampler`` (or any sampler with ``set_epoch``) which epoch starts.
+
+    A user's DataLoader with ``DistributedSampler`` shuffles by ``seed + epoch`` and repeats its
+    order unless told; lrtrack's own sharded loaders draw a new order every pass by themselves.
+    """
+    for part in (loader, getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
+        set_epoch = getattr(part, "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(epoch)
+            return
 
 
 class _EpochBatches:
@@ -264,6 +305,8 @@ def _progress_bar(total: int | None, progress: bool) -> Any:
 class _Trainer:
     """The state of one training run: its set-up, then :meth:`run_epoch` per epoch."""
 
+    metric: Any = "accuracy"  # the validation metric (see evaluate)
+
     def __init__(
         self,
         model: nn.Module,
@@ -298,18 +341,22 @@ class _Trainer:
         criterion: Callable[..., torch.Tensor] | None,
         step_fn: StepFn | None,
         checkpoint: Path | None,
+        start_epoch: int = 0,
     ) -> TrainResult:
-        """All epochs: train, validate, report, checkpoint; returns the result."""
+        """All epochs from ``start_epoch``: train, validate, report, checkpoint; returns the result."""
         try:
-            for epoch in range(epochs):
+            for epoch in range(start_epoch, epochs):
                 self.bar.set_description(f"epoch {epoch + 1}/{epochs}")
+                set_data_epoch(train_loader, epoch)
                 metrics = {"epoch": float(epoch), "train_loss_epoch": self.run_epoch(train_loader)}
+                set_optimizer_mode(self.optimizer, training=False)  # schedule-free: evaluate/save x
                 if val_loader is not None:
                     metrics.update(evaluate(self.model, val_loader, device=self.device,
-                                            criterion=criterion, step_fn=step_fn, amp=self.amp))
+                                            criterion=criterion, step_fn=step_fn, amp=self.amp,
+                                            metric=self.metric))
                 self.end_epoch(epoch, epochs, metrics)
                 if checkpoint is not None:
-                    self.save_checkpoint(checkpoint, epoch)
+                    self.save_checkpoint(checkpoint, epoch, train_loader)
             self.optimizer.zero_grad(set_to_none=True)
         finally:
             self.bar.close()
@@ -322,6 +369,7 @@ class _Trainer:
     def run_epoch(self, train_loader: Iterable[Any]) -> float:
         """One pass over ``train_loader``; returns the mean loss per batch."""
         self.model.train()
+        set_optimizer_mode(self.optimizer, training=True)
         batches = _EpochBatches(train_loader)
         loss_sum = 0.0
         while not batches.exhausted:
@@ -345,13 +393,13 @@ class _Trainer:
     def _check_loss(self, loss: torch.Tensor) -> None:
         """Read the step's loss (the one sync of the step); stop before applying a NaN/inf."""
         metrics, lr, momentum = _step_metrics(self.optimizer)  # the LR this step uses
-        value = float(loss.item())
+        value = float(mean_over_ranks(loss).item())  # torchrun: every rank records (and stops on) the same loss
         if not math.isfinite(value):
             self.optimizer.zero_grad(set_to_none=True)
             raise NonFiniteLossError(
                 f"training loss became {value} at step {self.global_step} (lr={lr:.4g}); "
-                "stopped before applying it. Lower the LR (schedule.max_lr or a more cautious "
-                "schedule.max_lr_rule), add grad_clip_norm, or check the data.",
+                "stopped before applying it. Lower the LR (bounds.max_lr or a more cautious "
+                "bounds.max_lr_rule), add train.grad_clip_norm, or check the data.",
                 step=self.global_step,
                 lr=lr,
                 result=self.result,
@@ -389,19 +437,94 @@ class _Trainer:
             ", ".join(f"{k}={v:.4g}" for k, v in epoch_metrics.items() if k != "epoch"),
         )
 
-    def save_checkpoint(self, path: Path, epoch: int) -> None:
+    def save_checkpoint(self, path: Path, epoch: int, data_order: Any) -> None:
+        """Everything needed to continue exactly: weights, optimizer, schedule, RNG, data order,
+        the step count and the history so far (see :func:`load_checkpoint`).
+
+        In a torchrun job only rank 0 writes (the ranks hold the same weights and optimizer
+        state); the weights are saved without the ``DistributedDataParallel`` wrapper, so a
+        checkpoint continues in one process or several alike.
+        """
+        if not is_main():
+            return
         schedule = self.schedule
+        generator = getattr(data_order, "generator", None)
         _save_checkpoint(
             path,
             {
-                "model": self.model.state_dict(),
+                "model": unwrap(self.model).state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": schedule.state_dict() if schedule is not None else None,
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                 "epoch": epoch,
                 "global_step": self.global_step,
+                "rng": _rng_state(),
+                "data_order": generator.get_state() if isinstance(generator, torch.Generator) else None,
+                "smoother": dict(vars(self.smoother)),
+                "history": {"lrs": self.result.lrs, "momentums": self.result.momentums,
+                            "losses": self.result.losses, "smoothed_losses": self.result.smoothed_losses,
+                            "epochs": self.result.epochs},
             },
         )
         self.result.checkpoint_path = path
+        on_checkpoint = getattr(self.observer, "on_checkpoint", None)
+        if on_checkpoint is not None:  # e.g. the MLflow run: flush the metrics, upload the file
+            on_checkpoint(path, self.global_step - 1)
+
+    def resume(self, checkpoint: dict[str, Any], data_order: Any) -> int:
+        """Put the state of :meth:`save_checkpoint` back; returns the first epoch still to run."""
+        unwrap(self.model).load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        if self.schedule is not None and checkpoint.get("scheduler") is not None:
+            self.schedule.load_state_dict(checkpoint["scheduler"])
+        if self.scaler is not None and checkpoint.get("scaler") is not None:
+            self.scaler.load_state_dict(checkpoint["scaler"])
+        _set_rng_state(checkpoint["rng"])
+        generator = getattr(data_order, "generator", None)
+        if isinstance(generator, torch.Generator) and checkpoint.get("data_order") is not None:
+            generator.set_state(checkpoint["data_order"])
+        vars(self.smoother).update(checkpoint["smoother"])
+        history = checkpoint["history"]
+        self.result.lrs, self.result.momentums = list(history["lrs"]), list(history["momentums"])
+        self.result.losses, self.result.smoothed_losses = list(history["losses"]), list(history["smoothed_losses"])
+        self.result.epochs = [dict(e) for e in history["epochs"]]
+        self.global_step = int(checkpoint["global_step"])
+        self.bar.update(self.global_step)
+        return int(checkpoint["epoch"]) + 1
+
+
+def _rng_state() -> dict[str, Any]:
+    import random
+
+    import numpy as np
+
+    state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": (state[0], torch.from_numpy(state[1].copy()), int(state[2]), int(state[3]), float(state[4])),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    random.setstate(_as_tuples(state["python"]))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy(), pos, has_gauss, gauss))
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuples(value: Any) -> Any:
+    """``random.setstate`` wants the nested tuples that a checkpoint round trip turns into lists."""
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint written by :func:`train` (``weights_only``: plain tensors and Python values)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def train(
@@ -423,6 +546,8 @@ def train(
     seed: int | None = None,
     progress: bool = True,
     amp: bool = False,
+    resume_from: str | Path | dict[str, Any] | None = None,
+    metric: Any = "accuracy",
 ) -> TrainResult:
     """Train ``model`` for ``epochs`` epochs, stepping ``schedule`` after every optimizer step.
 
@@ -450,9 +575,17 @@ def train(
         grad_clip_norm: clip the total gradient norm to this (``clip_grad_norm_``).
         smoothing: EMA decay for ``loss_smoothed``, in [0, 1).
         observer: receives the per-step and per-epoch metrics.
-        checkpoint_dir: where ``last.pt`` is written after each epoch
-            (``model``, ``optimizer``, ``scheduler``, ``epoch``, ``global_step``; loads with
-            ``torch.load(path, weights_only=True)``).
+        checkpoint_dir: where ``last.pt`` is written after each epoch (``model``,
+            ``optimizer``, ``scheduler``, ``epoch``, ``global_step``, RNG and data-order state,
+            the history so far; :func:`load_checkpoint` reads it). An observer with
+            ``on_checkpoint(path, step)`` is told after each write.
+        resume_from: a checkpoint (path or loaded dict) of an earlier run of the same set-up:
+            training continues after its epoch exactly as if never interrupted (same LRs, data
+            order and losses on CPU); the returned result holds the whole history. The data
+            order continues when the loader shuffles with a ``generator`` attribute (lrtrack's
+            in-memory loader, or a ``DataLoader(generator=...)``).
+        metric: logged per epoch as ``val_<name>`` (:func:`lrtrack.tasks.as_metric`): ``"accuracy"``
+            (class-index targets only), None, ``fn(outputs, targets)`` or a torchmetrics-style object.
         seed: seeds Python, torch and numpy first (shuffling, dropout). On CPU two runs with the
             same seed and the same initial model give identical losses; on CUDA some kernels
             are nondeterministic unless ``torch.use_deterministic_algorithms(True)`` is set.
@@ -484,7 +617,13 @@ def train(
         smoothing=smoothing, observer=observer if observer is not None else NullObserver(),
         amp=amp, bar=_progress_bar(None if steps_per_epoch is None else steps_per_epoch * epochs, progress),
     )
+    trainer.metric = as_metric(metric)
     checkpoint = Path(checkpoint_dir) / "last.pt" if checkpoint_dir is not None else None
-    return trainer.fit(train_loader, epochs, val_loader, criterion, step_fn, checkpoint)
+    start_epoch = 0
+    if resume_from is not None:
+        state = resume_from if isinstance(resume_from, dict) else load_checkpoint(resume_from)
+        start_epoch = trainer.resume(state, train_loader)
+        logger.info("resuming after epoch %d (global step %d)", start_epoch, trainer.global_step)
+    return trainer.fit(train_loader, epochs, val_loader, criterion, step_fn, checkpoint, start_epoch)
 
-__all__ = ["NonFiniteLossError", "TrainResult", "evaluate", "train"]
+__all__ = ["NonFiniteLossError", "TrainResult", "evaluate", "load_checkpoint", "train"]

@@ -1,10 +1,11 @@
-"""Shared fixtures: the real MNIST split (skipped where ../shared is absent) and a CLI runner."""
+"""Shared fixtures: the real MNIST split (skipped where ../shared is absent), a CLI runner and a real MLflow server."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,3 +40,120 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.Comp
         [sys.executable, "-m", "lrtrack", *args],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
     )
+
+
+# ---------------------------------------------------------------------- a real MLflow server
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (right now)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment without MLFLOW_* settings (a developer's MLFLOW_TRACKING_URI must not leak in)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+class MlflowServer:
+    """``mlflow server`` on 127.0.0.1 with an sqlite backend and proxied artifacts in ``root``.
+
+    Artifacts go through the server (``--artifacts-destination``), as with a remote server, so
+    an upload fails while it is down. ``kill()`` is a crash (SIGKILL to its process group);
+    ``start()`` again serves the same store on the same port.
+    """
+
+    def __init__(self, root: Path, port: int, template: Path | None = None) -> None:
+        import shutil
+
+        self.root = root
+        self.port = port
+        self.db = root / "server.db"
+        self.artifacts = root / "artifacts"
+        self.log = root / "server.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        root.mkdir(parents=True, exist_ok=True)
+        if template is not None and not self.db.exists():
+            shutil.copy(template, self.db)
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def backend_uri(self) -> str:
+        return f"sqlite:///{self.db}"
+
+    def start(self, timeout: float = 90.0, wait: bool = True) -> MlflowServer:
+        """Start it and (unless ``wait=False``) wait until it answers (about 5-10 s here)."""
+        import time
+        import urllib.request
+
+        mlflow = Path(sys.executable).with_name("mlflow")
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [str(mlflow), "server", "--backend-store-uri", self.backend_uri, "--artifacts-destination",
+                 str(self.artifacts), "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
+                env=clean_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"), stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True, cwd=self.root)
+        if not wait:
+            return self
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited {self.proc.returncode}: {self.log.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=1):
+                    return self
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"mlflow server did not answer within {timeout} s: {self.log.read_text()[-2000:]}")
+
+    def kill(self) -> None:
+        """Crash it: SIGKILL to the server and its worker."""
+        import signal
+
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(timeout=30)
+        self.proc = None
+
+    def stop(self) -> None:
+        """Stop it (SIGTERM, then SIGKILL after 10 s)."""
+        import signal
+
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=10)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                self.kill()
+        self.proc = None
+
+
+@pytest.fixture(scope="session")
+def mlflow_store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh, migrated sqlite store made once per session (copying it saves each server ~5 s)."""
+    db = tmp_path_factory.mktemp("mlflow-template") / "template.db"
+    subprocess.run([sys.executable, "-c", "import sys; from lrtrack.tracking import open_store; open_store(sys.argv[1])",
+                    f"sqlite:///{db}"], check=True, env=clean_env(), cwd=db.parent, capture_output=True, timeout=300)
+    return db
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path, mlflow_store_template: Path) -> Iterator[MlflowServer]:
+    """A started ``mlflow server`` (see :class:`MlflowServer`), stopped after the test."""
+    server = MlflowServer(tmp_path / "mlflow-server", free_port(), template=mlflow_store_template)
+    try:
+        yield server.start()
+    finally:
+        server.stop()

@@ -173,7 +173,7 @@ def test_state_restored_after_success() -> None:
     expected_draw = torch.rand(3)
     torch.manual_seed(7)
     py_state = random.getstate()
-    run_range_test(model, opt, loader, criterion=nn.CrossEntropyLoss(), num_iter=10, progress=False)
+    run_range_test(model, opt, loader, criterion=nn.CrossEntropyLoss(), num_iter=10, device="cpu", progress=False)
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert opt.param_groups[0]["lr"] == opt_before
@@ -196,7 +196,7 @@ def test_state_restored_after_an_exception() -> None:
         return nn.functional.cross_entropy(m(x), y)
 
     with pytest.raises(RuntimeError, match="boom"):
-        run_range_test(model, opt, loader, step_fn=exploding_step, num_iter=10, progress=False)
+        run_range_test(model, opt, loader, step_fn=exploding_step, num_iter=10, device="cpu", progress=False)
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert opt.param_groups[0]["lr"] == 1e-3
@@ -214,7 +214,7 @@ def test_keyboard_interrupt_restores_and_returns_the_partial_curve() -> None:
         x, y = batch
         return nn.functional.cross_entropy(m(x), y)
 
-    result = run_range_test(model, opt, loader, step_fn=interrupted_step, num_iter=10,
+    result = run_range_test(model, opt, loader, step_fn=interrupted_step, num_iter=10, device="cpu",
                             observer=recorder, progress=False)
     assert result.stop_reason == STOP_INTERRUPTED and result.steps == 3
     for k, v in model.state_dict().items():
@@ -250,8 +250,13 @@ def test_accumulation_consumes_that_many_batches_per_step() -> None:
         return nn.functional.cross_entropy(m(x), y)
 
     result = run_range_test(model, opt, loader, step_fn=counting_step, num_iter=6,
-                            accumulation_steps=3, progress=False)
+                            accumulation_steps=3, probe_steps=0, progress=False)
     assert result.steps == 6 and seen["n"] == 18
+    # The confirmation probes accumulate the same way.
+    seen["n"] = 0
+    result = run_range_test(model, opt, loader, step_fn=counting_step, num_iter=6,
+                            accumulation_steps=3, probe_steps=2, progress=False)
+    assert result.probe_steps > 0 and seen["n"] == 3 * (6 + result.probe_steps)
 
 
 def test_validation_mode_uses_the_same_bounded_batches() -> None:
@@ -284,11 +289,12 @@ def test_observer_gets_every_step_with_the_metric_keys() -> None:
     assert [v for _, v in recorder.series("loss")] == result.losses
 
 
-def test_result_carries_all_four_suggestions() -> None:
+def test_result_carries_every_suggestion_the_default_first() -> None:
     model, loader = _task()
     opt = torch.optim.SGD(model.parameters(), lr=1e-4)
     result = run_range_test(model, opt, loader, criterion=nn.CrossEntropyLoss(), num_iter=60, progress=False)
-    assert list(result.suggestions) == ["steepest", "valley", "minimum", "slide"]
+    assert list(result.suggestions) == ["confirmed", "steepest", "valley", "minimum", "slide"]
+    assert result.suggested_lr() == result.suggestions["confirmed"].lr is not None
     assert result.min_loss == min(v for v in result.smoothed_losses if math.isfinite(v))
 
 
@@ -314,8 +320,9 @@ def test_amp_on_cpu_runs_in_bfloat16(amp: bool, dtype: torch.dtype) -> None:
     val = [next(iter(loader))]
     result = run_range_test(recorder, opt, loader, criterion=nn.CrossEntropyLoss(), num_iter=5,
                             amp=amp, device="cpu", val_loader=val, val_batches=1, progress=False)
-    # 5 training and 5 validation forward passes, every one under autocast when amp is on
-    assert recorder.dtypes == [dtype] * 10
+    # 5 training and 5 validation forward passes, then the probes' training passes (probes are
+    # scored on their training loss), every one under autocast when amp is on
+    assert recorder.dtypes == [dtype] * (10 + result.probe_steps)
     assert result.metadata["amp"] is amp and all(np.isfinite(result.losses))
     assert all(p.dtype == torch.float32 for p in recorder.parameters())
 
@@ -415,3 +422,128 @@ def test_state_snapshot_restores_model_optimizer_mode_and_rngs() -> None:
 def test_ema_smoother_rejects_bad_values() -> None:
     with pytest.raises(ValueError, match=r"smoothing must be in \[0, 1\)"):
         EmaSmoother(-0.1)
+
+
+# --------------------------------------------------------------------------- the edge and the confirmation probes
+
+
+def _least_squares(lams: torch.Tensor, n: int = 64, seed: int = 0) -> tuple[nn.Module, list, object]:
+    """Full-batch least squares whose Hessian X^T X / n has eigenvalues ``lams`` (float64)."""
+    g = torch.Generator().manual_seed(seed)
+    d = len(lams)
+    q, _ = torch.linalg.qr(torch.randn(n, d, generator=g, dtype=torch.float64))
+    x = math.sqrt(n) * q * lams.sqrt()
+    y = x @ torch.randn(d, generator=g, dtype=torch.float64)
+    model = nn.Linear(d, 1, bias=False).double()
+    with torch.no_grad():
+        model.weight.zero_()
+
+    def loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return 0.5 * nn.functional.mse_loss(out.squeeze(-1), target)
+
+    return model, [(x, y)], loss
+
+
+def test_least_squares_confirmed_lr_within_the_known_range() -> None:
+    # lambda in [0.01, 1]: best fixed LR 2 / 1.01, stability edge 2. The sweep's own edge lies
+    # far past 2 (it removed the unstable direction before it became unstable); the probes find it.
+    lams = torch.logspace(-2, 0, 16, dtype=torch.float64)
+    model, data, loss = _least_squares(lams)
+    result = run_range_test(model, torch.optim.SGD(model.parameters(), lr=1e-4), data, criterion=loss,
+                            end_lr=100.0, num_iter=100, device="cpu", progress=False)
+    best = 2 / (1 + 0.01)
+    assert result.edge_lr is not None and result.edge_lr > 2 * 2  # the sweep overshoots the real edge
+    assert 0.3 * best <= result.suggested_lr() <= 1.0 * best
+    assert result.suggested_lr("minimum") < result.edge_lr  # every rule below the edge
+    assert all(s.lr is None or s.lr <= result.edge_lr for s in result.suggestions.values())
+    assert 0 < result.probe_steps <= result.num_iter
+    # Every probe started from the same state on the same batch: the same first loss.
+    assert len({p.losses[0] for p in result.probes}) == 1
+    assert any(p.diverged for p in result.probes) and any(not p.diverged for p in result.probes)
+
+
+def test_probes_leave_the_state_as_it_was() -> None:
+    model, loader = _task()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    before = _state(model)
+    torch.manual_seed(3)
+    expected = torch.rand(2)
+    torch.manual_seed(3)
+    result = run_range_test(model, opt, loader, criterion=nn.CrossEntropyLoss(), num_iter=30, device="cpu",
+                            progress=False)
+    assert result.probes and result.probe_steps > 0
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert opt.param_groups[0]["lr"] == 1e-3 and opt.state_dict()["state"] == {}
+    assert torch.equal(torch.rand(2), expected)
+
+
+def test_probe_settings() -> None:
+    model, loader = _task()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+    args = dict(criterion=nn.CrossEntropyLoss(), num_iter=20, progress=False)
+    auto = run_range_test(model, opt, loader, **args)
+    assert {p.planned for p in auto.probes} == {4}  # min(20, max(4, 20 // 5))
+    assert auto.probe_steps <= 20  # the probes never take more steps than the sweep
+    off = run_range_test(model, opt, loader, probe_steps=0, **args)
+    assert off.probes == () and off.suggestions["confirmed"].lr is None
+    assert "no fixed-LR probes were run" in off.suggestions["confirmed"].reason
+    with pytest.raises(ValueError, match=r"probe_steps must be an integer >= 0 .* got -1"):
+        run_range_test(model, opt, loader, probe_steps=-1, **args)
+    assert run_range_test(model, opt, loader, restore=False, **args).probes == ()  # nothing to probe from
+
+
+def test_result_records_the_edge() -> None:
+    result = _scripted([3.0, 2.5, 2.0, 1.5, 1.0, 0.8, 0.7, 2.0, 3.0, 3.5], smoothing=0.0, diverge_th=100.0)
+    assert result.edge.lr is not None and result.edge_lr == result.lrs[result.edge.index]
+    assert 5 <= result.edge.index <= 6
+    assert all(s.lr is None or s.lr <= result.edge_lr for s in result.suggestions.values())
+
+
+class _ScheduleFreeLike(torch.optim.SGD):
+    """An SGD that records train()/eval() calls as schedule-free optimizers need them."""
+
+    def __init__(self, params: object, lr: float) -> None:
+        super().__init__(params, lr=lr)
+        self.modes: list[str] = []
+
+    def train(self) -> None:
+        self.modes.append("train")
+
+    def eval(self) -> None:
+        self.modes.append("eval")
+
+
+def test_range_test_puts_a_schedule_free_optimizer_in_train_mode() -> None:
+    model, loader = _task()
+    opt = _ScheduleFreeLike(model.parameters(), lr=1e-4)
+    result = run_range_test(model, opt, loader, criterion=nn.CrossEntropyLoss(), num_iter=10, progress=False)
+    assert opt.modes and set(opt.modes) == {"train"}
+    assert len(opt.modes) == 1 + len(result.probes)  # the sweep, then every probe
+
+
+def test_range_test_with_the_real_schedule_free_optimizer() -> None:
+    import schedulefree
+
+    model, loader = _task()
+    opt = schedulefree.SGDScheduleFree(model.parameters(), lr=1e-3)
+    result = run_range_test(model, opt, loader, criterion=nn.CrossEntropyLoss(), num_iter=15, progress=False)
+    assert result.steps == 15 and all(math.isfinite(v) for v in result.losses)
+
+
+def test_range_test_figure_marks_the_edge_and_says_why() -> None:
+    from lrtrack.plots import range_test_figure
+
+    lams = torch.logspace(-2, 0, 16, dtype=torch.float64)
+    model, data, loss = _least_squares(lams)
+    result = run_range_test(model, torch.optim.SGD(model.parameters(), lr=1e-4), data, criterion=loss,
+                            end_lr=100.0, num_iter=60, device="cpu", progress=False)
+    fig = range_test_figure(result, title="t")
+    ax = fig.axes[0]
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert f"divergence edge: {result.edge_lr:.2e}" in labels
+    assert f"confirmed (chosen): {result.suggested_lr():.2e}" in labels
+    assert any(label.startswith("probes: loss after") for label in labels)
+    caption = fig._supxlabel.get_text()
+    assert caption.startswith(f"chosen: confirmed = {result.suggested_lr():.3g} (confirmed: ")
+    assert "divergence edge:" in caption and "no suggestion goes past it" in caption

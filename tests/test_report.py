@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import re
 import subprocess
@@ -10,7 +12,10 @@ from pathlib import Path
 
 import pytest
 
+# The report reads runs, it does not need the confirmation probes: no probes, a curve rule
+# (tests/test_sweep.py runs sweeps on the default rule, confirmed).
 FAST = ["+model=mlp", "data=fake", "data.fake_size=256", "train.epochs=1", "finder.num_iter=10",
+        "finder.probe_steps=0", "finder.suggestion=valley", "bounds.max_lr_rule=valley",
         "progress=false", "train.checkpoint=false"]
 
 
@@ -56,7 +61,11 @@ def test_report_of_a_sweep_run_writes_html_with_images(sweep_store: Path) -> Non
     assert "optimizer=sgd" in page and "optimizer=adamw" in page
     assert page.count("<td class=\"FINISHED\">") == 2
     assert sweep.info.run_id in page
-    assert (out / "summary.csv").read_text().count("\n") == 3
+    summary = list(csv.DictReader(io.StringIO((out / "summary.csv").read_text())))
+    assert len(summary) == 2
+    for row in summary:  # bounds by the valley rule; confirmed had no probes, so an empty cell
+        assert row["suggestion_rule"] == "valley" and row["suggested_lr/confirmed"] == ""
+        assert float(row["max_lr"]) == pytest.approx(float(row["suggested_lr/valley"]))
 
 
 @pytest.mark.slow

@@ -64,10 +64,16 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
             stage: runlog.STAGE_PIPELINE, runlog.JOB_NUM_TAG: str(num), runlog.OVERRIDES_TAG: overrides,
             runlog.SWEEP_OVERRIDES_TAG: f"optimizer=sgd seed={seed}"}, parent=sweep, params={"seed": seed})
         ids[f"job{num}"] = job
+        # As log_range_test leaves it under the default rule: a metric per rule that found an LR,
+        # a tag per rule with the LR or why there is none.
+        lrs = {"confirmed": 0.01 * (1 + num), "steepest": 0.003, "valley": 0.004 * (1 + num)}
         ids[f"explore{num}"] = _run(
-            client, exp, f"explore {seed}", {stage: runlog.STAGE_EXPLORE, runlog.SUGGESTION_RULE_TAG: "valley"},
+            client, exp, f"explore {seed}", {
+                stage: runlog.STAGE_EXPLORE, runlog.SUGGESTION_RULE_TAG: "confirmed",
+                **{f"{runlog.SUGGESTION_TAG_PREFIX}{r}": f"{lrs[r]:.6g}" if r in lrs else "curve too flat"
+                   for r in ("confirmed", "steepest", "valley", "minimum", "slide")}},
             parent=job, params={"seed": seed},
-            metrics={"suggested_lr/valley": 0.01 * (1 + num), "suggested_lr/steepest": 0.003},
+            metrics={f"suggested_lr/{r}": lr for r, lr in lrs.items()} | {"suggested_lr": lrs["confirmed"]},
             artifacts={runlog.RANGE_TEST_HISTORY: RANGE_CSV})
         if "final" in parts:
             final = _run(client, exp, f"final {seed}", {stage: runlog.STAGE_FINAL}, parent=job,
@@ -100,15 +106,17 @@ def test_job_rows_and_their_csv(store: Store) -> None:
     assert list(rows[1]) == list(runlog.SUMMARY_COLUMNS)
     assert rows[1] == {
         "job": "optimizer=sgd seed=1", "overrides": "optimizer=sgd seed=1", "status": "FINISHED",
-        "suggestion_rule": "valley", "suggested_lr/steepest": 0.003, "suggested_lr/valley": 0.02,
-        "suggested_lr/minimum": None, "suggested_lr/slide": None, "max_lr": 0.01, "base_lr": 0.001,
+        "suggestion_rule": "confirmed", "suggested_lr/confirmed": 0.02, "suggested_lr/steepest": 0.003,
+        "suggested_lr/valley": 0.008, "suggested_lr/minimum": None, "suggested_lr/slide": None,
+        "max_lr": 0.01, "base_lr": 0.001,
         "final_val_accuracy": 0.8, "final_val_loss": 0.5, "error": "", "job_run_id": store.job_ids["job1"],
         "explore_run_id": store.job_ids["explore1"], "final_run_id": store.job_ids["final1"]}
     assert rows[0]["max_lr"] is None and rows[0]["final_run_id"] == ""
-    assert jobs[1].chosen_lr() == 0.02
+    assert [j.chosen_lr() for j in jobs] == [0.01, 0.02]  # the chosen rule's (confirmed), not valley's
     table = list(csv.DictReader(io.StringIO(runlog.rows_to_csv(rows))))
     assert [r["job"] for r in table] == ["optimizer=sgd seed=0", "optimizer=sgd seed=1"]
-    assert table[0]["max_lr"] == "" and table[1]["suggested_lr/valley"] == "0.02"
+    assert table[0]["max_lr"] == "" and table[1]["suggested_lr/confirmed"] == "0.02"
+    assert table[1]["suggested_lr/valley"] == "0.008" and table[1]["suggested_lr/minimum"] == ""
 
 
 def test_experiment_jobs_keeps_loose_range_tests_and_skips_other_runs(store: Store) -> None:
@@ -118,6 +126,7 @@ def test_experiment_jobs_keeps_loose_range_tests_and_skips_other_runs(store: Sto
     loose = jobs[2]
     assert loose.job_run is None and loose.explore.info.run_id == store.job_ids["loose"]
     assert loose.row()["status"] == "FINISHED" and loose.chosen_lr() is None
+    assert runlog.suggestion_rule(loose.explore) == "confirmed"  # no rule tag: the default rule
 
 
 def test_read_csv_artifact_and_metric_history(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -180,19 +189,44 @@ def test_sweep_summary_and_seed_aggregate_round_trip(store: Store) -> None:
     assert {runlog.seed_group(j) for j in jobs} == {"+model=mlp optimizer=sgd"}
     assert [runlog.job_seed(j) for j in jobs] == ["0", "1"]
     curves, suggestions = runlog.seed_inputs(store.client, jobs)
-    assert set(curves) == {"0", "1"} and suggestions["1"]["valley"] == 0.02
+    assert set(curves) == {"0", "1"}
+    assert suggestions["1"] == {"confirmed": 0.02, "steepest": 0.003, "valley": 0.008, "minimum": None,
+                                "slide": None}
     agg = aggregate_seeds(curves, suggestions)
+    group = "+model=mlp optimizer=sgd"
     seeds_id = runlog.log_seed_aggregate(
         store.client, store.experiment_id, store.sweep_id, agg, name="range_test_seeds x2",
-        group="+model=mlp optimizer=sgd", rule="valley", seed_run_ids=[j.explore.info.run_id for j in jobs])
+        group=group, rule="confirmed", seed_run_ids=[j.explore.info.run_id for j in jobs])
     (found,) = runlog.seed_runs(store.client, store.experiment_id, store.sweep_id)
     assert found.info.run_id == seeds_id and found.info.status == "FINISHED"
-    assert found.data.metrics["seeds"] == 2 and found.data.metrics["suggested_lr/valley/n"] == 2
-    assert found.data.metrics["suggested_lr"] == pytest.approx(math.sqrt(0.01 * 0.02))
+    m = found.data.metrics
+    assert m["seeds"] == 2
+    # confirmed comes from each seed's logged suggestion (it cannot be read off the median curve):
+    # the median of 0.01 and 0.02 (geometric), their min and max.
+    assert m["suggested_lr"] == m["suggested_lr/confirmed"] == pytest.approx(math.sqrt(0.01 * 0.02))
+    assert (m["suggested_lr/confirmed/min"], m["suggested_lr/confirmed/max"]) == (0.01, 0.02)
+    assert m["suggested_lr/confirmed/n"] == 2 and m["suggested_lr/valley/n"] == 2
+    assert m["suggested_lr/valley"] == pytest.approx(math.sqrt(0.004 * 0.008))
+    assert not any(k.startswith("suggested_lr/minimum") for k in m)
+    tags = found.data.tags
+    assert tags[runlog.SUGGESTION_RULE_TAG] == "confirmed" and runlog.suggestion_rule(found) == "confirmed"
+    assert tags["lrtrack.suggestion.confirmed"] == f"{math.sqrt(0.01 * 0.02):.6g}"
+    assert tags["lrtrack.suggestion.minimum"].startswith("no seed's range test has a minimum suggestion")
     assert runlog.seed_runs(store.client, store.experiment_id, "another sweep") == []
     back = runlog.read_seed_aggregate(store.client, found)
     assert back is not None and back.seeds == ["0", "1"]
     assert back.median[:2] == pytest.approx(agg.median[:2]) and back.lrs == agg.lrs
-    assert back.per_seed == {"0": {"steepest": 0.003, "valley": 0.01, "minimum": None, "slide": None},
-                             "1": {"steepest": 0.003, "valley": 0.02, "minimum": None, "slide": None}}
+    assert back.per_seed == {
+        "0": {"confirmed": 0.01, "steepest": 0.003, "valley": 0.004, "minimum": None, "slide": None},
+        "1": {"confirmed": 0.02, "steepest": 0.003, "valley": 0.008, "minimum": None, "slide": None}}
+    assert back.rule_stats("confirmed") == agg.rule_stats("confirmed")
     assert runlog.read_seed_aggregate(store.client, store.client.get_run(store.job_ids["loose"])) is None
+
+    # A chosen rule that no seed answered: no suggested_lr, and the run says why.
+    other = runlog.log_seed_aggregate(
+        store.client, store.experiment_id, "a sweep choosing minimum", agg, name="range_test_seeds x2",
+        group=group, rule="minimum", seed_run_ids=[j.explore.info.run_id for j in jobs])
+    run = store.client.get_run(other)
+    assert run.info.status == "FINISHED" and "suggested_lr" not in run.data.metrics
+    assert run.data.metrics["suggested_lr/confirmed"] == m["suggested_lr/confirmed"]
+    assert "no seed's range test has a minimum suggestion" in run.data.tags["lrtrack.suggestion.minimum"]

@@ -341,8 +341,12 @@ def suggestions(**lrs: float | None) -> dict[str, Suggestion]:
 
 
 def test_bounds_from_suggestions() -> None:
-    bounds = S.bounds_from_suggestions(suggestions(valley=0.04, steepest=0.01))
-    assert bounds == S.Bounds(0.04, 0.01, "max_lr = valley suggestion; base_lr = max_lr / 4")
+    # The default rule is confirmed; another rule is picked by name.
+    both = suggestions(confirmed=0.04, valley=0.01)
+    bounds = S.bounds_from_suggestions(both)
+    assert bounds == S.Bounds(0.04, 0.01, "max_lr = confirmed suggestion; base_lr = max_lr / 4")
+    bounds = S.bounds_from_suggestions(both, max_lr_rule="valley", base_divisor=2)
+    assert bounds == S.Bounds(0.01, 0.005, "max_lr = valley suggestion; base_lr = max_lr / 2")
     bounds = S.bounds_from_suggestions(
         suggestions(), max_lr_rule="min_loss_div10", min_loss_lr=2.0, base_divisor=3
     )
@@ -352,24 +356,37 @@ def test_bounds_from_suggestions() -> None:
 
 
 def test_bounds_missing_suggestion_quotes_reason() -> None:
+    # The default rule (confirmed) without an answer, e.g. probes that never lowered the loss.
     with pytest.raises(ValueError) as info:
-        S.bounds_from_suggestions(suggestions(valley=None, steepest=0.01))
+        S.bounds_from_suggestions(suggestions(confirmed=None, steepest=0.01, valley=0.02))
     text = str(info.value)
-    assert "schedule.max_lr_rule='valley' has no suggestion: curve too flat" in text
-    assert "steepest" in text and "schedule.max_lr" in text
+    assert text == (
+        "bounds.max_lr_rule='confirmed' has no suggestion: curve too flat. Set bounds.max_lr_rule to a "
+        "rule that has one (steepest, valley), or set bounds.max_lr to an explicit LR."
+    )
+    with pytest.raises(ValueError) as info:
+        S.bounds_from_suggestions(suggestions(valley=None, steepest=None), max_lr_rule="valley")
+    text = str(info.value)
+    assert text.startswith("bounds.max_lr_rule='valley' has no suggestion: curve too flat. ")
+    assert text.endswith("No other rule has a suggestion either: set bounds.max_lr to an explicit LR.")
+    with pytest.raises(ValueError, match="'slide' has no suggestion: the range test returned no suggestion"):
+        S.bounds_from_suggestions(suggestions(valley=0.1), max_lr_rule="slide")
 
 
 def test_bounds_errors() -> None:
     with pytest.raises(
         ValueError,
-        match="max_lr_rule must be one of steepest, valley, minimum, slide, min_loss_div10",
+        match="^bounds.max_lr_rule must be one of confirmed, steepest, valley, minimum, slide, "
+        "min_loss_div10, got 'lowest'",
     ):
         S.bounds_from_suggestions(suggestions(valley=0.1), max_lr_rule="lowest")
-    with pytest.raises(ValueError, match="min_loss_div10 needs the LR at the minimum loss"):
+    with pytest.raises(ValueError, match="^bounds.max_lr_rule=min_loss_div10 needs the LR at the minimum loss"):
         S.bounds_from_suggestions(suggestions(valley=0.1), max_lr_rule="min_loss_div10")
-    with pytest.raises(ValueError, match="base_divisor must be a finite number >= 1, got 0.5"):
-        S.bounds_from_suggestions(suggestions(valley=0.1), base_divisor=0.5)
-    with pytest.raises(ValueError, match="schedule.max_lr must be a positive finite number, got 0"):
+    with pytest.raises(ValueError, match="^bounds.base_divisor must be a finite number >= 1, got 0.5"):
+        S.bounds_from_suggestions(suggestions(valley=0.1), max_lr_rule="valley", base_divisor=0.5)
+    with pytest.raises(TypeError, match="^bounds.base_divisor must be a number >= 1, got '4'"):
+        S.bounds_from_config(0.4, "4")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="^bounds.max_lr must be a positive finite number, got 0"):
         S.bounds_from_config(0)
     assert S.bounds_from_config(0.4) == S.Bounds(
         0.4, 0.1, "max_lr from config; base_lr = max_lr / 4"

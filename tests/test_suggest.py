@@ -7,12 +7,19 @@ import math
 import numpy as np
 import pytest
 
+from lrtrack.probes import Probe, ProbeSearch, choose, good_limit
+from lrtrack.smoothing import smooth, zero_lag
 from lrtrack.suggest import (
+    CONFIRMED_MARGIN,
+    CURVE_RULES,
+    DEFAULT_RULE,
     RULES,
     Suggestion,
     _minimum,
     _slide,
+    _steepest,
     check_rule,
+    find_edge,
     suggest,
     suggest_all,
 )
@@ -56,7 +63,7 @@ VALLEY_LRS = np.logspace(-4, -1, 12)
 def test_sigmoid_curve_every_rule_lands_where_expected() -> None:
     lrs, loss = sigmoid_curve()
     got = suggest_all(lrs, loss)
-    assert all(s.ok for s in got.values()), got
+    assert all(got[rule].ok for rule in CURVE_RULES), got
 
     # Steepest: the sigmoid is steepest at its centre, 1e-2.
     assert 1e-2 / 1.5 <= got["steepest"].lr <= 1e-2 * 1.5
@@ -88,7 +95,7 @@ def test_suggest_matches_suggest_all() -> None:
 def test_suggest_all_keys_in_rules_order() -> None:
     lrs, loss = sigmoid_curve()
     got = suggest_all(list(lrs), list(loss))  # plain lists work too
-    assert list(got) == list(RULES)
+    assert list(got) == list(RULES) and RULES[0] == DEFAULT_RULE == "confirmed"
     assert all(isinstance(s, Suggestion) and s.rule == r for r, s in got.items())
 
 
@@ -198,7 +205,7 @@ def test_slide_rejects_bad_tunables() -> None:
 # --------------------------------------------------------------------------- #
 
 
-@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("rule", CURVE_RULES)
 def test_flat_curve_gives_no_suggestion(rule: str) -> None:
     lrs = np.logspace(-5, 1, 100)
     s = suggest(rule, lrs, np.full(100, 2.3))
@@ -230,8 +237,10 @@ def test_too_few_points_per_rule(rule: str, need: int) -> None:
 
 
 def test_empty_curve_is_too_few_points() -> None:
-    for s in suggest_all([], []).values():
-        assert s.lr is None and "too few points (0 finite points" in s.reason
+    got = suggest_all([], [])
+    for rule in CURVE_RULES:
+        assert got[rule].lr is None and "too few points (0 finite points" in got[rule].reason
+    assert got["confirmed"].lr is None and "no fixed-LR probes were run" in got["confirmed"].reason
 
 
 def test_trimming_is_reduced_to_leave_enough_points() -> None:
@@ -299,7 +308,7 @@ def test_mismatched_lengths_raise() -> None:
 
 
 def test_unknown_rule_raises() -> None:
-    msg = "unknown suggestion rule 'foo'; allowed: steepest, valley, minimum, slide"
+    msg = "unknown suggestion rule 'foo'; allowed: confirmed, steepest, valley, minimum, slide"
     with pytest.raises(ValueError) as err:
         suggest("foo", [1e-3, 1e-2], [1.0, 0.5])
     assert str(err.value) == msg
@@ -326,3 +335,228 @@ def test_negative_skip_raises() -> None:
         suggest("minimum", [1e-3, 1e-2, 1e-1], [3.0, 2.0, 1.0], skip_start=-1)
     with pytest.raises(ValueError, match="skip_end"):
         suggest("minimum", [1e-3, 1e-2, 1e-1], [3.0, 2.0, 1.0], skip_end=1.5)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- #
+# The divergence edge
+# --------------------------------------------------------------------------- #
+
+
+def v_curve(turn: int = 30, n: int = 50) -> tuple[np.ndarray, np.ndarray]:
+    """Falls by 0.1 per step to its lowest point at ``turn``, then rises by 0.5 per step."""
+    lrs = np.logspace(-4, 1, n)
+    i = np.arange(n)
+    return lrs, np.where(i <= turn, 5.0 - 0.1 * i, 5.0 - 0.1 * turn + 0.5 * (i - turn))
+
+
+def test_zero_lag_is_the_ema_run_forwards_then_backwards() -> None:
+    values = [3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0]
+    assert zero_lag(values, 0.5) == pytest.approx(smooth(smooth(values, 0.5)[::-1], 0.5)[::-1])
+    assert zero_lag(values, 0.0) == values
+    # The bottom of a V stays where it is (no delay); the causal EMA's moves right.
+    i = np.arange(50)
+    v = list(np.where(i <= 30, 5.0 - 0.1 * i, 2.0 + 0.1 * (i - 30)))
+    assert int(np.argmin(zero_lag(v, 0.8))) == 30
+    assert int(np.argmin(smooth(v, 0.8))) == 33 and int(np.argmin(smooth(v, 0.95))) == 38
+
+
+def test_edge_exact_without_smoothing() -> None:
+    # Start level: median of the first 5 points = 4.8; depth 4.8 - 2.0 = 2.8; band top 2.0 + 0.14.
+    # Only point 30 lies in the band, and everything after it is above: the edge is point 30.
+    lrs, loss = v_curve()
+    edge = find_edge(lrs, loss, smoothing=0.0)
+    assert edge.index == 30 and edge.lr == lrs[30]
+    assert "rises for good past lr" in edge.reason
+
+
+def test_edge_wider_band_takes_the_last_point_in_it() -> None:
+    # band 0.2: top = 2.0 + 0.2 * 2.8 = 2.56: points 25..30 on the way down (2.5..2.0) and
+    # point 31 (2.5) on the way up; nothing after 31 comes back, so the edge is point 31.
+    lrs, loss = v_curve()
+    edge = find_edge(lrs, loss, smoothing=0.0, band=0.2)
+    assert edge.index == 31
+
+
+def test_edge_reads_the_raw_loss_not_the_lagging_ema() -> None:
+    lrs, raw = v_curve()
+    ema = smooth(list(raw), 0.95)
+    assert int(np.argmin(ema)) == 32  # the logged EMA bottoms out past the turn (30)
+    edge = find_edge(lrs, ema, raw_losses=raw)
+    assert 29 <= edge.index <= 31
+
+
+def test_edge_counts_a_nan_tail_as_rising() -> None:
+    lrs, loss = v_curve(turn=49)  # still falling at the end: no edge yet
+    edge = find_edge(lrs, loss)
+    assert edge.lr is None and "raise end_lr" in edge.reason
+    loss = loss.copy()
+    loss[-1] = math.nan  # the last step blew up
+    edge = find_edge(lrs, loss)
+    assert edge.index == 48
+
+
+def test_edge_of_a_flat_or_short_curve() -> None:
+    assert find_edge(np.logspace(-3, 0, 20), np.full(20, 2.3)).lr is None
+    short = find_edge([1e-3, 1e-2, 1e-1], [3.0, 2.0, 5.0])
+    assert short.lr is None and "too few points" in short.reason
+
+
+# --------------------------------------------------------------------------- #
+# No rule past the edge; slide fixed
+# --------------------------------------------------------------------------- #
+
+
+def collapse_curve() -> tuple[np.ndarray, np.ndarray]:
+    """A fall to point 40, a rise, then a diverged network's plateau and a steep collapse to it.
+
+    The steepest drop (segment 70 -> 71) and the flat tail (where slide stops at once) lie past
+    the edge, as on a real MNIST range test whose loss saturates at ln(10) after diverging.
+    """
+    lrs = np.logspace(-4, 1, 100)
+    i = np.arange(100)
+    loss = np.where(i <= 40, 3.0 - 0.05 * i, 1.0 + 0.3 * (i - 40))
+    loss = np.where(i > 70, 2.3, loss)
+    return lrs, loss
+
+
+def test_no_rule_suggests_past_the_edge() -> None:
+    lrs, loss = collapse_curve()
+    # Without smoothing: start level 2.775 (median of the first 10), depth 1.775, band top
+    # 1.0 + 0.05 * 1.775 = 1.089; point 41 (1.3) is above it, so the edge is the minimum, 40.
+    assert find_edge(lrs, loss, smoothing=0.0).index == 40
+    edge = find_edge(lrs, loss)  # the centred smoothing rounds the V's tip: a little earlier
+    assert 37 <= edge.index <= 40
+    probes = [Probe(float(lrs[60]), (3.0, 1.0, 0.5, 0.5), 4)]  # a probe past the edge
+    got = suggest_all(lrs, loss, probes=probes)
+    for rule, s in got.items():
+        assert s.lr is not None and s.lr <= edge.lr, rule
+    assert got["confirmed"].lr == edge.lr and "capped at the divergence edge" in got["confirmed"].reason
+
+
+def test_steepest_past_the_edge_is_capped_there() -> None:
+    lrs, loss = collapse_curve()
+    edge = find_edge(lrs, loss)
+    uncapped = _steepest(lrs, loss)
+    assert uncapped.index == 70  # the collapse 70 -> 71, past the edge
+    s = suggest("steepest", lrs, loss)
+    assert s.lr == edge.lr and s.index == edge.index
+    assert "capped at the divergence edge" in s.reason
+
+
+def test_slide_starts_at_the_edge_not_past_the_cliff() -> None:
+    lrs, loss = collapse_curve()
+    edge = find_edge(lrs, loss)
+    # fastai's slide on the whole curve stops at once in the flat diverged tail:
+    assert _slide(lrs, loss).lr > edge.lr
+    s = suggest("slide", lrs, loss)
+    assert s.lr is not None and s.lr < edge.lr and "capped" not in s.reason
+    # Walking back from the edge over a straight fall (constant gradient) it stops at once: the
+    # window's left end, min(15, points // 4) steps before the edge (the window ends at the edge).
+    assert s.index == edge.index - min(15, (edge.index + 1) // 4)
+
+
+# --------------------------------------------------------------------------- #
+# The confirmed rule and its probes
+# --------------------------------------------------------------------------- #
+
+
+def probe(lr: float, score: float | None, start: float = 2.0, steps: int = 8) -> Probe:
+    """A probe whose last quarter averages ``score`` (None: it diverged after 3 steps)."""
+    if score is None:
+        return Probe(lr, (start, 50.0, 90.0), steps)
+    return Probe(lr, (start, *[score] * (steps - 1)), steps)
+
+
+def test_probe_score_and_divergence() -> None:
+    p = Probe(0.1, (2.0, 1.5, 1.0, 0.9, 0.8, 0.6, 0.5, 0.4), 8)
+    assert p.score == pytest.approx(0.45) and not p.diverged and p.steps == 8  # mean of the last 2
+    assert math.isinf(Probe(0.1, (2.0, 5.0), 8).score)  # stopped early: diverged
+    assert math.isinf(Probe(0.1, (2.0, math.nan), 2).score)
+
+
+def test_confirmed_exact_answer() -> None:
+    # start 2.0, best 0.4 (at 0.5): threshold 0.4 + 0.2 * (2.0 - 0.4) = 0.72. Good: 0.707 (0.5),
+    # 0.5, 0.354; the largest is 0.707. Above it 1.0 diverged, which counts as the start loss
+    # 2.0: the threshold is crossed f = (0.72 - 0.5) / (2.0 - 0.5) of the way (in log LR) to 1.0.
+    probes = [probe(1.0, None), probe(0.707, 0.5), probe(0.5, 0.4), probe(0.354, 0.6)]
+    chosen, _ = choose(probes)
+    assert chosen is not None and chosen.lr == 0.707
+    limit, _ = good_limit(probes)
+    f = (0.72 - 0.5) / (2.0 - 0.5)
+    assert limit == pytest.approx(0.707 * (1.0 / 0.707) ** f)
+    lrs = np.logspace(-3, 1, 41)
+    s = suggest("confirmed", lrs, np.linspace(3.0, 1.0, 41), probes=probes)
+    assert s.lr == pytest.approx(limit / CONFIRMED_MARGIN)
+    assert s.index == int(np.argmin(np.abs(np.log10(lrs) - math.log10(s.lr))))
+    assert "largest within 0.2 of the best progress" in s.reason and f"divided by {CONFIRMED_MARGIN:g}" in s.reason
+
+
+def test_confirmed_top_probe_good_is_not_extrapolated() -> None:
+    probes = [probe(0.3, 0.5), probe(0.3 / math.sqrt(2), 0.6)]
+    assert good_limit(probes)[0] == 0.3
+    assert suggest("confirmed", [1e-3, 1.0], [2.0, 1.0], probes=probes).lr == pytest.approx(0.3 / CONFIRMED_MARGIN)
+
+
+def test_confirmed_without_an_answer_says_why() -> None:
+    lrs, loss = [1e-3, 1e-2, 1e-1], [3.0, 2.0, 1.0]
+    s = suggest("confirmed", lrs, loss, probes=[probe(1.0, None), probe(0.7, None)])
+    assert s.lr is None and "every fixed-LR probe diverged" in s.reason
+    s = suggest("confirmed", lrs, loss, probes=[probe(1.0, 2.5), probe(0.7, 2.1)])
+    assert s.lr is None and "no fixed-LR probe lowered the loss" in s.reason
+    s = suggest("confirmed", lrs, loss)
+    assert s.lr is None and "no fixed-LR probes were run" in s.reason
+
+
+def test_probe_search_descends_from_the_edge_then_refines_once() -> None:
+    # Unstable from 0.75 up; below, the loss after the probe is lower the larger the LR.
+    def run(lr: float) -> Probe:
+        return probe(lr, None) if lr > 0.75 else probe(lr, 1.0 - lr)
+
+    search = ProbeSearch(1.0, lowest_lr=1e-3)
+    seen = []
+    while (lr := search.next_lr()) is not None:
+        seen.append(lr)
+        search.add(run(lr))
+    # 1.0 diverges, 0.707 is the best, 0.5 is worse (patience 1): stop descending; then the
+    # quarter-octave between 0.707 and the failed 1.0.
+    assert seen == pytest.approx([1.0, 2**-0.5, 0.5, 2**-0.25])
+    assert search.choice()[0].lr == pytest.approx(2**-0.5)
+
+
+def test_probe_search_stops_at_the_lowest_lr_and_the_probe_cap() -> None:
+    search = ProbeSearch(1.0, lowest_lr=0.3)
+    seen = []
+    while (lr := search.next_lr()) is not None:
+        seen.append(lr)
+        search.add(probe(lr, None))  # everything diverges
+    assert seen == pytest.approx([1.0, 2**-0.5, 0.5, 2**-1.5])  # 0.25 < 0.3 is never probed
+    search = ProbeSearch(1.0, lowest_lr=1e-9, max_probes=3)
+    for _ in range(5):
+        if (lr := search.next_lr()) is not None:
+            search.add(probe(lr, None))
+    assert len(search.probes) == 3
+    with pytest.raises(ValueError, match="top_lr must be a finite positive LR"):
+        ProbeSearch(0.0, lowest_lr=1e-3)
+
+
+def test_confirmed_on_least_squares_probes_lands_below_the_stability_edge() -> None:
+    # Fixed-LR gradient descent on a quadratic with eigenvalues 0.01..1: the stability edge is
+    # 2 / lambda_max = 2 and the best fixed LR 2 / (1 + 0.01). Simulated probes from w0 = 1 per
+    # direction; the rule must land in [0.3, 1.0] x the best fixed LR.
+    lams = np.logspace(-2, 0, 20)
+
+    def run(lr: float, steps: int = 20) -> Probe:
+        e, losses = np.ones_like(lams), []
+        for _ in range(steps):
+            losses.append(float(0.5 * np.sum(lams * e**2)))
+            if losses[-1] > 5 * losses[0]:
+                break
+            e = (1 - lr * lams) * e
+        return Probe(lr, tuple(losses), steps)
+
+    search = ProbeSearch(9.3, lowest_lr=1e-4)  # the sweep's edge lies far past the real one
+    while (lr := search.next_lr()) is not None:
+        search.add(run(lr))
+    s = suggest("confirmed", [1e-4, 10.0], [1.0, 0.5], probes=search.probes)
+    best = 2 / (1 + 0.01)
+    assert 0.3 * best <= s.lr <= 1.0 * best

@@ -1,7 +1,10 @@
 """Sweeps end to end: ``python -m lrtrack -m ...`` in a subprocess, read back through MlflowClient.
 
 Each test runs one small sweep (MLP on fake data, 10-step range tests, one epoch) in a temporary
-folder holding its own ``mlflow.db``.
+folder holding its own ``mlflow.db``, on the default suggestion rule (``confirmed``: fixed-LR
+probes after the sweep). ``finder.end_lr=1``: the MLP trains at every LR up to 1, so the probes,
+which start at the sweep's last LR when it finds no divergence edge, confirm one within the
+10-step probe budget (from lr 10 they would spend it on LRs that diverge, and find none).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pathlib import Path
 import pytest
 
 FAST = ["+model=mlp", "data=fake", "data.fake_size=256", "train.epochs=1", "finder.num_iter=10",
-        "progress=false", "train.checkpoint=false"]
+        "finder.end_lr=1", "progress=false", "train.checkpoint=false"]
 
 
 def lrtrack(args: list[str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
@@ -45,8 +48,9 @@ def children(client, run) -> list:
 
 @pytest.fixture(scope="module")
 def failing_sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
-    """Four jobs: one good; one failing after its range test (3 steps are too few for the valley
-    rule, so it has no bounds to train in); two failing validation."""
+    """Four jobs: one good; one failing after its range test (3 steps are too few for the
+    confirmation probes, so the default rule has no suggestion and no bounds to train in); two
+    failing validation."""
     folder = tmp_path_factory.mktemp("sweep")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     fast = [o for o in FAST if not o.startswith("finder.num_iter=")]
@@ -81,7 +85,9 @@ def test_sweep_structure_statuses_and_summary(failing_sweep) -> None:
 
     no_bounds = jobs["data.batch_size=64 finder.num_iter=3"]
     assert no_bounds.info.status == "FAILED"
-    assert "bounds.max_lr_rule='valley' has no suggestion" in no_bounds.data.tags["lrtrack.error"]
+    error = no_bounds.data.tags["lrtrack.error"]
+    assert error.startswith("UserError: bounds.max_lr_rule='confirmed' has no suggestion: "), error
+    assert "schedule." not in error and "bounds.max_lr to an explicit LR" in error
     kids = {r.data.tags["lrtrack.stage"]: r.info.status for r in children(client, no_bounds)}
     assert kids == {"explore": "FINISHED"}  # the range test ran; training never started
     for num_iter in (10, 3):
@@ -98,6 +104,9 @@ def test_sweep_structure_statuses_and_summary(failing_sweep) -> None:
     row = rows[good.info.run_name]
     assert row["status"] == "FINISHED" and row["job_run_id"] == good.info.run_id
     assert float(row["max_lr"]) > float(row["base_lr"]) > 0
+    assert row["suggestion_rule"] == "confirmed"  # the default rule gave the bounds
+    assert float(row["max_lr"]) == pytest.approx(float(row["suggested_lr/confirmed"]))
+    assert float(row["max_lr"]) == pytest.approx(4 * float(row["base_lr"]))
     assert float(row["suggested_lr/valley"]) > 0 and 0 <= float(row["final_val_accuracy"]) <= 1
     assert row["explore_run_id"] and row["final_run_id"]
     assert rows["data.batch_size=0 finder.num_iter=10"]["status"] == "FAILED"
@@ -130,10 +139,13 @@ def test_joblib_launcher_and_seed_aggregate(tmp_path: Path) -> None:
     jobs = sorted(r.info.run_name for r in runs if r.data.tags["lrtrack.stage"] == "pipeline")
     assert jobs == ["seed=0", "seed=1"]
     pids = set()
+    confirmed = []  # each seed's logged confirmed suggestion
     for job in (r for r in runs if r.data.tags["lrtrack.stage"] == "pipeline"):
         assert job.info.status == "FINISHED"
         (explore,) = children(client, job)
         assert explore.data.tags["lrtrack.stage"] == "explore"
+        assert explore.data.metrics["probes"] > 0
+        confirmed.append(explore.data.metrics["suggested_lr/confirmed"])
         pids.add(job.data.tags.get("lrtrack.job_num"))
     assert len(pids) == 2
 
@@ -142,8 +154,9 @@ def test_joblib_launcher_and_seed_aggregate(tmp_path: Path) -> None:
     assert agg.data.metrics["seeds"] == 2
     m = agg.data.metrics
     rule = agg.data.tags["lrtrack.suggestion_rule"]
-    assert m["suggested_lr"] == m[f"suggested_lr/{rule}"]
-    assert m[f"suggested_lr/{rule}/min"] <= m[f"suggested_lr/{rule}"] <= m[f"suggested_lr/{rule}/max"]
+    assert rule == "confirmed"  # the default rule, aggregated from the seeds' probes, not the median curve
+    assert m["suggested_lr"] == m[f"suggested_lr/{rule}"] == pytest.approx(math.sqrt(confirmed[0] * confirmed[1]))
+    assert (m[f"suggested_lr/{rule}/min"], m[f"suggested_lr/{rule}/max"]) == (min(confirmed), max(confirmed))
     assert m[f"suggested_lr/{rule}/n"] == 2
     paths = {a.path for a in client.list_artifacts(agg.info.run_id, "range_test")}
     assert {"range_test/seeds.png", "range_test/history.csv", "range_test/seeds_history.csv"} <= paths

@@ -1,0 +1,97 @@
+"""Benchmark: the whole tracked range test, as a user times it, against the seed script.
+
+Each repetition runs, in alternating order, two fresh processes on the same MNIST files:
+
+  seed      scripts/seed_lr_finder.py: torchvision MNIST + DataLoader, torch-lr-finder 0.2.2's
+            range_test (100 steps, exp to 10), the plot saved, reset(). No tracking.
+  lrtrack   python -m lrtrack +model=mnist_cnn stage=range_test data.root=<root> progress=false,
+            in a fresh folder each time (so the sqlite store is created too: the worst case),
+            with tracking, figure, history and suggestions logged to MLflow.
+
+It prints the median wall time of each, the ratio lrtrack/seed, lrtrack's time from process
+start to the end of its first range-test step (the timestamp MLflow stored with step 0's
+metrics) and to the last step, and so where the time goes: before the first step (imports,
+data, store), the steps, and after the last step (figures, artifacts, exit).
+
+    .venv/bin/python scripts/bench_startup.py --repeats 5            # ~3 min on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MNIST = ROOT.parent / "shared" / "data" / "mnist-t10k-split"
+
+
+def run_seed(mnist: Path, out: Path) -> float:
+    start = time.time()
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "seed_lr_finder.py"), "--root", str(mnist),
+                    "--out", str(out / "seed.png")], check=True, capture_output=True, cwd=out)
+    return time.time() - start
+
+
+def run_lrtrack(mnist: Path, out: Path) -> dict[str, float]:
+    from mlflow.tracking import MlflowClient
+
+    folder = Path(tempfile.mkdtemp(dir=out))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    start = time.time()
+    proc = subprocess.run([sys.executable, "-m", "lrtrack", "+model=mnist_cnn", "stage=range_test",
+                           f"data.root={mnist}", "progress=false"], capture_output=True, text=True,
+                          cwd=folder, env=env)
+    end = time.time()
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-3000:])
+    client = MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("lrtrack-mnist_cnn").experiment_id])
+    steps = sorted(client.get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)
+    return {"total": end - start, "first_step": steps[0].timestamp / 1000 - start,
+            "last_step": steps[-1].timestamp / 1000 - start, "steps": float(len(steps))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--root", type=Path, default=DEFAULT_MNIST, help="folder holding MNIST/raw")
+    args = parser.parse_args(argv)
+    if not (args.root / "MNIST" / "raw").is_dir():
+        print(f"no MNIST under {args.root}; pass --root", file=sys.stderr)
+        return 2
+    seed: list[float] = []
+    ours: list[dict[str, float]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        run_seed(args.root, out)  # warm the file cache and the Python bytecode of both
+        run_lrtrack(args.root, out)
+        for i in range(args.repeats):
+            if i % 2 == 0:  # alternate which goes first
+                seed.append(run_seed(args.root, out))
+                ours.append(run_lrtrack(args.root, out))
+            else:
+                ours.append(run_lrtrack(args.root, out))
+                seed.append(run_seed(args.root, out))
+            print(f"  rep {i + 1}: seed {seed[-1]:.2f} s, lrtrack {ours[-1]['total']:.2f} s "
+                  f"(first step at {ours[-1]['first_step']:.2f} s)", flush=True)
+    med = {k: statistics.median(r[k] for r in ours) for k in ours[0]}
+    seed_med = statistics.median(seed)
+    print(f"\nmedians of {args.repeats} alternated runs (fresh processes, {int(med['steps'])} range-test steps):")
+    print(f"  seed script (torch-lr-finder, no tracking): {seed_med:6.2f} s")
+    print(f"  python -m lrtrack, tracked in MLflow:       {med['total']:6.2f} s")
+    print(f"  ratio lrtrack / seed:                       {med['total'] / seed_med:6.2f}x")
+    print("where lrtrack's time goes:")
+    print(f"  start -> first step done:  {med['first_step']:6.2f} s  (imports, config, data, model, store, run)")
+    print(f"  first -> last step:        {med['last_step'] - med['first_step']:6.2f} s")
+    print(f"  last step -> exit:         {med['total'] - med['last_step']:6.2f} s  (suggestions, figure, artifacts)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

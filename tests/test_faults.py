@@ -1,0 +1,158 @@
+"""Real processes killed mid-run: what is kept, how the runs end, and resuming a killed run."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+# About 1 s per epoch here: long enough to kill the process inside the second epoch.
+LONG = ["+model=mnist_cnn", "+experiment=smoke", "stage=train", "bounds.max_lr=0.05", "train.epochs=3",
+        "data.fake_size=8192"]
+
+
+class _Process:
+    """A real ``python -m lrtrack`` process whose output is read line by line, with timeouts."""
+
+    def __init__(self, args: list[str], cwd: Path) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        env["PYTHONUNBUFFERED"] = "1"
+        self.proc = subprocess.Popen([sys.executable, "-m", "lrtrack", *args], cwd=cwd, env=env, text=True,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        for line in self.proc.stdout:  # type: ignore[union-attr]
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def read_until(self, pattern: str, timeout: float = 120) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(deadline - time.monotonic(), 0.01))
+            except queue.Empty:
+                line = None
+            if line is None:
+                self.proc.kill()
+                raise AssertionError(f"{pattern!r} never appeared:\n{''.join(self.seen)}")
+            self.seen.append(line)
+            match = re.search(pattern, line)
+            if match:
+                return match
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def finish(self, timeout: float = 60) -> tuple[int, str]:
+        self.proc.wait(timeout=timeout)
+        while (line := self.lines.get(timeout=10)) is not None:
+            self.seen.append(line)
+        return self.proc.returncode, "".join(self.seen)
+
+
+def _client(folder: Path) -> MlflowClient:
+    return MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
+
+
+def _history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
+    killed_dir, clean_dir = tmp_path / "killed", tmp_path / "clean"
+    killed_dir.mkdir()
+    clean_dir.mkdir()
+    proc = _Process(LONG, killed_dir)
+    run_id = proc.read_until(r"training run (\w+) started").group(1)
+    proc.read_until(r"epoch 1/3: ")  # the first epoch's checkpoint is written and uploaded next
+    time.sleep(0.3)  # inside the second epoch
+    proc.signal(signal.SIGKILL)
+    proc.finish()
+    client = _client(killed_dir)
+    assert client.get_run(run_id).info.status == "RUNNING"  # kill -9: nobody could end it
+    assert [a.path for a in client.list_artifacts(run_id, "checkpoints")] == ["checkpoints/last.pt"]
+
+    resumed = run_cli([*LONG, f"train.resume={run_id}"], killed_dir)
+    assert resumed.returncode == 0, resumed.stderr
+    clean = run_cli(LONG, clean_dir)
+    assert clean.returncode == 0, clean.stderr
+
+    (reference,) = [r for r in _client(clean_dir).search_runs(["1"]) if r.data.tags["lrtrack.stage"] == "final"]
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    for key in ("lr", "loss", "loss_smoothed", "val_loss", "train_loss_epoch"):
+        got, want = _history(client, run_id, key), _history(_client(clean_dir), reference.info.run_id, key)
+        steps = [s for s, _ in got]
+        assert steps == sorted(set(steps)), f"{key}: a step was logged twice"  # each step exactly once
+        assert steps == [s for s, _ in want], key
+        assert [v for _, v in got] == pytest.approx([v for _, v in want], rel=1e-6, abs=1e-7), key
+    assert run.data.metrics["final_val_loss"] == pytest.approx(reference.data.metrics["final_val_loss"], rel=1e-6)
+    # A killed run that no longer exists, or a run of another kind, is refused in one line.
+    wrong = run_cli([*LONG, "train.resume=0123456789abcdef"], killed_dir)
+    assert wrong.returncode == 2 and "train.resume='0123456789abcdef': no such MLflow run" in wrong.stderr
+
+
+def test_sigterm_stops_like_ctrl_c_keeping_runs_metrics_and_checkpoint(tmp_path: Path) -> None:
+    proc = _Process([*LONG, "stage=all"], tmp_path)
+    run_id = proc.read_until(r"training run (\w+) started").group(1)
+    proc.read_until(r"epoch 1/3: ")
+    time.sleep(0.3)
+    proc.signal(signal.SIGTERM)
+    code, out = proc.finish()
+    assert code == 130, out
+    assert f"train.resume={run_id}" in out and "Traceback" not in out
+    client = _client(tmp_path)
+    runs = {r.data.tags["lrtrack.stage"]: r for r in client.search_runs(["1"])}
+    assert runs["final"].info.status == "KILLED" and runs["pipeline"].info.status == "KILLED"
+    assert runs["explore"].info.status == "FINISHED"
+    # The finished epoch's metrics and its checkpoint are kept.
+    assert len(client.get_metric_history(run_id, "val_loss")) == 1
+    assert [a.path for a in client.list_artifacts(run_id, "checkpoints")] == ["checkpoints/last.pt"]
+    assert (next(tmp_path.glob("outputs/*/*/checkpoints/last.pt"))).is_file()
+
+
+def test_lr_from_refuses_an_interrupted_range_test_unless_allowed(tmp_path: Path) -> None:
+    proc = _Process(["+model=mnist_cnn", "+experiment=smoke", "stage=range_test", "finder.num_iter=200000",
+                     "finder.end_lr=0.002", "data.fake_size=4096"], tmp_path)
+    proc.read_until(r"range test: 200000 steps")
+    time.sleep(1)
+    proc.signal(signal.SIGTERM)
+    code, out = proc.finish()
+    assert code == 130, out
+    (explore,) = _client(tmp_path).search_runs(["1"])
+    assert explore.info.status == "KILLED" and explore.data.tags["lrtrack.stop_reason"] == "interrupted"
+    refused = run_cli(["+model=mnist_cnn", "+experiment=smoke", "stage=train",
+                       f"train.lr_from={explore.info.run_id}", "bounds.max_lr_rule=minimum"], tmp_path)
+    assert refused.returncode == 2
+    assert "was interrupted after" in refused.stderr and "train.allow_partial=true" in refused.stderr
+    allowed = run_cli(["+model=mnist_cnn", "+experiment=smoke", "stage=train", "train.allow_partial=true",
+                       f"train.lr_from={explore.info.run_id}", "bounds.max_lr_rule=minimum"], tmp_path)
+    assert allowed.returncode == 0, allowed.stderr
+
+
+def test_a_nan_training_loss_is_one_line_exit_1_and_the_run_says_why(tmp_path: Path) -> None:
+    proc = run_cli(["+model=mnist_cnn", "+experiment=smoke", "stage=train", "bounds.max_lr=1e8"], tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("lrtrack: error: training loss became ") and "bounds.max_lr" in last
+    (final,) = [r for r in _client(tmp_path).search_runs(["1"]) if r.data.tags["lrtrack.stage"] == "final"]
+    assert final.info.status == "FAILED"
+    assert final.data.tags["lrtrack.error"].startswith("RunFailure: training loss became ")
+    assert len(_client(tmp_path).get_metric_history(final.info.run_id, "loss")) >= 1  # the steps before it
