@@ -198,17 +198,18 @@ def _check_finder(cfg: DictConfig, errors: _Errors) -> None:
     if f.end_lr <= 0 or not math.isfinite(f.end_lr):
         errors.bad("finder.end_lr", f.end_lr, "must be a positive LR")
     start, setting = _start_lr(cfg), "finder.start_lr" if f.start_lr is not None else "optimizer.lr"
-    if _num(start) and start >= 0:
+    end_ok = _num(f.end_lr) and f.end_lr > 0  # else reported above, once
+    if f.start_lr is not None and (not _num(f.start_lr) or f.start_lr < 0):
+        errors.bad("finder.start_lr", f.start_lr, "must be a positive LR (or null: the optimizer's LR)")
+    elif _num(start) and start >= 0:
         if f.step_mode == "exp" and start == 0:
             errors.bad(setting, start, "must be > 0 for finder.step_mode=exp (a log-spaced grid cannot start at 0)",
                        "set finder.start_lr=1e-7, or use finder=linear")
-        elif start >= f.end_lr and setting == "finder.start_lr":
+        elif end_ok and start >= f.end_lr and setting == "finder.start_lr":
             errors.bad(setting, start, f"must be smaller than finder.end_lr={f.end_lr!r}")
-        elif start >= f.end_lr:
+        elif end_ok and start >= f.end_lr:
             errors.bad("finder.end_lr", f.end_lr, f"must be larger than the start LR (optimizer.lr={start!r})",
                        "raise finder.end_lr or set finder.start_lr")
-    elif f.start_lr is not None:
-        errors.bad("finder.start_lr", f.start_lr, "must be a positive LR (or null: the optimizer's LR)")
     if not 0 <= f.smoothing < 1:
         errors.bad("finder.smoothing", f.smoothing, "must be in [0, 1) (EMA decay; 0 = no smoothing)")
     if f.diverge_th <= 1:

@@ -47,6 +47,10 @@ class DataUnavailableError(RuntimeError):
     """The requested data cannot be loaded (and no fallback is allowed); the message says how to fix it."""
 
 
+class CorruptDataError(ValueError):
+    """A data file is there but broken (truncated, another format): never a reason to fall back."""
+
+
 class InMemoryLoader:
     """Batches from tensors already in memory, by indexing; reshuffled every pass.
 
@@ -260,13 +264,13 @@ def read_idx(path: str | Path) -> torch.Tensor:
     if str(path).endswith(".gz"):
         raw = gzip.decompress(raw)
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise ValueError(f"{path} is not an unsigned-byte IDX file (bad magic number)")
+        raise CorruptDataError(f"{path} is not an unsigned-byte IDX file (bad magic number)")
     ndim = raw[3]
     dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     offset = 4 + 4 * ndim
     expected = math.prod(dims)
     if len(raw) - offset != expected:
-        raise ValueError(f"{path} holds {len(raw) - offset} bytes of data; its header says {expected}")
+        raise CorruptDataError(f"{path} holds {len(raw) - offset} bytes of data; its header says {expected}")
     return torch.frombuffer(bytearray(raw[offset:]), dtype=torch.uint8).reshape(dims)
 
 
@@ -378,7 +382,10 @@ def mnist(*, root: str | Path = "data", batch_size: int = 256, val_batch_size: i
         raise ValueError(f"data.fallback must be digits, fake or null; got {fallback!r}")
     try:
         return _mnist_bundle(Path(root), batch_size, val_batch_size, in_memory, download, seed, num_workers)
-    except (RuntimeError, OSError, ValueError) as err:  # "Dataset not found"; network errors; bad files
+    except CorruptDataError as err:  # the files are there but broken: say which, never fall back
+        raise DataUnavailableError(f"data.root={str(root)!r}: {_one_line(err)}; replace the file (or delete "
+                                   "MNIST/raw to download it afresh)") from err
+    except (RuntimeError, OSError, ValueError) as err:  # "Dataset not found"; network errors
         if fallback is None:
             raise DataUnavailableError(
                 f"MNIST is not under data.root={str(root)!r} and could not be downloaded ({_one_line(err)}). "
@@ -474,8 +481,9 @@ def tensors(path: str | Path, *, batch_size: int = 64, val_batch_size: int = 256
         raise DataUnavailableError(
             f"data.path={str(path)!r} holds objects torch.load(weights_only=True) refuses (numpy arrays?): save "
             "torch tensors (torch.from_numpy(a)) in the dict, or the arrays with numpy.savez to a .npz") from err
-    except (OSError, ValueError, RuntimeError) as err:
-        raise DataUnavailableError(f"data.path={str(path)!r} cannot be read: {_one_line(err)}") from err
+    except Exception as err:  # torch.load on a file that is not one fails in many ways (IndexError, EOFError ...)
+        raise DataUnavailableError(f"data.path={str(path)!r} cannot be read as a {path.suffix} file "
+                                   f"({type(err).__name__}: {_one_line(err)}); save it again") from err
     missing = [k for k in ("x_train", "y_train", "x_val", "y_val") if k not in arrays]
     if missing:
         raise DataUnavailableError(f"data.path={str(path)!r} has no {', '.join(missing)} (it holds "

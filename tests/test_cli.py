@@ -246,3 +246,25 @@ def test_cfg_job_prints_the_composed_config(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "_target_: lrtrack.models.MnistCNN" in proc.stdout
     assert "end_lr: 10.0" in proc.stdout and "batch_size: 256" in proc.stdout
+
+
+@pytest.mark.slow
+def test_broken_data_files_are_named_on_one_line_and_never_fall_back(tmp_path: Path) -> None:
+    raw = tmp_path / "broken" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        (raw / name).write_bytes(b"\x00\x00\x08\x03" + b"\x01" * 64)  # a header that promises more data
+    proc = run_cli(["+model=mnist_cnn", *SMOKE, "data=mnist", f"data.root={tmp_path / 'broken'}"], tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("lrtrack: error: data.root=") and "train-images-idx3-ubyte holds 52 bytes of data" in line
+    assert "FALLING BACK" not in proc.stdout + proc.stderr
+    (tmp_path / "corrupt.pt").write_bytes(b"this is not a torch file")
+    proc = run_cli(["+model=mnist_cnn", *SMOKE, "data=tensors", f"data.path={tmp_path / 'corrupt.pt'}"], tmp_path)
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("lrtrack: error: data.path=") and "corrupt.pt' cannot be read as a .pt file" in line
+    exp = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").get_experiment_by_name("lrtrack-mnist_cnn")
+    assert exp is None or not MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").search_runs(
+        [exp.experiment_id])  # nothing started

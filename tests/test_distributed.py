@@ -178,6 +178,45 @@ def test_torchrun_environment_is_recognised(monkeypatch: pytest.MonkeyPatch) -> 
     assert dist.launched_by_torchrun() and dist.local_rank() == 1
 
 
+def test_too_few_gpus_for_the_ranks_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": "29500"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    problem = dist.launch_problem("cuda")
+    assert problem is not None and "--nproc_per_node=1" in problem and "device=cpu" in problem
+    assert dist.launch_problem("cpu") is None  # gloo: any number of processes
+    with pytest.raises(RuntimeError, match="1 GPU"):
+        dist.init_from_env("cuda")
+
+
+def test_the_helpers_in_a_group_of_one(tmp_path: Path) -> None:
+    """A real gloo group (world size 1) in this process: the reductions, DDP and mean_loss run."""
+    from lrtrack.steps import mean_loss, supervised_step
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
+    try:
+        assert dist.is_distributed() and (dist.rank(), dist.world_size()) == (0, 1)
+        assert dist.mean_over_ranks(torch.tensor(3.0)).item() == 3.0
+        assert dist.mean_over_ranks(torch.tensor(3)).item() == 3.0
+        assert dist.sum_over_ranks(torch.tensor([1.0, 2.0])).tolist() == [1.0, 2.0]
+        assert dist.weighted_mean_over_ranks(0.25, 8) == 0.25
+        assert dist.broadcast_object({"lr": 0.1}) == {"lr": 0.1}
+        dist.barrier()
+        model = torch.nn.Linear(4, 3)
+        wrapped = dist.wrap_model(model, torch.device("cpu"))
+        assert isinstance(wrapped, torch.nn.parallel.DistributedDataParallel) and dist.unwrap(wrapped) is model
+        assert dist.wrap_model(wrapped, torch.device("cpu")) is wrapped
+        x, y = torch.randn(10, 4), torch.randint(0, 3, (10,))
+        step = supervised_step(torch.nn.CrossEntropyLoss())
+        loss = mean_loss(wrapped, [(x[:6], y[:6]), (x[6:], y[6:])], step, device=torch.device("cpu"))
+        assert loss.item() == pytest.approx(torch.nn.functional.cross_entropy(model(x), y).item(), rel=1e-6)
+        assert dist.rank_zero_only(lambda: "written")() == "written"
+    finally:
+        dist.destroy()
+    assert not dist.is_distributed()
+
+
 # ---------------------------------------------------------------------- 2 gloo ranks vs 1 process
 
 N, BATCH, VAL_BATCH, SEED = 512, 32, 64, 11  # BATCH is the global batch: each of 2 ranks takes 16

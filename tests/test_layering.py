@@ -15,7 +15,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lrtrack"
 LIBRARY = ["finder", "suggest", "schedules", "train", "steps", "data", "models", "plots", "compat",
-           "smoothing", "observers", "seeds", "tasks", "probes", "repeats"]
+           "smoothing", "observers", "seeds", "tasks", "probes", "repeats", "distributed"]
 MAX_FUNCTION_LINES = 100
 
 
