@@ -47,7 +47,9 @@ def job_info() -> Any:
     hc = HydraConfig.get()
     choices = {k: v for k, v in OmegaConf.to_container(hc.runtime.choices).items() if v is not None}
     multirun = hc.mode == RunMode.MULTIRUN
-    return JobInfo(choices, list(hc.overrides.task), "python -m lrtrack " + " ".join(sys.argv[1:]),
+    # A sweep job's own command is its overrides (a launcher's worker has another command line).
+    command = "python -m lrtrack " + " ".join(hc.overrides.task if multirun else sys.argv[1:])
+    return JobInfo(choices, list(hc.overrides.task), command,
                    Path(hc.runtime.cwd), Path(hc.runtime.output_dir),
                    sweep=current_sweep() if multirun else None, job_num=hc.job.num if multirun else None)
 

@@ -229,7 +229,7 @@ class Bench:
         result = run_range_test(model, opt, loader, criterion=self.torch.nn.NLLLoss(),
                                 end_lr=self.args.end_lr, num_iter=self.args.steps, step_mode="exp",
                                 diverge_th=NO_DIVERGE, device="cpu", observer=run, progress=self.args.progress,
-                                **self.no_stop)
+                                probe_steps=0, **self.no_stop)  # the sweep alone, as torch-lr-finder runs it
         if run is not None:
             run.end("FINISHED")
         return result.steps
@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         model, opt = bench.model_and_optimizer()
         run = bench.trackers["sql"].start_run("bench first step")
         run_range_test(model, opt, loader, criterion=torch.nn.NLLLoss(), end_lr=args.end_lr, num_iter=2,
-                       device="cpu", observer=ObserverGroup([_FirstStep(), run]), progress=False)
+                       device="cpu", observer=ObserverGroup([_FirstStep(), run]), progress=False, probe_steps=0)
         run.end()
         first_step_s = first_step["t"] - T_PROCESS_START
         first_step_local_s = first_step["t"] - t0
