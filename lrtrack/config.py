@@ -136,6 +136,12 @@ class _Errors:
     def add(self, line: str) -> None:
         self.lines.append(line)
 
+    def unknown(self, node: str, key: str, value: Any, owner: str, known: list[str]) -> None:
+        """A key ``owner`` does not take (a typo, usually): the closest known one, else all of them."""
+        close = difflib.get_close_matches(str(key), known, n=1)
+        hint = f"did you mean {node}.{close[0]}?" if close else f"its settings: {', '.join(known)}"
+        self.bad(f"{node}.{key}", value, f"{owner} has no setting {key!r}", hint)
+
 
 def validate(cfg: DictConfig, conf_dir: str | Path | None = None) -> None:
     """Check every setting a user can get wrong; raise :class:`ConfigError` listing them all."""
@@ -156,16 +162,13 @@ _TYPED_NODES = {"finder": FinderConfig, "bounds": BoundsConfig, "train": TrainCo
 
 def _check_unknown_keys(cfg: DictConfig, errors: _Errors) -> None:
     """``+finder.num_iters=5`` adds a key the schema does not have: a typo, not a setting."""
-    import difflib
     from dataclasses import fields
 
     for node, schema in _TYPED_NODES.items():
         known = [f.name for f in fields(schema)]
         for key in cfg[node].keys() if cfg.get(node) is not None else []:
             if key not in known and not str(key).startswith("_"):
-                close = difflib.get_close_matches(str(key), known, n=1)
-                hint = f"did you mean {node}.{close[0]}?" if close else f"known: {', '.join(known)}"
-                errors.bad(f"{node}.{key}", cfg[node][key], f"{node} has no setting {key!r}", hint)
+                errors.unknown(node, str(key), cfg[node][key], node, known)
 
 
 def _check_choices(cfg: DictConfig, errors: _Errors, conf_dir: str | Path | None) -> None:
@@ -246,9 +249,7 @@ def _check_data(cfg: DictConfig, errors: _Errors) -> None:
             if key == "seed":
                 errors.bad("data.seed", d[key], "the data order follows the top-level seed", "set seed=<n> instead")
             elif key not in allowed:
-                close = difflib.get_close_matches(str(key), allowed, n=1)
-                errors.bad(f"data.{key}", d[key], f"{target} has no setting {key!r}"
-                           + (f" (did you mean {close[0]}?)" if close else "") + f"; its settings: {', '.join(allowed)}")
+                errors.unknown("data", str(key), d[key], target, allowed)
     _check_data_values(d, errors)
     for node in ("step", "metric"):
         value = cfg.get(node)

@@ -380,6 +380,9 @@ class MetricBuffer:
         self.run_id = run_id
         self.flush_every = max(1, int(flush_every))
         self.flush_seconds = float(flush_seconds)
+        from mlflow.entities import Metric
+
+        self._metric = Metric  # looked up once: add() runs every training step
         self._pending: list[Any] = []
         self._steps_pending = 0
         self._last_send = time.monotonic()
@@ -395,10 +398,9 @@ class MetricBuffer:
 
     def add(self, step: int, metrics: Mapping[str, float]) -> None:
         """Queue metrics without counting a step (summary metrics)."""
-        from mlflow.entities import Metric
-
         now_ms = int(time.time() * 1000)
-        self._pending.extend(Metric(key, float(value), now_ms, step) for key, value in metrics.items())
+        metric = self._metric
+        self._pending.extend(metric(key, float(value), now_ms, step) for key, value in metrics.items())
 
     def on_step(self, step: int, metrics: Mapping[str, float]) -> None:
         self.add(step, metrics)

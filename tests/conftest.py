@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -157,3 +158,28 @@ def mlflow_server(tmp_path: Path, mlflow_store_template: Path) -> Iterator[Mlflo
         yield server.start()
     finally:
         server.stop()
+
+
+def composed(*overrides: str, model: str = "mnist_cnn", conf: Path | None = None) -> Any:
+    """``python -m lrtrack [--config-dir CONF] +model=MODEL OVERRIDES`` composed in-process, as the CLI does."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from lrtrack.config import config_dir, register_configs
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    search = [f"hydra.searchpath=[file://{conf}]"] if conf else []
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose("config", overrides=[*search, f"+model={model}", *overrides])
+
+
+def errors_of(cfg: Any) -> list[str]:
+    """What ``check_config`` (validation, then the dry run) reports: one line per problem."""
+    from lrtrack.config import ConfigError, check_config
+
+    try:
+        check_config(cfg)
+    except ConfigError as err:
+        return err.errors
+    return []

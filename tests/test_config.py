@@ -8,37 +8,14 @@ setting, the value and what is allowed.
 from __future__ import annotations
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError
 
 from lrtrack.config import (
-    ConfigError,
     available_options,
-    config_dir,
-    dry_run,
-    register_configs,
-    validate,
 )
-
-
-def composed(*overrides: str, model: str = "mnist_cnn") -> DictConfig:
-    """``python -m lrtrack +model=MODEL OVERRIDES`` composed as the CLI composes it."""
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return compose("config", overrides=[f"+model={model}", *overrides])
-
-
-def errors_of(cfg: DictConfig) -> list[str]:
-    try:
-        validate(cfg)
-        dry_run(cfg)
-    except ConfigError as err:
-        return err.errors
-    return []
+from tests.conftest import composed, errors_of
 
 
 @pytest.mark.parametrize("group", ["data", "optimizer", "criterion", "finder", "schedule", "tracking", "model"])

@@ -154,7 +154,7 @@ def test_importing_changes_no_environment_and_a_tracker_bounds_http_retries_unle
 
 
 def test_delivery_timeout_is_validated() -> None:
-    from tests.test_config import composed, errors_of
+    from tests.conftest import composed, errors_of
 
     assert composed().tracking.delivery_timeout_s == 60.0
     assert any(line.startswith("tracking.delivery_timeout_s=-1.0 is invalid")
