@@ -91,7 +91,8 @@ def draw_range_test(ax: Axes, result: RangeTestResult, *, chosen_rule: str | Non
     ax.set_xscale("log" if result.step_mode == "exp" else "linear")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("loss")
-    focus_on_descent(ax, result.smoothed_losses)
+    # The probes' losses belong in view too: they usually end below the sweep's smoothed curve.
+    focus_on_descent(ax, result.smoothed_losses, [p.score for p in result.probes])
     _draw_edge_and_probes(ax, result)
     for rule, suggestion in result.suggestions.items():
         if suggestion.lr is None:
