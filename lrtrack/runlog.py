@@ -90,8 +90,16 @@ SWEEP_SUMMARY_JSON = "sweep/summary.json"
 SWEEP_RANGE_TESTS_PLOT = "sweep/range_tests.png"
 SWEEP_COMMAND = "sweep/command.yaml"
 
+#: The step every summary metric (one value per run) is logged at. MLflow's chart view draws a
+#: metric as a bar per run when no run has it past step 0, and as a line against step otherwise,
+#: so a summary at the run's last step would be a one-dot line chart among the step series.
+SUMMARY_STEP = 0
+
 #: Metric keys of a range test's summary.
 SUGGESTED_LR = "suggested_lr"  # the chosen rule's LR; per rule: suggested_lr/<rule>
+#: A range test's per-step log10(lr), logged with its summary: MLflow's chart view offers a log
+#: x-axis only against step, so loss against this metric is the loss-vs-LR curve on a log axis.
+LOG10_LR = "log10_lr"
 
 #: Metric keys of a training run's summary.
 FINAL_VAL_LOSS = "final_val_loss"
@@ -170,10 +178,15 @@ def range_test_summary(result: RangeTestResult, chosen_rule: str) -> dict[str, f
 
 
 def log_range_test(run: Any, result: RangeTestResult, *, chosen_rule: str, title: str) -> None:
-    """Everything a range test leaves on its run (the per-step metrics went through the observer)."""
+    """Everything a range test leaves on its run: the summary metrics (at :data:`SUMMARY_STEP`),
+    :data:`LOG10_LR` per step (the other per-step metrics went through the observer), tags, figure,
+    history and suggestions."""
     from lrtrack.plots import range_test_figure
 
-    run.log_summary(range_test_summary(result, chosen_rule), step=max(result.steps - 1, 0))
+    run.log_summary(range_test_summary(result, chosen_rule), step=SUMMARY_STEP)
+    for step, lr in enumerate(result.lrs):
+        if lr > 0:
+            run.on_step(step, {LOG10_LR: math.log10(lr)})
     edge = result.edge
     run.set_tags({STOP_REASON_TAG: result.stop_reason, STOP_DETAIL_TAG: result.stop_detail,
                   SUGGESTION_RULE_TAG: chosen_rule,
@@ -209,7 +222,7 @@ def log_training(run: Any, result: TrainResult, *, bounds: Bounds, steps_per_epo
     """Everything a training run leaves on its run: summary, figures, history, checkpoint."""
     from lrtrack.plots import schedule_on_range_test_figure, training_figure
 
-    run.log_summary(final_metrics(result), step=max(result.steps - 1, 0))
+    run.log_summary(final_metrics(result), step=SUMMARY_STEP)
     # Epoch metrics are logged at the epoch's last optimizer step.
     epoch_steps = [(i + 1) * steps_per_epoch - 1 for i in range(len(result.epochs))]
     val_losses = [e["val_loss"] for e in result.epochs if "val_loss" in e]
@@ -775,7 +788,7 @@ def log_sweep_summary(client: MlflowClient, sweep_run_id: str, jobs: Sequence[Jo
     if wall_seconds is not None:
         metrics["wall_seconds"] = float(wall_seconds)
     for key, value in metrics.items():
-        client.log_metric(sweep_run_id, key, value)
+        client.log_metric(sweep_run_id, key, value, step=SUMMARY_STEP)
     return rows
 
 
@@ -803,11 +816,11 @@ def log_seed_aggregate(client: MlflowClient, experiment_id: str, parent_run_id: 
         SEEDS_TAG: ",".join(agg.seeds), SEED_RUNS_TAG: ",".join(seed_run_ids)}).info.run_id
     try:
         now = int(time.time() * 1000)
-        metrics = [Metric(f"{SUGGESTED_LR}/{r}" + ("" if stat == "median" else f"/{stat}"), value, now, 0)
+        metrics = [Metric(f"{SUGGESTED_LR}/{r}" + ("" if stat == "median" else f"/{stat}"), value, now, SUMMARY_STEP)
                    for r in RULES for stat, value in agg.rule_stats(r).items()]
         if chosen := agg.rule_stats(rule):
-            metrics.append(Metric(SUGGESTED_LR, chosen["median"], now, 0))
-        metrics.append(Metric("seeds", float(len(agg.seeds)), now, 0))
+            metrics.append(Metric(SUGGESTED_LR, chosen["median"], now, SUMMARY_STEP))
+        metrics.append(Metric("seeds", float(len(agg.seeds)), now, SUMMARY_STEP))
         tags = [RunTag(f"{SUGGESTION_TAG_PREFIX}{r}", f"{s['median']:.6g}" if (s := agg.rule_stats(r)) else
                        f"no seed's range test has a {r} suggestion (each says why in its {SUGGESTION_TAG_PREFIX}{r} tag)")
                 for r in RULES]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 import pytest
@@ -120,13 +121,25 @@ def test_range_test_run_is_tracked(tmp_path: Path) -> None:
         assert _steps(client, run.info.run_id, key) == list(range(steps)), key
     lrs = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "lr"), key=lambda m: m.step)]
     assert lrs == pytest.approx([1e-3 * 1e4 ** (i / 11) for i in range(steps)], rel=1e-9)  # the exact exp grid
-    for rule in ("steepest", "valley", "minimum", "slide"):
+    rules = ("steepest", "valley", "minimum", "slide")
+    for rule in rules:
         tag = tags[f"lrtrack.suggestion.{rule}"]  # the LR, or why there is none
         if f"suggested_lr/{rule}" in run.data.metrics:
             assert float(tag) == pytest.approx(run.data.metrics[f"suggested_lr/{rule}"], rel=1e-5)
         else:
             assert tag and not tag[0].isdigit(), tag
     assert {"min_loss", "min_loss_lr", "steps"} <= set(run.data.metrics)
+    # Summary values are one point at step 0 (MLflow's chart view draws those as bars, not as
+    # one-dot line charts among the step series); log10_lr is per step, the x for loss vs LR.
+    per_step = {"lr", "loss", "loss_smoothed", "log10_lr"}
+    summary = set(run.data.metrics) - per_step
+    assert {"min_loss", "min_loss_lr", "steps", "probe_steps", "probes", "repeats"} <= summary
+    assert summary <= {"suggested_lr", "edge_lr", "min_loss", "min_loss_lr", "steps", "probe_steps", "probes",
+                       "repeats", *(f"suggested_lr/{rule}" for rule in ("confirmed", *rules))}, summary
+    assert {key: _steps(client, run.info.run_id, key) for key in summary} == {key: [0] for key in summary}
+    log10_lr = sorted(client.get_metric_history(run.info.run_id, "log10_lr"), key=lambda m: m.step)
+    assert [m.step for m in log10_lr] == list(range(steps))
+    assert [m.value for m in log10_lr] == pytest.approx([math.log10(lr) for lr in lrs], abs=1e-9)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "range_test")}
     assert {"range_test/plot.png", "range_test/history.csv", "range_test/suggestions.json"} <= artifacts
     config_files = {a.path for a in client.list_artifacts(run.info.run_id, "config")}
@@ -203,6 +216,11 @@ def test_all_stages_make_linked_runs_under_one_parent(tmp_path: Path) -> None:
     lrs = [m.value for m in client.get_metric_history(final.info.run_id, "lr")]
     assert max(lrs) <= max_lr * (1 + 1e-9) and max(lrs) == pytest.approx(max_lr, rel=1e-2)  # 1cycle peaks between steps
     assert {"final_val_loss", "final_val_accuracy", "val_loss", "val_accuracy"} <= set(final.data.metrics)
+    # The summaries at step 0 (bars in MLflow's chart view), the epoch's values at its last step.
+    assert _steps(client, final.info.run_id, "final_val_loss") == [0]
+    assert _steps(client, final.info.run_id, "final_val_accuracy") == [0]
+    assert _steps(client, parent.info.run_id, "final_val_loss") == [0]
+    assert _steps(client, final.info.run_id, "val_loss") == [n - 1]
     arts = {a.path for a in client.list_artifacts(final.info.run_id, "train")}
     assert {"train/lr_and_loss.png", "train/lr_on_range_test.png", "train/history.csv"} <= arts
     (ckpt,) = client.list_artifacts(final.info.run_id, "checkpoints")

@@ -174,6 +174,12 @@ def test_record_failure_tags_a_run_or_creates_a_failed_one(store: Store) -> None
     assert runlog.BEST_JOB_TAG not in sweep.data.tags
 
 
+def _metric_steps(client: Any, run: Any) -> dict[str, list[int]]:
+    """Each metric of a run -> the steps it was logged at (a summary: once, at SUMMARY_STEP = 0,
+    which MLflow's chart view draws as a bar per run instead of a one-dot line chart)."""
+    return {key: sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) for key in run.data.metrics}
+
+
 def test_sweep_summary_and_seed_aggregate_round_trip(store: Store) -> None:
     from lrtrack.seeds import aggregate_seeds
 
@@ -183,6 +189,7 @@ def test_sweep_summary_and_seed_aggregate_round_trip(store: Store) -> None:
     sweep = store.client.get_run(store.sweep_id)
     assert sweep.data.metrics["jobs_failed"] == 0 and sweep.data.metrics["best_final_val_loss"] == 0.5
     assert sweep.data.tags[runlog.BEST_JOB_TAG] == "optimizer=sgd seed=1"
+    assert _metric_steps(store.client, sweep) == {key: [runlog.SUMMARY_STEP] for key in sweep.data.metrics}
     paths = {a.path for a in store.client.list_artifacts(store.sweep_id, "sweep")}
     assert paths == {runlog.SWEEP_SUMMARY_CSV, runlog.SWEEP_SUMMARY_JSON, runlog.SWEEP_RANGE_TESTS_PLOT}
 
@@ -201,6 +208,7 @@ def test_sweep_summary_and_seed_aggregate_round_trip(store: Store) -> None:
     assert found.info.run_id == seeds_id and found.info.status == "FINISHED"
     m = found.data.metrics
     assert m["seeds"] == 2
+    assert _metric_steps(store.client, found) == {key: [runlog.SUMMARY_STEP] for key in m}  # bars, not dots
     # confirmed comes from each seed's logged suggestion (it cannot be read off the median curve):
     # the median of 0.01 and 0.02 (geometric), their min and max.
     assert m["suggested_lr"] == m["suggested_lr/confirmed"] == pytest.approx(math.sqrt(0.01 * 0.02))
