@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator
-from concurrent.futures import Future, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,8 @@ from lrtrack.config import ConfigError, check_config, component_error
 from lrtrack.redact import redact, redact_tree
 
 log = logging.getLogger("lrtrack")
+
+OPEN_WAIT_ON_ERROR_S = 10.0  # set-up failed: how long to let the store finish opening before the error is shown
 
 
 class UserError(Exception):
@@ -46,8 +47,13 @@ class JobInfo:
     output_dir: Path
     sweep: Any = None  # lrtrack.sweep.SweepContext when the job belongs to a multirun sweep
     job_num: int | None = None
-    pipeline_run_id: str | None = field(default=None, init=False)  # once the job's run exists
+    pipeline_run: Any = field(default=None, init=False)  # the job's run, once it exists
     final_run_id: str | None = field(default=None, init=False)  # once training has started
+
+    @property
+    def pipeline_run_id(self) -> str | None:
+        """The job's run id in the store (read late: a run may wait in the spool to be created)."""
+        return self.pipeline_run.run_id if self.pipeline_run is not None else None
 
     def model_name(self, cfg: DictConfig) -> str:
         return self.choices.get("model") or str(cfg.model.get("_target_", "model")).rsplit(".", 1)[-1]
@@ -141,14 +147,15 @@ class RangeTestRecipe:
                 (one line naming the setting to change).
         """
         self._import_from_launch_dir()
-        opening = self._open_tracker()  # checked now; the store opens while the data loads
+        tracker = self._open_tracker()  # checked now; the store opens in the background
         try:
-            return self._build_components(opening)
+            return self._build_components(tracker)
         except BaseException:
-            wait([opening])  # let the store finish opening (its log lines) before the error is shown
+            # Nothing was logged: let the store finish opening (its log lines) before the error is shown.
+            tracker.close(timeout_s=OPEN_WAIT_ON_ERROR_S)
             raise
 
-    def _build_components(self, opening: Future[Any]) -> Components:
+    def _build_components(self, tracker: Any) -> Components:
         from lrtrack.steps import seed_everything
 
         seed_everything(self.cfg.seed)
@@ -159,7 +166,7 @@ class RangeTestRecipe:
         step, metric = self._step(), self._metric()
         self.check_first_batch(data, model, criterion, step)
         info = runlog.DataInfo(data.name, data.source, data.fell_back)
-        return Components(data, model, optimizer, criterion, self._opened(opening), info, step=step, metric=metric)
+        return Components(data, model, optimizer, criterion, tracker, info, step=step, metric=metric)
 
     def check_first_batch(self, data: Any, model: Any, criterion: Any, step: Any) -> None:
         """Run the model once on the first training batch (eval mode, no gradients, data order and
@@ -204,17 +211,17 @@ class RangeTestRecipe:
             _log_suggestions(result)
             if run.enabled:
                 runlog.log_range_test(run, result, chosen_rule=f.suggestion, title=name)
-                log.info("range-test run: %s", run.run_id)
+                log.info("range-test run: %s", run.stored_run_id())
             if result.stop_reason == STOP_INTERRUPTED:
                 raise KeyboardInterrupt  # the run ends KILLED with the partial curve logged
-        return runlog.RangeCurve.from_result(result, run.run_id), result.min_loss
+        return runlog.RangeCurve.from_result(result, run.stored_run_id() if run.enabled else None), result.min_loss
 
     def read_range_test(self, parts: Components) -> runlog.RangeCurve:
         """``train.lr_from``: a range test logged earlier, read back from MLflow."""
         if not parts.tracker.enabled:
             raise UserError("train.lr_from needs tracking.enabled=true (it reads the run from MLflow)")
         try:
-            curve = runlog.read_range_test(parts.tracker.client, self.cfg.train.lr_from,
+            curve = runlog.read_range_test(self._client(parts.tracker), self.cfg.train.lr_from,
                                            where=redact(parts.tracker.tracking_uri))
         except runlog.RunLookupError as err:
             raise UserError(str(err)) from err
@@ -258,26 +265,27 @@ class RangeTestRecipe:
         tracker, run_id = parts.tracker, str(self.cfg.train.resume)
         if not tracker.enabled:
             raise UserError("train.resume needs tracking.enabled=true (it continues an MLflow run)")
+        client = self._client(tracker)
         try:
-            record = runlog.read_training_run(tracker.client, run_id, where=redact(tracker.tracking_uri))
+            record = runlog.read_training_run(client, run_id, where=redact(tracker.tracking_uri))
         except runlog.RunLookupError as err:
             raise UserError(str(err)) from err
         self._check_same_config(record)
         folder = self.job.output_dir / "resume"
         folder.mkdir(parents=True, exist_ok=True)
-        checkpoint = runlog.download_checkpoint(tracker.client, run_id, str(folder))
+        checkpoint = runlog.download_checkpoint(client, run_id, str(folder))
         if checkpoint is None:
             raise UserError(f"train.resume={run_id!r}: the run has no checkpoint yet (it stopped in its first "
                             "epoch); start it again without train.resume")
         curve = None
         if record.range_test_run_id:
-            curve = runlog.read_range_test(tracker.client, record.range_test_run_id, where=redact(tracker.tracking_uri))
+            curve = runlog.read_range_test(client, record.range_test_run_id, where=redact(tracker.tracking_uri))
         bounds = Bounds(record.max_lr, record.base_lr, record.rule)
-        logged = runlog.last_logged_steps(tracker.client, run_id)
+        logged = runlog.last_logged_steps(client, run_id)
         parent = tracker.reopen_run(record.parent_run_id) if record.parent_run_id else NullRun()
         with _recording_errors(parent), _recording_errors(tracker.reopen_run(run_id)) as run:
             log.info("resuming training run %s from %s", run_id, checkpoint)
-            title = tracker.client.get_run(run_id).info.run_name
+            title = client.get_run(run_id).info.run_name
             outcome = self._fit(parts, bounds, curve, run, runlog.SkipLogged(run, logged), title, checkpoint)
             parent.log_summary({"final_val_loss": outcome} if outcome is not None else {})
         return outcome
@@ -297,11 +305,11 @@ class RangeTestRecipe:
         log.info("training: %s, max_lr=%.3e base_lr=%.3e (%s), %d epochs x %d steps",
                  schedule.name, bounds.max_lr, bounds.base_lr, bounds.rule, t.epochs, steps_per_epoch)
         if run.enabled:
-            self.job.final_run_id = run.run_id
+            self.job.final_run_id = run.stored_run_id()  # what a user resumes with
             if resume_from is None:
                 runlog.log_config(run, self.context, parts.data_info, runlog.bounds_params(bounds, steps_per_epoch))
             log.info("training run %s started; if it is killed, continue it with: %s train.resume=%s",
-                     run.run_id, redact(self.job.command), run.run_id)
+                     self.job.final_run_id, redact(self.job.command), self.job.final_run_id)
         try:
             result = self._train(parts, schedule, observer, resume_from)
         except NonFiniteLossError as err:
@@ -356,7 +364,7 @@ class RangeTestRecipe:
         with _recording_errors(parts.tracker.start_run(
                 name, tags=self.context.tags(runlog.STAGE_PIPELINE, **extra),
                 parent_run_id=sweep.run_id if sweep is not None else None)) as run:
-            self.job.pipeline_run_id = run.run_id
+            self.job.pipeline_run = run
             runlog.log_config(run, self.context, parts.data_info)
             yield run
 
@@ -444,12 +452,10 @@ class RangeTestRecipe:
         except (InstantiationException, ValueError, TypeError) as err:
             raise UserError(component_error(group, node, err)) from err
 
-    def _open_tracker(self) -> Future[Any]:
+    def _open_tracker(self) -> Any:
         """Check the tracking store at once (one line, seconds at most, before any data is
-        loaded), then open it in the background: creating a fresh store and importing MLflow
-        take a second or more that the data loading can hide."""
-        from concurrent.futures import ThreadPoolExecutor
-
+        loaded), then open it in the background: importing MLflow and creating a fresh store take
+        seconds that the range test does not wait for (what it logs meanwhile waits in the spool)."""
         from lrtrack.distributed import is_main
         from lrtrack.tracking import (
             NullTracker,
@@ -461,9 +467,7 @@ class RangeTestRecipe:
 
         t = self.cfg.tracking
         if not t.enabled or not is_main():  # torchrun: rank 0 alone opens the store and logs
-            done: Future[Any] = Future()
-            done.set_result(NullTracker())
-            return done
+            return NullTracker()
         uri = resolve_tracking_uri(t.tracking_uri, self.job.launch_dir)
         name = t.experiment_name or f"lrtrack-{self.model_name}"
         if self.job.sweep is not None:  # the sweep's store and experiment, created before any job started
@@ -475,18 +479,16 @@ class RangeTestRecipe:
         for noisy in ("mlflow.store.db.utils", "alembic.runtime.migration"):  # "Creating tables ...": not news
             logging.getLogger(noisy).setLevel(logging.WARNING)
         spool = Path(t.spool_dir) if t.spool_dir else self.job.output_dir / "tracking-spool"
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lrtrack-store")
-        opening = pool.submit(Tracker, uri, name, flush_every=t.flush_every, flush_seconds=t.flush_seconds,
-                              spool_dir=spool, delivery_timeout_s=t.delivery_timeout_s)
-        pool.shutdown(wait=False)
-        return opening
+        return Tracker(uri, name, flush_every=t.flush_every, flush_seconds=t.flush_seconds, spool_dir=spool,
+                       delivery_timeout_s=t.delivery_timeout_s, background=True)
 
     @staticmethod
-    def _opened(opening: Future[Any]) -> Any:
+    def _client(tracker: Any) -> Any:
+        """The store's client, to read runs back (waits for the store to open)."""
         from lrtrack.tracking import TrackingUnavailable
 
         try:
-            return opening.result()
+            return tracker.client
         except TrackingUnavailable as err:
             raise UserError(str(err)) from err
 

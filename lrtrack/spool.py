@@ -41,7 +41,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from lrtrack.redact import MASK, redact
 
@@ -150,8 +150,12 @@ class Spool:
 
     # ------------------------------------------------------------------ open / close
     @classmethod
-    def create(cls, parent: Path, tracking_uri: str, experiment_id: str | None) -> Spool:
-        """A new, empty spool in a unique sub-folder of ``parent`` (created as needed)."""
+    def create(cls, parent: Path, tracking_uri: str, experiment_id: str | None,
+               experiment_name: str | None = None) -> Spool:
+        """A new, empty spool in a unique sub-folder of ``parent`` (created as needed).
+
+        ``experiment_id`` is ``None`` while the store is still being opened; runs created
+        before then find their experiment by ``experiment_name`` (see :meth:`set_experiment`)."""
         stamp = time.strftime("%Y%m%d-%H%M%S")
         parent = Path(parent).resolve()
         made_parent = not parent.exists()
@@ -159,7 +163,8 @@ class Spool:
         path.mkdir(parents=True)
         fd = _lock(path, blocking=True)
         meta = {"tracking_uri": redact(tracking_uri), "experiment_id": experiment_id,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "pid": os.getpid(), "host": socket.gethostname()}
+                "experiment_name": experiment_name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "pid": os.getpid(), "host": socket.gethostname()}
         _write_atomic(path / META, json.dumps(meta, indent=1))
         spool = cls(path, fd)
         spool.made_parent = made_parent
@@ -187,6 +192,13 @@ class Spool:
     @property
     def meta(self) -> dict[str, Any]:
         return json.loads((self.path / META).read_text())
+
+    def set_experiment(self, experiment_id: str) -> None:
+        """Record the experiment once the store is open (the spool may be older than that)."""
+        meta = self.meta
+        if meta.get("experiment_id") != experiment_id:
+            meta["experiment_id"] = experiment_id
+            _write_atomic(self.path / META, json.dumps(meta, indent=1))
 
     def close(self) -> None:
         """Release the lock (the folder stays)."""
@@ -352,17 +364,33 @@ def _create_run(client: Any, spool: Spool, op: Mapping[str, Any]) -> None:
     pending_id = op["run"]
     if pending_id in spool.ids:
         return
-    found = client.search_runs([op["experiment"]], filter_string=f"tags.`{CREATE_ID_TAG}` = '{pending_id}'",
+    experiment_id = op.get("experiment") or _spool_experiment(client, spool)
+    found = client.search_runs([experiment_id], filter_string=f"tags.`{CREATE_ID_TAG}` = '{pending_id}'",
                                max_results=1)
     if found:
         run_id = found[0].info.run_id
     else:
         tags = {k: spool.resolve(v) for k, v in op.get("tags", {}).items()}
         tags[CREATE_ID_TAG] = pending_id
-        run_id = client.create_run(op["experiment"], start_time=op.get("start"), tags=tags,
+        run_id = client.create_run(experiment_id, start_time=op.get("start"), tags=tags,
                                    run_name=op.get("name")).info.run_id
     spool.save_id(pending_id, run_id)
     log.info("created run %s (logged offline as %s)", run_id, pending_id)
+
+
+def _spool_experiment(client: Any, spool: Spool) -> str:
+    """The experiment of runs created before the store was open: the one the spool recorded
+    (by id once known, else by name, created when missing)."""
+    meta = spool.meta
+    if meta.get("experiment_id"):
+        return str(meta["experiment_id"])
+    name = meta.get("experiment_name")
+    if not name:
+        raise ValueError("the spool records no experiment for its runs")
+    found = client.get_experiment_by_name(name)
+    experiment_id = found.experiment_id if found is not None else client.create_experiment(name)
+    spool.set_experiment(experiment_id)
+    return str(experiment_id)
 
 
 def replay(client: Any, spool: Spool, *, should_stop: Callable[[], bool] = lambda: False) -> bool:
@@ -392,8 +420,18 @@ def replay(client: Any, spool: Spool, *, should_stop: Callable[[], bool] = lambd
     return not spool.has_pending()
 
 
+class MetricRow(NamedTuple):
+    """One metric value as lrtrack queues it. MLflow's ``Metric`` is made only when it is sent, so
+    the training loop never imports MLflow (it may still be importing in the background)."""
+
+    key: str
+    value: float
+    timestamp: int
+    step: int
+
+
 def metric_rows(metrics: list[Any]) -> list[list[Any]]:
-    """``Metric`` objects as journal rows ``[key, value, timestamp, step]``."""
+    """Metric values (:class:`MetricRow` or MLflow ``Metric``) as journal rows ``[key, value, timestamp, step]``."""
     return [[m.key, m.value, m.timestamp, m.step] for m in metrics]
 
 
@@ -434,14 +472,20 @@ class Courier:
             (only while the store answers: offline, metrics go straight to disk).
         probe: a quick "does the store answer" check tried before replaying (for HTTP, a short
             GET), so an unreachable server costs no MLflow retries; ``None`` to just try.
+        connect: opens the store in the courier's thread and returns ``(client, experiment_id)``;
+            given instead of ``client``, so that nobody waits for MLflow's import and a fresh
+            store's creation. Until it returns, every write goes to the spool (runs get
+            placeholder ids), and the thread delivers them once the store is open.
     """
 
     def __init__(self, client: Any, tracking_uri: str, experiment_id: str | None, *, spool_dir: str | Path,
                  retry_delays: tuple[float, ...] = (0.5, 1.0), probe_max_s: float = 10.0,
-                 max_queued: int = 10 * MAX_METRICS_PER_BATCH, probe: Callable[[], bool] | None = None) -> None:
+                 max_queued: int = 10 * MAX_METRICS_PER_BATCH, probe: Callable[[], bool] | None = None,
+                 connect: Callable[[], tuple[Any, str]] | None = None, experiment_name: str | None = None) -> None:
         self.client = client
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
+        self.experiment_name = experiment_name  # recorded in the spool: runs spooled before the store opened
         self.spool_dir = Path(spool_dir)
         self.retry_delays = tuple(retry_delays)
         self.probe_min_s = 0.5
@@ -464,6 +508,11 @@ class Courier:
         self._closed = False
         self._deadline = float("inf")
         self._thread: threading.Thread | None = None
+        self._connect = connect
+        self._connecting = connect is not None  # the store is being opened: spooling is expected, not news
+        if connect is not None:
+            self.online = False
+            self._ensure_thread()  # opens the store at once, in the background
 
     # ------------------------------------------------------------------ what callers use
     def resolve(self, run_id: str) -> str:
@@ -493,6 +542,19 @@ class Courier:
             self._cond.notify_all()
             while self.online and self._queued > self.max_queued and not self._closing:
                 self._cond.wait(timeout=1.0)  # the store is slow: wait rather than grow
+
+    @property
+    def connecting(self) -> bool:
+        """The store is still being opened (``connect``) and what was spooled meanwhile delivered."""
+        return self._connecting
+
+    def wait_connected(self, timeout_s: float) -> bool:
+        """Wait (at most ``timeout_s``) until the store is open; True when it is."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while self.client is None and self._thread is not None and time.monotonic() < deadline:
+                self._cond.wait(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
+            return self.client is not None
 
     def wait_sent(self) -> None:
         """Wait until every metric submitted so far is delivered or spooled."""
@@ -540,7 +602,9 @@ class Courier:
         with self._cond:
             self._journal({"op": "create", "run": pending_id, "experiment": experiment_id, "name": name,
                            "tags": resolved, "start": start})
-        log.warning("run %r will be created in the tracking store when it is back (until then: %s)", name, pending_id)
+        if not self._connecting:
+            log.warning("run %r will be created in the tracking store when it is back (until then: %s)", name,
+                        pending_id)
         return pending_id
 
     def close(self, timeout_s: float) -> None:
@@ -561,7 +625,7 @@ class Courier:
             self._cond.notify_all()
             thread = self._thread
         if thread is not None:
-            if not self.online:
+            if not self.online and not self._connecting:
                 log.warning("waiting up to %g s for tracking store %s to deliver the spooled writes",
                             timeout_s, redact(self.tracking_uri))
             thread.join(timeout=timeout_s + JOIN_SLACK_S)
@@ -584,7 +648,7 @@ class Courier:
     def _ensure_spool(self) -> Spool | None:
         if self.spool is None and not self._spool_failed:
             try:
-                self.spool = Spool.create(self.spool_dir, self.tracking_uri, self.experiment_id)
+                self.spool = Spool.create(self.spool_dir, self.tracking_uri, self.experiment_id, self.experiment_name)
             except OSError as err:
                 self._spool_failed = True
                 log.error("cannot create a tracking spool in %s (%s): writes the store does not take are lost",
@@ -699,6 +763,9 @@ class Courier:
         return rid, batch
 
     def _send(self, run_id: str, batch: list[Any]) -> None:
+        from mlflow.entities import Metric
+
+        batch = [Metric(m.key, m.value, m.timestamp, m.step) for m in batch]
         start = time.perf_counter()
         error: Exception | None = None
         for pause in (*self.retry_delays, None):
@@ -732,14 +799,16 @@ class Courier:
 
     def _replay_once(self) -> bool:
         """One delivery attempt of the spool; True when it is empty and the courier is online again."""
-        spool = self.spool
-        if spool is None:  # offline, but nothing could be spooled: try the store again directly
-            with self._cond:
-                self.online = True
-                self._cond.notify_all()
-            return True
         if self.probe is not None and not self.probe():
             return False
+        if self.client is None and not self._open_store():
+            return False
+        spool = self.spool
+        if spool is None:  # nothing spooled (or nothing could be): send to the store directly
+            with self._cond:
+                self.online, self._connecting = True, False
+                self._cond.notify_all()
+            return True
         try:
             while True:
                 replay(self.client, spool, should_stop=self._past_deadline)
@@ -747,8 +816,10 @@ class Courier:
                     if not spool.has_pending():
                         self.online = True
                         spool.finish()
-                        log.warning("tracking store %s is back: the spooled writes were delivered",
-                                    redact(self.tracking_uri))
+                        if not self._connecting:
+                            log.warning("tracking store %s is back: the spooled writes were delivered",
+                                        redact(self.tracking_uri))
+                        self._connecting = False
                         self._cond.notify_all()
                         return True
                 if self._past_deadline():
@@ -759,3 +830,23 @@ class Courier:
             with self._cond:
                 self.last_error = describe(err)
             return False
+
+    def _open_store(self) -> bool:
+        """``connect`` (in the courier's thread): True once the store is open."""
+        assert self._connect is not None
+        try:
+            client, experiment_id = self._connect()
+        except Exception as err:
+            with self._cond:
+                first = self.last_error is None
+                self.last_error = describe(err)
+            if first:
+                log.warning("tracking store %s cannot be opened yet (%s); training goes on, its writes are kept "
+                            "in %s", redact(self.tracking_uri), self.last_error, self.spool_dir)
+            return False
+        with self._cond:
+            self.client, self.experiment_id = client, experiment_id
+            if self.spool is not None:
+                self.spool.set_experiment(experiment_id)
+            self._cond.notify_all()
+        return True

@@ -51,8 +51,10 @@ from lrtrack.spool import (
     MAX_PARAMS_PER_BATCH,
     Courier,
     DeliveryError,
+    MetricRow,
     Spool,
     describe,
+    is_pending,
     is_transient,
 )
 
@@ -376,13 +378,9 @@ class MetricBuffer:
             self.courier = Courier(sink, str(getattr(sink, "tracking_uri", "")), None,
                                    spool_dir=Path.cwd() / "lrtrack-spool", max_queued=max_queued)
             self._own_courier = True
-        self.client = self.courier.client
         self.run_id = run_id
         self.flush_every = max(1, int(flush_every))
         self.flush_seconds = float(flush_seconds)
-        from mlflow.entities import Metric
-
-        self._metric = Metric  # looked up once: add() runs every training step
         self._pending: list[Any] = []
         self._steps_pending = 0
         self._last_send = time.monotonic()
@@ -399,8 +397,7 @@ class MetricBuffer:
     def add(self, step: int, metrics: Mapping[str, float]) -> None:
         """Queue metrics without counting a step (summary metrics)."""
         now_ms = int(time.time() * 1000)
-        metric = self._metric
-        self._pending.extend(metric(key, float(value), now_ms, step) for key, value in metrics.items())
+        self._pending.extend(MetricRow(key, float(value), now_ms, step) for key, value in metrics.items())
 
     def on_step(self, step: int, metrics: Mapping[str, float]) -> None:
         self.add(step, metrics)
@@ -457,26 +454,39 @@ class TrackedRun:
     def __init__(self, courier: Courier, run_id: str, experiment_id: str, *, flush_every: int = 100,
                  flush_seconds: float = 5.0) -> None:
         self.courier = courier
-        self.client = courier.client
         self._run_id = run_id
         self.experiment_id = experiment_id
         self.metrics = MetricBuffer(courier, run_id, flush_every=flush_every, flush_seconds=flush_seconds)
         self._ended = False
 
     @property
+    def client(self) -> Any:
+        """The store's client (``None`` while the store is still being opened: writes are spooled)."""
+        return self.courier.client
+
+    @property
     def run_id(self) -> str:
+        """The store's id of this run; a placeholder (``pending-...``) while the run waits to be created."""
         return self.courier.resolve(self._run_id)
+
+    def stored_run_id(self, timeout_s: float = 30.0) -> str:
+        """The store's id of this run, waiting (at most ``timeout_s``) for the store to create it;
+        for ids a user is told (a resume command), which a placeholder would not serve."""
+        deadline = time.monotonic() + timeout_s
+        while is_pending(self.run_id) and self.courier.connecting and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.run_id
 
     # Observer interface, so a TrackedRun can be handed straight to the engine.
     def on_step(self, step: int, metrics: Mapping[str, float]) -> None:
         self.metrics.on_step(step, metrics)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        from mlflow.entities import Param
-
         values = {safe_key(k): str(v)[:MAX_PARAM_VALUE] for k, v in params.items()}
 
         def send(run_id: str) -> None:
+            from mlflow.entities import Param
+
             items = [Param(k, v) for k, v in values.items()]
             for lo in range(0, len(items), MAX_PARAMS_PER_BATCH):
                 self.client.log_batch(run_id, params=items[lo:lo + MAX_PARAMS_PER_BATCH], synchronous=True)
@@ -485,11 +495,11 @@ class TrackedRun:
             self.courier.call(self._run_id, send, lambda spool: {"op": "params", "params": values})
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        from mlflow.entities import RunTag
-
         values = {safe_key(k): str(v) for k, v in tags.items()}
 
         def send(run_id: str) -> None:
+            from mlflow.entities import RunTag
+
             items = [RunTag(k, self.courier.resolve(v)) for k, v in values.items()]
             for lo in range(0, len(items), MAX_PARAMS_PER_BATCH):
                 self.client.log_batch(run_id, tags=items[lo:lo + MAX_PARAMS_PER_BATCH], synchronous=True)
@@ -663,38 +673,67 @@ class Tracker:
         spool_dir: where writes the store does not take wait (a sub-folder per tracker, created
             only when needed); default ``./lrtrack-spool``. The recipe passes the job's output folder.
         delivery_timeout_s: how long :meth:`close` waits for a store that is away.
+        background: open the store in the courier's thread instead of now. Importing MLflow and
+            creating a fresh store take seconds that nobody then waits for: the runs, params and
+            metrics logged before the store is open wait in the spool (runs have placeholder ids
+            until then; :meth:`TrackedRun.stored_run_id` waits for the real one) and are
+            delivered as soon as it is. Run :func:`preflight` first: a store that cannot be
+            opened then shows up at :meth:`close`, as undelivered writes.
 
     Raises:
         TrackingUnavailable: the store cannot be opened (run :func:`preflight` first for a
-            faster, clearer answer).
+            faster, clearer answer; with ``background=True``, :attr:`client` raises it).
     """
 
     enabled = True
 
     def __init__(self, tracking_uri: str, experiment_name: str, *, flush_every: int = 100, flush_seconds: float = 5.0,
-                 spool_dir: str | Path | None = None, delivery_timeout_s: float = 60.0) -> None:
+                 spool_dir: str | Path | None = None, delivery_timeout_s: float = 60.0, background: bool = False) -> None:
         self.tracking_uri = tracking_uri
         self.experiment_name = experiment_name
         self.flush_every = flush_every
         self.flush_seconds = flush_seconds
         self.delivery_timeout_s = float(delivery_timeout_s)
+        http = tracking_uri.lower().startswith(("http://", "https://"))
+        client, experiment_id = (None, None) if background else self._open()
+        self.courier = Courier(client, tracking_uri, experiment_id,
+                               spool_dir=Path(spool_dir) if spool_dir else Path.cwd() / "lrtrack-spool",
+                               probe=(lambda: http_answers(tracking_uri)) if http else None,
+                               connect=self._open if background else None, experiment_name=experiment_name)
+        self._closed = False
+        atexit.register(self._close_at_exit)
+
+    def _open(self) -> tuple[MlflowClient, str]:
+        """Open the store and the experiment (creating either when missing)."""
         try:
-            self.client = open_store(tracking_uri)
-            self.experiment_id = ensure_experiment(self.client, experiment_name)
+            client = open_store(self.tracking_uri)
+            return client, ensure_experiment(client, self.experiment_name)
         except TrackingUnavailable:
             raise
         except Exception as err:
             if not is_transient(err):
                 raise
-            raise TrackingUnavailable(f"tracking store {redact(tracking_uri)} cannot be used ({describe(err)}): "
-                                      f"{_where(tracking_uri)} to a store that answers, or tracking.enabled=false"
+            raise TrackingUnavailable(f"tracking store {redact(self.tracking_uri)} cannot be used ({describe(err)}): "
+                                      f"{_where(self.tracking_uri)} to a store that answers, or tracking.enabled=false"
                                       ) from err
-        http = tracking_uri.lower().startswith(("http://", "https://"))
-        self.courier = Courier(self.client, tracking_uri, self.experiment_id,
-                               spool_dir=Path(spool_dir) if spool_dir else Path.cwd() / "lrtrack-spool",
-                               probe=(lambda: http_answers(tracking_uri)) if http else None)
-        self._closed = False
-        atexit.register(self._close_at_exit)
+
+    @property
+    def client(self) -> MlflowClient:
+        """The store's client (waits for a store opened in the background).
+
+        Raises:
+            TrackingUnavailable: the store could not be opened within ``delivery_timeout_s``.
+        """
+        if not self.courier.wait_connected(self.delivery_timeout_s):
+            raise TrackingUnavailable(f"tracking store {redact(self.tracking_uri)} cannot be used "
+                                      f"({self.courier.last_error or 'it did not open'}): {_where(self.tracking_uri)} "
+                                      f"to a store that answers, or tracking.enabled=false")
+        return self.courier.client
+
+    @property
+    def experiment_id(self) -> str | None:
+        """The experiment's id (``None`` while a store opened in the background is not open yet)."""
+        return self.courier.experiment_id
 
     def start_run(self, name: str, *, tags: Mapping[str, Any] | None = None, parent_run_id: str | None = None) -> TrackedRun:
         """A new run (created in the store now, or when it is back if it is away)."""
@@ -702,8 +741,8 @@ class Tracker:
         if parent_run_id:
             all_tags[PARENT_TAG] = str(parent_run_id)
 
-        def create(resolved: dict[str, str]) -> str:
-            return self.client.create_run(self.experiment_id, run_name=name, tags=resolved).info.run_id
+        def create(resolved: dict[str, str]) -> str:  # only called once the store is open
+            return self.courier.client.create_run(self.experiment_id, run_name=name, tags=resolved).info.run_id
 
         run_id = self.courier.create_run(self.experiment_id, name, all_tags, create)
         return TrackedRun(self.courier, run_id, self.experiment_id,

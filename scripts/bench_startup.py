@@ -6,7 +6,10 @@ Each repetition runs, in alternating order, two fresh processes on the same MNIS
             range_test (100 steps, exp to 10), the plot saved, reset(). No tracking.
   lrtrack   python -m lrtrack +model=mnist_cnn stage=range_test data.root=<root> progress=false,
             in a fresh folder each time (so the sqlite store is created too: the worst case),
-            with tracking, figure, history and suggestions logged to MLflow.
+            with tracking, figure, history and suggestions logged to MLflow. Two variants:
+            "default" (the sweep, then the confirmation probes of the default rule, up to
+            num_iter more steps) and "sweep only" (finder.probe_steps=0: the seed's work, one
+            sweep and the curve rules).
 
 It prints the median wall time of each, the ratio lrtrack/seed, lrtrack's time from process
 start to the end of its first range-test step (the timestamp MLflow stored with step 0's
@@ -38,14 +41,17 @@ def run_seed(mnist: Path, out: Path) -> float:
     return time.time() - start
 
 
-def run_lrtrack(mnist: Path, out: Path) -> dict[str, float]:
+VARIANTS = {"default": [], "sweep only": ["finder.probe_steps=0"]}
+
+
+def run_lrtrack(mnist: Path, out: Path, extra: list[str]) -> dict[str, float]:
     from mlflow.tracking import MlflowClient
 
     folder = Path(tempfile.mkdtemp(dir=out))
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     start = time.time()
     proc = subprocess.run([sys.executable, "-m", "lrtrack", "+model=mnist_cnn", "stage=range_test",
-                           f"data.root={mnist}", "progress=false"], capture_output=True, text=True,
+                           f"data.root={mnist}", "progress=false", *extra], capture_output=True, text=True,
                           cwd=folder, env=env)
     end = time.time()
     if proc.returncode != 0:
@@ -53,8 +59,10 @@ def run_lrtrack(mnist: Path, out: Path) -> dict[str, float]:
     client = MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("lrtrack-mnist_cnn").experiment_id])
     steps = sorted(client.get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)
+    logged = {**run.data.params, **run.data.metrics}
+    probe_steps = next((float(v) for k, v in logged.items() if k.rsplit("/", 1)[-1] == "probe_steps"), 0.0)
     return {"total": end - start, "first_step": steps[0].timestamp / 1000 - start,
-            "last_step": steps[-1].timestamp / 1000 - start, "steps": float(len(steps))}
+            "last_step": steps[-1].timestamp / 1000 - start, "steps": float(len(steps)), "probe_steps": probe_steps}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,30 +74,33 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no MNIST under {args.root}; pass --root", file=sys.stderr)
         return 2
     seed: list[float] = []
-    ours: list[dict[str, float]] = []
+    ours: dict[str, list[dict[str, float]]] = {name: [] for name in VARIANTS}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         run_seed(args.root, out)  # warm the file cache and the Python bytecode of both
-        run_lrtrack(args.root, out)
+        run_lrtrack(args.root, out, [])
         for i in range(args.repeats):
-            if i % 2 == 0:  # alternate which goes first
-                seed.append(run_seed(args.root, out))
-                ours.append(run_lrtrack(args.root, out))
-            else:
-                ours.append(run_lrtrack(args.root, out))
-                seed.append(run_seed(args.root, out))
-            print(f"  rep {i + 1}: seed {seed[-1]:.2f} s, lrtrack {ours[-1]['total']:.2f} s "
-                  f"(first step at {ours[-1]['first_step']:.2f} s)", flush=True)
-    med = {k: statistics.median(r[k] for r in ours) for k in ours[0]}
+            order = ["seed", *VARIANTS] if i % 2 == 0 else [*VARIANTS, "seed"]  # alternate who goes first
+            for who in order:
+                if who == "seed":
+                    seed.append(run_seed(args.root, out))
+                else:
+                    ours[who].append(run_lrtrack(args.root, out, VARIANTS[who]))
+            print(f"  rep {i + 1}: seed {seed[-1]:.2f} s, " + ", ".join(
+                f"lrtrack {who} {runs[-1]['total']:.2f} s (first step at {runs[-1]['first_step']:.2f} s)"
+                for who, runs in ours.items()), flush=True)
     seed_med = statistics.median(seed)
-    print(f"\nmedians of {args.repeats} alternated runs (fresh processes, {int(med['steps'])} range-test steps):")
-    print(f"  seed script (torch-lr-finder, no tracking): {seed_med:6.2f} s")
-    print(f"  python -m lrtrack, tracked in MLflow:       {med['total']:6.2f} s")
-    print(f"  ratio lrtrack / seed:                       {med['total'] / seed_med:6.2f}x")
-    print("where lrtrack's time goes:")
-    print(f"  start -> first step done:  {med['first_step']:6.2f} s  (imports, config, data, model, store, run)")
-    print(f"  first -> last step:        {med['last_step'] - med['first_step']:6.2f} s")
-    print(f"  last step -> exit:         {med['total'] - med['last_step']:6.2f} s  (suggestions, figure, artifacts)")
+    print(f"\nmedians of {args.repeats} alternated runs (fresh processes):")
+    print(f"  seed script (torch-lr-finder, 100-step sweep, no tracking): {seed_med:6.2f} s")
+    for who, runs in ours.items():
+        med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        print(f"\n  python -m lrtrack, {who} ({int(med['steps'])} sweep steps + {int(med['probe_steps'])} probe "
+              f"steps), tracked in MLflow: {med['total']:6.2f} s")
+        print(f"    ratio lrtrack / seed:        {med['total'] / seed_med:6.2f}x")
+        print(f"    start -> first step done:    {med['first_step']:6.2f} s  (imports, config, data, model, run)")
+        print(f"    first -> last sweep step:    {med['last_step'] - med['first_step']:6.2f} s")
+        print(f"    last sweep step -> exit:     {med['total'] - med['last_step']:6.2f} s  "
+              "(probes, suggestions, figure, artifacts, delivery)")
     return 0
 
 
