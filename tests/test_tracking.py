@@ -374,3 +374,74 @@ def test_runs_created_before_an_outage_get_their_writes_when_it_ends(tmp_path: P
     assert client.get_run(run.run_id).info.status == "FINISHED"
     assert client.get_run(run.run_id).data.params == {"lr": "0.5"}
     assert not (tmp_path / "spool").exists()
+
+
+# ---------------------------------------------------------------------- the store opens in the background
+
+
+class _GatedTracker(Tracker):
+    """A real background tracker whose store opens only when the test says so (the timing is the
+    one thing a test cannot leave to chance: on a fast machine the store may open at once)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        import threading
+
+        self.gate = threading.Event()
+        super().__init__(*args, **kwargs)
+
+    def _open(self) -> Any:
+        assert self.gate.wait(timeout=30)
+        return super()._open()
+
+
+def test_a_tracker_opened_in_the_background_never_waits_and_delivers_everything(tmp_path: Path) -> None:
+    db = tmp_path / "fresh" / "mlflow.db"
+    db.parent.mkdir()
+    tracker = _GatedTracker(f"sqlite:///{db}", "background", flush_every=10, spool_dir=tmp_path / "spool",
+                            background=True)
+    start = time.monotonic()
+    parent = tracker.start_run("pipeline")
+    with tracker.start_run("explore", tags={"link": parent.run_id}, parent_run_id=parent.run_id) as run:
+        run.log_params({"lr": 0.1})
+        for i in range(120):
+            run.on_step(i, {"loss": 1.0 / (i + 1)})
+        run.log_summary({"min_loss": 0.01}, step=0)
+        run.log_dict({"a": 1}, "config/resolved.yaml")
+    assert time.monotonic() - start < 5  # nothing above waited for the store
+    assert is_pending(run.run_id) and is_pending(parent.run_id) and not db.exists()
+    assert tracker.experiment_id is None
+    tracker.gate.set()
+    parent.end()
+    tracker.close()
+    assert not is_pending(run.run_id) and not is_pending(parent.run_id)
+    client = tracker.client
+    runs = {r.info.run_name: r for r in client.search_runs([tracker.experiment_id])}
+    assert {n: r.info.status for n, r in runs.items()} == {"pipeline": "FINISHED", "explore": "FINISHED"}
+    explore = runs["explore"]
+    assert explore.info.run_id == run.run_id
+    assert explore.data.tags["mlflow.parentRunId"] == parent.run_id == explore.data.tags["link"]
+    assert _history(client, run.run_id, "loss") == list(range(120))
+    assert explore.data.params == {"lr": "0.1"} and explore.data.metrics["min_loss"] == 0.01
+    assert {a.path for a in client.list_artifacts(run.run_id, "config")} == {"config/resolved.yaml"}
+    assert tracker.undelivered is None and not (tmp_path / "spool").exists()
+
+
+def test_a_store_that_never_opens_keeps_the_writes_for_deliver(tmp_path: Path) -> None:
+    refused = f"http://127.0.0.1:{free_port()}"
+    tracker = Tracker(refused, "never-opened", spool_dir=tmp_path / "spool", delivery_timeout_s=1.0,
+                      background=True)
+    with tracker.start_run("explore") as run:
+        for i in range(30):
+            run.on_step(i, {"loss": float(i)})
+    with pytest.raises(DeliveryError, match="deliver them when the store is back") as info:
+        tracker.close()
+    with pytest.raises(TrackingUnavailable, match="cannot be used"):
+        tracker.client  # noqa: B018
+    # Delivered later into a store that has never seen the experiment: it is created by name.
+    store = f"sqlite:///{tmp_path}/later.db"
+    assert deliver_spool(info.value.spool, tracking_uri=store)["metric values"] == 30
+    client = open_store(store)
+    experiment = client.get_experiment_by_name("never-opened")
+    (stored,) = client.search_runs([experiment.experiment_id])
+    assert stored.info.run_name == "explore" and stored.info.status == "FINISHED"
+    assert _history(client, stored.info.run_id, "loss") == list(range(30))
