@@ -523,10 +523,14 @@ class RangeTestRecipe:
 
     def _run_name(self, components: Components, stage: str, *parts: str) -> str:
         """``range_test mnist_cnn sgd exp on mnist``: the data set is in the name, so a run that fell
-        back to other data never looks like the one that was asked for."""
+        back to other data never looks like the one that was asked for; in a sweep, the job's
+        swept overrides and the sweep's short id follow (``, seed=1 (sweep 3fa9c0)``)."""
         data = components.data_info
         where = f"on {data.name}" + (" (fallback: the requested data was unavailable)" if data.fell_back else "")
-        return " ".join([stage, self.model_name, *[p for p in parts if p], where])
+        name = " ".join([stage, self.model_name, *[p for p in parts if p], where])
+        if self.job.sweep is not None and stage != "lrtrack":  # a sweep's runs: which job, which sweep
+            name += f", {self.job.sweep.job_name(self.job.overrides)}"
+        return name
 
 
 def run_sweep_job(cfg: DictConfig, job: JobInfo) -> float:

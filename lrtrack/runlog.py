@@ -683,6 +683,14 @@ def _finite_at(values: Sequence[float], i: int) -> float | None:
 # failed before it had one, the summary, and the range_test_seeds aggregates.
 
 
+SHORT_ID_LENGTH = 6
+
+
+def short_id(run_id: str) -> str:
+    """``"3fa9c0d2..."`` -> ``"3fa9c0"``: enough to tell a handful of sweeps apart, short enough to read."""
+    return run_id[:SHORT_ID_LENGTH]
+
+
 def override_key(override: str) -> str:
     """The key of a command-line override (``+model=mlp`` -> ``model``)."""
     return override.split("=", 1)[0].lstrip("+~")
@@ -703,9 +711,15 @@ class SweepContext:
         picked = [o for o in overrides if override_key(o) in self.keys]
         return picked or list(overrides)
 
+    @property
+    def short_id(self) -> str:
+        """The start of the sweep run's id: in the names of the sweep's runs, so that two sweeps
+        with the same overrides never look alike (the sweep run's name carries it too)."""
+        return short_id(self.run_id)
+
     def job_name(self, overrides: Sequence[str]) -> str:
-        """A job's run name: its swept overrides."""
-        return " ".join(self.swept(overrides)) or "job"
+        """A job's run name: its swept overrides and the sweep's short id."""
+        return f"{' '.join(self.swept(overrides)) or 'job'} (sweep {self.short_id})"
 
     def job_tags(self, overrides: Sequence[str]) -> dict[str, str]:
         """The tags that place a job's pipeline run in this sweep."""
@@ -715,11 +729,13 @@ class SweepContext:
 
 def start_sweep_run(client: MlflowClient, experiment_id: str, *, swept: Sequence[str], overrides: Sequence[str],
                     keys: Sequence[str], command: str, launcher: str, sweep_dir: str) -> str:
-    """Create a sweep's parent run (named by its swept overrides) and log its command; returns its id."""
-    name = redact("sweep " + (" ".join(swept) or "(no swept keys)"))
-    run = client.create_run(experiment_id, run_name=name, tags=redact_tree({
+    """Create a sweep's parent run (named by its short id and swept overrides) and log its command;
+    returns its id."""
+    what = redact(" ".join(swept) or "(no swept keys)")
+    run = client.create_run(experiment_id, run_name=f"sweep {what}", tags=redact_tree({
         STAGE_TAG: STAGE_SWEEP, COMMAND_TAG: command, OVERRIDES_TAG: " ".join(overrides),
         SWEEP_KEYS_TAG: ",".join(keys), LAUNCHER_TAG: launcher, SWEEP_DIR_TAG: sweep_dir}))
+    client.update_run(run.info.run_id, name=f"sweep {short_id(run.info.run_id)} {what}")  # the id exists now
     client.log_dict(run.info.run_id, redact_tree({"command": command, "overrides": list(overrides),
                                                   "swept": list(swept), "launcher": launcher}), SWEEP_COMMAND)
     return run.info.run_id

@@ -154,7 +154,7 @@ def test_record_failure_tags_a_run_or_creates_a_failed_one(store: Store) -> None
     created = runlog.record_failure(ctx, overrides, ValueError("x=1 is invalid:\n  use 0"), None,
                                     tags={runlog.COMMAND_TAG: "python -m lrtrack"})
     run = store.client.get_run(created)
-    assert run.info.status == "FAILED" and run.info.run_name == "x=1"
+    assert run.info.status == "FAILED" and run.info.run_name == f"x=1 (sweep {sweep_id[:6]})"
     assert run.data.tags[runlog.ERROR_TAG] == "ValueError: x=1 is invalid: use 0"
     assert run.data.tags[runlog.PARENT_TAG] == sweep_id and run.data.tags[runlog.STAGE_TAG] == "pipeline"
     assert run.data.tags[runlog.SWEEP_OVERRIDES_TAG] == "x=1"

@@ -81,7 +81,8 @@ def test_a_two_job_sweep_logs_to_the_server(server: MlflowServer, tmp_path: Path
     (sweep,) = [r for r in runs if r.data.tags["lrtrack.stage"] == "sweep"]
     assert sweep.info.status == "FINISHED"
     jobs = [r for r in runs if r.data.tags["lrtrack.stage"] == "pipeline"]
-    assert sorted(r.info.run_name for r in jobs) == ["seed=0", "seed=1"]
+    short = sweep.info.run_id[:6]
+    assert sorted(r.info.run_name for r in jobs) == [f"seed=0 (sweep {short})", f"seed=1 (sweep {short})"]
     assert all(r.data.tags["mlflow.parentRunId"] == sweep.info.run_id for r in jobs)
     assert len([r for r in runs if r.data.tags["lrtrack.stage"] == "explore"]) == 2
     assert _on_server_root(server, sweep.info.run_id, "sweep/summary.csv")

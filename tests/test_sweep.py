@@ -73,7 +73,9 @@ def test_sweep_structure_statuses_and_summary(failing_sweep) -> None:
     assert sweep.data.tags["lrtrack.sweep_keys"] == "data.batch_size,finder.num_iter"
     assert sweep.data.metrics["jobs"] == 4 and sweep.data.metrics["jobs_failed"] == 3
 
-    jobs = {r.info.run_name: r for r in children(client, sweep)}
+    short = sweep.info.run_id[:6]
+    assert sweep.info.run_name == f"sweep {short} data.batch_size=64,0 finder.num_iter=10,3"
+    jobs = {r.info.run_name.removesuffix(f" (sweep {short})"): r for r in children(client, sweep)}
     assert set(jobs) == {f"data.batch_size={b} finder.num_iter={n}" for b in (64, 0) for n in (10, 3)}
     assert all(r.data.tags["lrtrack.stage"] == "pipeline" for r in jobs.values())
     good = jobs["data.batch_size=64 finder.num_iter=10"]
@@ -109,7 +111,7 @@ def test_sweep_structure_statuses_and_summary(failing_sweep) -> None:
     assert float(row["max_lr"]) == pytest.approx(4 * float(row["base_lr"]))
     assert float(row["suggested_lr/valley"]) > 0 and 0 <= float(row["final_val_accuracy"]) <= 1
     assert row["explore_run_id"] and row["final_run_id"]
-    assert rows["data.batch_size=0 finder.num_iter=10"]["status"] == "FAILED"
+    assert rows[f"data.batch_size=0 finder.num_iter=10 (sweep {short})"]["status"] == "FAILED"
     assert "no suggestion" in rows[no_bounds.info.run_name]["error"]
 
 
@@ -119,7 +121,9 @@ def test_swept_keys_and_job_names() -> None:
 
     assert swept_keys(["+model=mlp", "optimizer=sgd,adamw", "seed=range(3)", "x=1"]) == ["optimizer", "seed"]
     ctx = SweepContext("r", "sqlite://", "e", ("optimizer",))
-    assert ctx.job_name(["+model=mlp", "optimizer=sgd"]) == "optimizer=sgd"
+    assert ctx.job_name(["+model=mlp", "optimizer=sgd"]) == "optimizer=sgd (sweep r)"
+    long = SweepContext("3fa9c0d2e4b64f6a8c1d2e3f4a5b6c7d", "sqlite://", "e", ("seed",))
+    assert long.job_name(["seed=1"]) == "seed=1 (sweep 3fa9c0)"
 
 
 @pytest.mark.slow
@@ -137,13 +141,15 @@ def test_joblib_launcher_and_seed_aggregate(tmp_path: Path) -> None:
     assert sweep.data.tags["lrtrack.launcher"] == "joblib"
     runs = children(client, sweep)
     jobs = sorted(r.info.run_name for r in runs if r.data.tags["lrtrack.stage"] == "pipeline")
-    assert jobs == ["seed=0", "seed=1"]
+    short = sweep.info.run_id[:6]
+    assert jobs == [f"seed=0 (sweep {short})", f"seed=1 (sweep {short})"]
     pids = set()
     confirmed = []  # each seed's logged confirmed suggestion
     for job in (r for r in runs if r.data.tags["lrtrack.stage"] == "pipeline"):
         assert job.info.status == "FINISHED"
         (explore,) = children(client, job)
         assert explore.data.tags["lrtrack.stage"] == "explore"
+        assert explore.info.run_name.endswith(f" on fake, {job.info.run_name}")  # which job of which sweep
         assert explore.data.metrics["probes"] > 0
         confirmed.append(explore.data.metrics["suggested_lr/confirmed"])
         pids.add(job.data.tags.get("lrtrack.job_num"))
