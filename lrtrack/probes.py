@@ -8,8 +8,9 @@ LR diverges (on least squares the sweep's minimum lies 3-7x past the stability e
 started in, take ``steps`` optimizer steps at one fixed LR and measure the loss.
 
 :class:`ProbeSearch` decides which LRs to probe: the divergence edge, then half-octave steps
-(factors of sqrt(2)) down from it until a probe fails to beat the best one; then one
-quarter-octave probe between the largest good LR and the failing one above it.
+(factors of sqrt(2)) down from it until a probe has lowered the loss and the next one fails to
+beat the best one; then one quarter-octave probe between the largest good LR and the failing
+one above it.
 :func:`good_limit` reads off the largest LR that trains about as well as the best probe. The
 engine (:func:`lrtrack.finder.run_range_test`) runs every probe from the same start state on
 the same batches, so the probes differ only in their LR.
@@ -91,7 +92,10 @@ class ProbeSearch:
         top_lr: the first and highest LR to probe (the divergence edge, or the sweep's last LR).
         lowest_lr: never probe below this (the sweep's first LR).
         max_probes: probes at most.
-        patience: stop descending after this many probes in a row without a new best.
+        patience: stop descending after this many probes in a row without a new best, once a
+            probe has lowered the loss below the start loss. Before that the search goes on
+            down: a probe that diverged or ended above the start says nothing about the LRs
+            below it (stopping there left ``confirmed`` without an answer).
         tol: see :func:`good_probes`.
     """
 
@@ -112,11 +116,15 @@ class ProbeSearch:
         """The next LR to probe, or None when the search is over."""
         if len(self.probes) >= self.max_probes:
             return None
-        descending = self._since_best < self.patience or not math.isfinite(self._best)
+        descending = self._since_best < self.patience or not self._progressed()
         lr = self.top / math.sqrt(2) ** self._descended
         if descending and lr >= self.lowest * (1 - 1e-9):
             return lr
         return self._refinement()
+
+    def _progressed(self) -> bool:
+        """Whether a probe has lowered the loss below the start loss (every probe's first loss)."""
+        return bool(self.probes) and self._best < self.probes[0].losses[0]
 
     def _refinement(self) -> float | None:
         """Once: the quarter-octave between the largest good rung and a failing rung above it."""
