@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +35,113 @@ def mnist_root() -> Path:
 
 
 def run_cli(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m lrtrack ARGS`` in ``cwd`` with the store at ``cwd/mlflow.db``."""
+    """Run ``python -m lrtrack ARGS`` in ``cwd`` with the store at ``cwd/mlflow.db``: a real, fresh process.
+
+    Use it where the process is the point (a fresh interpreter's output, signals, exit at the
+    end); :func:`run_cli_here` runs the same command in this process, without the start-up.
+    One torch thread, as in the tests' own process (two competing threads are much slower here).
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env["PYTHONUNBUFFERED"] = "1"
+    env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     return subprocess.run(
         [sys.executable, "-m", "lrtrack", *args],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
     )
+
+
+@dataclass
+class CliRun:
+    """What a test reads of a finished ``python -m lrtrack``, as from ``subprocess.run``."""
+
+    args: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+# Python's default warning filters (no -W, no PYTHONWARNINGS): what a user's terminal shows.
+_DEFAULT_WARNING_FILTERS = [("default", DeprecationWarning, "__main__"), ("ignore", DeprecationWarning, None),
+                            ("ignore", PendingDeprecationWarning, None), ("ignore", ImportWarning, None),
+                            ("ignore", ResourceWarning, None)]
+
+
+def run_cli_here(args: list[str], cwd: Path) -> CliRun:
+    """``python -m lrtrack ARGS`` in ``cwd``, run in this process: ``lrtrack.cli.main()`` with ``sys.argv``.
+
+    The same Hydra application, recipe and MLflow store as :func:`run_cli`, without paying the
+    interpreter's start-up (torch, MLflow, Hydra imports: seconds per run). It keeps what a
+    process would show: the exit code (``SystemExit``; an uncaught exception is exit 1 with its
+    traceback on stderr, as the interpreter prints it), stdout and stderr (log lines included:
+    Hydra's console handler writes to stdout), and the warnings a terminal would show (Python's
+    default filters, printed on stderr). Everything the run changes in this process is put back:
+    working folder, ``sys.argv``, ``sys.path``, modules imported from the launch folder, the
+    environment, logging handlers, the SIGTERM handler and Hydra's global state.
+    """
+    import contextlib
+    import io
+    import logging
+    import signal
+    import traceback
+    import warnings
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    from lrtrack import cli
+
+    cwd = Path(cwd).resolve()
+    saved_env, saved_argv, saved_path, saved_cwd = dict(os.environ), sys.argv, list(sys.path), os.getcwd()
+    saved_modules = set(sys.modules)
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    saved_term = signal.getsignal(signal.SIGTERM)
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+
+    def show(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
+        del os.environ[key]
+    GlobalHydra.instance().clear()
+    cli._job_started = False
+    try:
+        os.chdir(cwd)
+        sys.argv = [str(Path(cli.__file__).with_name("__main__.py")), *args]
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+            warnings.resetwarnings()
+            for action, category, module in reversed(_DEFAULT_WARNING_FILTERS):
+                warnings.filterwarnings(action, category=category, module=module or "")
+            warnings.showwarning = show
+            try:
+                cli.main()
+            except SystemExit as exc:
+                if exc.code is None or isinstance(exc.code, int):
+                    code = exc.code or 0
+                else:  # sys.exit("message"): the interpreter prints it and exits 1
+                    print(exc.code, file=sys.stderr)
+                    code = 1
+            except BaseException:  # the interpreter: traceback on stderr, exit 1
+                traceback.print_exc()
+                code = 1
+    finally:
+        os.chdir(saved_cwd)
+        sys.argv = saved_argv
+        sys.path[:] = saved_path
+        for name in set(sys.modules) - saved_modules:  # the launch folder's own modules (a user model)
+            path = getattr(sys.modules[name], "__file__", None) or ""
+            if path and Path(path).resolve().is_relative_to(cwd):
+                del sys.modules[name]
+        os.environ.clear()
+        os.environ.update(saved_env)
+        for handler in root.handlers[:]:
+            if handler not in saved_handlers:
+                root.removeHandler(handler)
+                handler.close()
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+        signal.signal(signal.SIGTERM, saved_term)
+        GlobalHydra.instance().clear()
+    return CliRun(list(args), code, out.getvalue(), err.getvalue())
 
 
 # ---------------------------------------------------------------------- a real MLflow server
@@ -148,6 +249,21 @@ def mlflow_store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     subprocess.run([sys.executable, "-c", "import sys; from lrtrack.tracking import open_store; open_store(sys.argv[1])",
                     f"sqlite:///{db}"], check=True, env=clean_env(), cwd=db.parent, capture_output=True, timeout=300)
     return db
+
+
+@pytest.fixture
+def premade_store(mlflow_store_template: Path) -> Any:
+    """``premade_store(folder)`` puts a fresh, migrated MLflow store at ``folder/mlflow.db``, where
+    ``python -m lrtrack`` finds it: for tests about something else than creating the store
+    (creating its tables takes a process seconds). Returns the folder."""
+    import shutil
+
+    def put(folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(mlflow_store_template, folder / "mlflow.db")
+        return folder
+
+    return put
 
 
 @pytest.fixture

@@ -1,7 +1,14 @@
-"""Real processes killed mid-run: what is kept, how the runs end, and resuming a killed run."""
+"""Real processes killed mid-run: what is kept, how the runs end, and resuming a killed run.
+
+The process that is killed (SIGKILL) or stopped (SIGTERM) is a real ``python -m lrtrack``; what
+runs after it (the resumed run, the uninterrupted reference, the refused and allowed commands)
+runs the same command in the test's process (:func:`tests.conftest.run_cli_here`). Each folder
+starts with a premade MLflow store: creating one is not what these tests are about.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -15,13 +22,14 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli_here
 
 pytestmark = pytest.mark.slow
 
-# About 1 s per epoch here: long enough to kill the process inside the second epoch.
+# 3 epochs of 32 steps; the process is killed as soon as the first epoch's checkpoint is uploaded,
+# so inside the second epoch (see _checkpoint_uploaded).
 LONG = ["+model=mnist_cnn", "+experiment=smoke", "stage=train", "bounds.max_lr=0.05", "train.epochs=3",
-        "data.fake_size=8192"]
+        "data.fake_size=2048"]
 
 
 class _Process:
@@ -29,7 +37,7 @@ class _Process:
 
     def __init__(self, args: list[str], cwd: Path) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-        env["PYTHONUNBUFFERED"] = "1"
+        env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")  # one torch thread, as the test process has
         self.proc = subprocess.Popen([sys.executable, "-m", "lrtrack", *args], cwd=cwd, env=env, text=True,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         self.lines: queue.Queue[str | None] = queue.Queue()
@@ -74,23 +82,36 @@ def _history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, flo
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
 
 
-def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
-    killed_dir, clean_dir = tmp_path / "killed", tmp_path / "clean"
-    killed_dir.mkdir()
-    clean_dir.mkdir()
+def _checkpoint_uploaded(proc: _Process, folder: Path, run_id: str, timeout: float = 120) -> None:
+    """Wait until the first epoch ended and its checkpoint is in the run's artifacts, whole (the
+    size of the job's own file): the process is then inside the second epoch."""
+    proc.read_until(r"epoch 1/3: ")  # the epoch's checkpoint is written and uploaded next
+    artifact_dir = Path(_client(folder).get_run(run_id).info.artifact_uri.removeprefix("file://"))
+    uploaded = artifact_dir / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        local = next(folder.glob("outputs/*/*/checkpoints/last.pt"), None)
+        if local is not None and uploaded.is_file() and 0 < local.stat().st_size == uploaded.stat().st_size:
+            return
+        assert proc.proc.poll() is None, "".join(proc.seen)
+        time.sleep(0.01)
+    raise AssertionError(f"no uploaded checkpoint at {uploaded} within {timeout} s:\n{''.join(proc.seen)}")
+
+
+def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path: Path, premade_store) -> None:
+    killed_dir, clean_dir = premade_store(tmp_path / "killed"), premade_store(tmp_path / "clean")
     proc = _Process(LONG, killed_dir)
     run_id = proc.read_until(r"training run (\w+) started").group(1)
-    proc.read_until(r"epoch 1/3: ")  # the first epoch's checkpoint is written and uploaded next
-    time.sleep(0.3)  # inside the second epoch
+    _checkpoint_uploaded(proc, killed_dir, run_id)  # inside the second epoch
     proc.signal(signal.SIGKILL)
     proc.finish()
     client = _client(killed_dir)
     assert client.get_run(run_id).info.status == "RUNNING"  # kill -9: nobody could end it
     assert [a.path for a in client.list_artifacts(run_id, "checkpoints")] == ["checkpoints/last.pt"]
 
-    resumed = run_cli([*LONG, f"train.resume={run_id}"], killed_dir)
+    resumed = run_cli_here([*LONG, f"train.resume={run_id}"], killed_dir)
     assert resumed.returncode == 0, resumed.stderr
-    clean = run_cli(LONG, clean_dir)
+    clean = run_cli_here(LONG, clean_dir)
     assert clean.returncode == 0, clean.stderr
 
     (reference,) = [r for r in _client(clean_dir).search_runs(["1"]) if r.data.tags["lrtrack.stage"] == "final"]
@@ -104,15 +125,15 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
         assert [v for _, v in got] == pytest.approx([v for _, v in want], rel=1e-6, abs=1e-7), key
     assert run.data.metrics["final_val_loss"] == pytest.approx(reference.data.metrics["final_val_loss"], rel=1e-6)
     # A killed run that no longer exists, or a run of another kind, is refused in one line.
-    wrong = run_cli([*LONG, "train.resume=0123456789abcdef"], killed_dir)
+    wrong = run_cli_here([*LONG, "train.resume=0123456789abcdef"], killed_dir)
     assert wrong.returncode == 2 and "train.resume='0123456789abcdef': no such MLflow run" in wrong.stderr
 
 
-def test_sigterm_stops_like_ctrl_c_keeping_runs_metrics_and_checkpoint(tmp_path: Path) -> None:
+def test_sigterm_stops_like_ctrl_c_keeping_runs_metrics_and_checkpoint(tmp_path: Path, premade_store) -> None:
+    premade_store(tmp_path)
     proc = _Process([*LONG, "stage=all"], tmp_path)
     run_id = proc.read_until(r"training run (\w+) started").group(1)
-    proc.read_until(r"epoch 1/3: ")
-    time.sleep(0.3)
+    _checkpoint_uploaded(proc, tmp_path, run_id)  # inside the second epoch
     proc.signal(signal.SIGTERM)
     code, out = proc.finish()
     assert code == 130, out
@@ -127,27 +148,50 @@ def test_sigterm_stops_like_ctrl_c_keeping_runs_metrics_and_checkpoint(tmp_path:
     assert (next(tmp_path.glob("outputs/*/*/checkpoints/last.pt"))).is_file()
 
 
-def test_lr_from_refuses_an_interrupted_range_test_unless_allowed(tmp_path: Path) -> None:
+def _wait_for_logged_points(proc: _Process, folder: Path, key: str, count: int, timeout: float = 120) -> None:
+    """Wait until the store holds ``count`` points of metric ``key`` (read with sqlite3, read-only:
+    an MLflow client would create the tables if it came before the job's own store)."""
+    import sqlite3
+
+    db = folder / "mlflow.db"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.proc.poll() is None, "".join(proc.seen)
+        if db.is_file():
+            try:
+                with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as con:
+                    (n,) = con.execute("SELECT COUNT(*) FROM metrics WHERE key = ?", (key,)).fetchone()
+                if n >= count:
+                    return
+            except sqlite3.Error:  # the tables are not there yet
+                pass
+        time.sleep(0.05)
+    raise AssertionError(f"fewer than {count} {key} points in {db} after {timeout} s:\n{''.join(proc.seen)}")
+
+
+def test_lr_from_refuses_an_interrupted_range_test_unless_allowed(tmp_path: Path, premade_store) -> None:
+    premade_store(tmp_path)
     proc = _Process(["+model=mnist_cnn", "+experiment=smoke", "stage=range_test", "finder.num_iter=200000",
-                     "finder.end_lr=0.002", "data.fake_size=4096"], tmp_path)
+                     "finder.end_lr=0.002", "tracking.flush_every=5"], tmp_path)
     proc.read_until(r"range test: 200000 steps")
-    time.sleep(1)
+    _wait_for_logged_points(proc, tmp_path, "loss", 10)  # a partial curve the rules can read
     proc.signal(signal.SIGTERM)
     code, out = proc.finish()
     assert code == 130, out
     (explore,) = _client(tmp_path).search_runs(["1"])
     assert explore.info.status == "KILLED" and explore.data.tags["lrtrack.stop_reason"] == "interrupted"
-    refused = run_cli(["+model=mnist_cnn", "+experiment=smoke", "stage=train",
+    refused = run_cli_here(["+model=mnist_cnn", "+experiment=smoke", "stage=train",
                        f"train.lr_from={explore.info.run_id}", "bounds.max_lr_rule=minimum"], tmp_path)
     assert refused.returncode == 2
     assert "was interrupted after" in refused.stderr and "train.allow_partial=true" in refused.stderr
-    allowed = run_cli(["+model=mnist_cnn", "+experiment=smoke", "stage=train", "train.allow_partial=true",
+    allowed = run_cli_here(["+model=mnist_cnn", "+experiment=smoke", "stage=train", "train.allow_partial=true",
                        f"train.lr_from={explore.info.run_id}", "bounds.max_lr_rule=minimum"], tmp_path)
     assert allowed.returncode == 0, allowed.stderr
 
 
-def test_a_nan_training_loss_is_one_line_exit_1_and_the_run_says_why(tmp_path: Path) -> None:
-    proc = run_cli(["+model=mnist_cnn", "+experiment=smoke", "stage=train", "bounds.max_lr=1e8"], tmp_path)
+def test_a_nan_training_loss_is_one_line_exit_1_and_the_run_says_why(tmp_path: Path, premade_store) -> None:
+    premade_store(tmp_path)
+    proc = run_cli_here(["+model=mnist_cnn", "+experiment=smoke", "stage=train", "bounds.max_lr=1e8"], tmp_path)
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
