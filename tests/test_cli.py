@@ -1,4 +1,10 @@
-"""python -m lrtrack end to end: real Hydra composition, real MLflow runs read back through the client."""
+"""python -m lrtrack end to end: real Hydra composition, real MLflow runs read back through the client.
+
+Most commands run in the test's process (:func:`tests.conftest.run_cli_here`: ``lrtrack.cli.main``
+with ``sys.argv``, exit code, stdout and stderr as a process has them); the ones that check what a
+fresh interpreter prints (one line, nothing else) run as real processes (``run_cli``). Tests about
+something else than creating the store start from a premade one.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_cli_here
 
 SMOKE = ["+experiment=smoke"]  # conf/experiment/smoke.yaml: fake data, 12 range-test steps, 1 epoch
 
@@ -32,7 +38,7 @@ def _steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
 # --------------------------------------------------------------------------- bad input
 
 
-def test_missing_model_prints_one_line_naming_the_models(tmp_path: Path) -> None:
+def test_missing_model_prints_one_line_naming_the_models(tmp_path: Path) -> None:  # a fresh process: one line
     proc = run_cli([], tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
@@ -55,7 +61,7 @@ def test_missing_model_prints_one_line_naming_the_models(tmp_path: Path) -> None
     ],
 )
 def test_bad_overrides_get_one_clear_line(tmp_path: Path, override: str, expected: str) -> None:
-    proc = run_cli(["+model=mnist_cnn", override], tmp_path)
+    proc = run_cli_here(["+model=mnist_cnn", override], tmp_path)
     assert proc.returncode == 2  # composition errors are bad input, like validation errors
     assert proc.stderr.strip().splitlines() == [expected]
 
@@ -64,7 +70,7 @@ def test_bad_overrides_get_one_clear_line(tmp_path: Path, override: str, expecte
 
 
 def test_bad_values_are_reported_together_before_anything_starts(tmp_path: Path) -> None:
-    proc = run_cli(["+model=mnist_cnn", "finder.num_iter=1", "finder.step_mode=cubic", "schedule.pct_start=1.5",
+    proc = run_cli_here(["+model=mnist_cnn", "finder.num_iter=1", "finder.step_mode=cubic", "schedule.pct_start=1.5",
                     "optimizer.lr=-0.1"], tmp_path)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
@@ -77,7 +83,8 @@ def test_bad_values_are_reported_together_before_anything_starts(tmp_path: Path)
 
 
 @pytest.mark.slow
-def test_a_bug_keeps_its_traceback_exits_1_and_the_run_ends_failed(tmp_path: Path) -> None:
+def test_a_bug_keeps_its_traceback_exits_1_and_the_run_ends_failed(tmp_path: Path, premade_store) -> None:
+    premade_store(tmp_path)
     # A user model whose forward pass raises: not bad input but a failure, so the traceback stays.
     (tmp_path / "buggy_model.py").write_text(
         "import torch\n\n"
@@ -89,7 +96,8 @@ def test_a_bug_keeps_its_traceback_exits_1_and_the_run_ends_failed(tmp_path: Pat
         "        if self.training:  # the first-batch check (eval mode) passes; training then fails\n"
         "            raise RuntimeError('boom in forward')\n"
         "        return torch.log_softmax(self.fc(x.flatten(1)), dim=1)\n")
-    proc = run_cli(["+model=mnist_cnn", "model._target_=buggy_model.Buggy", *SMOKE, "stage=range_test"], tmp_path)
+    proc = run_cli_here(["+model=mnist_cnn", "model._target_=buggy_model.Buggy", *SMOKE, "stage=range_test"],
+                        tmp_path)
     assert proc.returncode == 1
     assert "Traceback" in proc.stderr and "RuntimeError: boom in forward" in proc.stderr
     (run,) = _runs(_client(tmp_path))
@@ -97,8 +105,8 @@ def test_a_bug_keeps_its_traceback_exits_1_and_the_run_ends_failed(tmp_path: Pat
 
 
 @pytest.mark.slow
-def test_range_test_run_is_tracked(tmp_path: Path) -> None:
-    proc = run_cli(["+model=mnist_cnn", *SMOKE, "stage=range_test", "optimizer=sgd"], tmp_path)
+def test_range_test_run_is_tracked(tmp_path: Path) -> None:  # in an empty folder: the store is created
+    proc = run_cli_here(["+model=mnist_cnn", *SMOKE, "stage=range_test", "optimizer=sgd"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     client = _client(tmp_path)
     runs = _runs(client)
@@ -152,9 +160,10 @@ def test_range_test_run_is_tracked(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_mnist_range_test_on_the_real_split(tmp_path: Path, mnist_root: Path) -> None:
-    proc = run_cli(["+model=mnist_cnn", f"data.root={mnist_root}", "stage=range_test", "progress=false",
-                    "finder.num_iter=30"], tmp_path)
+def test_mnist_range_test_on_the_real_split(tmp_path: Path, mnist_root: Path, premade_store) -> None:
+    premade_store(tmp_path)
+    proc = run_cli_here(["+model=mnist_cnn", f"data.root={mnist_root}", "stage=range_test", "progress=false",
+                         "finder.num_iter=30"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     client = _client(tmp_path)
     (run,) = _runs(client)
@@ -168,9 +177,10 @@ def test_mnist_range_test_on_the_real_split(tmp_path: Path, mnist_root: Path) ->
 
 
 @pytest.mark.slow
-def test_offline_mnist_falls_back_to_digits_and_says_so(tmp_path: Path) -> None:
-    proc = run_cli(["+model=mnist_cnn", f"data.root={tmp_path / 'no-mnist'}", "stage=range_test",
-                    "progress=false", "finder.num_iter=10"], tmp_path)
+def test_offline_mnist_falls_back_to_digits_and_says_so(tmp_path: Path, premade_store) -> None:
+    premade_store(tmp_path)
+    proc = run_cli_here(["+model=mnist_cnn", f"data.root={tmp_path / 'no-mnist'}", "stage=range_test",
+                         "progress=false", "finder.num_iter=10"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     output = proc.stdout + proc.stderr
     assert "FALLING BACK to data=digits" in output and "data.fallback=null" in output
@@ -180,8 +190,8 @@ def test_offline_mnist_falls_back_to_digits_and_says_so(tmp_path: Path) -> None:
 
 
 def test_offline_mnist_without_fallback_is_one_clear_error(tmp_path: Path) -> None:
-    proc = run_cli(["+model=mnist_cnn", f"data.root={tmp_path / 'no-mnist'}", "data.fallback=null",
-                    "stage=range_test", "progress=false"], tmp_path)
+    proc = run_cli_here(["+model=mnist_cnn", f"data.root={tmp_path / 'no-mnist'}", "data.fallback=null",
+                         "stage=range_test", "progress=false"], tmp_path)
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("lrtrack: error: MNIST is not under data.root=") and "data.fallback=digits" in last
@@ -191,8 +201,9 @@ def test_offline_mnist_without_fallback_is_one_clear_error(tmp_path: Path) -> No
 
 
 @pytest.mark.slow
-def test_all_stages_make_linked_runs_under_one_parent(tmp_path: Path) -> None:
-    proc = run_cli(["+model=mnist_cnn", *SMOKE, "bounds.max_lr_rule=minimum"], tmp_path)
+def test_all_stages_make_linked_runs_under_one_parent(tmp_path: Path, premade_store) -> None:
+    premade_store(tmp_path)
+    proc = run_cli_here(["+model=mnist_cnn", *SMOKE, "bounds.max_lr_rule=minimum"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     client = _client(tmp_path)
     runs = {r.data.tags["lrtrack.stage"]: r for r in _runs(client)}
@@ -230,13 +241,14 @@ def test_all_stages_make_linked_runs_under_one_parent(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_train_stage_from_an_earlier_range_test_run(tmp_path: Path) -> None:
-    first = run_cli(["+model=mnist_cnn", *SMOKE, "stage=range_test"], tmp_path)
+def test_train_stage_from_an_earlier_range_test_run(tmp_path: Path, premade_store) -> None:
+    premade_store(tmp_path)
+    first = run_cli_here(["+model=mnist_cnn", *SMOKE, "stage=range_test"], tmp_path)
     assert first.returncode == 0, first.stderr
     client = _client(tmp_path)
     (explore,) = _runs(client)
-    second = run_cli(["+model=mnist_cnn", *SMOKE, "stage=train", f"train.lr_from={explore.info.run_id}",
-                      "schedule=triangular2"], tmp_path)
+    second = run_cli_here(["+model=mnist_cnn", *SMOKE, "stage=train", f"train.lr_from={explore.info.run_id}",
+                           "schedule=triangular2"], tmp_path)
     assert second.returncode == 0, second.stderr
     final = next(r for r in _runs(client) if r.data.tags["lrtrack.stage"] == "final")
     assert final.data.tags["lrtrack.range_test_run_id"] == explore.info.run_id
@@ -245,14 +257,15 @@ def test_train_stage_from_an_earlier_range_test_run(tmp_path: Path) -> None:
     assert "train/lr_on_range_test.png" in {a.path for a in client.list_artifacts(final.info.run_id, "train")}
 
 
-def test_train_stage_with_a_wrong_run_id_is_a_clear_error(tmp_path: Path) -> None:
-    proc = run_cli(["+model=mnist_cnn", *SMOKE, "stage=train", "train.lr_from=0123456789abcdef"], tmp_path)
+def test_train_stage_with_a_wrong_run_id_is_a_clear_error(tmp_path: Path, premade_store) -> None:
+    premade_store(tmp_path)
+    proc = run_cli_here(["+model=mnist_cnn", *SMOKE, "stage=train", "train.lr_from=0123456789abcdef"], tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith(
         "lrtrack: error: train.lr_from='0123456789abcdef': no such MLflow run in sqlite:///")
 
 
-def test_train_stage_without_an_lr_source_is_refused(tmp_path: Path) -> None:
+def test_train_stage_without_an_lr_source_is_refused(tmp_path: Path) -> None:  # a fresh process: one line
     proc = run_cli(["+model=mnist_cnn", *SMOKE, "stage=train"], tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
@@ -260,7 +273,7 @@ def test_train_stage_without_an_lr_source_is_refused(tmp_path: Path) -> None:
 
 
 def test_cfg_job_prints_the_composed_config(tmp_path: Path) -> None:
-    proc = run_cli(["--cfg", "job", "+model=mnist_cnn"], tmp_path)
+    proc = run_cli_here(["--cfg", "job", "+model=mnist_cnn"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "_target_: lrtrack.models.MnistCNN" in proc.stdout
     assert "end_lr: 10.0" in proc.stdout and "batch_size: 256" in proc.stdout
@@ -273,13 +286,14 @@ def test_broken_data_files_are_named_on_one_line_and_never_fall_back(tmp_path: P
     for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
                  "t10k-labels-idx1-ubyte"):
         (raw / name).write_bytes(b"\x00\x00\x08\x03" + b"\x01" * 64)  # a header that promises more data
-    proc = run_cli(["+model=mnist_cnn", *SMOKE, "data=mnist", f"data.root={tmp_path / 'broken'}"], tmp_path)
+    proc = run_cli_here(["+model=mnist_cnn", *SMOKE, "data=mnist", f"data.root={tmp_path / 'broken'}"], tmp_path)
     assert proc.returncode == 2, proc.stderr
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("lrtrack: error: data.root=") and "train-images-idx3-ubyte holds 52 bytes of data" in line
     assert "FALLING BACK" not in proc.stdout + proc.stderr
     (tmp_path / "corrupt.pt").write_bytes(b"this is not a torch file")
-    proc = run_cli(["+model=mnist_cnn", *SMOKE, "data=tensors", f"data.path={tmp_path / 'corrupt.pt'}"], tmp_path)
+    proc = run_cli_here(["+model=mnist_cnn", *SMOKE, "data=tensors", f"data.path={tmp_path / 'corrupt.pt'}"],
+                        tmp_path)
     assert proc.returncode == 2
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("lrtrack: error: data.path=") and "corrupt.pt' cannot be read as a .pt file" in line
