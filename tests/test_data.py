@@ -23,7 +23,7 @@ from lrtrack import data as lrdata
 from lrtrack.config import import_hint
 from lrtrack.tasks import Accuracy, BatchMean, ModelLoss, as_metric, first_batch_problem
 from lrtrack.train import evaluate
-from tests.conftest import composed, errors_of, run_cli
+from tests.conftest import composed, errors_of, run_cli_here
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -507,8 +507,8 @@ def test_recipe_setup_stops_on_a_mismatch_before_any_run(user_project: Path) -> 
 
 @pytest.mark.slow
 def test_cli_trains_a_users_dict_batches_from_its_own_folder(user_project: Path) -> None:
-    proc = run_cli(["--config-dir", "conf", "+model=own_loss", "data=digit_dicts", "step=model_loss",
-                    "finder.num_iter=30", "train.epochs=2", "progress=false"], user_project)
+    proc = run_cli_here(["--config-dir", "conf", "+model=own_loss", "data=digit_dicts", "step=model_loss",
+                         "finder.num_iter=30", "train.epochs=2", "progress=false"], user_project)
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = MlflowClient(tracking_uri=f"sqlite:///{user_project / 'mlflow.db'}")
     exp = client.get_experiment_by_name("lrtrack-own_loss")
@@ -521,8 +521,8 @@ def test_cli_trains_a_users_dict_batches_from_its_own_folder(user_project: Path)
 
 @pytest.mark.slow
 def test_cli_mnist_fallback_is_visible_in_the_runs(tmp_path: Path) -> None:
-    proc = run_cli(["+model=mlp", f"data.root={tmp_path / 'none'}", "data.download=false", "stage=range_test",
-                    "finder.num_iter=10", "progress=false"], tmp_path)
+    proc = run_cli_here(["+model=mlp", f"data.root={tmp_path / 'none'}", "data.download=false", "stage=range_test",
+                         "finder.num_iter=10", "progress=false"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     [run] = client.search_runs([client.get_experiment_by_name("lrtrack-mlp").experiment_id])
