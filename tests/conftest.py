@@ -100,7 +100,7 @@ def run_cli_here(args: list[str], cwd: Path) -> CliRun:
     def show(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
         sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
-    for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
+    for key in [k for k in os.environ if k.startswith(("MLFLOW_", "LRTRACK_"))]:  # a developer's settings
         del os.environ[key]
     GlobalHydra.instance().clear()
     cli._job_started = False

@@ -1,4 +1,8 @@
-"""Sweeps end to end: ``python -m lrtrack -m ...`` in a subprocess, read back through MlflowClient.
+"""Sweeps end to end: ``python -m lrtrack -m ...``, read back through MlflowClient.
+
+The joblib sweep runs as a real process (its launcher starts worker processes); the sweep with
+failing jobs runs in the test's process (:func:`tests.conftest.run_cli_here`: exit code and
+stderr as a process has them).
 
 Each test runs one small sweep (MLP on fake data, 10-step range tests, one epoch) in a temporary
 folder holding its own ``mlflow.db``, on the default suggestion rule (``confirmed``: fixed-LR
@@ -18,6 +22,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import CliRun, run_cli_here
 
 FAST = ["+model=mlp", "data=fake", "data.fake_size=256", "train.epochs=1", "finder.num_iter=10",
         "finder.end_lr=1", "progress=false", "train.checkpoint=false"]
@@ -47,15 +53,15 @@ def children(client, run) -> list:
 
 
 @pytest.fixture(scope="module")
-def failing_sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+def failing_sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, CliRun]:
     """Four jobs: one good; one failing after its range test (3 steps are too few for the
     confirmation probes, so the default rule has no suggestion and no bounds to train in); two
     failing validation."""
     folder = tmp_path_factory.mktemp("sweep")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     fast = [o for o in FAST if not o.startswith("finder.num_iter=")]
-    proc = lrtrack(["-m", *fast, f"tracking.tracking_uri={uri}",
-                    "data.batch_size=64,0", "finder.num_iter=10,3"], folder)
+    proc = run_cli_here(["-m", *fast, f"tracking.tracking_uri={uri}", "data.batch_size=64,0", "finder.num_iter=10,3"],
+                        folder)
     return folder, proc
 
 
