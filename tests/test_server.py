@@ -3,7 +3,8 @@
 One server for the module (started and stopped by the tests): a single pipeline, a 2-job sweep
 and a 2-rank torchrun job log to it over HTTP; the runs are read back through the server's REST
 API and the artifacts are looked for on the server's own artifact root on disk, where a remote
-server keeps them (nothing may land in the job's folder).
+server keeps them (nothing may land in the job's folder). The pipeline and the sweep run in the
+test's process (:func:`tests.conftest.run_cli_here`); the torchrun job is real processes.
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import MlflowServer, free_port
+from tests.conftest import MlflowServer, free_port, run_cli_here
+
+# The tests share one server (a module fixture): under xdist they run on one worker.
+pytestmark = pytest.mark.xdist_group("test_server")
 
 FAST = ["+model=mlp", "data=fake", "data.fake_size=256", "train.epochs=1", "finder.num_iter=10",
         "finder.end_lr=1", "progress=false"]
@@ -29,6 +33,11 @@ def server(tmp_path_factory: pytest.TempPathFactory, mlflow_store_template: Path
         yield srv.start()
     finally:
         srv.stop()
+
+
+def _run_here(args: list[str], cwd: Path) -> None:
+    proc = run_cli_here(args, cwd)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
 
 
 def _run(args: list[str], cwd: Path, prefix: list[str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -59,7 +68,7 @@ def _nothing_local(folder: Path) -> None:
 
 @pytest.mark.slow
 def test_pipeline_logs_to_the_server(server: MlflowServer, tmp_path: Path) -> None:
-    _run([*FAST, f"tracking.tracking_uri={server.uri}", "tracking.experiment_name=server-pipeline"], tmp_path)
+    _run_here([*FAST, f"tracking.tracking_uri={server.uri}", "tracking.experiment_name=server-pipeline"], tmp_path)
     runs = _runs(server, "server-pipeline")
     by = {r.data.tags["lrtrack.stage"]: r for r in runs}
     assert sorted(by) == ["explore", "final", "pipeline"] and len(runs) == 3
@@ -75,8 +84,8 @@ def test_pipeline_logs_to_the_server(server: MlflowServer, tmp_path: Path) -> No
 
 @pytest.mark.slow
 def test_a_two_job_sweep_logs_to_the_server(server: MlflowServer, tmp_path: Path) -> None:
-    _run(["-m", *FAST, "train.checkpoint=false", f"tracking.tracking_uri={server.uri}",
-          "tracking.experiment_name=server-sweep", "seed=0,1"], tmp_path)
+    _run_here(["-m", *FAST, "train.checkpoint=false", f"tracking.tracking_uri={server.uri}",
+               "tracking.experiment_name=server-sweep", "seed=0,1"], tmp_path)
     runs = _runs(server, "server-sweep")
     (sweep,) = [r for r in runs if r.data.tags["lrtrack.stage"] == "sweep"]
     assert sweep.info.status == "FINISHED"
