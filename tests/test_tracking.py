@@ -26,6 +26,7 @@ from lrtrack.tracking import (
     TrackedRun,
     Tracker,
     TrackingUnavailable,
+    create_store_in_background,
     open_store,
     preflight,
 )
@@ -408,7 +409,7 @@ def test_a_tracker_opened_in_the_background_never_waits_and_delivers_everything(
         run.log_summary({"min_loss": 0.01}, step=0)
         run.log_dict({"a": 1}, "config/resolved.yaml")
     assert time.monotonic() - start < 5  # nothing above waited for the store
-    assert is_pending(run.run_id) and is_pending(parent.run_id) and not db.exists()
+    assert is_pending(run.run_id) and is_pending(parent.run_id)  # (a child process may be creating the store)
     assert tracker.experiment_id is None
     tracker.gate.set()
     parent.end()
@@ -445,3 +446,15 @@ def test_a_store_that_never_opens_keeps_the_writes_for_deliver(tmp_path: Path) -
     (stored,) = client.search_runs([experiment.experiment_id])
     assert stored.info.run_name == "explore" and stored.info.status == "FINISHED"
     assert _history(client, stored.info.run_id, "loss") == list(range(30))
+
+
+def test_a_fresh_sqlite_store_is_created_by_a_child_process(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = tmp_path / "mlflow.db"
+    child = create_store_in_background(f"sqlite:///{db}")
+    assert child is not None and child.wait(timeout=120) == 0
+    tables = {row[0] for row in sqlite3.connect(db).execute("select name from sqlite_master where type='table'")}
+    assert {"experiments", "runs", "metrics", "alembic_version"} <= tables
+    assert create_store_in_background(f"sqlite:///{db}") is None  # it exists: nothing to create
+    assert create_store_in_background(f"http://127.0.0.1:{free_port()}") is None  # a server creates its own
