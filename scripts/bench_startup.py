@@ -41,7 +41,7 @@ def run_seed(mnist: Path, out: Path) -> float:
     return time.time() - start
 
 
-VARIANTS = {"default": [], "sweep only": ["finder.probe_steps=0"]}
+VARIANTS = {"default": [], "sweep only": ["finder.probe_steps=0", "finder.suggestion=valley", "bounds.max_lr_rule=valley"]}
 
 
 def run_lrtrack(mnist: Path, out: Path, extra: list[str]) -> dict[str, float]:
