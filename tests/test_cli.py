@@ -189,7 +189,8 @@ def test_offline_mnist_falls_back_to_digits_and_says_so(tmp_path: Path, premade_
     assert run.data.params["data.used"] == "digits"
 
 
-def test_offline_mnist_without_fallback_is_one_clear_error(tmp_path: Path) -> None:
+def test_offline_mnist_without_fallback_is_one_clear_error(tmp_path: Path, premade_store) -> None:
+    premade_store(tmp_path)
     proc = run_cli_here(["+model=mnist_cnn", f"data.root={tmp_path / 'no-mnist'}", "data.fallback=null",
                          "stage=range_test", "progress=false"], tmp_path)
     assert proc.returncode == 2
@@ -280,7 +281,8 @@ def test_cfg_job_prints_the_composed_config(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_broken_data_files_are_named_on_one_line_and_never_fall_back(tmp_path: Path) -> None:
+def test_broken_data_files_are_named_on_one_line_and_never_fall_back(tmp_path: Path, premade_store) -> None:
+    premade_store(tmp_path)  # (a fresh store and one line: test_train_stage_without_an_lr_source_is_refused)
     raw = tmp_path / "broken" / "MNIST" / "raw"
     raw.mkdir(parents=True)
     for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",

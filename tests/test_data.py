@@ -489,7 +489,8 @@ def test_recipe_setup_binds_a_users_step_function_and_metric(user_project: Path)
     assert recipe_for(cfg, user_project).setup().metric is None  # type: ignore[attr-defined]
 
 
-def test_recipe_setup_stops_on_a_mismatch_before_any_run(user_project: Path) -> None:
+def test_recipe_setup_stops_on_a_mismatch_before_any_run(user_project: Path, premade_store) -> None:
+    premade_store(user_project)
     from lrtrack.recipe import UserError
 
     uri = f"sqlite:///{user_project / 'mlflow.db'}"
@@ -506,7 +507,8 @@ def test_recipe_setup_stops_on_a_mismatch_before_any_run(user_project: Path) -> 
 
 
 @pytest.mark.slow
-def test_cli_trains_a_users_dict_batches_from_its_own_folder(user_project: Path) -> None:
+def test_cli_trains_a_users_dict_batches_from_its_own_folder(user_project: Path, premade_store) -> None:
+    premade_store(user_project)
     proc = run_cli_here(["--config-dir", "conf", "+model=own_loss", "data=digit_dicts", "step=model_loss",
                          "finder.num_iter=30", "train.epochs=2", "progress=false"], user_project)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -520,7 +522,8 @@ def test_cli_trains_a_users_dict_batches_from_its_own_folder(user_project: Path)
 
 
 @pytest.mark.slow
-def test_cli_mnist_fallback_is_visible_in_the_runs(tmp_path: Path) -> None:
+def test_cli_mnist_fallback_is_visible_in_the_runs(tmp_path: Path, premade_store) -> None:
+    premade_store(tmp_path)
     proc = run_cli_here(["+model=mlp", f"data.root={tmp_path / 'none'}", "data.download=false", "stage=range_test",
                          "finder.num_iter=10", "progress=false"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]

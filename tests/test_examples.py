@@ -96,12 +96,14 @@ def test_image_classifier_example(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_image_classifier_with_the_default_nll_stops_before_any_run(tmp_path: Path) -> None:
+def test_image_classifier_with_the_default_nll_stops_before_any_run(tmp_path: Path, premade_store) -> None:
     folder = tmp_path / "image_classifier"
     shutil.copytree(EXAMPLES / "image_classifier", folder)
     subprocess.run([sys.executable, "make_pngs.py", "images", "--per-class", "20", "--val-per-class", "5"],
                    cwd=folder, check=True, capture_output=True)
-    # The refusal needs no process of its own: the command runs in this one, from the example's folder.
+    # The refusal needs no process of its own: the command runs in this one, from the example's folder
+    # (with a store there already: the README's commands create one in the other tests).
+    premade_store(folder)
     proc = run_cli_here(["--config-dir", "conf", "+model=digit_net", "data=imagefolder", "data.root=images"], folder)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("lrtrack: error:")]

@@ -14,9 +14,6 @@ import pytest
 
 from tests.conftest import run_cli_here
 
-# The tests read one sweep's store (a module fixture): under xdist they run on one worker.
-pytestmark = pytest.mark.xdist_group("test_report")
-
 # The report reads runs, it does not need the confirmation probes: no probes, a curve rule
 # (tests/test_sweep.py runs sweeps on the default rule, confirmed).
 FAST = ["+model=mlp", "data=fake", "data.fake_size=256", "train.epochs=1", "finder.num_iter=10",
@@ -31,10 +28,10 @@ def clean_env() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def sweep_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-job sweep's store: ``python -m lrtrack -m ...`` run in this process (the report is the
-    subject here; tests/test_sweep.py runs sweeps as real processes)."""
-    folder = tmp_path_factory.mktemp("report")
+def sweep_store(tmp_path_factory: pytest.TempPathFactory, premade_store) -> Path:
+    """A 2-job sweep's store: ``python -m lrtrack -m ...`` run in this process, into a premade store
+    (the report is the subject here; tests/test_sweep.py runs sweeps as real processes)."""
+    folder = premade_store(tmp_path_factory.mktemp("report"))
     proc = run_cli_here(["-m", *FAST, "optimizer=sgd,adamw", f"tracking.tracking_uri=sqlite:///{folder / 'mlflow.db'}"],
                         folder)
     assert proc.returncode == 0, proc.stderr[-3000:]

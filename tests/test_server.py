@@ -19,9 +19,6 @@ import pytest
 
 from tests.conftest import MlflowServer, free_port, run_cli_here
 
-# The tests share one server (a module fixture): under xdist they run on one worker.
-pytestmark = pytest.mark.xdist_group("test_server")
-
 FAST = ["+model=mlp", "data=fake", "data.fake_size=256", "train.epochs=1", "finder.num_iter=10",
         "finder.end_lr=1", "progress=false"]
 

@@ -53,11 +53,11 @@ def children(client, run) -> list:
 
 
 @pytest.fixture(scope="module")
-def failing_sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, CliRun]:
+def failing_sweep(tmp_path_factory: pytest.TempPathFactory, premade_store) -> tuple[Path, CliRun]:
     """Four jobs: one good; one failing after its range test (3 steps are too few for the
     confirmation probes, so the default rule has no suggestion and no bounds to train in); two
-    failing validation."""
-    folder = tmp_path_factory.mktemp("sweep")
+    failing validation. In a premade store (the joblib sweep creates its own)."""
+    folder = premade_store(tmp_path_factory.mktemp("sweep"))
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     fast = [o for o in FAST if not o.startswith("finder.num_iter=")]
     proc = run_cli_here(["-m", *fast, f"tracking.tracking_uri={uri}", "data.batch_size=64,0", "finder.num_iter=10,3"],
