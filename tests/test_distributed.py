@@ -357,7 +357,8 @@ def test_torchrun_two_ranks_on_cpu(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_torchrun_two_ranks_on_real_mnist(tmp_path: Path, mnist_root: Path) -> None:
+def test_torchrun_two_ranks_on_real_mnist(tmp_path: Path, mnist_root: Path, premade_store) -> None:
+    premade_store(tmp_path)  # creating the store once is test_torchrun_two_ranks_on_cpu's
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     proc = torchrun(["+model=mnist_cnn", "data=mnist", f"data.root={mnist_root}", "data.fallback=null",
                      "data.download=false", "finder.num_iter=12", "train.epochs=1", "progress=false",

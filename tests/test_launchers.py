@@ -54,10 +54,11 @@ def _check_nested(folder: Path, launcher: str) -> list:
 
 
 @pytest.mark.slow
-def test_submitit_local_launcher(tmp_path: Path) -> None:
+def test_submitit_local_launcher(tmp_path: Path, premade_store) -> None:
     """The SLURM launcher's local twin: each job a separate process submitted through submitit."""
     import hydra_plugins.hydra_submitit_launcher  # noqa: F401 - a hard dependency: fail, never skip
 
+    premade_store(tmp_path)  # the sweep's store (test_sweep's joblib sweep creates its own)
     _sweep(["seed=0,1", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",
             "hydra.launcher.cpus_per_task=1"], tmp_path)
     _check_nested(tmp_path, "submitit_local")
