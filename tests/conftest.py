@@ -258,10 +258,25 @@ class MlflowServer:
 
 @pytest.fixture(scope="session")
 def mlflow_store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh, migrated sqlite store made once per session (copying it saves each server ~5 s)."""
-    db = tmp_path_factory.mktemp("mlflow-template") / "template.db"
-    subprocess.run([sys.executable, "-c", "import sys; from lrtrack.tracking import open_store; open_store(sys.argv[1])",
-                    f"sqlite:///{db}"], check=True, env=clean_env(), cwd=db.parent, capture_output=True, timeout=300)
+    """A fresh, migrated sqlite store made once per session, shared by pytest-xdist's workers
+    (copying it saves each server ~5 s, and each premade store a child process)."""
+    import fcntl
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # this session's folder, above each worker's own
+    folder = root / "mlflow-template"
+    folder.mkdir(exist_ok=True)
+    db = folder / "template.db"
+    with open(folder / "make.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one worker makes it, the others wait for it
+        if not db.exists():
+            new = folder / "new" / "template.db"
+            new.parent.mkdir()
+            subprocess.run([sys.executable, "-c", "import sys; from lrtrack.tracking import open_store; "
+                            "open_store(sys.argv[1])", f"sqlite:///{new}"],
+                           check=True, env=clean_env(), cwd=new.parent, capture_output=True, timeout=300)
+            new.rename(db)
     return db
 
 

@@ -2,13 +2,13 @@
 
 The process that is killed (SIGKILL) or stopped (SIGTERM) is a real ``python -m lrtrack``; what
 runs after it (the resumed run, the uninterrupted reference, the refused and allowed commands)
-runs the same command in the test's process (:func:`tests.conftest.run_cli_here`). Each folder
-starts with a premade MLflow store: creating one is not what these tests are about.
+runs the same command in the test's process (:func:`tests.conftest.run_cli_here`), as does the
+range test that a Ctrl-C interrupts. Each folder starts with a premade MLflow store: creating one
+is not what these tests are about.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import queue
 import re
@@ -148,44 +148,33 @@ def test_sigterm_stops_like_ctrl_c_keeping_runs_metrics_and_checkpoint(tmp_path:
     assert (next(tmp_path.glob("outputs/*/*/checkpoints/last.pt"))).is_file()
 
 
-def _wait_for_logged_points(proc: _Process, folder: Path, key: str, count: int, timeout: float = 120) -> None:
-    """Wait until the store holds ``count`` points of metric ``key`` (read with sqlite3, read-only:
-    an MLflow client would create the tables if it came before the job's own store)."""
-    import sqlite3
+def test_lr_from_refuses_an_interrupted_range_test_unless_allowed(tmp_path: Path, premade_store,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from lrtrack.tracking import TrackedRun
 
-    db = folder / "mlflow.db"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.proc.poll() is None, "".join(proc.seen)
-        if db.is_file():
-            try:
-                with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as con:
-                    (n,) = con.execute("SELECT COUNT(*) FROM metrics WHERE key = ?", (key,)).fetchone()
-                if n >= count:
-                    return
-            except sqlite3.Error:  # the tables are not there yet
-                pass
-        time.sleep(0.05)
-    raise AssertionError(f"fewer than {count} {key} points in {db} after {timeout} s:\n{''.join(proc.seen)}")
-
-
-def test_lr_from_refuses_an_interrupted_range_test_unless_allowed(tmp_path: Path, premade_store) -> None:
     premade_store(tmp_path)
-    proc = _Process(["+model=mnist_cnn", "+experiment=smoke", "stage=range_test", "finder.num_iter=200000",
-                     "finder.end_lr=0.002", "tracking.flush_every=5"], tmp_path)
-    proc.read_until(r"range test: 200000 steps")
-    _wait_for_logged_points(proc, tmp_path, "loss", 10)  # a partial curve the rules can read
-    proc.signal(signal.SIGTERM)
-    code, out = proc.finish()
-    assert code == 130, out
+    on_step = TrackedRun.on_step
+
+    def ctrl_c_at_step_20(self: TrackedRun, step: int, metrics: dict) -> None:
+        on_step(self, step, metrics)
+        if step == 20 and "loss" in metrics:
+            raise KeyboardInterrupt  # what SIGTERM (or Ctrl-C) raises in the main thread mid-test
+
+    # The range test is interrupted in this process (a real process stopped by SIGTERM: the test above).
+    monkeypatch.setattr(TrackedRun, "on_step", ctrl_c_at_step_20)
+    proc = run_cli_here(["+model=mnist_cnn", "+experiment=smoke", "stage=range_test", "finder.num_iter=200000",
+                         "finder.end_lr=0.002"], tmp_path)
+    monkeypatch.undo()
+    assert proc.returncode == 130, proc.stdout + proc.stderr
+    assert "range test interrupted after 21 steps" in proc.stdout + proc.stderr
     (explore,) = _client(tmp_path).search_runs(["1"])
     assert explore.info.status == "KILLED" and explore.data.tags["lrtrack.stop_reason"] == "interrupted"
     refused = run_cli_here(["+model=mnist_cnn", "+experiment=smoke", "stage=train",
-                       f"train.lr_from={explore.info.run_id}", "bounds.max_lr_rule=minimum"], tmp_path)
+                            f"train.lr_from={explore.info.run_id}", "bounds.max_lr_rule=minimum"], tmp_path)
     assert refused.returncode == 2
     assert "was interrupted after" in refused.stderr and "train.allow_partial=true" in refused.stderr
     allowed = run_cli_here(["+model=mnist_cnn", "+experiment=smoke", "stage=train", "train.allow_partial=true",
-                       f"train.lr_from={explore.info.run_id}", "bounds.max_lr_rule=minimum"], tmp_path)
+                            f"train.lr_from={explore.info.run_id}", "bounds.max_lr_rule=minimum"], tmp_path)
     assert allowed.returncode == 0, allowed.stderr
 
 

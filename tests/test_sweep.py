@@ -133,10 +133,11 @@ def test_swept_keys_and_job_names() -> None:
 
 
 @pytest.mark.slow
-def test_joblib_launcher_and_seed_aggregate(tmp_path: Path) -> None:
+def test_joblib_launcher_and_seed_aggregate(tmp_path: Path, premade_store) -> None:
     """Two parallel workers; +experiment=seeds turns on multirun and logs the aggregate run."""
     import hydra_plugins.hydra_joblib_launcher  # noqa: F401 - a hard dependency: fail, never skip
 
+    premade_store(tmp_path)  # (a store created by a multi-process job: test_torchrun_two_ranks_on_cpu)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     proc = lrtrack([*FAST, "+experiment=seeds", "hydra.sweeper.params.seed='0,1'", f"tracking.tracking_uri={uri}",
                     "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], tmp_path)
