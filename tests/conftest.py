@@ -1,4 +1,6 @@
-"""Shared fixtures: the real MNIST split (skipped where ../shared is absent), a CLI runner and a real MLflow server."""
+"""Shared fixtures: the real MNIST split (skipped where ../shared is absent), the CLI as a process
+(``run_cli``) and in this process (``run_cli_here``), premade MLflow stores and a real MLflow server;
+and, under pytest-xdist, the order in which the workers take the modules (heaviest first)."""
 
 from __future__ import annotations
 
@@ -16,18 +18,53 @@ ROOT = Path(__file__).resolve().parents[1]
 MNIST_SPLIT = ROOT.parent / "shared" / "data" / "mnist-t10k-split"
 
 
+# ---------------------------------------------------------------------- pytest-xdist: heaviest first
+
+MODULE_SECONDS_KEY = "lrtrack/module_seconds"  # in pytest's cache: each module's seconds, last run
+
+
+def _module(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (``--dist loadfile``: one module per worker at a time, handed out in
-    collection order), the heaviest modules first, so that no worker is left alone with a long
-    one at the end. A module weighs 8 per test marked slow (a real process, seconds of training)
-    and 0.5 per other test; each module's tests keep their order. One process: order unchanged."""
+    """Under pytest-xdist (``--dist loadfile``: a worker takes one whole module at a time, in
+    collection order), the heaviest modules first, so that no worker is left alone with a long one
+    at the end. A module weighs the seconds it took in the last run (pytest's cache), else 8 per
+    test marked slow (a real process, seconds of training) and 0.2 per other test. Each module's
+    tests keep their order. In one process nothing is reordered."""
     if not hasattr(config, "workerinput"):
         return
+    cache = getattr(config, "cache", None)
+    measured = cache.get(MODULE_SECONDS_KEY, {}) if cache is not None else {}
     weight: dict[str, float] = {}
     for item in items:
-        module = item.nodeid.split("::", 1)[0]
-        weight[module] = weight.get(module, 0.0) + (8.0 if item.get_closest_marker("slow") else 0.5)
-    items.sort(key=lambda item: -weight[item.nodeid.split("::", 1)[0]])  # stable: modules stay whole
+        module = _module(item.nodeid)
+        weight[module] = weight.get(module, 0.0) + (8.0 if item.get_closest_marker("slow") else 0.2)
+    weight.update({module: float(seconds) for module, seconds in measured.items() if module in weight})
+    items.sort(key=lambda item: -weight[_module(item.nodeid)])  # a stable sort: modules stay whole
+
+
+_module_seconds: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Add up each module's seconds (setup, call and teardown) for the next run's order."""
+    _module_seconds[_module(report.nodeid)] = _module_seconds.get(_module(report.nodeid), 0.0) + report.duration
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Keep the seconds of a whole run (the controller's, or a single process's): the default
+    test paths, no -k, no -m, not stopped early."""
+    config = session.config
+    cache = getattr(config, "cache", None)
+    whole = (config.args_source == pytest.Config.ArgsSource.TESTPATHS and not config.option.keyword
+             and not config.option.markexpr and not session.shouldstop)
+    if cache is None or hasattr(config, "workerinput") or not whole or not _module_seconds:
+        return
+    seconds = dict(cache.get(MODULE_SECONDS_KEY, {}))
+    seconds.update({module: round(value, 1) for module, value in _module_seconds.items()})
+    cache.set(MODULE_SECONDS_KEY, seconds)
 
 
 @pytest.fixture(autouse=True)
@@ -87,7 +124,8 @@ def run_cli_here(args: list[str], cwd: Path) -> CliRun:
     process would show: the exit code (``SystemExit``; an uncaught exception is exit 1 with its
     traceback on stderr, as the interpreter prints it), stdout and stderr (log lines included:
     Hydra's console handler writes to stdout), and the warnings a terminal would show (Python's
-    default filters, printed on stderr). Everything the run changes in this process is put back:
+    default filters, printed on stderr); a Ctrl-C that lrtrack does not handle stops pytest, as it
+    would stop both processes. Everything the run changes in this process is put back:
     working folder, ``sys.argv``, ``sys.path``, modules imported from the launch folder, the
     environment, logging handlers, the SIGTERM handler and Hydra's global state.
     """
@@ -134,6 +172,8 @@ def run_cli_here(args: list[str], cwd: Path) -> CliRun:
                 else:  # sys.exit("message"): the interpreter prints it and exits 1
                     print(exc.code, file=sys.stderr)
                     code = 1
+            except KeyboardInterrupt:  # not lrtrack's (it handles its own): a Ctrl-C stops pytest
+                raise
             except BaseException:  # the interpreter: traceback on stderr, exit 1
                 traceback.print_exc()
                 code = 1
@@ -272,7 +312,7 @@ def mlflow_store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one worker makes it, the others wait for it
         if not db.exists():
             new = folder / "new" / "template.db"
-            new.parent.mkdir()
+            new.parent.mkdir(exist_ok=True)
             subprocess.run([sys.executable, "-c", "import sys; from lrtrack.tracking import open_store; "
                             "open_store(sys.argv[1])", f"sqlite:///{new}"],
                            check=True, env=clean_env(), cwd=new.parent, capture_output=True, timeout=300)
