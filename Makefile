@@ -1,6 +1,7 @@
 # make run  [overrides]   set up .venv if missing, then: python -m lrtrack +model=mnist_cnn [overrides]
 #                          e.g. make run optimizer=adamw schedule=cosine   (or ARGS="...")
 # make test [ARGS="..."]   set up .venv if missing, then: pytest ARGS   e.g. make test ARGS='-m "not slow"'
+#                          (pytest-xdist runs the suite on every core; ARGS=-n0 runs it in one process)
 # make bench               the benchmarks quoted in the README
 
 PYTHON ?= python3
