@@ -154,6 +154,7 @@ def run_cli_here(args: list[str], cwd: Path) -> CliRun:
 
     for key in [k for k in os.environ if k.startswith(("MLFLOW_", "LRTRACK_"))]:  # a developer's settings
         del os.environ[key]
+    os.environ.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")  # for the processes it starts, as run_cli
     GlobalHydra.instance().clear()
     cli._job_started = False
     try:

@@ -1,7 +1,8 @@
 """Hydra launchers run lrtrack's sweeps: submitit (local; SLURM takes the same settings) and Ray.
 
-joblib is tested in ``test_sweep.py``. Each test runs a 2-job sweep in a subprocess with its own
-``mlflow.db`` and checks the MLflow layout: one sweep run, the two jobs' pipeline runs nested
+joblib is tested in ``test_sweep.py``. Each test runs a 2-job sweep with its own ``mlflow.db``
+(submitit: ``python -m lrtrack -m`` in the test's process, :func:`tests.conftest.run_cli_here`, the
+launcher runs each job in a process of its own; Ray: in a subprocess) and checks the MLflow layout: one sweep run, the two jobs' pipeline runs nested
 under it, each with its range test, every run FINISHED, the launcher recorded on the sweep run.
 The Ray test runs only where ``hydra-ray-launcher`` is installed (``pip install
 hydra-ray-launcher``: local Ray on this machine; see docs/scale_out.md).
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import run_cli_here
+
 FAST = ["+model=mlp", "data=fake", "data.fake_size=256", "train.epochs=1", "finder.num_iter=10",
         "finder.end_lr=1", "progress=false", "train.checkpoint=false"]
 
@@ -28,6 +31,12 @@ def _sweep(args: list[str], cwd: Path, timeout: float = 240) -> subprocess.Compl
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     return proc
+
+
+def _sweep_here(args: list[str], cwd: Path) -> None:
+    uri = f"sqlite:///{cwd / 'mlflow.db'}"
+    proc = run_cli_here(["-m", *FAST, f"tracking.tracking_uri={uri}", *args], cwd)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
 
 
 def _check_nested(folder: Path, launcher: str) -> list:
@@ -58,9 +67,9 @@ def test_submitit_local_launcher(tmp_path: Path, premade_store) -> None:
     """The SLURM launcher's local twin: each job a separate process submitted through submitit."""
     import hydra_plugins.hydra_submitit_launcher  # noqa: F401 - a hard dependency: fail, never skip
 
-    premade_store(tmp_path)  # the sweep's store (test_sweep's joblib sweep creates its own)
-    _sweep(["seed=0,1", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",
-            "hydra.launcher.cpus_per_task=1"], tmp_path)
+    premade_store(tmp_path)  # the sweep's store (creating one is the CLI tests' business)
+    _sweep_here(["seed=0,1", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",
+                 "hydra.launcher.cpus_per_task=1"], tmp_path)
     _check_nested(tmp_path, "submitit_local")
     logs = list(tmp_path.glob("multirun/*/*/.submitit/*/*_log.out"))
     assert len(logs) == 2  # submitit ran the two jobs, each leaving its own log

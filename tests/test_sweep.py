@@ -1,8 +1,8 @@
 """Sweeps end to end: ``python -m lrtrack -m ...``, read back through MlflowClient.
 
-The joblib sweep runs as a real process (its launcher starts worker processes); the sweep with
-failing jobs runs in the test's process (:func:`tests.conftest.run_cli_here`: exit code and
-stderr as a process has them).
+Each command runs in the test's process (:func:`tests.conftest.run_cli_here`: exit code and
+stderr as a process has them); the joblib sweep's jobs run in the worker processes its launcher
+starts (tests/test_launchers.py: submitit; tests/test_server.py: a sweep against a server).
 
 Each test runs one small sweep (MLP on fake data, 10-step range tests, one epoch) in a temporary
 folder holding its own ``mlflow.db``, on the default suggestion rule (``confirmed``: fixed-LR
@@ -16,9 +16,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,13 +24,6 @@ from tests.conftest import CliRun, run_cli_here
 
 FAST = ["+model=mlp", "data=fake", "data.fake_size=256", "train.epochs=1", "finder.num_iter=10",
         "finder.end_lr=1", "progress=false", "train.checkpoint=false"]
-
-
-def lrtrack(args: list[str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "LRTRACK_"))}
-    env["PYTHONUNBUFFERED"] = "1"
-    return subprocess.run([sys.executable, "-m", "lrtrack", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def client_for(folder: Path):
@@ -138,9 +128,14 @@ def test_joblib_launcher_and_seed_aggregate(tmp_path: Path, premade_store) -> No
     import hydra_plugins.hydra_joblib_launcher  # noqa: F401 - a hard dependency: fail, never skip
 
     premade_store(tmp_path)  # (a store created by a multi-process job: test_torchrun_two_ranks_on_cpu)
+    from joblib.externals.loky import get_reusable_executor
+
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    proc = lrtrack([*FAST, "+experiment=seeds", "hydra.sweeper.params.seed='0,1'", f"tracking.tracking_uri={uri}",
-                    "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], tmp_path)
+    try:
+        proc = run_cli_here([*FAST, "+experiment=seeds", "hydra.sweeper.params.seed='0,1'", f"tracking.tracking_uri={uri}",
+                             "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], tmp_path)
+    finally:
+        get_reusable_executor().shutdown(wait=True)  # the launcher's 2 worker processes (a process would end them)
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = client_for(tmp_path)
     (sweep,) = runs_by_stage(client, "sweep")
