@@ -208,6 +208,7 @@ class RangeTestRecipe:
                 start_lr=f.start_lr, end_lr=f.end_lr, num_iter=f.num_iter, step_mode=f.step_mode,
                 smoothing=f.smoothing, diverge_th=f.diverge_th, accumulation_steps=f.accumulation_steps,
                 amp=f.amp, device=self._device(), observer=run, progress=self.cfg.progress)
+            parts.tracker.open_now()  # the loop is done: the store opens while the figure is drawn
             _log_suggestions(result)
             if run.enabled:
                 runlog.log_range_test(run, result, chosen_rule=f.suggestion, title=name)

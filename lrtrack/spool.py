@@ -475,13 +475,16 @@ class Courier:
         connect: opens the store in the courier's thread and returns ``(client, experiment_id)``;
             given instead of ``client``, so that nobody waits for MLflow's import and a fresh
             store's creation. Until it returns, every write goes to the spool (runs get
-            placeholder ids), and the thread delivers them once the store is open.
+            placeholder ids), and the thread delivers them once the store is open. The thread
+            starts on :meth:`start_connecting`, or ``connect_after_s`` after construction.
+        connect_after_s: see ``connect``.
     """
 
     def __init__(self, client: Any, tracking_uri: str, experiment_id: str | None, *, spool_dir: str | Path,
                  retry_delays: tuple[float, ...] = (0.5, 1.0), probe_max_s: float = 10.0,
                  max_queued: int = 10 * MAX_METRICS_PER_BATCH, probe: Callable[[], bool] | None = None,
-                 connect: Callable[[], tuple[Any, str]] | None = None, experiment_name: str | None = None) -> None:
+                 connect: Callable[[], tuple[Any, str]] | None = None, experiment_name: str | None = None,
+                 connect_after_s: float = 10.0) -> None:
         self.client = client
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
@@ -511,8 +514,12 @@ class Courier:
         self._connect = connect
         self._connecting = connect is not None  # the store is being opened: spooling is expected, not news
         if connect is not None:
-            self.online = False
-            self._ensure_thread()  # opens the store at once, in the background
+            self.online = False  # until start_connecting(): see its docstring
+            # A long loop gets live metrics (and a killed one its runs in the store) after this
+            # delay; a short one finishes first and pays nothing for it.
+            timer = threading.Timer(connect_after_s, self.start_connecting)
+            timer.daemon = True
+            timer.start()
 
     # ------------------------------------------------------------------ what callers use
     def resolve(self, run_id: str) -> str:
@@ -548,8 +555,22 @@ class Courier:
         """The store is still being opened (``connect``) and what was spooled meanwhile delivered."""
         return self._connecting
 
+    def start_connecting(self) -> None:
+        """Start opening the store (``connect``) in the courier's thread, and delivering what waits.
+
+        Not done at construction: on a machine with few cores, MLflow's imports and the first
+        delivery beside a running training loop hold the GIL against its short torch calls,
+        which then wait in line (measured: a 100-step range test took 5.9 s instead of 2.3 s).
+        The caller starts it when the loop is done, or when it needs the store; :meth:`close`
+        and :meth:`wait_connected` start it too.
+        """
+        with self._cond:
+            if self._connect is not None and self.client is None:
+                self._ensure_thread()
+
     def wait_connected(self, timeout_s: float) -> bool:
         """Wait (at most ``timeout_s``) until the store is open; True when it is."""
+        self.start_connecting()
         deadline = time.monotonic() + timeout_s
         with self._cond:
             while self.client is None and self._thread is not None and time.monotonic() < deadline:
@@ -617,6 +638,7 @@ class Courier:
                 delivers them later), could not be spooled, or were rejected by the store.
         """
         timeout_s = max(0.0, float(timeout_s))
+        self.start_connecting()
         with self._cond:
             if self._closed:
                 return

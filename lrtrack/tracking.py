@@ -497,6 +497,7 @@ class TrackedRun:
     def stored_run_id(self, timeout_s: float = 30.0) -> str:
         """The store's id of this run, waiting (at most ``timeout_s``) for the store to create it;
         for ids a user is told (a resume command), which a placeholder would not serve."""
+        self.courier.start_connecting()
         deadline = time.monotonic() + timeout_s
         while is_pending(self.run_id) and self.courier.connecting and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -677,6 +678,9 @@ class NullTracker:
     def start_run(self, name: str, **kwargs: Any) -> NullRun:
         return NullRun()
 
+    def open_now(self) -> None:
+        pass
+
     def close(self, timeout_s: float | None = None) -> None:
         pass
 
@@ -698,11 +702,12 @@ class Tracker:
         spool_dir: where writes the store does not take wait (a sub-folder per tracker, created
             only when needed); default ``./lrtrack-spool``. The recipe passes the job's output folder.
         delivery_timeout_s: how long :meth:`close` waits for a store that is away.
-        background: open the store in the courier's thread instead of now. Importing MLflow and
-            creating a fresh store take seconds that nobody then waits for: the runs, params and
-            metrics logged before the store is open wait in the spool (runs have placeholder ids
-            until then; :meth:`TrackedRun.stored_run_id` waits for the real one) and are
-            delivered as soon as it is. Run :func:`preflight` first: a store that cannot be
+        background: open the store later, in the courier's thread (:meth:`open_now`, or when
+            the store is needed or the tracker closes). Importing MLflow and creating a fresh
+            store take seconds that the training loop then does not wait for: the runs, params
+            and metrics logged before the store is open wait in the spool (runs have placeholder
+            ids until then; :meth:`TrackedRun.stored_run_id` waits for the real one) and are
+            delivered once it is. A fresh sqlite store's tables are made by a child process at once. Run :func:`preflight` first: a store that cannot be
             opened then shows up at :meth:`close`, as undelivered writes.
 
     Raises:
@@ -753,6 +758,11 @@ class Tracker:
             raise TrackingUnavailable(f"tracking store {redact(self.tracking_uri)} cannot be used ({describe(err)}): "
                                       f"{_where(self.tracking_uri)} to a store that answers, or tracking.enabled=false"
                                       ) from err
+
+    def open_now(self) -> None:
+        """``background=True``: start opening the store and delivering what waits in the spool
+        (call it when the training loop is done, or before a long one, for live metrics)."""
+        self.courier.start_connecting()
 
     @property
     def client(self) -> MlflowClient:
