@@ -161,7 +161,7 @@ def test_server_killed_mid_training_and_restarted_everything_arrives_once(tmp_pa
     finally:
         job.kill()
     train_s = job.lines["TRAIN"]["train_s"]
-    assert train_s < steps * step_s + 3.0, f"training stalled: {train_s:.1f} s for {steps * step_s:.0f} s of steps"
+    assert train_s < steps * step_s + 6.0, f"training stalled: {train_s:.1f} s for {steps * step_s:.0f} s of steps"
     _check_everything_arrived_once(mlflow_server, steps)
     assert "is unavailable" in job.stderr.read_text() and "is back" in job.stderr.read_text()
     assert not any(job.spool.rglob("journal.jsonl")), "the spool is removed once delivered"
@@ -179,7 +179,7 @@ def test_server_killed_and_not_restarted_then_deliver_sends_everything_once(tmp_
     finally:
         job.kill()
     closing = job.lines["CLOSE"]
-    assert job.lines["TRAIN"]["train_s"] < steps * step_s + 3.0, "training stalled"
+    assert job.lines["TRAIN"]["train_s"] < steps * step_s + 6.0, "training stalled"
     assert closing["close_s"] < timeout + 3.0, f"waited {closing['close_s']:.1f} s for a store that is gone"
     spool = Path(closing["spool"])
     assert closing["command"] == f"python -m lrtrack.deliver {spool}"
