@@ -1,6 +1,7 @@
 """``python -m lrtrack``: see :mod:`lrtrack.cli`."""
 
-from lrtrack.cli import main
+from lrtrack.cli import exit_without_teardown, main
 
 if __name__ == "__main__":
     main()
+    exit_without_teardown(0)

@@ -21,7 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from lrtrack.config import ConfigError, check_config, config_dir, register_configs
+from lrtrack.config import ConfigError, config_dir, register_configs, validate
 from lrtrack.redact import redact
 
 log = logging.getLogger("lrtrack")
@@ -65,7 +65,7 @@ def task(cfg: DictConfig) -> float | None:
     if job.sweep is not None or HydraConfig.get().mode == RunMode.MULTIRUN:
         return run_sweep_job(cfg, job)
     try:
-        check_config(cfg)
+        validate(cfg)  # the settings (no torch); the recipe checks the rest once its tracker started
         return RangeTestRecipe(cfg, job).run()
     except ConfigError as err:
         fail(err.errors)
@@ -108,6 +108,23 @@ _job_started = False
 
 def _terminate(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def exit_without_teardown(code: int) -> None:
+    """End the process after a finished command, skipping the interpreter's module teardown:
+    with torch loaded it takes about a second, spent after everything was written. atexit
+    handlers still run and every stream and log file is flushed first; the tracker was closed
+    (its runs delivered) before. Only ``python -m lrtrack`` calls this, never the library."""
+    import atexit
+
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ before anything starts. Importing this module stays cheap (no torch): ``--help``
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 import re
 from collections.abc import Callable
@@ -280,14 +281,32 @@ def builtin_data_settings(target: str) -> list[str] | None:
     """The settings of one of lrtrack's data builders (``lrtrack.data.*``); None for any other target."""
     if not target.startswith("lrtrack.data."):
         return None
-    import inspect
+    return _data_builder_settings().get(target)
 
-    from lrtrack.data import BUILTINS  # torch, no torchvision
 
-    builder = BUILTINS.get(target)
-    if builder is None:
-        return None
-    return [p for p in inspect.signature(builder).parameters if p != "seed"]
+@functools.cache
+def _data_builder_settings() -> dict[str, list[str]]:
+    """``{"lrtrack.data.mnist": [its parameters but seed], ...}`` for the builders in
+    ``lrtrack.data.BUILTINS``, read from the module's source: importing it imports torch, about
+    1.5 s that checking a config would otherwise spend before the job's tracking relay starts
+    (tests/test_config.py pins this against ``inspect.signature`` of the real functions)."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec("lrtrack.data")
+    assert spec is not None and spec.origin is not None
+    tree = ast.parse(Path(spec.origin).read_text())
+    functions = {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
+    builders: list[str] = []
+    for node in tree.body:  # BUILTINS = {f"lrtrack.data.{fn.__name__}": fn for fn in (mnist, digits, ...)}
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id == "BUILTINS":
+            builders = [name.id for name in ast.walk(node.value) if isinstance(name, ast.Name) and name.id in functions]
+    settings = {}
+    for name in builders:
+        args = functions[name].args
+        settings[f"lrtrack.data.{name}"] = [a.arg for a in (*args.posonlyargs, *args.args, *args.kwonlyargs)
+                                            if a.arg != "seed"]
+    return settings
 
 
 def import_hint(target: str) -> str | None:

@@ -29,17 +29,14 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from lrtrack.launcher_env import launched_by_torchrun
+
 log = logging.getLogger(__name__)
 
 #: The variables torchrun sets for every process it starts.
 TORCHRUN_ENV: tuple[str, ...] = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 T = TypeVar("T")
-
-
-def launched_by_torchrun() -> bool:
-    """True when torchrun (or another launcher with its environment) started this process."""
-    return all(os.environ.get(k) for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
 
 
 def is_distributed() -> bool:

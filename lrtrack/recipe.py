@@ -24,12 +24,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from lrtrack import runlog
-from lrtrack.config import ConfigError, check_config, component_error
+from lrtrack.config import ConfigError, component_error, dry_run, validate
 from lrtrack.redact import redact, redact_tree
 
 log = logging.getLogger("lrtrack")
 
-OPEN_WAIT_ON_ERROR_S = 10.0  # set-up failed: how long to let the store finish opening before the error is shown
 
 
 class UserError(Exception):
@@ -96,24 +95,31 @@ class RangeTestRecipe:
     # ------------------------------------------------------------------ the pipeline
 
     def run(self) -> float | None:
-        """Run the configured stages; returns the final validation loss (or the min range-test loss)."""
-        from tqdm.contrib.logging import logging_redirect_tqdm
+        """Run the configured stages; returns the final validation loss (or the min range-test loss).
 
-        from lrtrack.distributed import launch_problem, process_group
+        Call :func:`lrtrack.config.validate` first; the optimizer and schedule are built on a
+        dummy parameter here (:func:`lrtrack.config.dry_run`), before any data is loaded.
 
-        problem = launch_problem(self._device())
-        if problem is not None:
-            raise UserError(problem)
-        # torchrun: one process group for the job (gloo on CPU, nccl on CUDA), left at the end.
-        # Log lines go through tqdm while a progress bar is drawn, so neither overwrites the other.
-        with process_group(self._device()), logging_redirect_tqdm(loggers=[logging.getLogger()]):
-            return self._run()
+        Raises:
+            ConfigError, UserError: bad input (one line each); nothing was logged.
+        """
+        # The tracker first: its relay process imports MLflow and opens the store while this one
+        # imports torch. It delivers what is left at the end (bounded wait; DeliveryError if it cannot).
+        with self._open_tracker() as tracker:
+            from tqdm.contrib.logging import logging_redirect_tqdm
 
-    def _run(self) -> float | None:
-        self._redact_saved_config()
-        parts = self._distribute(self.setup())
-        with parts.tracker:  # delivers what is left at the end (bounded wait); DeliveryError if it cannot
-            return self._stages(parts)
+            dry_run(self.cfg)  # torch's import: the relay imports MLflow meanwhile
+
+            from lrtrack.distributed import launch_problem, process_group
+
+            problem = launch_problem(self._device())
+            if problem is not None:
+                raise UserError(problem)
+            # torchrun: one process group for the job (gloo on CPU, nccl on CUDA), left at the end.
+            # Log lines go through tqdm while a progress bar is drawn, so neither overwrites the other.
+            with process_group(self._device()), logging_redirect_tqdm(loggers=[logging.getLogger()]):
+                self._redact_saved_config()
+                return self._stages(self._distribute(self.setup(tracker)))
 
     def _stages(self, parts: Components) -> float | None:
         from lrtrack.distributed import broadcast_object, is_distributed, is_main
@@ -138,22 +144,19 @@ class RangeTestRecipe:
             log.info("MLflow: %s", redact(parts.tracker.ui_hint()))
         return outcome
 
-    def setup(self) -> Components:
+    def setup(self, tracker: Any = None) -> Components:
         """Seed, then build the data, model, optimizer, loss, step and metric, check that they fit
-        on the first batch, and open the tracker (no run is created yet).
+        on the first batch (no run is created yet).
+
+        Args:
+            tracker: where runs go (default: the configured one, opened now; close it after use).
 
         Raises:
             UserError: a component cannot be built, or the first batch shows a mismatch
                 (one line naming the setting to change).
         """
         self._import_from_launch_dir()
-        tracker = self._open_tracker()  # checked now; the store opens in the background
-        try:
-            return self._build_components(tracker)
-        except BaseException:
-            # Nothing was logged: let the store finish opening (its log lines) before the error is shown.
-            tracker.close(timeout_s=OPEN_WAIT_ON_ERROR_S)
-            raise
+        return self._build_components(self._open_tracker() if tracker is None else tracker)
 
     def _build_components(self, tracker: Any) -> Components:
         from lrtrack.steps import seed_everything
@@ -208,7 +211,6 @@ class RangeTestRecipe:
                 start_lr=f.start_lr, end_lr=f.end_lr, num_iter=f.num_iter, step_mode=f.step_mode,
                 smoothing=f.smoothing, diverge_th=f.diverge_th, accumulation_steps=f.accumulation_steps,
                 amp=f.amp, device=self._device(), observer=run, progress=self.cfg.progress)
-            parts.tracker.open_now()  # the loop is done: the store opens while the figure is drawn
             _log_suggestions(result)
             if run.enabled:
                 runlog.log_range_test(run, result, chosen_rule=f.suggestion, title=name)
@@ -457,7 +459,7 @@ class RangeTestRecipe:
         """Check the tracking store at once (one line, seconds at most, before any data is
         loaded), then open it in the background: importing MLflow and creating a fresh store take
         seconds that the range test does not wait for (what it logs meanwhile waits in the spool)."""
-        from lrtrack.distributed import is_main
+        from lrtrack.launcher_env import launch_rank
         from lrtrack.tracking import (
             NullTracker,
             Tracker,
@@ -467,7 +469,7 @@ class RangeTestRecipe:
         )
 
         t = self.cfg.tracking
-        if not t.enabled or not is_main():  # torchrun: rank 0 alone opens the store and logs
+        if not t.enabled or launch_rank() != 0:  # torchrun: rank 0 alone opens the store and logs
             return NullTracker()
         uri = resolve_tracking_uri(t.tracking_uri, self.job.launch_dir)
         name = t.experiment_name or f"lrtrack-{self.model_name}"
@@ -539,7 +541,7 @@ def run_sweep_job(cfg: DictConfig, job: JobInfo) -> float:
     an ``lrtrack.error`` tag), and NaN is returned so Hydra goes on with the other jobs (its
     basic sweeper would stop the sweep, and skip the sweep's summary, on an exception)."""
     try:
-        check_config(cfg)
+        validate(cfg)  # the settings; the recipe builds the optimizer and schedule once its tracker started
         outcome = RangeTestRecipe(cfg, job).run()
         return float("nan") if outcome is None else float(outcome)
     except KeyboardInterrupt:

@@ -35,6 +35,7 @@ import logging
 import os
 import shutil
 import socket
+import subprocess
 import threading
 import time
 import uuid
@@ -242,6 +243,20 @@ class Spool:
     def resolve(self, run_id: str) -> str:
         return self.ids.get(run_id, run_id)
 
+    def reload_ids(self) -> None:
+        """Read the run ids again (another process, the relay, delivers this spool)."""
+        ids = self.path / IDS
+        if ids.is_file():
+            try:
+                self.ids = json.loads(ids.read_text())
+            except ValueError:  # cannot happen with _write_atomic; keep what we had
+                pass
+
+    @property
+    def lock_fd(self) -> int | None:
+        """The descriptor holding the spool's lock (the relay inherits it)."""
+        return self._lock_fd
+
     # ------------------------------------------------------------------ reading
     def offset(self) -> int:
         f = self.path / OFFSET
@@ -249,6 +264,10 @@ class Spool:
 
     def advance(self, offset: int) -> None:
         _write_atomic(self.path / OFFSET, str(offset))
+
+    def journal_started(self) -> bool:
+        """Anything was ever written to the journal."""
+        return self._journal.is_file()
 
     def has_pending(self) -> bool:
         return self._journal.is_file() and self._journal.stat().st_size > self.offset()
@@ -453,6 +472,7 @@ def needs_uri(meta_uri: str) -> bool:
 # ---------------------------------------------------------------------- the courier
 
 JOIN_SLACK_S = 5.0  # how long close() waits past its deadline for a send already in flight
+RELAY_START_SLACK_S = 30.0  # and for a relay, which may still be importing MLflow and opening the store
 _REPLAY = object()
 
 
@@ -472,19 +492,20 @@ class Courier:
             (only while the store answers: offline, metrics go straight to disk).
         probe: a quick "does the store answer" check tried before replaying (for HTTP, a short
             GET), so an unreachable server costs no MLflow retries; ``None`` to just try.
-        connect: opens the store in the courier's thread and returns ``(client, experiment_id)``;
-            given instead of ``client``, so that nobody waits for MLflow's import and a fresh
-            store's creation. Until it returns, every write goes to the spool (runs get
-            placeholder ids), and the thread delivers them once the store is open. The thread
-            starts on :meth:`start_connecting`, or ``connect_after_s`` after construction.
-        connect_after_s: see ``connect``.
+        relay: deliver from a child process (:mod:`lrtrack.relay`) instead: every write goes to
+            the spool, which is created at once, and the relay, started at once, opens the
+            store (``client`` is ``None``) and delivers the journal as it grows. Nobody in
+            this process waits for MLflow's import or a fresh store's creation, and its
+            Python never competes with the training loop for the GIL.
+        experiment_name: recorded in the spool: its runs' experiment until the store gives an id.
+        relay_timeout_s: with ``relay``: how long the relay keeps trying a store that is away
+            after this process died without :meth:`close`.
     """
 
     def __init__(self, client: Any, tracking_uri: str, experiment_id: str | None, *, spool_dir: str | Path,
                  retry_delays: tuple[float, ...] = (0.5, 1.0), probe_max_s: float = 10.0,
                  max_queued: int = 10 * MAX_METRICS_PER_BATCH, probe: Callable[[], bool] | None = None,
-                 connect: Callable[[], tuple[Any, str]] | None = None, experiment_name: str | None = None,
-                 connect_after_s: float = 10.0) -> None:
+                 relay: bool = False, experiment_name: str | None = None, relay_timeout_s: float = 60.0) -> None:
         self.client = client
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
@@ -511,21 +532,19 @@ class Courier:
         self._closed = False
         self._deadline = float("inf")
         self._thread: threading.Thread | None = None
-        self._connect = connect
-        self._connecting = connect is not None  # the store is being opened: spooling is expected, not news
-        if connect is not None:
-            self.online = False  # until start_connecting(): see its docstring
-            # A long loop gets live metrics (and a killed one its runs in the store) after this
-            # delay; a short one finishes first and pays nothing for it.
-            timer = threading.Timer(connect_after_s, self.start_connecting)
-            timer.daemon = True
-            timer.start()
+        self._relay: subprocess.Popen[bytes] | None = None
+        if relay:
+            self._start_relay(relay_timeout_s)
 
     # ------------------------------------------------------------------ what callers use
     def resolve(self, run_id: str) -> str:
         """The store's id of a run (a run created offline has a placeholder id until delivered)."""
         spool = self.spool
-        return spool.resolve(run_id) if spool is not None else run_id
+        if spool is None:
+            return run_id
+        if self._relay is not None and is_pending(run_id) and run_id not in spool.ids:
+            spool.reload_ids()  # the relay records the ids of the runs it created
+        return spool.resolve(run_id)
 
     @property
     def undelivered(self) -> Path | None:
@@ -551,31 +570,23 @@ class Courier:
                 self._cond.wait(timeout=1.0)  # the store is slow: wait rather than grow
 
     @property
+    def relaying(self) -> bool:
+        """A relay process delivers this courier's writes (see ``relay``)."""
+        return self._relay is not None
+
+    @property
     def connecting(self) -> bool:
-        """The store is still being opened (``connect``) and what was spooled meanwhile delivered."""
-        return self._connecting
+        """Spooling is the plan, not news: a live relay delivers what is written."""
+        return self._relay is not None and self._relay.poll() is None
 
-    def start_connecting(self) -> None:
-        """Start opening the store (``connect``) in the courier's thread, and delivering what waits.
-
-        Not done at construction: on a machine with few cores, MLflow's imports and the first
-        delivery beside a running training loop hold the GIL against its short torch calls,
-        which then wait in line (measured: a 100-step range test took 5.9 s instead of 2.3 s).
-        The caller starts it when the loop is done, or when it needs the store; :meth:`close`
-        and :meth:`wait_connected` start it too.
-        """
-        with self._cond:
-            if self._connect is not None and self.client is None:
-                self._ensure_thread()
-
-    def wait_connected(self, timeout_s: float) -> bool:
-        """Wait (at most ``timeout_s``) until the store is open; True when it is."""
-        self.start_connecting()
-        deadline = time.monotonic() + timeout_s
-        with self._cond:
-            while self.client is None and self._thread is not None and time.monotonic() < deadline:
-                self._cond.wait(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
-            return self.client is not None
+    def refresh_experiment(self) -> str | None:
+        """With a relay: the experiment's id once the relay has opened the store (``None`` until then)."""
+        if self.experiment_id is None and self._relay is not None and self.spool is not None:
+            try:
+                self.experiment_id = self.spool.meta.get("experiment_id")
+            except (OSError, ValueError):
+                pass
+        return self.experiment_id
 
     def wait_sent(self) -> None:
         """Wait until every metric submitted so far is delivered or spooled."""
@@ -623,7 +634,7 @@ class Courier:
         with self._cond:
             self._journal({"op": "create", "run": pending_id, "experiment": experiment_id, "name": name,
                            "tags": resolved, "start": start})
-        if not self._connecting:
+        if self._relay is None:
             log.warning("run %r will be created in the tracking store when it is back (until then: %s)", name,
                         pending_id)
         return pending_id
@@ -638,7 +649,6 @@ class Courier:
                 delivers them later), could not be spooled, or were rejected by the store.
         """
         timeout_s = max(0.0, float(timeout_s))
-        self.start_connecting()
         with self._cond:
             if self._closed:
                 return
@@ -646,8 +656,10 @@ class Courier:
             self._deadline = time.monotonic() + timeout_s
             self._cond.notify_all()
             thread = self._thread
-        if thread is not None:
-            if not self.online and not self._connecting:
+        if self._relay is not None:
+            self._close_relay(timeout_s)
+        elif thread is not None:
+            if not self.online:
                 log.warning("waiting up to %g s for tracking store %s to deliver the spooled writes",
                             timeout_s, redact(self.tracking_uri))
             thread.join(timeout=timeout_s + JOIN_SLACK_S)
@@ -665,6 +677,55 @@ class Courier:
             spool.close()
         if pending or self.lost or rejected:
             raise DeliveryError(self._failure(counts, rejected, timeout_s), spool.path if pending and spool else None)
+
+    # ------------------------------------------------------------------ the relay
+    def _start_relay(self, timeout_s: float) -> None:
+        """Create the spool and start the relay; without a spool folder, stay as a plain courier
+        (the caller then opens the store itself: :meth:`attach`)."""
+        from lrtrack.relay import start_relay
+
+        self.online = False  # every write goes to the spool; the relay delivers it
+        spool = self._ensure_spool()
+        if spool is None:
+            self.online = True
+            return
+        try:
+            self._relay = start_relay(spool, self.tracking_uri, experiment_name=self.experiment_name or "Default",
+                                      timeout_s=timeout_s)
+        except OSError as err:  # cannot start a process: the spool waits for python -m lrtrack.deliver
+            self.last_error = f"the tracking relay could not start ({err})"
+            log.error("%s: tracking writes are kept in %s", self.last_error, spool.path)
+
+    def attach(self, client: Any, experiment_id: str) -> None:
+        """Send straight to this store from now on (no spool folder could be made for a relay)."""
+        with self._cond:
+            self.client, self.experiment_id, self.online = client, experiment_id, True
+
+    def _close_relay(self, timeout_s: float) -> None:
+        """Tell the relay the journal is complete and wait for it to deliver it (it gives up on a
+        store that is away after ``timeout_s``; a relay still importing MLflow gets more time)."""
+        from lrtrack.relay import read_status
+
+        relay = self._relay
+        assert relay is not None and relay.stdin is not None and self.spool is not None
+        if not self.spool.journal_started():  # nothing was logged: nothing to wait for
+            relay.kill()
+        try:
+            relay.stdin.write(f"close {timeout_s:g}\n".encode())
+            relay.stdin.flush()
+            relay.stdin.close()
+        except OSError:  # it is gone already: what it did not deliver is counted below
+            pass
+        try:
+            relay.wait(timeout=timeout_s + RELAY_START_SLACK_S)
+        except subprocess.TimeoutExpired:
+            relay.kill()
+            relay.wait()
+        status = read_status(self.spool.path)
+        self.last_error = status.get("last_error") or self.last_error or (
+            None if relay.returncode == 0 else f"the tracking relay ended with status {relay.returncode}")
+        self.spool.reload_ids()
+        self.refresh_experiment()  # before the spool (where the relay recorded it) is removed
 
     # ------------------------------------------------------------------ going offline
     def _ensure_spool(self) -> Spool | None:
@@ -823,12 +884,10 @@ class Courier:
         """One delivery attempt of the spool; True when it is empty and the courier is online again."""
         if self.probe is not None and not self.probe():
             return False
-        if self.client is None and not self._open_store():
-            return False
         spool = self.spool
         if spool is None:  # nothing spooled (or nothing could be): send to the store directly
             with self._cond:
-                self.online, self._connecting = True, False
+                self.online = True
                 self._cond.notify_all()
             return True
         try:
@@ -838,10 +897,8 @@ class Courier:
                     if not spool.has_pending():
                         self.online = True
                         spool.finish()
-                        if not self._connecting:
-                            log.warning("tracking store %s is back: the spooled writes were delivered",
-                                        redact(self.tracking_uri))
-                        self._connecting = False
+                        log.warning("tracking store %s is back: the spooled writes were delivered",
+                                    redact(self.tracking_uri))
                         self._cond.notify_all()
                         return True
                 if self._past_deadline():
@@ -852,23 +909,3 @@ class Courier:
             with self._cond:
                 self.last_error = describe(err)
             return False
-
-    def _open_store(self) -> bool:
-        """``connect`` (in the courier's thread): True once the store is open."""
-        assert self._connect is not None
-        try:
-            client, experiment_id = self._connect()
-        except Exception as err:
-            with self._cond:
-                first = self.last_error is None
-                self.last_error = describe(err)
-            if first:
-                log.warning("tracking store %s cannot be opened yet (%s); training goes on, its writes are kept "
-                            "in %s", redact(self.tracking_uri), self.last_error, self.spool_dir)
-            return False
-        with self._cond:
-            self.client, self.experiment_id = client, experiment_id
-            if self.spool is not None:
-                self.spool.set_experiment(experiment_id)
-            self._cond.notify_all()
-        return True

@@ -38,8 +38,6 @@ import math
 import os
 import shutil
 import socket
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -352,29 +350,6 @@ def open_store(uri: str) -> MlflowClient:
     return client
 
 
-STORE_URI_ENV = "LRTRACK_CREATE_STORE_URI"  # how the URI reaches the creating process (never on a command line)
-
-
-def create_store_in_background(uri: str) -> subprocess.Popen[bytes] | None:
-    """Start creating a fresh sqlite store in a child process; ``None`` when there is nothing to create.
-
-    Creating MLflow's tables takes about two seconds of Python (alembic migrations). In a thread
-    that time would hold the GIL against the training loop, whose short, GIL-releasing torch
-    calls then wait in line for it: measured here, a 100-step range test took 8-15 s instead of
-    2.2 s while the store was created beside it. A child process creates it on another core
-    instead, under the same file lock (:func:`store_lock`) as every other opener.
-    """
-    try:
-        path = sqlite_path(uri)
-    except TrackingUnavailable:
-        return None
-    if path is None or path.exists():
-        return None
-    code = f"import os; from lrtrack.tracking import open_store; open_store(os.environ[{STORE_URI_ENV!r}])"
-    return subprocess.Popen([sys.executable, "-c", code], env={**os.environ, STORE_URI_ENV: uri},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
 # ---------------------------------------------------------------------- runs
 
 
@@ -495,9 +470,8 @@ class TrackedRun:
         return self.courier.resolve(self._run_id)
 
     def stored_run_id(self, timeout_s: float = 30.0) -> str:
-        """The store's id of this run, waiting (at most ``timeout_s``) for the store to create it;
+        """The store's id of this run, waiting (at most ``timeout_s``) for the relay to create it;
         for ids a user is told (a resume command), which a placeholder would not serve."""
-        self.courier.start_connecting()
         deadline = time.monotonic() + timeout_s
         while is_pending(self.run_id) and self.courier.connecting and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -678,9 +652,6 @@ class NullTracker:
     def start_run(self, name: str, **kwargs: Any) -> NullRun:
         return NullRun()
 
-    def open_now(self) -> None:
-        pass
-
     def close(self, timeout_s: float | None = None) -> None:
         pass
 
@@ -702,13 +673,14 @@ class Tracker:
         spool_dir: where writes the store does not take wait (a sub-folder per tracker, created
             only when needed); default ``./lrtrack-spool``. The recipe passes the job's output folder.
         delivery_timeout_s: how long :meth:`close` waits for a store that is away.
-        background: open the store later, in the courier's thread (:meth:`open_now`, or when
-            the store is needed or the tracker closes). Importing MLflow and creating a fresh
-            store take seconds that the training loop then does not wait for: the runs, params
-            and metrics logged before the store is open wait in the spool (runs have placeholder
-            ids until then; :meth:`TrackedRun.stored_run_id` waits for the real one) and are
-            delivered once it is. A fresh sqlite store's tables are made by a child process at once. Run :func:`preflight` first: a store that cannot be
-            opened then shows up at :meth:`close`, as undelivered writes.
+        background: never talk to the store from this process: every write goes to a spool
+            that a child process, the relay (:mod:`lrtrack.relay`), delivers as it is written.
+            Importing MLflow and opening (or creating) the store take seconds that this
+            process then neither waits for nor shares its cores' time with; runs have
+            placeholder ids until the relay created them (:meth:`TrackedRun.stored_run_id`
+            waits for the real one). Run :func:`preflight` first: a store that cannot be opened
+            then shows up at :meth:`close`, as undelivered writes. :attr:`client` (to read runs
+            back) opens the store in this process when asked for.
 
     Raises:
         TrackingUnavailable: the store cannot be opened (run :func:`preflight` first for a
@@ -725,28 +697,20 @@ class Tracker:
         self.flush_seconds = flush_seconds
         self.delivery_timeout_s = float(delivery_timeout_s)
         http = tracking_uri.lower().startswith(("http://", "https://"))
-        self._creating = create_store_in_background(tracking_uri) if background else None
         client, experiment_id = (None, None) if background else self._open()
         self.courier = Courier(client, tracking_uri, experiment_id,
                                spool_dir=Path(spool_dir) if spool_dir else Path.cwd() / "lrtrack-spool",
                                probe=(lambda: http_answers(tracking_uri)) if http else None,
-                               connect=self._open if background else None, experiment_name=experiment_name)
+                               relay=background, experiment_name=experiment_name,
+                               relay_timeout_s=self.delivery_timeout_s)
+        self._client: MlflowClient | None = client
+        if background and not self.courier.relaying and self.courier.spool is None:
+            self.courier.attach(*self._open())  # no spool folder for a relay: send from here
         self._closed = False
         atexit.register(self._close_at_exit)
 
     def _open(self) -> tuple[MlflowClient, str]:
         """Open the store and the experiment (creating either when missing)."""
-        if self._creating is not None:  # a child process creates the fresh store; its outcome is checked below
-            # The imports overlap the creation (and the training loop's own imports; later they
-            # would compete with its steps for the GIL).
-            import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
-            import mlflow.tracking  # noqa: F401
-
-            try:
-                self._creating.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                self._creating.kill()
-            self._creating = None
         try:
             client = open_store(self.tracking_uri)
             return client, ensure_experiment(client, self.experiment_name)
@@ -759,28 +723,22 @@ class Tracker:
                                       f"{_where(self.tracking_uri)} to a store that answers, or tracking.enabled=false"
                                       ) from err
 
-    def open_now(self) -> None:
-        """``background=True``: start opening the store and delivering what waits in the spool
-        (call it when the training loop is done, or before a long one, for live metrics)."""
-        self.courier.start_connecting()
-
     @property
     def client(self) -> MlflowClient:
-        """The store's client (waits for a store opened in the background).
+        """The store's client, to read runs back (a background tracker opens the store in this
+        process the first time it is asked for; its writes still go through the relay).
 
         Raises:
-            TrackingUnavailable: the store could not be opened within ``delivery_timeout_s``.
+            TrackingUnavailable: the store cannot be opened.
         """
-        if not self.courier.wait_connected(self.delivery_timeout_s):
-            raise TrackingUnavailable(f"tracking store {redact(self.tracking_uri)} cannot be used "
-                                      f"({self.courier.last_error or 'it did not open'}): {_where(self.tracking_uri)} "
-                                      f"to a store that answers, or tracking.enabled=false")
-        return self.courier.client
+        if self._client is None:
+            self._client = self.courier.client or self._open()[0]
+        return self._client
 
     @property
     def experiment_id(self) -> str | None:
-        """The experiment's id (``None`` while a store opened in the background is not open yet)."""
-        return self.courier.experiment_id
+        """The experiment's id (``None`` while the relay has not opened the store yet)."""
+        return self.courier.refresh_experiment()
 
     def start_run(self, name: str, *, tags: Mapping[str, Any] | None = None, parent_run_id: str | None = None) -> TrackedRun:
         """A new run (created in the store now, or when it is back if it is away)."""

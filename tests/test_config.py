@@ -123,3 +123,21 @@ def test_an_unavailable_device_is_refused_before_anything_starts() -> None:
         assert errors_of(composed("device=cuda")) == [
             "device='cuda' is invalid: CUDA is not available on this machine; use device=auto or cpu"]
     assert errors_of(composed("device=cpu")) == []
+
+
+def test_builtin_data_settings_are_read_without_torch_and_match_the_builders() -> None:
+    """Checking a config reads the data builders' settings from lrtrack.data's source (importing it
+    costs torch's import); they are exactly the real functions' parameters, seed aside."""
+    import inspect
+    import subprocess
+    import sys
+
+    from lrtrack.config import builtin_data_settings
+    from lrtrack.data import BUILTINS
+
+    for target, builder in BUILTINS.items():
+        assert builtin_data_settings(target) == [p for p in inspect.signature(builder).parameters if p != "seed"]
+    assert builtin_data_settings("lrtrack.data.nope") is None and builtin_data_settings("mymodule.load") is None
+    code = ("import sys; from lrtrack.config import builtin_data_settings as s; "
+            "assert s('lrtrack.data.mnist')[0] == 'root'; print('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"

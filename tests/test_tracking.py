@@ -26,7 +26,6 @@ from lrtrack.tracking import (
     TrackedRun,
     Tracker,
     TrackingUnavailable,
-    create_store_in_background,
     open_store,
     preflight,
 )
@@ -377,54 +376,83 @@ def test_runs_created_before_an_outage_get_their_writes_when_it_ends(tmp_path: P
     assert not (tmp_path / "spool").exists()
 
 
-# ---------------------------------------------------------------------- the store opens in the background
+# ---------------------------------------------------------------------- the relay (background trackers)
 
 
-class _GatedTracker(Tracker):
-    """A real background tracker whose store opens only when the test says so (the timing is the
-    one thing a test cannot leave to chance: on a fast machine the store may open at once)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        import threading
-
-        self.gate = threading.Event()
-        super().__init__(*args, **kwargs)
-
-    def _open(self) -> Any:
-        assert self.gate.wait(timeout=30)
-        return super()._open()
-
-
-def test_a_tracker_opened_in_the_background_never_waits_and_delivers_everything(tmp_path: Path) -> None:
-    db = tmp_path / "fresh" / "mlflow.db"
+def test_a_background_tracker_spools_everything_and_its_relay_delivers_it(tmp_path: Path) -> None:
+    db = tmp_path / "fresh" / "mlflow.db"  # a store the relay creates
     db.parent.mkdir()
-    tracker = _GatedTracker(f"sqlite:///{db}", "background", flush_every=10, spool_dir=tmp_path / "spool",
-                            background=True)
+    tracker = Tracker(f"sqlite:///{db}", "background", flush_every=10, spool_dir=tmp_path / "spool", background=True)
+    assert tracker.courier.relaying and tracker.courier.client is None  # this process never talks to MLflow
     start = time.monotonic()
     parent = tracker.start_run("pipeline")
     with tracker.start_run("explore", tags={"link": parent.run_id}, parent_run_id=parent.run_id) as run:
+        assert is_pending(run._run_id) and is_pending(parent._run_id)  # placeholders, created by the relay
         run.log_params({"lr": 0.1})
         for i in range(120):
             run.on_step(i, {"loss": 1.0 / (i + 1)})
         run.log_summary({"min_loss": 0.01}, step=0)
         run.log_dict({"a": 1}, "config/resolved.yaml")
     assert time.monotonic() - start < 5  # nothing above waited for the store
-    assert is_pending(run.run_id) and is_pending(parent.run_id)  # (a child process may be creating the store)
-    assert tracker.experiment_id is None
-    tracker.gate.set()
+    stored = run.stored_run_id()  # waits for the relay to create the run
+    assert not is_pending(stored)
     parent.end()
     tracker.close()
-    assert not is_pending(run.run_id) and not is_pending(parent.run_id)
+    assert tracker.courier._relay is not None and tracker.courier._relay.returncode == 0
+    assert not is_pending(run.run_id) and not is_pending(parent.run_id) and run.run_id == stored
     client = tracker.client
     runs = {r.info.run_name: r for r in client.search_runs([tracker.experiment_id])}
     assert {n: r.info.status for n, r in runs.items()} == {"pipeline": "FINISHED", "explore": "FINISHED"}
     explore = runs["explore"]
-    assert explore.info.run_id == run.run_id
     assert explore.data.tags["mlflow.parentRunId"] == parent.run_id == explore.data.tags["link"]
     assert _history(client, run.run_id, "loss") == list(range(120))
     assert explore.data.params == {"lr": "0.1"} and explore.data.metrics["min_loss"] == 0.01
     assert {a.path for a in client.list_artifacts(run.run_id, "config")} == {"config/resolved.yaml"}
     assert tracker.undelivered is None and not (tmp_path / "spool").exists()
+
+
+def test_a_background_tracker_that_logged_nothing_ends_at_once_and_creates_no_store(tmp_path: Path) -> None:
+    """A job that fails in its set-up: no store file, no spool, and no wait for MLflow's import."""
+    db = tmp_path / "mlflow.db"
+    tracker = Tracker(f"sqlite:///{db}", "nothing", spool_dir=tmp_path / "spool", background=True)
+    relay = tracker.courier._relay
+    assert relay is not None
+    start = time.monotonic()
+    tracker.close()
+    assert time.monotonic() - start < 1.5
+    assert relay.poll() is not None and not db.exists() and not (tmp_path / "spool").exists()
+
+
+def test_the_relay_delivers_what_a_killed_process_logged(tmp_path: Path) -> None:
+    """kill -9 after logging: the relay (its own process, its own session) still delivers it all."""
+    db = tmp_path / "mlflow.db"
+    script = f"""
+import os, signal
+from lrtrack.tracking import Tracker
+tracker = Tracker("sqlite:///{db}", "killed", spool_dir={str(tmp_path / "spool")!r}, flush_every=5,
+                  background=True)
+run = tracker.start_run("doomed")
+run.log_params({{"lr": 0.3}})
+for i in range(50):
+    run.on_step(i, {{"loss": float(i)}})
+run.metrics.flush()
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], env=clean_env(), cwd=tmp_path, timeout=120)
+    assert proc.returncode == -9
+    deadline = time.monotonic() + 90
+    while True:  # the relay goes on after its parent died
+        if db.exists():
+            client = open_store(f"sqlite:///{db}")
+            experiment = client.get_experiment_by_name("killed")
+            runs = client.search_runs([experiment.experiment_id]) if experiment else []
+            if runs and len(_history(client, runs[0].info.run_id, "loss")) == 50:
+                break
+        assert time.monotonic() < deadline, "the relay did not deliver what the killed process logged"
+        time.sleep(0.5)
+    (stored,) = runs
+    assert stored.info.run_name == "doomed" and stored.data.params == {"lr": "0.3"}
+    assert stored.info.status == "RUNNING"  # nobody ended it: train.resume reopens such a run
 
 
 def test_a_store_that_never_opens_keeps_the_writes_for_deliver(tmp_path: Path) -> None:
@@ -436,6 +464,7 @@ def test_a_store_that_never_opens_keeps_the_writes_for_deliver(tmp_path: Path) -
             run.on_step(i, {"loss": float(i)})
     with pytest.raises(DeliveryError, match="deliver them when the store is back") as info:
         tracker.close()
+    assert "connection refused" in str(info.value)  # the relay's last error, in the parent's message
     with pytest.raises(TrackingUnavailable, match="cannot be used"):
         tracker.client  # noqa: B018
     # Delivered later into a store that has never seen the experiment: it is created by name.
@@ -446,15 +475,3 @@ def test_a_store_that_never_opens_keeps_the_writes_for_deliver(tmp_path: Path) -
     (stored,) = client.search_runs([experiment.experiment_id])
     assert stored.info.run_name == "explore" and stored.info.status == "FINISHED"
     assert _history(client, stored.info.run_id, "loss") == list(range(30))
-
-
-def test_a_fresh_sqlite_store_is_created_by_a_child_process(tmp_path: Path) -> None:
-    import sqlite3
-
-    db = tmp_path / "mlflow.db"
-    child = create_store_in_background(f"sqlite:///{db}")
-    assert child is not None and child.wait(timeout=120) == 0
-    tables = {row[0] for row in sqlite3.connect(db).execute("select name from sqlite_master where type='table'")}
-    assert {"experiments", "runs", "metrics", "alembic_version"} <= tables
-    assert create_store_in_background(f"sqlite:///{db}") is None  # it exists: nothing to create
-    assert create_store_in_background(f"http://127.0.0.1:{free_port()}") is None  # a server creates its own
