@@ -337,16 +337,25 @@ def store_lock(uri: str, timeout_s: float = 120.0) -> Iterator[None]:
 def open_store(uri: str) -> MlflowClient:
     """An ``MlflowClient`` for ``uri`` whose store exists.
 
-    A fresh sqlite file is created (and MLflow's schema migrated) under :func:`store_lock`, so
-    several processes may open the same new store at once; for ``http(s)`` the process's MLflow
-    HTTP retries are bounded first (:func:`bound_http_retries`).
+    A fresh sqlite file is created under :func:`store_lock`, so several processes may open the
+    same new store at once: copied from an empty template when this machine has one for this
+    MLflow version, else by MLflow's migrations (and then saved as that template; see
+    :mod:`lrtrack.store_template`). For ``http(s)`` the process's MLflow HTTP retries are bounded
+    first (:func:`bound_http_retries`).
     """
     from mlflow.tracking import MlflowClient
 
+    from lrtrack import store_template
+
     if uri.lower().startswith(("http://", "https://")):
         bound_http_retries()
+    path = sqlite_path(uri)
     with store_lock(uri):
-        client = MlflowClient(tracking_uri=uri)  # an sqlite store creates its tables here
+        fresh = path is not None and not path.exists()
+        copied = fresh and path is not None and store_template.copy_template(path)
+        client = MlflowClient(tracking_uri=uri)  # an sqlite store creates its tables here (unless copied)
+        if fresh and not copied and path is not None:
+            store_template.save_template(path)
     return client
 
 

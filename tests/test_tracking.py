@@ -475,3 +475,50 @@ def test_a_store_that_never_opens_keeps_the_writes_for_deliver(tmp_path: Path) -
     (stored,) = client.search_runs([experiment.experiment_id])
     assert stored.info.run_name == "explore" and stored.info.status == "FINISHED"
     assert _history(client, stored.info.run_id, "loss") == list(range(30))
+
+
+# ---------------------------------------------------------------------- fresh stores from a template
+
+
+def test_fresh_sqlite_stores_after_the_first_are_copies_of_an_empty_template(tmp_path: Path, monkeypatch) -> None:
+    import sqlite3
+
+    from lrtrack import store_template
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    template = store_template.template_path()
+    assert template.parent == tmp_path / "cache" / "lrtrack" and not template.exists()
+    first, second = tmp_path / "one", tmp_path / "two"
+    first.mkdir()
+    second.mkdir()
+    monkeypatch.chdir(first)
+    made = open_store(f"sqlite:///{first}/mlflow.db")  # migrated by MLflow, then saved without experiments
+    assert template.is_file()
+    assert sqlite3.connect(template).execute("SELECT count(*) FROM experiments").fetchone() == (0,)
+    monkeypatch.chdir(second)
+    copied = open_store(f"sqlite:///{second}/mlflow.db")
+    version = "SELECT version_num FROM alembic_version"
+    assert sqlite3.connect(second / "mlflow.db").execute(version).fetchall() == \
+        sqlite3.connect(first / "mlflow.db").execute(version).fetchall()
+    # MLflow made the copy's Default experiment itself, where it belongs (not where the template was made).
+    assert made.get_experiment("0").artifact_location == str(first / "mlruns" / "0")
+    assert copied.get_experiment("0").artifact_location == str(second / "mlruns" / "0")
+    experiment = copied.create_experiment("mine")
+    run = copied.create_run(experiment)
+    copied.log_metric(run.info.run_id, "loss", 0.5, step=3)
+    assert [(m.step, m.value) for m in copied.get_metric_history(run.info.run_id, "loss")] == [(3, 0.5)]
+
+
+def test_a_broken_store_template_is_dropped_and_the_store_made_anew(tmp_path: Path, monkeypatch, caplog) -> None:
+    from lrtrack import store_template
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    template = store_template.template_path()
+    template.parent.mkdir(parents=True)
+    template.write_bytes(b"this is not an sqlite file" * 100)
+    with caplog.at_level("WARNING", logger="lrtrack.store_template"):
+        client = open_store(f"sqlite:///{tmp_path}/mlflow.db")
+    assert "is not one; it is deleted" in caplog.text
+    assert client.get_experiment("0").name == "Default"
+    assert template.is_file() and template.read_bytes()[:16] == b"SQLite format 3\x00"  # a good one replaced it
