@@ -44,7 +44,7 @@ class FinderConfig:
     amp: bool = MISSING
     suggestion: str = MISSING
     probe_steps: Optional[int] = MISSING
-    repeats: int = MISSING
+    repeats: Optional[int] = MISSING
 
 
 @dataclass
@@ -232,8 +232,9 @@ def _check_finder(cfg: DictConfig, errors: _Errors) -> None:
                 errors.bad(setting, rule, "needs the confirmation probes, but finder.probe_steps=0",
                            "set finder.probe_steps=null (auto) or choose a curve rule (steepest, valley, minimum, "
                            "slide)")
-    if f.repeats < 1:
-        errors.bad("finder.repeats", f.repeats, "must be >= 1 (the number of range tests to take the median of)")
+    if f.repeats is not None and f.repeats < 1:
+        errors.bad("finder.repeats", f.repeats, "must be >= 1 (the number of range tests to take the median of) "
+                   "or null (auto: 3 for Adam-like optimizers, else 1)")
 
 
 def _check_data(cfg: DictConfig, errors: _Errors) -> None:

@@ -194,18 +194,19 @@ class RangeTestRecipe:
     def range_test(self, parts: Components, parent_id: str | None) -> tuple[runlog.RangeCurve, float | None]:
         """The exploratory run: the range test (``finder.repeats`` of them), its suggestions, plot and history."""
         from lrtrack.finder import STOP_INTERRUPTED
-        from lrtrack.repeats import run_repeated_range_test
+        from lrtrack.repeats import auto_repeats, run_repeated_range_test
 
         f = self.cfg.finder
         name = self._run_name(parts, "range_test", self.job.choices.get("optimizer", ""), f.step_mode)
         with _recording_errors(parts.tracker.start_run(name, tags=self.context.tags(runlog.STAGE_EXPLORE),
                                                        parent_run_id=parent_id)) as run:
             runlog.log_config(run, self.context, parts.data_info)
+            repeats = auto_repeats(parts.optimizer) if f.repeats is None else f.repeats
             log.info("range test: %d steps from %s to %g (%s)%s", f.num_iter,
                      "the optimizer's LR" if f.start_lr is None else f"{f.start_lr:g}", f.end_lr, f.step_mode,
-                     f", {f.repeats} repeats" if f.repeats > 1 else "")
+                     f", {repeats} repeats" if repeats > 1 else "")
             result = run_repeated_range_test(
-                parts.model, parts.optimizer, parts.data.train, repeats=f.repeats, probe_steps=f.probe_steps,
+                parts.model, parts.optimizer, parts.data.train, repeats=repeats, probe_steps=f.probe_steps,
                 **parts.loss_args(),
                 val_loader=parts.data.val if f.val_batches > 0 else None, val_batches=f.val_batches or None,
                 start_lr=f.start_lr, end_lr=f.end_lr, num_iter=f.num_iter, step_mode=f.step_mode,

@@ -26,6 +26,28 @@ from lrtrack.suggest import Edge, Suggestion
 
 log = logging.getLogger(__name__)
 
+#: ``repeats=None`` (auto) runs this many tests for an optimizer with per-parameter adaptive steps.
+ADAPTIVE_REPEATS = 3
+#: Optimizers that scale each parameter's step by running gradient statistics, besides any whose
+#: param groups carry Adam's ``betas`` (Adam, AdamW, NAdam, RAdam, Adamax and most third-party kin).
+_ADAPTIVE_TYPES = ("RMSprop", "Adagrad", "Adadelta", "Adafactor")
+
+
+def auto_repeats(optimizer: torch.optim.Optimizer) -> int:
+    """How many range tests ``repeats=None`` runs: :data:`ADAPTIVE_REPEATS` for an optimizer with
+    per-parameter adaptive steps, else 1.
+
+    Why: an adaptive optimizer's first steps are about ``lr`` times the sign of the gradient,
+    whatever its size, so fixed-LR probes near the divergence edge are chaotic (a loss spike,
+    then recovery or not, depending on the batches): measured on a GRU with Adam, one test's
+    answer moved 1.7x between seeds, the median of three 1.4x (docs/suggestions.md). SGD's
+    answers moved at most 1.45x with one test, so it pays for one.
+    """
+    if any("betas" in group for group in optimizer.param_groups):
+        return ADAPTIVE_REPEATS
+    return ADAPTIVE_REPEATS if type(optimizer).__name__ in _ADAPTIVE_TYPES else 1
+
+
 #: Per-repeat metrics go to the observer under this prefix (``repeat_0/loss`` ...); the plain
 #: names (``lr``, ``loss``, ``loss_smoothed``) carry the median curve.
 REPEAT_PREFIX = "repeat_{}/"
@@ -46,7 +68,7 @@ def run_repeated_range_test(
     optimizer: torch.optim.Optimizer,
     train_loader: Iterable[Any],
     *,
-    repeats: int,
+    repeats: int | None = None,
     observer: StepObserver | None = None,
     **settings: Any,
 ) -> RangeTestResult:
@@ -60,7 +82,8 @@ def run_repeated_range_test(
 
     Args:
         model, optimizer, train_loader: as for ``run_range_test``.
-        repeats: how many tests (>= 1; 1 is a plain ``run_range_test``).
+        repeats: how many tests (>= 1; 1 is a plain ``run_range_test``); ``None`` (the default):
+            :func:`auto_repeats` (3 for Adam-like optimizers, else 1).
         observer: gets each repeat's steps under ``repeat_<i>/`` and then the median curve
             (``lr``, ``loss``, ``loss_smoothed``, ``loss_smoothed_q25``/``_q75``) at steps 0..n-1.
         **settings: ``run_range_test``'s other arguments (``restore`` must stay True).
@@ -72,8 +95,10 @@ def run_repeated_range_test(
     Raises:
         ValueError: ``repeats`` is not an integer >= 1, or ``restore=False`` with repeats.
     """
+    if repeats is None:
+        repeats = auto_repeats(optimizer)
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"repeats must be an integer >= 1 (finder.repeats); got {repeats!r}")
+        raise ValueError(f"repeats must be an integer >= 1 or None (auto) (finder.repeats); got {repeats!r}")
     if repeats == 1:
         return run_range_test(model, optimizer, train_loader, observer=observer, **settings)
     if settings.get("restore", True) is not True:

@@ -186,7 +186,7 @@ def _range_test(model_fn: Callable[[], nn.Module], make_opt: Callable[[Any], tor
                 x: torch.Tensor, y: torch.Tensor, *, batch: int, criterion: Callable[..., torch.Tensor],
                 end_lr: float = 10.0, num_iter: int = 100) -> Callable[[int, int], RangeTestResult]:
     """``(seed, repeats) -> result``: lrtrack's defaults (exp sweep to ``end_lr``, 100 steps, probes)."""
-    def run(seed: int, repeats: int = 1) -> RangeTestResult:
+    def run(seed: int, repeats: int | None = None) -> RangeTestResult:
         seed_everything(seed)
         model = model_fn()
         return run_repeated_range_test(model, make_opt(model.parameters()), _loader(x, y, batch, seed),
@@ -241,7 +241,7 @@ def ls_task(kappa: float, problem: int, *, steps: int = 50, d: int = 40, n: int 
     def crit(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return 0.5 * F.mse_loss(out.squeeze(-1), target)
 
-    def range_test(seed: int, repeats: int = 1) -> RangeTestResult:
+    def range_test(seed: int, repeats: int | None = None) -> RangeTestResult:
         m = model(seed)
         return run_repeated_range_test(m, torch.optim.SGD(m.parameters(), lr=1e-4), [(x, y)], repeats=repeats,
                                        criterion=crit, end_lr=100.0, num_iter=100, device="cpu", progress=False)
@@ -424,12 +424,20 @@ class Curve:
     probes: list[dict[str, Any]]
     default_lr: float | None = None  # the default rule's LR as the engine computed it
     repeats: int = 1
+    rule_lrs: dict[str, float | None] | None = None  # every rule's LR as the engine computed it (repeats: medians)
 
     @classmethod
     def of(cls, r: RangeTestResult) -> Curve:
         probes = [{"lr": p.lr, "losses": list(p.losses), "planned": p.planned} for p in r.probes]
         return cls(list(r.lrs), list(r.losses), list(r.smoothed_losses), r.stop_reason, probes,
-                   r.suggestions[DEFAULT_RULE].lr, max(1, len(r.repeats)))
+                   r.suggestions[DEFAULT_RULE].lr, max(1, len(r.repeats)),
+                   {rule: s.lr for rule, s in r.suggestions.items()})
+
+    def rule_lr(self, rule: str) -> float | None:
+        """The rule's LR on this test: the engine's (for repeats, the median of the repeats' answers)."""
+        if self.rule_lrs is not None:
+            return self.rule_lrs.get(rule)
+        return self.suggestions()[rule].lr
 
     def suggestions(self) -> dict[str, Any]:
         """Every rule's suggestion, computed as ``run_range_test`` computes them."""
@@ -470,9 +478,10 @@ class RuleRow:
         return self
 
 
-def _curve(task: Task, seed: int, repeats: int, cache: dict[str, Any]) -> Curve:
+def _curve(task: Task, seed: int, repeats: int | None, cache: dict[str, Any]) -> Curve:
+    """One range test with lrtrack's defaults (``repeats=None``: as many as the default runs)."""
     curves = cache.setdefault("curves", {}).setdefault(task.name, {})
-    key = str(seed) if repeats == 1 else f"{seed}x{repeats}"
+    key = f"{seed}xauto" if repeats is None else str(seed) if repeats == 1 else f"{seed}x{repeats}"
     if key not in curves:
         curves[key] = vars(Curve.of(task.range_test(seed, repeats)))
     return Curve(**curves[key])
@@ -486,10 +495,9 @@ def evaluate_task(task: Task, rt_seeds: Sequence[int], grid_seeds: Sequence[int]
     oracle_lr = max(grid, key=grid.__getitem__)
     oracle = grid[oracle_lr]
     reference = task.known_best or oracle_lr
-    curves = [_curve(task, seed, 1, cache) for seed in rt_seeds]
+    curves = [_curve(task, seed, None, cache) for seed in rt_seeds]  # the default: 3 tests for Adam-like optimizers
     edges = [find_edge(c.lrs, c.smoothed, raw_losses=c.losses).lr for c in curves]
-    answers = [c.suggestions() for c in curves]
-    rows = [RuleRow(rule, [a[rule].lr for a in answers]).measure(task, reference, oracle, grid_seeds)
+    rows = [RuleRow(rule, [c.rule_lr(rule) for c in curves]).measure(task, reference, oracle, grid_seeds)
             for rule in RULES]
     if repeats > 1:
         again = [_curve(task, seed, repeats, cache) for seed in rt_seeds]

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from lrtrack.data import InMemoryLoader
 from lrtrack.finder import RangeTestResult, run_range_test
 from lrtrack.observers import RecordingObserver
-from lrtrack.repeats import combine, run_repeated_range_test
+from lrtrack.repeats import ADAPTIVE_REPEATS, auto_repeats, combine, run_repeated_range_test
 from lrtrack.suggest import RULES, Edge, Suggestion
 from lrtrack.train import set_optimizer_mode, train
 
@@ -107,7 +107,7 @@ def test_one_repeat_is_a_plain_range_test_and_bad_values_are_refused() -> None:
                            **args)
     assert one.losses == plain.losses and one.repeats == () and one.band() == {}
     for bad in (0, 1.5, True):
-        with pytest.raises(ValueError, match=r"repeats must be an integer >= 1 \(finder.repeats\)"):
+        with pytest.raises(ValueError, match=r"repeats must be an integer >= 1 or None \(auto\) \(finder.repeats\)"):
             run_repeated_range_test(model, torch.optim.SGD(model.parameters(), lr=1e-3), [], repeats=bad, **args)
     with pytest.raises(ValueError, match="repeats > 1 needs restore=True"):
         run_repeated_range_test(model, torch.optim.SGD(model.parameters(), lr=1e-3), [], repeats=2,
@@ -173,3 +173,20 @@ def test_training_with_the_real_schedule_free_optimizer_evaluates_the_averaged_w
     assert opt.param_groups[0]["train_mode"] is False  # left in eval mode: the averaged weights
     assert result.final_val_accuracy is not None and result.final_val_accuracy > 0.8
     assert all(math.isfinite(v) for v in result.losses) and np.isfinite(result.final_val_loss)
+
+
+def test_auto_repeats_runs_three_tests_for_adam_like_optimizers_and_one_for_sgd() -> None:
+    """repeats=None (finder.repeats=null, the default): Adam-like probes near the edge are chaotic."""
+    model, x, y = _task()
+    params = list(model.parameters())
+    adaptive = [torch.optim.Adam(params), torch.optim.AdamW(params), torch.optim.NAdam(params),
+                torch.optim.RAdam(params), torch.optim.Adamax(params), torch.optim.RMSprop(params),
+                torch.optim.Adagrad(params), torch.optim.Adadelta(params)]
+    assert [auto_repeats(opt) for opt in adaptive] == [ADAPTIVE_REPEATS] * len(adaptive) == [3] * 8
+    assert auto_repeats(torch.optim.SGD(params, lr=0.1, momentum=0.9)) == 1
+    args = dict(criterion=nn.CrossEntropyLoss(), num_iter=8, probe_steps=2, progress=False)
+    adam = run_repeated_range_test(model, torch.optim.Adam(model.parameters(), lr=1e-4),
+                                   InMemoryLoader(x, y, 32, seed=0), end_lr=1.0, **args)
+    sgd = run_repeated_range_test(model, torch.optim.SGD(model.parameters(), lr=1e-3),
+                                  InMemoryLoader(x, y, 32, seed=0), **args)
+    assert len(adam.repeats) == 3 and sgd.repeats == ()
