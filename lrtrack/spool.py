@@ -7,7 +7,9 @@ with a transient error (connection refused, timeout, HTTP 5xx, a locked or full 
 after a few bounded retries, the courier goes *offline*: that write and every later one is
 appended to a journal on disk (artifacts are copied next to it), training goes on untouched,
 and the background thread replays the journal with backoff until the store is back; then it
-goes online again. Nothing is held only in memory while the store is down.
+goes online again. Nothing is held only in memory while the store is down. A courier made with
+``relay=True`` (what ``python -m lrtrack`` uses) journals every write from the start, and a child
+process (:mod:`lrtrack.relay`) delivers the journal as it grows.
 
 A spool is a folder::
 
