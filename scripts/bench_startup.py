@@ -11,6 +11,10 @@ Each repetition runs, in alternating order, two fresh processes on the same MNIS
             num_iter more steps) and "sweep only" (finder.probe_steps=0: the seed's work, one
             sweep and the curve rules).
 
+A third process, "bare loop", is the floor any tool pays on this data: it imports torch,
+reads the same MNIST files into tensors, builds the same CNN and takes 100 SGD steps at the
+sweep's LRs on batches of 256, then exits: no Hydra, no tracking, no figure, no probes.
+
 It prints the median wall time of each, the ratio lrtrack/seed, lrtrack's time from process
 start to the end of its first range-test step (the timestamp MLflow stored with step 0's
 metrics) and to the last step, and so where the time goes: before the first step (imports,
@@ -38,6 +42,36 @@ def run_seed(mnist: Path, out: Path) -> float:
     start = time.time()
     subprocess.run([sys.executable, str(ROOT / "scripts" / "seed_lr_finder.py"), "--root", str(mnist),
                     "--out", str(out / "seed.png")], check=True, capture_output=True, cwd=out)
+    return time.time() - start
+
+
+BARE_LOOP = """
+import math, torch
+from torch import nn
+from lrtrack.data import mnist_tensors
+from lrtrack.models import MnistCNN
+x, y = mnist_tensors({root!r}, train=True, download=False)
+torch.manual_seed(0)
+model = MnistCNN()
+opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.5)
+loss_fn = nn.NLLLoss()
+for i in range(100):
+    idx = torch.randint(0, len(x), (256,))
+    for g in opt.param_groups:
+        g["lr"] = 1e-3 * (10 / 1e-3) ** (i / 99)
+    opt.zero_grad()
+    loss = loss_fn(model(x[idx]), y[idx])
+    loss.backward()
+    opt.step()
+    if not math.isfinite(loss.item()):
+        break
+"""
+
+
+def run_bare(mnist: Path, out: Path) -> float:
+    start = time.time()
+    subprocess.run([sys.executable, "-c", BARE_LOOP.format(root=str(mnist))], check=True, capture_output=True,
+                   cwd=out)
     return time.time() - start
 
 
@@ -74,24 +108,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no MNIST under {args.root}; pass --root", file=sys.stderr)
         return 2
     seed: list[float] = []
+    bare: list[float] = []
     ours: dict[str, list[dict[str, float]]] = {name: [] for name in VARIANTS}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         run_seed(args.root, out)  # warm the file cache and the Python bytecode of both
         run_lrtrack(args.root, out, [])
         for i in range(args.repeats):
-            order = ["seed", *VARIANTS] if i % 2 == 0 else [*VARIANTS, "seed"]  # alternate who goes first
+            order = ["seed", *VARIANTS, "bare"] if i % 2 == 0 else ["bare", *VARIANTS, "seed"]  # alternate
             for who in order:
                 if who == "seed":
                     seed.append(run_seed(args.root, out))
+                elif who == "bare":
+                    bare.append(run_bare(args.root, out))
                 else:
                     ours[who].append(run_lrtrack(args.root, out, VARIANTS[who]))
-            print(f"  rep {i + 1}: seed {seed[-1]:.2f} s, " + ", ".join(
+            print(f"  rep {i + 1}: seed {seed[-1]:.2f} s, bare loop {bare[-1]:.2f} s, " + ", ".join(
                 f"lrtrack {who} {runs[-1]['total']:.2f} s (first step at {runs[-1]['first_step']:.2f} s)"
                 for who, runs in ours.items()), flush=True)
     seed_med = statistics.median(seed)
     print(f"\nmedians of {args.repeats} alternated runs (fresh processes):")
     print(f"  seed script (torch-lr-finder, 100-step sweep, no tracking): {seed_med:6.2f} s")
+    print(f"  bare loop (import torch, read MNIST, 100 SGD steps, exit):   {statistics.median(bare):6.2f} s "
+          f"({statistics.median(bare) / seed_med:.2f}x the seed: the floor)")
     for who, runs in ours.items():
         med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         print(f"\n  python -m lrtrack, {who} ({int(med['steps'])} sweep steps + {int(med['probe_steps'])} probe "
