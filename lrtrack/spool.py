@@ -625,17 +625,20 @@ class Courier:
         with self._cond:
             resolved = {k: self.resolve(v) for k, v in tags.items()}
             direct = self.online and not any(is_pending(v) for v in resolved.values())
+        op = {"op": "create", "run": pending_id, "experiment": experiment_id, "name": name, "tags": resolved,
+              "start": start}
         if direct:
             try:
                 return create({**resolved, CREATE_ID_TAG: pending_id})
             except Exception as err:
                 if not is_transient(err):
                     raise
-                with self._cond:
+                with self._cond:  # one hold: the sender must not find the new spool empty and go online
                     self._go_offline(err)
-        with self._cond:
-            self._journal({"op": "create", "run": pending_id, "experiment": experiment_id, "name": name,
-                           "tags": resolved, "start": start})
+                    self._journal(op)
+        else:
+            with self._cond:
+                self._journal(op)
         if self._relay is None:
             log.warning("run %r will be created in the tracking store when it is back (until then: %s)", name,
                         pending_id)
