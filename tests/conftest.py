@@ -27,6 +27,13 @@ def _module(nodeid: str) -> str:
     return nodeid.split("::", 1)[0]
 
 
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto``: one worker per core, plus one. Many tests wait on real processes (servers,
+    torchrun, launchers, the tracking relay) and leave a core idle meanwhile; measured on 2 cores:
+    230 s with 2 workers, 203 s with 3, 204 s with 4."""
+    return (os.cpu_count() or 1) + 1
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under pytest-xdist (``--dist loadfile``: a worker takes one whole module at a time, in
     collection order), the heaviest modules first, so that no worker is left alone with a long one
