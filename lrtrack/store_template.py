@@ -22,11 +22,14 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
-def template_path() -> Path:
-    """Where this MLflow version's empty store is kept."""
+def template_path() -> Path | None:
+    """Where this MLflow version's empty store is kept (``None``: no home folder to keep it in)."""
     from mlflow.version import VERSION
 
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    try:
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    except RuntimeError:  # no HOME and no password entry
+        return None
     return cache / "lrtrack" / f"mlflow-{VERSION}-empty-store.db"
 
 
@@ -34,7 +37,7 @@ def copy_template(path: Path) -> bool:
     """Make the store at ``path`` (which does not exist) from the template; False when there is
     none, or it is not a migrated store (it is then deleted: the caller lets MLflow make one)."""
     template = template_path()
-    if not template.is_file():
+    if template is None or not template.is_file():
         return False
     if not _is_empty_store(template):
         log.warning("the cached empty tracking store %s is not one; it is deleted", template)
@@ -66,7 +69,7 @@ def save_template(fresh_store: Path) -> None:
     """Keep a copy of a store MLflow has just created (nothing in it but its Default experiment),
     without its experiments, as the template. Best effort: a cache that cannot be written is skipped."""
     target = template_path()
-    if target.is_file():
+    if target is None or target.is_file():
         return
     tmp: str | None = None
     try:

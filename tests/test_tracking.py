@@ -487,6 +487,7 @@ def test_fresh_sqlite_stores_after_the_first_are_copies_of_an_empty_template(tmp
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     template = store_template.template_path()
+    assert template is not None
     assert template.parent == tmp_path / "cache" / "lrtrack" and not template.exists()
     first, second = tmp_path / "one", tmp_path / "two"
     first.mkdir()
@@ -515,6 +516,7 @@ def test_a_broken_store_template_is_dropped_and_the_store_made_anew(tmp_path: Pa
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
     template = store_template.template_path()
+    assert template is not None
     template.parent.mkdir(parents=True)
     template.write_bytes(b"this is not an sqlite file" * 100)
     with caplog.at_level("WARNING", logger="lrtrack.store_template"):
