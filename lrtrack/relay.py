@@ -53,8 +53,11 @@ def start_relay(spool: Spool, tracking_uri: str, *, experiment_name: str, timeou
                "--parent", str(os.getpid()), "--timeout", f"{timeout_s:g}", "--experiment", experiment_name]
     # Its own session: a Ctrl-C or a signal to the parent's process group does not stop delivery
     # of what was already logged (the parent ends its runs, the relay delivers that).
+    # lrtrack importable from wherever the job runs (a source checkout need not be installed).
+    here = str(Path(__file__).resolve().parents[1])
+    path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH", "")) if p)
     return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, pass_fds=(lock_fd,),
-                            env={**os.environ, URI_ENV: tracking_uri}, start_new_session=True)
+                            env={**os.environ, URI_ENV: tracking_uri, "PYTHONPATH": path}, start_new_session=True)
 
 
 def read_status(spool_path: Path) -> dict[str, Any]:
