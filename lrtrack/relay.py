@@ -118,12 +118,13 @@ class _Relay:
         except Exception as err:
             from lrtrack.tracking import TrackingUnavailable
 
-            if not (is_transient(err) or isinstance(err, TrackingUnavailable)):
-                log.exception("lrtrack.relay: delivering %s failed", self.spool.path)
             first = self.last_error is None
+            bug = not (is_transient(err) or isinstance(err, TrackingUnavailable))
             self._set_status(open=self.client is not None, error=str(err) if isinstance(err, TrackingUnavailable)
                              else describe(err))
-            if first:
+            if first and bug:
+                log.error("lrtrack.relay: delivering %s failed", self.spool.path, exc_info=err)  # its traceback, once
+            elif first:
                 log.warning("lrtrack: tracking store %s is unavailable (%s); training goes on, its tracking writes "
                             "are kept in %s and delivered when the store is back", redact(self.uri), self.last_error,
                             self.spool.path)
