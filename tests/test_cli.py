@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import csv
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -106,8 +109,16 @@ def test_a_bug_keeps_its_traceback_exits_1_and_the_run_ends_failed(tmp_path: Pat
 
 @pytest.mark.slow
 def test_range_test_run_is_tracked(tmp_path: Path) -> None:  # in an empty folder: the store is created
-    proc = run_cli_here(["+model=mnist_cnn", *SMOKE, "stage=range_test", "optimizer=sgd"], tmp_path)
-    assert proc.returncode == 0, proc.stderr
+    # A real process, its imports listed: the job never imports MLflow (its relay process delivers).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "lrtrack", "+model=mnist_cnn", *SMOKE,
+                           "stage=range_test", "optimizer=sgd"], cwd=tmp_path, capture_output=True, text=True,
+                          env={**env, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "torch" in imported and "lrtrack.recipe" in imported
+    assert not {m for m in imported if m == "mlflow" or m.startswith("mlflow.")}, "the job process imported MLflow"
+    assert not list(tmp_path.rglob("tracking-spool")), "the spool is removed once the relay delivered it"
     client = _client(tmp_path)
     runs = _runs(client)
     assert len(runs) == 1
