@@ -238,6 +238,12 @@ class Spool:
         target = folder / (Path(name).name or "artifact")
         return target, str(target.relative_to(self.path))
 
+    def discard(self, relative: str) -> None:
+        """Delete an artifact's copy once its write is delivered and the offset is past it."""
+        target = (self.path / relative).resolve()
+        if target.is_relative_to((self.path / FILES).resolve()):
+            shutil.rmtree(target.parent, ignore_errors=True)  # its own numbered folder
+
     def save_id(self, pending_id: str, run_id: str) -> None:
         self.ids[pending_id] = run_id
         _write_atomic(self.path / IDS, json.dumps(self.ids, indent=1))
@@ -438,6 +444,8 @@ def replay(client: Any, spool: Spool, *, should_stop: Callable[[], bool] = lambd
                           op.get("op"), op.get("run"), describe(err))
                 spool.reject(op, err)
         spool.advance(offset)
+        if op is not None and op.get("op") == "artifact":
+            spool.discard(op["file"])  # delivered (and recorded so): a long run's checkpoints do not pile up
     return not spool.has_pending()
 
 

@@ -524,3 +524,25 @@ def test_a_broken_store_template_is_dropped_and_the_store_made_anew(tmp_path: Pa
     assert "is not one; it is deleted" in caplog.text
     assert client.get_experiment("0").name == "Default"
     assert template.is_file() and template.read_bytes()[:16] == b"SQLite format 3\x00"  # a good one replaced it
+
+
+def test_replay_drops_each_artifact_copy_once_it_is_delivered(tmp_path: Path) -> None:
+    """A long run's checkpoints (copied into the spool for the relay) must not pile up on disk."""
+    from lrtrack.spool import replay
+
+    client = open_store(f"sqlite:///{tmp_path}/mlflow.db")
+    run_id = client.create_run(client.create_experiment("copies")).info.run_id
+    spool = Spool.create(tmp_path / "spool", f"sqlite:///{tmp_path}/mlflow.db", None, "copies")
+    copies = []
+    for epoch in range(3):
+        target, relative = spool.stash("last.pt")
+        target.write_bytes(b"weights %d" % epoch)
+        spool.append({"op": "artifact", "run": run_id, "file": relative, "path": "checkpoints"})
+        copies.append(target)
+    assert all(c.is_file() for c in copies)
+    assert replay(client, spool)
+    assert not any(c.exists() for c in copies) and not list((spool.path / "files").iterdir())
+    assert [a.path for a in client.list_artifacts(run_id, "checkpoints")] == ["checkpoints/last.pt"]
+    local = client.download_artifacts(run_id, "checkpoints/last.pt", str(tmp_path))
+    assert Path(local).read_bytes() == b"weights 2"  # the last one delivered wins, as an upload would
+    spool.close()
