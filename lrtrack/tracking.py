@@ -544,8 +544,14 @@ class TrackedRun:
         self._log_file(artifact_file, lambda rid: self.client.log_text(rid, text, artifact_file),
                        lambda path: path.write_text(text))
 
-    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        """A local file or folder; while the store is away a copy waits in the spool."""
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None, *, replaced_not_rewritten: bool = False
+                     ) -> None:
+        """A local file or folder; while the store is away (or the relay delivers) a copy waits in the spool.
+
+        ``replaced_not_rewritten``: the file is only ever replaced whole (written aside, then
+        ``os.replace``), never rewritten in place, so the spool may hard-link it instead of copying
+        (a checkpoint: no second copy of the model written per epoch).
+        """
         source = Path(path)
 
         def spooled(spool: Spool) -> dict[str, Any]:
@@ -553,7 +559,12 @@ class TrackedRun:
             if source.is_dir():
                 shutil.copytree(source, target)
             else:
-                shutil.copy2(source, target)
+                try:
+                    if not replaced_not_rewritten:
+                        raise OSError("copy")
+                    os.link(source, target)
+                except OSError:  # another file system, or a file that may change in place
+                    shutil.copy2(source, target)
             return {"op": "artifact", "file": relative, "path": artifact_path}
 
         self.courier.call(self._run_id, lambda rid: self.client.log_artifact(rid, str(source), artifact_path),
@@ -595,7 +606,7 @@ class TrackedRun:
         before the file is uploaded, so a resumed run finds both and a killed one loses neither."""
         self.metrics.flush()
         self.courier.wait_sent()
-        self.log_artifact(path, "checkpoints")
+        self.log_artifact(path, "checkpoints", replaced_not_rewritten=True)  # lrtrack.train writes it aside, then replaces
 
     def __enter__(self) -> TrackedRun:
         return self

@@ -546,3 +546,23 @@ def test_replay_drops_each_artifact_copy_once_it_is_delivered(tmp_path: Path) ->
     local = client.download_artifacts(run_id, "checkpoints/last.pt", str(tmp_path))
     assert Path(local).read_bytes() == b"weights 2"  # the last one delivered wins, as an upload would
     spool.close()
+
+
+def test_a_checkpoint_waits_in_the_spool_as_a_hard_link_that_a_replaced_file_does_not_change(
+        offline: dict[str, Any], tmp_path: Path) -> None:
+    courier, experiment_id = offline["courier"], offline["experiment_id"]
+    run = TrackedRun(courier, courier.create_run(experiment_id, "train", {}, lambda tags: "never"), experiment_id)
+    checkpoint = tmp_path / "last.pt"
+    checkpoint.write_bytes(b"epoch 1")
+    run.on_checkpoint(checkpoint, step=31)
+    (waiting,) = [p for p in (courier.spool.path / "files").rglob("last.pt")]
+    assert waiting.stat().st_ino == checkpoint.stat().st_ino  # linked, not copied
+    aside = tmp_path / "last.pt.tmp"
+    aside.write_bytes(b"epoch 2")
+    os.replace(aside, checkpoint)  # how lrtrack.train writes the next one
+    assert waiting.read_bytes() == b"epoch 1"
+    run.log_artifact(checkpoint, "other")  # any other file: a copy (it might be rewritten in place)
+    copies = [p for p in (courier.spool.path / "files").rglob("last.pt") if p != waiting]
+    assert len(copies) == 1 and copies[0].stat().st_ino != checkpoint.stat().st_ino
+    with pytest.raises(DeliveryError):
+        courier.close(timeout_s=0)
