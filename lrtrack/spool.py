@@ -543,6 +543,7 @@ class Courier:
         self._deadline = float("inf")
         self._thread: threading.Thread | None = None
         self._relay: subprocess.Popen[bytes] | None = None
+        self._relay_stopped: int | None = None  # its exit status when it died without a store error
         if relay:
             self._start_relay(relay_timeout_s)
 
@@ -735,8 +736,9 @@ class Courier:
             relay.kill()
             relay.wait()
         status = read_status(self.spool.path)
-        self.last_error = status.get("last_error") or self.last_error or (
-            None if relay.returncode == 0 else f"the tracking relay ended with status {relay.returncode}")
+        self.last_error = status.get("last_error") or self.last_error
+        if relay.returncode != 0 and not self.last_error:  # not the store: the relay itself stopped
+            self._relay_stopped = relay.returncode
         self.spool.reload_ids()
         self.refresh_experiment()  # before the spool (where the relay recorded it) is removed
 
@@ -786,7 +788,11 @@ class Courier:
     def _failure(self, counts: Mapping[str, int], rejected: int, timeout_s: float) -> str:
         where = redact(self.tracking_uri)
         parts = []
-        if counts:
+        if counts and self._relay_stopped is not None:  # the store may be fine: the relay died
+            parts.append(f"the tracking relay stopped (exit status {self._relay_stopped}) before delivering "
+                         f"{summary_text(counts)}, kept in {self.spool.path if self.spool else '?'}; deliver them "
+                         f"with: {DELIVER_COMMAND} {self.spool.path if self.spool else '?'}")
+        elif counts:
             parts.append(f"tracking store {where} still unavailable ({self.last_error}) after waiting {timeout_s:g} s: "
                          f"{summary_text(counts)} not delivered, kept in {self.spool.path if self.spool else '?'}; "
                          f"deliver them when the store is back: {DELIVER_COMMAND} "

@@ -566,3 +566,31 @@ def test_a_checkpoint_waits_in_the_spool_as_a_hard_link_that_a_replaced_file_doe
     assert len(copies) == 1 and copies[0].stat().st_ino != checkpoint.stat().st_ino
     with pytest.raises(DeliveryError):
         courier.close(timeout_s=0)
+
+
+def test_a_relay_that_dies_loses_nothing_the_spool_is_kept_for_deliver(tmp_path: Path) -> None:
+    """The relay killed mid-run (the OOM killer, a stray kill): the job goes on, ends with the
+    deliver command, and everything arrives once delivered."""
+    import signal
+
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = Tracker(store, "relay-died", spool_dir=tmp_path / "spool", flush_every=10, delivery_timeout_s=2.0,
+                      background=True)
+    relay = tracker.courier._relay
+    assert relay is not None
+    with tracker.start_run("train") as run:
+        for i in range(20):
+            run.on_step(i, {"loss": float(i)})
+        os.kill(relay.pid, signal.SIGKILL)
+        relay.wait(timeout=30)
+        for i in range(20, 40):
+            run.on_step(i, {"loss": float(i)})
+        run.log_params({"lr": 0.2})
+    with pytest.raises(DeliveryError, match="python -m lrtrack.deliver") as info:
+        tracker.close()
+    assert "relay" in str(info.value) and "-9" in str(info.value)  # why it was not delivered
+    deliver_spool(info.value.spool, tracking_uri=store)
+    client = open_store(store)
+    (stored,) = client.search_runs([client.get_experiment_by_name("relay-died").experiment_id])
+    assert stored.info.status == "FINISHED" and stored.data.params == {"lr": "0.2"}
+    assert _history(client, stored.info.run_id, "loss") == list(range(40))
