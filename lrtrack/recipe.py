@@ -458,8 +458,9 @@ class RangeTestRecipe:
 
     def _open_tracker(self) -> Any:
         """Check the tracking store at once (one line, seconds at most, before any data is
-        loaded), then open it in the background: importing MLflow and creating a fresh store take
-        seconds that the range test does not wait for (what it logs meanwhile waits in the spool)."""
+        loaded), then start the tracker's relay process (:mod:`lrtrack.relay`), which imports
+        MLflow and opens the store while this process imports torch; every write waits in the
+        spool until the relay has delivered it."""
         from lrtrack.launcher_env import launch_rank
         from lrtrack.tracking import (
             NullTracker,
