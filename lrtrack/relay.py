@@ -180,7 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=60.0, help="how long to try a store that is away at the end")
     parser.add_argument("--experiment", required=True, help="the experiment's name (created when missing)")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when delivery ends
+    # The parent decides when delivery ends: a Ctrl-C, or the SIGTERM a cluster sends every process
+    # of a job it preempts, must not stop the delivery of what the job logs as it stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         os.nice(NICENESS)
     except OSError:

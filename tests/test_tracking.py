@@ -594,3 +594,26 @@ def test_a_relay_that_dies_loses_nothing_the_spool_is_kept_for_deliver(tmp_path:
     (stored,) = client.search_runs([client.get_experiment_by_name("relay-died").experiment_id])
     assert stored.info.status == "FINISHED" and stored.data.params == {"lr": "0.2"}
     assert _history(client, stored.info.run_id, "loss") == list(range(40))
+
+
+def test_the_relay_ignores_the_sigterm_a_cluster_sends_every_process_of_a_job(tmp_path: Path) -> None:
+    """Preemption (SLURM signals all of a job's processes): the job ends its runs as it stops, and
+    the relay, which got the same SIGTERM, still delivers that."""
+    import signal
+
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = Tracker(store, "preempted", spool_dir=tmp_path / "spool", flush_every=5, background=True)
+    relay = tracker.courier._relay
+    assert relay is not None
+    run = tracker.start_run("train")
+    for i in range(10):
+        run.on_step(i, {"loss": float(i)})
+    assert run.stored_run_id() and not is_pending(run.run_id)  # the relay is up and delivering
+    os.kill(relay.pid, signal.SIGTERM)
+    time.sleep(0.5)
+    assert relay.poll() is None  # still there
+    run.end("KILLED")
+    tracker.close()
+    client = open_store(store)
+    stored = client.get_run(run.run_id)
+    assert stored.info.status == "KILLED" and _history(client, run.run_id, "loss") == list(range(10))
