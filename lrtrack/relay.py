@@ -51,11 +51,11 @@ def start_relay(spool: Spool, tracking_uri: str, *, experiment_name: str, timeou
     assert lock_fd is not None
     command = [sys.executable, "-m", "lrtrack.relay", str(spool.path), "--lock-fd", str(lock_fd),
                "--parent", str(os.getpid()), "--timeout", f"{timeout_s:g}", "--experiment", experiment_name]
-    # Its own session: a Ctrl-C or a signal to the parent's process group does not stop delivery
-    # of what was already logged (the parent ends its runs, the relay delivers that).
     # lrtrack importable from wherever the job runs (a source checkout need not be installed).
     here = str(Path(__file__).resolve().parents[1])
     path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH", "")) if p)
+    # Its own session: a Ctrl-C or a signal to the parent's process group does not stop delivery
+    # of what was already logged (the parent ends its runs, the relay delivers that).
     return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, pass_fds=(lock_fd,),
                             env={**os.environ, URI_ENV: tracking_uri, "PYTHONPATH": path}, start_new_session=True)
 
@@ -93,6 +93,8 @@ class _Relay:
             delivered = self._deliver()
             if self.deadline is not None:
                 if delivered:
+                    if self.parent_gone:  # nobody else will: the spool's work is done
+                        self.spool.remove()
                     return 0
                 if time.monotonic() >= self.deadline:
                     if not self.parent_gone:

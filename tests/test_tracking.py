@@ -453,6 +453,9 @@ os.kill(os.getpid(), signal.SIGKILL)
     (stored,) = runs
     assert stored.info.run_name == "doomed" and stored.data.params == {"lr": "0.3"}
     assert stored.info.status == "RUNNING"  # nobody ended it: train.resume reopens such a run
+    while find_spools(tmp_path / "spool"):  # delivered: the relay removes the spool its parent left
+        assert time.monotonic() < deadline, "the relay left the delivered spool behind"
+        time.sleep(0.2)
 
 
 def test_a_store_that_never_opens_keeps_the_writes_for_deliver(tmp_path: Path) -> None:
