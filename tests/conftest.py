@@ -232,9 +232,7 @@ class MlflowServer:
     ``start()`` again serves the same store on the same port.
     """
 
-    def __init__(self, root: Path, port: int, template: Path | None = None) -> None:
-        import shutil
-
+    def __init__(self, root: Path, port: int) -> None:
         self.root = root
         self.port = port
         self.db = root / "server.db"
@@ -242,8 +240,8 @@ class MlflowServer:
         self.log = root / "server.log"
         self.proc: subprocess.Popen[bytes] | None = None
         root.mkdir(parents=True, exist_ok=True)
-        if template is not None and not self.db.exists():
-            shutil.copy(template, self.db)
+        if not self.db.exists():  # made as lrtrack makes one: a copy of the machine's empty store, no migrations
+            _make_store(self.db)
 
     @property
     def uri(self) -> str:
@@ -304,49 +302,36 @@ class MlflowServer:
         self.proc = None
 
 
-@pytest.fixture(scope="session")
-def mlflow_store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh, migrated sqlite store made once per session, shared by pytest-xdist's workers
-    (copying it saves each server ~5 s, and each premade store a child process)."""
-    import fcntl
+def _make_store(db: Path) -> None:
+    """A fresh MLflow store at ``db``, made as lrtrack makes one (:func:`lrtrack.tracking.open_store`:
+    a copy of this machine's empty-store template once there is one), from ``db``'s folder, where
+    MLflow puts the Default experiment's artifacts."""
+    import contextlib
 
-    root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        root = root.parent  # this session's folder, above each worker's own
-    folder = root / "mlflow-template"
-    folder.mkdir(exist_ok=True)
-    db = folder / "template.db"
-    with open(folder / "make.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one worker makes it, the others wait for it
-        if not db.exists():
-            new = folder / "new" / "template.db"
-            new.parent.mkdir(exist_ok=True)
-            subprocess.run([sys.executable, "-c", "import sys; from lrtrack.tracking import open_store; "
-                            "open_store(sys.argv[1])", f"sqlite:///{new}"],
-                           check=True, env=clean_env(), cwd=new.parent, capture_output=True, timeout=300)
-            new.rename(db)
-    return db
+    from lrtrack.tracking import open_store
+
+    with contextlib.chdir(db.parent):
+        open_store(f"sqlite:///{db}")
 
 
 @pytest.fixture(scope="session")
-def premade_store(mlflow_store_template: Path) -> Any:
-    """``premade_store(folder)`` puts a fresh, migrated MLflow store at ``folder/mlflow.db``, where
-    ``python -m lrtrack`` finds it: for tests about something else than creating the store
-    (lrtrack creates a new store's tables in a child process: seconds of CPU). Returns the folder."""
-    import shutil
+def premade_store() -> Any:
+    """``premade_store(folder)`` puts a fresh MLflow store at ``folder/mlflow.db``, where
+    ``python -m lrtrack`` finds it: for tests about something else than creating the store.
+    Returns the folder."""
 
     def put(folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
-        shutil.copy(mlflow_store_template, folder / "mlflow.db")
+        _make_store(folder / "mlflow.db")
         return folder
 
     return put
 
 
 @pytest.fixture
-def mlflow_server(tmp_path: Path, mlflow_store_template: Path) -> Iterator[MlflowServer]:
+def mlflow_server(tmp_path: Path) -> Iterator[MlflowServer]:
     """A started ``mlflow server`` (see :class:`MlflowServer`), stopped after the test."""
-    server = MlflowServer(tmp_path / "mlflow-server", free_port(), template=mlflow_store_template)
+    server = MlflowServer(tmp_path / "mlflow-server", free_port())
     try:
         yield server.start()
     finally:

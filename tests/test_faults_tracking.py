@@ -256,13 +256,10 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def test_a_full_disk_under_the_store_loses_nothing(tmp_path: Path, small_disk: Path,
-                                                    mlflow_store_template: Path) -> None:
-    import shutil
-
+def test_a_full_disk_under_the_store_loses_nothing(tmp_path: Path, small_disk: Path, premade_store) -> None:
     from lrtrack.tracking import Tracker
 
-    shutil.copy(mlflow_store_template, small_disk / "mlflow.db")
+    premade_store(small_disk)
     tracker = Tracker(f"sqlite:///{small_disk}/mlflow.db", "disk", flush_every=5, flush_seconds=0.05,
                       spool_dir=tmp_path / "spool")
     run = tracker.start_run("train")

@@ -24,8 +24,8 @@ FAST = ["+model=mlp", "data=fake", "data.fake_size=256", "train.epochs=1", "find
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, mlflow_store_template: Path) -> Iterator[MlflowServer]:
-    srv = MlflowServer(tmp_path_factory.mktemp("server"), free_port(), template=mlflow_store_template)
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    srv = MlflowServer(tmp_path_factory.mktemp("server"), free_port())
     try:
         yield srv.start()
     finally:
