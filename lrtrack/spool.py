@@ -724,11 +724,15 @@ class Courier:
         assert relay is not None and relay.stdin is not None and self.spool is not None
         if not self.spool.journal_started():  # nothing was logged: nothing to wait for
             relay.kill()
+        else:
+            try:
+                relay.stdin.write(f"close {timeout_s:g}\n".encode())
+                relay.stdin.flush()
+            except OSError:  # it is gone already: what it did not deliver is counted below
+                pass
         try:
-            relay.stdin.write(f"close {timeout_s:g}\n".encode())
-            relay.stdin.flush()
             relay.stdin.close()
-        except OSError:  # it is gone already: what it did not deliver is counted below
+        except OSError:
             pass
         try:
             relay.wait(timeout=timeout_s + RELAY_START_SLACK_S)

@@ -559,13 +559,13 @@ class TrackedRun:
             target, relative = spool.stash(source.name)
             if source.is_dir():
                 shutil.copytree(source, target)
-            else:
+            elif replaced_not_rewritten:
                 try:
-                    if not replaced_not_rewritten:
-                        raise OSError("copy")
                     os.link(source, target)
-                except OSError:  # another file system, or a file that may change in place
+                except OSError:  # another file system, or one without hard links
                     shutil.copy2(source, target)
+            else:  # it may change in place before it is delivered
+                shutil.copy2(source, target)
             return {"op": "artifact", "file": relative, "path": artifact_path}
 
         self.courier.call(self._run_id, lambda rid: self.client.log_artifact(rid, str(source), artifact_path),
