@@ -1,6 +1,6 @@
-"""``python -m lrtrack``: see :mod:`lrtrack.cli`."""
+"""``python -m lrtrack``: see :mod:`lrtrack.app.cli`."""
 
-from lrtrack.cli import exit_without_teardown, main
+from lrtrack.app.cli import exit_without_teardown, main
 
 if __name__ == "__main__":
     main()

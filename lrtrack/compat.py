@@ -9,7 +9,7 @@ Code written against ``torch_lr_finder`` keeps working after a one-line import c
     ax, lr = lr_finder.plot()               # the curve and the steepest-gradient suggestion
     lr_finder.reset()
 
-:class:`LRFinder` is a thin adapter over :func:`lrtrack.finder.run_range_test` (there is one
+:class:`LRFinder` is a thin adapter over :func:`lrtrack.engine.finder.run_range_test` (there is one
 engine). By default it runs lrtrack's corrected range test: bias-corrected smoothing, a stop at
 the first NaN/inf loss, the model, optimizer and RNG restored after the test (also when it
 fails), a fixed validation subset, and all four suggestion rules in ``finder.suggestions``.
@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from lrtrack.finder import (
+from lrtrack.engine.finder import (
     STEP_MODES,
     STOP_COMPLETED,
     RangeTestPolicy,
@@ -50,9 +50,9 @@ from lrtrack.finder import (
     StateSnapshot,
     run_range_test,
 )
-from lrtrack.observers import StepObserver
-from lrtrack.steps import StepFn, autocast_factory, batch_size_of, mean_loss, supervised_step
-from lrtrack.suggest import Suggestion, check_rule, suggest
+from lrtrack.engine.observers import StepObserver
+from lrtrack.engine.steps import StepFn, autocast_factory, batch_size_of, mean_loss, supervised_step
+from lrtrack.engine.suggest import Suggestion, check_rule, suggest
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ DIFFERENCES: tuple[str, ...] = (
     "raise a 'has unsupported type' `ValueError` for anything else.",
     "New in both modes: `step_fn(model, batch) -> loss` replaces `criterion` for dict batches, "
     "several inputs or outputs and custom losses; `observer=` receives every step (for example "
-    "an MLflow run from `lrtrack.tracking`).",
+    "an MLflow run from `lrtrack.tracking.runs`).",
     "Mixed precision, in both modes: `amp_backend='apex'` raises a 'not supported' "
     "`ValueError`; with `amp_backend='torch'` and `amp_config=None` the forward pass autocasts "
     "on the model's device (float16 on CUDA, bfloat16 on CPU), where 0.2.2 fails.",
@@ -362,7 +362,7 @@ def _remove_files(files: dict[str, str]) -> None:
 
 
 class _DiskSnapshot:
-    """:class:`~lrtrack.finder.StateSnapshot` for ``memory_cache=False``.
+    """:class:`~lrtrack.engine.finder.StateSnapshot` for ``memory_cache=False``.
 
     The model and optimizer states go to files under ``cache_dir`` (never a second copy in
     memory, which is why a user picks ``memory_cache=False``); the training flag and the RNG
@@ -464,7 +464,7 @@ class LRFinder:
     optimizer's LR) to ``end_lr``, and records the (smoothed) loss in ``history``; ``plot()``
     draws the curve and suggests an LR.
 
-    Two modes share :func:`lrtrack.finder.run_range_test`:
+    Two modes share :func:`lrtrack.engine.finder.run_range_test`:
 
     * ``compat=False`` (default): lrtrack's corrected test. Bias-corrected smoothing (decay
       ``1 - smooth_f``), a stop at the first NaN/inf loss, the model, optimizer and RNG state
@@ -499,12 +499,12 @@ class LRFinder:
             several inputs or outputs, or a custom loss; batches reach it unchanged.
         compat: reproduce torch-lr-finder 0.2.2's numbers (see above).
         observer: receives ``on_step(step, metrics)`` every step, e.g. an MLflow observer
-            from :mod:`lrtrack.tracking`.
+            from :mod:`lrtrack.tracking.runs`.
 
     Attributes:
         history: ``{"lr": [...], "loss": [...]}`` of the last range test.
         best_loss: the lowest smoothed loss of the last range test.
-        result: the last :class:`~lrtrack.finder.RangeTestResult` (raw and smoothed losses,
+        result: the last :class:`~lrtrack.engine.finder.RangeTestResult` (raw and smoothed losses,
             per-group LRs, why it stopped), or None before the first test.
         suggestions: every suggestion rule's answer for the last test.
 
@@ -950,7 +950,7 @@ class LRFinder:
         non_blocking: bool,
     ) -> Callable[[torch.nn.Module], torch.Tensor]:
         """0.2.2's validation: the whole loader after every step, each batch's loss weighted
-        by its number of labels (by :func:`~lrtrack.steps.batch_size_of` with ``step_fn``),
+        by its number of labels (by :func:`~lrtrack.engine.steps.batch_size_of` with ``step_fn``),
         the sum divided by ``len(dataset)``."""
         by_labels = self.step_fn is None
         seen = [0]

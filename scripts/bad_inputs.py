@@ -93,7 +93,7 @@ CASES: list[tuple[list[str], str, str | None]] = [
     (["tracking.flush_seconds=0"], "tracking.flush_seconds", None),
     (["tracking.delivery_timeout_s=-1"], "tracking.delivery_timeout_s", None),
     (["criterion=mse"], "criterion", None),
-    (["criterion=cross_entropy", "model._target_=lrtrack.models.MLP", "+model.in_features=10"], "model", None),
+    (["criterion=cross_entropy", "model._target_=lrtrack.engine.models.MLP", "+model.in_features=10"], "model", None),
     (["model._target_=nonexistent_module.Net"], "nonexistent_module", None),
     (["model.num_classes=abc"], "model", None),
     (["seed=abc"], "seed", None),

@@ -1,4 +1,4 @@
-"""Benchmark: the cost of per-step metric logging (lrtrack.tracking.MetricBuffer) vs run length.
+"""Benchmark: the cost of per-step metric logging (lrtrack.tracking.runs.MetricBuffer) vs run length.
 
 Every step logs lr, loss and loss_smoothed (3 metrics) through ``MetricBuffer.on_step``, as the
 range test and the training loop do, into a fresh MLflow run; ``close()`` then sends the rest
@@ -95,7 +95,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def one_run(client, experiment_id: str, steps: int, args: argparse.Namespace, trace: bool) -> dict[str, float]:
-    from lrtrack.tracking import MetricBuffer
+    from lrtrack.tracking.runs import MetricBuffer
 
     run_id = client.create_run(experiment_id, run_name=f"bench-logging {steps}").info.run_id
     buf = MetricBuffer(client, run_id, flush_every=args.flush_every, flush_seconds=args.flush_seconds)
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     from mlflow.tracking import MlflowClient
 
-    from lrtrack.tracking import ensure_experiment
+    from lrtrack.tracking.runs import ensure_experiment
 
     workdir = Path(tempfile.mkdtemp(prefix="lrtrack-bench-logging-"))
     server = None

@@ -11,8 +11,8 @@ Variants (all start from the same initial weights and read the same MNIST files)
                 Dataset (ToTensor + Normalize) and a DataLoader: what its users write. No tracking.
   bare          a hand-written loop over ``lrtrack.data.InMemoryLoader``: set LR, zero_grad,
                 forward, backward, step, ``loss.item()``. No smoothing, no restore, no tracking.
-  lrtrack       ``lrtrack.finder.run_range_test`` on the same InMemoryLoader, tracking off.
-  lrtrack_sql   the same with a ``TrackedRun`` (sqlite) as observer, as ``lrtrack.cli`` does:
+  lrtrack       ``lrtrack.engine.finder.run_range_test`` on the same InMemoryLoader, tracking off.
+  lrtrack_sql   the same with a ``TrackedRun`` (sqlite) as observer, as ``lrtrack.app.cli`` does:
                 ``start_run`` .. ``run_range_test(observer=run)`` .. ``run.end()`` all timed.
   lrtrack_http  the same against a local ``mlflow server`` (started here, stopped at the end).
 
@@ -132,7 +132,7 @@ class Bench:
     def __init__(self, args: argparse.Namespace, workdir: Path, http_uri: str | None) -> None:
         import torch
 
-        from lrtrack.models import MnistCNN
+        from lrtrack.engine.models import MnistCNN
 
         self.args = args
         self.torch = torch
@@ -148,20 +148,20 @@ class Bench:
         # lrtrack must too (same number of steps) where its engine has the switch.
         import inspect
 
-        from lrtrack.finder import run_range_test
+        from lrtrack.engine.finder import run_range_test
 
         params = inspect.signature(run_range_test).parameters
         self.no_stop = {"stop_on_non_finite": False} if "stop_on_non_finite" in params else {}
 
     def add_tracker(self, key: str, uri: str) -> None:
-        from lrtrack.tracking import Tracker
+        from lrtrack.tracking.runs import Tracker
 
         t0 = time.perf_counter()
         self.trackers[key] = Tracker(uri, "bench-range-test")
         self.tracker_setup_s[key] = time.perf_counter() - t0
 
     def model_and_optimizer(self):
-        from lrtrack.models import MnistCNN
+        from lrtrack.engine.models import MnistCNN
 
         model = MnistCNN()
         model.load_state_dict(self.init_state)
@@ -194,7 +194,7 @@ class Bench:
         return steps
 
     def run_bare(self) -> int:
-        from lrtrack.finder import lr_grid
+        from lrtrack.engine.finder import lr_grid
 
         loader = self.in_memory_loader()
         model, opt = self.model_and_optimizer()
@@ -219,7 +219,7 @@ class Bench:
         return len(losses)
 
     def run_lrtrack(self, tracker_key: str | None = None) -> int:
-        from lrtrack.finder import run_range_test
+        from lrtrack.engine.finder import run_range_test
 
         loader = self.in_memory_loader()
         model, opt = self.model_and_optimizer()
@@ -269,8 +269,8 @@ def main(argv: list[str] | None = None) -> int:
             def on_step(self, step, metrics):
                 first_step.setdefault("t", time.perf_counter())
 
-        from lrtrack.finder import run_range_test
-        from lrtrack.observers import ObserverGroup
+        from lrtrack.engine.finder import run_range_test
+        from lrtrack.engine.observers import ObserverGroup
 
         t0 = time.perf_counter()
         loader = bench.in_memory_loader()

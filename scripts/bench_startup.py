@@ -49,7 +49,7 @@ BARE_LOOP = """
 import math, torch
 from torch import nn
 from lrtrack.data import mnist_tensors
-from lrtrack.models import MnistCNN
+from lrtrack.engine.models import MnistCNN
 x, y = mnist_tensors({root!r}, train=True, download=False)
 torch.manual_seed(0)
 model = MnistCNN()

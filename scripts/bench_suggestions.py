@@ -5,7 +5,7 @@ For every task the script runs
 * an **oracle grid**: the task's training run at log-spaced max_lr values, each with several
   seeds; the grid's best mean metric is the oracle (least squares also has the known answer,
   the best fixed LR ``2 / (lambda_max + lambda_min)`` and the stability edge ``2 / lambda_max``);
-* **range tests** with several seeds (``lrtrack.finder.run_range_test`` with lrtrack's defaults:
+* **range tests** with several seeds (``lrtrack.engine.finder.run_range_test`` with lrtrack's defaults:
   exp sweep, 100 steps, smoothing 0.95) and every rule's suggestion on each
   (``result.suggestions``), the median over the seeds and the seed spread (max / min);
 * the **training run at each rule's median suggestion** (same epochs, same seeds as the grid):
@@ -53,15 +53,15 @@ from torch import nn  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lrtrack import schedules  # noqa: E402
+from lrtrack.engine import schedules  # noqa: E402
 from lrtrack.data import InMemoryLoader, digits_tensors, mnist_tensors  # noqa: E402
-from lrtrack.finder import RangeTestResult  # noqa: E402
-from lrtrack.models import MLP, MnistCNN  # noqa: E402
-from lrtrack.probes import Probe  # noqa: E402
-from lrtrack.repeats import run_repeated_range_test  # noqa: E402
-from lrtrack.steps import seed_everything  # noqa: E402
-from lrtrack.suggest import DEFAULT_RULE, RULES, find_edge, suggest_all  # noqa: E402
-from lrtrack.train import NonFiniteLossError, train  # noqa: E402
+from lrtrack.engine.finder import RangeTestResult  # noqa: E402
+from lrtrack.engine.models import MLP, MnistCNN  # noqa: E402
+from lrtrack.engine.probes import Probe  # noqa: E402
+from lrtrack.engine.repeats import run_repeated_range_test  # noqa: E402
+from lrtrack.engine.steps import seed_everything  # noqa: E402
+from lrtrack.engine.suggest import DEFAULT_RULE, RULES, find_edge, suggest_all  # noqa: E402
+from lrtrack.engine.train import NonFiniteLossError, train  # noqa: E402
 
 DEFAULT_MNIST = ROOT.parent / "shared" / "data" / "mnist-t10k-split"
 RT_SEEDS = (100, 101, 102)  # range-test seeds (init and data order); grid seeds are 0, 1, ...
@@ -134,7 +134,7 @@ def _fit(model_fn: Callable[[], nn.Module], make_opt: Callable[[Any, float], tor
          data: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], *, batch: int, epochs: int,
          criterion: Callable[..., torch.Tensor], adam: bool, metric: Callable[[nn.Module], float],
          ) -> Callable[[float, int, str], float]:
-    """A ``train(max_lr, seed, variant)`` for a classifier-style task trained with lrtrack.train."""
+    """A ``train(max_lr, seed, variant)`` for a classifier-style task trained with lrtrack.engine.train."""
     tx, ty, vx, vy = data
 
     def run(max_lr: float, seed: int, variant: str) -> float:
@@ -593,7 +593,7 @@ def figure(results: list[dict[str, Any]]) -> Any:
     """One panel per task: the grid's metric against max_lr, the rules' LRs, the LR-free rows."""
     from matplotlib.figure import Figure
 
-    from lrtrack.plots import RULE_COLORS
+    from lrtrack.engine.plots import RULE_COLORS
 
     cols = 3
     rows = math.ceil(len(results) / cols)

@@ -124,7 +124,7 @@ _DEFAULT_WARNING_FILTERS = [("default", DeprecationWarning, "__main__"), ("ignor
 
 
 def run_cli_here(args: list[str], cwd: Path) -> CliRun:
-    """``python -m lrtrack ARGS`` in ``cwd``, run in this process: ``lrtrack.cli.main()`` with ``sys.argv``.
+    """``python -m lrtrack ARGS`` in ``cwd``, run in this process: ``lrtrack.app.cli.main()`` with ``sys.argv``.
 
     The same Hydra application, recipe and MLflow store as :func:`run_cli`, without paying the
     interpreter's start-up (torch, MLflow, Hydra imports: seconds per run). It keeps what a
@@ -145,7 +145,7 @@ def run_cli_here(args: list[str], cwd: Path) -> CliRun:
 
     from hydra.core.global_hydra import GlobalHydra
 
-    from lrtrack import cli
+    from lrtrack.app import cli
 
     cwd = Path(cwd).resolve()
     saved_env, saved_argv, saved_path, saved_cwd = dict(os.environ), sys.argv, list(sys.path), os.getcwd()
@@ -303,12 +303,12 @@ class MlflowServer:
 
 
 def _make_store(db: Path) -> None:
-    """A fresh MLflow store at ``db``, made as lrtrack makes one (:func:`lrtrack.tracking.open_store`:
+    """A fresh MLflow store at ``db``, made as lrtrack makes one (:func:`lrtrack.tracking.runs.open_store`:
     a copy of this machine's empty-store template once there is one), from ``db``'s folder, where
     MLflow puts the Default experiment's artifacts."""
     import contextlib
 
-    from lrtrack.tracking import open_store
+    from lrtrack.tracking.runs import open_store
 
     with contextlib.chdir(db.parent):
         open_store(f"sqlite:///{db}")
@@ -343,7 +343,7 @@ def composed(*overrides: str, model: str = "mnist_cnn", conf: Path | None = None
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from lrtrack.config import config_dir, register_configs
+    from lrtrack.app.config import config_dir, register_configs
 
     register_configs()
     GlobalHydra.instance().clear()
@@ -354,7 +354,7 @@ def composed(*overrides: str, model: str = "mnist_cnn", conf: Path | None = None
 
 def errors_of(cfg: Any) -> list[str]:
     """What ``check_config`` (validation, then the dry run) reports: one line per problem."""
-    from lrtrack.config import ConfigError, check_config
+    from lrtrack.app.config import ConfigError, check_config
 
     try:
         check_config(cfg)

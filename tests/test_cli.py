@@ -1,6 +1,6 @@
 """python -m lrtrack end to end: real Hydra composition, real MLflow runs read back through the client.
 
-Most commands run in the test's process (:func:`tests.conftest.run_cli_here`: ``lrtrack.cli.main``
+Most commands run in the test's process (:func:`tests.conftest.run_cli_here`: ``lrtrack.app.cli.main``
 with ``sys.argv``, exit code, stdout and stderr as a process has them); the ones that check what a
 fresh interpreter prints (one line, nothing else) run as real processes (``run_cli``). Tests about
 something else than creating the store start from a premade one.
@@ -116,7 +116,7 @@ def test_range_test_run_is_tracked(tmp_path: Path) -> None:  # in an empty folde
                           env={**env, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
-    assert "torch" in imported and "lrtrack.recipe" in imported
+    assert "torch" in imported and "lrtrack.app.recipe" in imported
     assert not {m for m in imported if m == "mlflow" or m.startswith("mlflow.")}, "the job process imported MLflow"
     assert not list(tmp_path.rglob("tracking-spool")), "the spool is removed once the relay delivered it"
     client = _client(tmp_path)
@@ -287,7 +287,7 @@ def test_train_stage_without_an_lr_source_is_refused(tmp_path: Path) -> None:  #
 def test_cfg_job_prints_the_composed_config(tmp_path: Path) -> None:
     proc = run_cli_here(["--cfg", "job", "+model=mnist_cnn"], tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "_target_: lrtrack.models.MnistCNN" in proc.stdout
+    assert "_target_: lrtrack.engine.models.MnistCNN" in proc.stdout
     assert "end_lr: 10.0" in proc.stdout and "batch_size: 256" in proc.stdout
 
 

@@ -41,9 +41,9 @@ from lrtrack.compat import (  # noqa: E402
     TrainDataLoaderIter,
     ValDataLoaderIter,
 )
-from lrtrack.observers import RecordingObserver  # noqa: E402
-from lrtrack.smoothing import smooth  # noqa: E402
-from lrtrack.suggest import RULES, suggest  # noqa: E402
+from lrtrack.engine.observers import RecordingObserver  # noqa: E402
+from lrtrack.engine.smoothing import smooth  # noqa: E402
+from lrtrack.engine.suggest import RULES, suggest  # noqa: E402
 
 LOSS_ATOL = 1e-6
 README = Path(__file__).resolve().parents[1] / "README.md"

@@ -12,7 +12,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError
 
-from lrtrack.config import (
+from lrtrack.app.config import (
     available_options,
 )
 from tests.conftest import composed, errors_of
@@ -54,7 +54,7 @@ def test_smoke_experiment_shrinks_the_run() -> None:
 
 def test_schedule_files_hold_only_the_scheduler_and_bounds_are_typed() -> None:
     cfg = composed("schedule=triangular2", "bounds.max_lr=0.3")
-    assert cfg.schedule._target_ == "lrtrack.schedules.triangular2" and "max_lr" not in cfg.schedule
+    assert cfg.schedule._target_ == "lrtrack.engine.schedules.triangular2" and "max_lr" not in cfg.schedule
     assert cfg.bounds.max_lr == 0.3
     with pytest.raises(ConfigCompositionException):
         composed("bounds.max_lr=fast")  # a float, by the schema
@@ -85,18 +85,18 @@ def test_exp_grid_from_lr_zero_is_refused_with_the_fix() -> None:
     assert errors_of(composed("optimizer.lr=0", "finder=linear", "stage=range_test")) == []
     # ... but the training schedule keeps the groups' LR ratios, so it needs a positive LR: caught now.
     (line,) = errors_of(composed("optimizer.lr=0", "finder=linear"))
-    assert line.startswith("schedule (lrtrack.schedules.onecycle): parameter group 0 has lr=0.0")
+    assert line.startswith("schedule (lrtrack.engine.schedules.onecycle): parameter group 0 has lr=0.0")
 
 
 def test_dry_run_builds_the_optimizer_and_schedule_before_anything_starts() -> None:
     assert errors_of(composed("optimizer.momentum=-1")) == [
         "optimizer (torch.optim.SGD): Invalid momentum value: -1; check the optimizer.* settings"]
     assert errors_of(composed("schedule.pct_start=1.5")) == [
-        "schedule (lrtrack.schedules.onecycle): onecycle pct_start must be in (0, 1), got 1.5; e.g. 0.3.; "
+        "schedule (lrtrack.engine.schedules.onecycle): onecycle pct_start must be in (0, 1), got 1.5; e.g. 0.3.; "
         "check the schedule.* settings"]
     # Cycling momentum needs an optimizer that has momentum.
     (line,) = errors_of(composed("optimizer.momentum=0", "schedule=triangular"))
-    assert line.startswith("schedule (lrtrack.schedules.triangular): ") and "cycle_momentum" in line
+    assert line.startswith("schedule (lrtrack.engine.schedules.triangular): ") and "cycle_momentum" in line
     # Only the range test: the schedule is not built, so its settings do not matter.
     assert errors_of(composed("stage=range_test", "schedule.pct_start=1.5")) == []
 
@@ -111,7 +111,7 @@ def test_a_typo_added_with_plus_is_rejected_with_a_suggestion() -> None:
     assert errors_of(composed("+finder.num_iters=5")) == [
         "finder.num_iters=5 is invalid: finder has no setting 'num_iters'; did you mean finder.num_iter?"]
     (line,) = errors_of(composed("+schedule.pct_strt=0.4"))  # untyped groups: their factory refuses it
-    assert line.startswith("schedule (lrtrack.schedules.onecycle): ") and "pct_strt" in line
+    assert line.startswith("schedule (lrtrack.engine.schedules.onecycle): ") and "pct_strt" in line
 
 
 def test_an_unavailable_device_is_refused_before_anything_starts() -> None:
@@ -132,12 +132,12 @@ def test_builtin_data_settings_are_read_without_torch_and_match_the_builders() -
     import subprocess
     import sys
 
-    from lrtrack.config import builtin_data_settings
+    from lrtrack.app.config import builtin_data_settings
     from lrtrack.data import BUILTINS
 
     for target, builder in BUILTINS.items():
         assert builtin_data_settings(target) == [p for p in inspect.signature(builder).parameters if p != "seed"]
     assert builtin_data_settings("lrtrack.data.nope") is None and builtin_data_settings("mymodule.load") is None
-    code = ("import sys; from lrtrack.config import builtin_data_settings as s; "
+    code = ("import sys; from lrtrack.app.config import builtin_data_settings as s; "
             "assert s('lrtrack.data.mnist')[0] == 'root'; print('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"

@@ -20,9 +20,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from lrtrack import data as lrdata
-from lrtrack.config import import_hint
-from lrtrack.tasks import Accuracy, BatchMean, ModelLoss, as_metric, first_batch_problem
-from lrtrack.train import evaluate
+from lrtrack.app.config import import_hint
+from lrtrack.engine.tasks import Accuracy, BatchMean, ModelLoss, as_metric, first_batch_problem
+from lrtrack.engine.train import evaluate
 from tests.conftest import composed, errors_of, run_cli_here
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -453,15 +453,15 @@ def user_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def recipe_for(cfg: DictConfig, folder: Path, **choices: str) -> object:
-    from lrtrack.recipe import JobInfo, RangeTestRecipe
+    from lrtrack.app.recipe import JobInfo, RangeTestRecipe
 
     job = JobInfo({"model": "own_loss", **choices}, [], "python -m lrtrack", folder, folder / "out")
     return RangeTestRecipe(cfg, job)
 
 
 def test_recipe_setup_builds_a_users_data_step_and_metric(user_project: Path) -> None:
-    from lrtrack.finder import run_range_test
-    from lrtrack.train import train
+    from lrtrack.engine.finder import run_range_test
+    from lrtrack.engine.train import train
 
     cfg = composed("data=digit_dicts", "step=model_loss", "tracking.enabled=false", model="own_loss", conf=user_project / "conf")
     assert errors_of(cfg) == []
@@ -491,7 +491,7 @@ def test_recipe_setup_binds_a_users_step_function_and_metric(user_project: Path)
 
 def test_recipe_setup_stops_on_a_mismatch_before_any_run(user_project: Path, premade_store) -> None:
     premade_store(user_project)
-    from lrtrack.recipe import UserError
+    from lrtrack.app.recipe import UserError
 
     uri = f"sqlite:///{user_project / 'mlflow.db'}"
     cfg = composed("data=digit_dicts", f"tracking.tracking_uri={uri}", model="own_loss", conf=user_project / "conf")
@@ -517,7 +517,7 @@ def test_cli_trains_a_users_dict_batches_from_its_own_folder(user_project: Path,
     runs = {r.data.tags["lrtrack.stage"]: r for r in client.search_runs([exp.experiment_id])}
     explore, final = runs["explore"], runs["final"]
     assert final.data.tags["lrtrack.range_test_run_id"] == explore.info.run_id
-    assert explore.data.tags["lrtrack.data"] == "DigitDicts" and explore.data.params["step._target_"] == "lrtrack.tasks.ModelLoss"
+    assert explore.data.tags["lrtrack.data"] == "DigitDicts" and explore.data.params["step._target_"] == "lrtrack.engine.tasks.ModelLoss"
     assert final.data.metrics["final_val_accuracy"] > 0.5, final.data.metrics
 
 
@@ -537,7 +537,7 @@ def test_cli_mnist_fallback_is_visible_in_the_runs(tmp_path: Path, premade_store
 
 
 def test_notebook_path_logs_the_clis_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from lrtrack.notebook import tracked_range_test, tracked_training
+    from lrtrack.app.notebook import tracked_range_test, tracked_training
 
     monkeypatch.chdir(tmp_path)
     for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
@@ -569,7 +569,7 @@ def test_notebook_path_logs_the_clis_layout(tmp_path: Path, monkeypatch: pytest.
 
 
 def test_the_sweep_table_shows_the_metric_that_was_measured() -> None:
-    from lrtrack import runlog
+    from lrtrack.tracking import runlog
 
     rows = [{"job": "a", "final_val_loss": 0.5, "final_val_mae": 0.6}, {"job": "b", "final_val_loss": 0.4}]
     columns = runlog.summary_columns(rows)

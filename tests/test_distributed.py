@@ -20,9 +20,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, TensorDataset
 
-from lrtrack import distributed as dist
+from lrtrack.engine import distributed as dist
 from lrtrack.data import InMemoryLoader, ShardedBatches, StridedBatches, shard, shard_bundle
-from lrtrack.train import set_data_epoch
+from lrtrack.engine.train import set_data_epoch
 
 # ---------------------------------------------------------------------- sharding (no processes)
 
@@ -192,7 +192,7 @@ def test_too_few_gpus_for_the_ranks_is_one_line(monkeypatch: pytest.MonkeyPatch)
 
 def test_the_helpers_in_a_group_of_one(tmp_path: Path) -> None:
     """A real gloo group (world size 1) in this process: the reductions, DDP and mean_loss run."""
-    from lrtrack.steps import mean_loss, supervised_step
+    from lrtrack.engine.steps import mean_loss, supervised_step
 
     torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
     try:
@@ -225,10 +225,10 @@ N, BATCH, VAL_BATCH, SEED = 512, 32, 64, 11  # BATCH is the global batch: each o
 def _experiment(world_size: int, rank: int) -> dict[str, Any]:
     """The range test (train loss, then validation loss) and a training run, as one rank runs them."""
     from lrtrack.data import fake_tensors
-    from lrtrack.finder import run_range_test
-    from lrtrack.models import MLP
-    from lrtrack.schedules import onecycle
-    from lrtrack.train import train
+    from lrtrack.engine.finder import run_range_test
+    from lrtrack.engine.models import MLP
+    from lrtrack.engine.schedules import onecycle
+    from lrtrack.engine.train import train
 
     torch.manual_seed(SEED)
     model = dist.wrap_model(MLP(hidden=32), torch.device("cpu"))

@@ -150,7 +150,7 @@ def test_sigterm_stops_like_ctrl_c_keeping_runs_metrics_and_checkpoint(tmp_path:
 
 def test_lr_from_refuses_an_interrupted_range_test_unless_allowed(tmp_path: Path, premade_store,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    from lrtrack.tracking import TrackedRun
+    from lrtrack.tracking.runs import TrackedRun
 
     premade_store(tmp_path)
     on_step = TrackedRun.on_step

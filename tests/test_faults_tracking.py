@@ -1,7 +1,7 @@
 """Tracking faults against real processes: a real ``mlflow server`` killed mid-run (restarted and
 not), and two processes creating a fresh sqlite store at once. Nothing here mocks MLflow.
 
-The "training" process is a small script that drives :class:`lrtrack.tracking.Tracker` the way
+The "training" process is a small script that drives :class:`lrtrack.tracking.runs.Tracker` the way
 the recipe does: a pipeline run, a range-test run, then a training run that logs a metric per
 step, params, tags and artifacts, every run closed by its context manager, then
 ``Tracker.close()``.
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 JOB = r'''
 import json, logging, sys, time
 from pathlib import Path
-from lrtrack.tracking import DeliveryError, Tracker
+from lrtrack.tracking.runs import DeliveryError, Tracker
 
 uri, spool, steps, step_s, timeout, go = sys.argv[1:7]
 steps, step_s, timeout, go = int(steps), float(step_s), float(timeout), Path(go)
@@ -198,7 +198,7 @@ def test_server_killed_and_not_restarted_then_deliver_sends_everything_once(tmp_
     assert "delivered " in deliver.stdout and "1 run to create" in deliver.stdout, deliver.stdout
     _check_everything_arrived_once(mlflow_server, steps)
 
-    from lrtrack.deliver import main
+    from lrtrack.tracking.deliver import main
 
     assert main([str(job.spool)]) == 0  # again, in-process this time: "already delivered", nothing sent twice
     _check_everything_arrived_once(mlflow_server, steps)
@@ -207,12 +207,12 @@ def test_server_killed_and_not_restarted_then_deliver_sends_everything_once(tmp_
 RACE = r'''
 import sys, time
 from pathlib import Path
-import mlflow.tracking, lrtrack.tracking  # imported before the start line, so both really race
+import mlflow.tracking, lrtrack.tracking.runs  # imported before the start line, so both really race
 uri, go = sys.argv[1], Path(sys.argv[2])
 Path(sys.argv[3] + ".ready").touch()
 while not go.exists():
     time.sleep(0.005)
-tracker = lrtrack.tracking.Tracker(uri, "race", spool_dir=sys.argv[3])
+tracker = lrtrack.tracking.runs.Tracker(uri, "race", spool_dir=sys.argv[3])
 with tracker.start_run("plain run") as run:
     for i in range(20):
         run.on_step(i, {"loss": 1.0 / (i + 1)})
@@ -257,7 +257,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_a_full_disk_under_the_store_loses_nothing(tmp_path: Path, small_disk: Path, premade_store) -> None:
-    from lrtrack.tracking import Tracker
+    from lrtrack.tracking.runs import Tracker
 
     premade_store(small_disk)
     tracker = Tracker(f"sqlite:///{small_disk}/mlflow.db", "disk", flush_every=5, flush_seconds=0.05,

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lrtrack.finder import (
+from lrtrack.engine.finder import (
     STOP_COMPLETED,
     STOP_DIVERGED,
     STOP_INTERRUPTED,
@@ -21,8 +21,8 @@ from lrtrack.finder import (
     lr_grid,
     run_range_test,
 )
-from lrtrack.observers import RecordingObserver
-from lrtrack.smoothing import EmaSmoother, smooth
+from lrtrack.engine.observers import RecordingObserver
+from lrtrack.engine.smoothing import EmaSmoother, smooth
 
 
 def _task(n: int = 256, seed: int = 0) -> tuple[nn.Module, DataLoader]:
@@ -532,7 +532,7 @@ def test_range_test_with_the_real_schedule_free_optimizer() -> None:
 
 
 def test_range_test_figure_marks_the_edge_and_says_why() -> None:
-    from lrtrack.plots import range_test_figure
+    from lrtrack.engine.plots import range_test_figure
 
     lams = torch.logspace(-2, 0, 16, dtype=torch.float64)
     model, data, loss = _least_squares(lams)

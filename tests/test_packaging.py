@@ -46,6 +46,6 @@ def test_wheel_carries_the_config_and_runs_from_another_folder(tmp_path: Path) -
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert time.perf_counter() - start < 30
-    assert "_target_: lrtrack.models.MnistCNN" in proc.stdout and "num_iter: 100" in proc.stdout
+    assert "_target_: lrtrack.engine.models.MnistCNN" in proc.stdout and "num_iter: 100" in proc.stdout
     missing = subprocess.run([str(py), "-m", "lrtrack"], cwd=elsewhere, capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "available: mlp, mnist_cnn" in missing.stderr

@@ -18,8 +18,8 @@ IMPORT_CHECK = """
 import json, os, sys
 before = dict(os.environ)
 import matplotlib
-import lrtrack.plots, lrtrack.report, lrtrack.sweep, lrtrack.runlog, lrtrack.seeds
-from lrtrack import plots
+import lrtrack.engine.plots, lrtrack.app.report, lrtrack.app.sweep, lrtrack.tracking.runlog, lrtrack.engine.seeds
+from lrtrack.engine import plots
 fig = plots.range_test_overlay_figure([("a", [1e-3, 1e-2, 1e-1], [2.0, 1.0, 3.0], 1e-2)])
 fig.savefig(sys.argv[1])
 changed = sorted(k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k))
@@ -45,7 +45,7 @@ def _saved(fig: Figure, path: Path) -> bytes:
 
 
 def test_comparison_figures_render(tmp_path: Path) -> None:
-    from lrtrack import plots
+    from lrtrack.engine import plots
 
     lrs = [10 ** (-4 + i / 5) for i in range(20)]
     loss = [2.0 - 0.08 * i if i < 15 else 5.0 for i in range(20)]
@@ -69,8 +69,8 @@ def test_comparison_figures_render(tmp_path: Path) -> None:
 
 
 def test_seeds_figure_marks_each_rule_median(tmp_path: Path) -> None:
-    from lrtrack import plots
-    from lrtrack.seeds import aggregate_seeds
+    from lrtrack.engine import plots
+    from lrtrack.engine.seeds import aggregate_seeds
 
     lrs = [1e-3, 1e-2, 1e-1, 1.0]
     agg = aggregate_seeds({"0": (lrs, [2.0, 1.0, 0.5, 3.0]), "1": (lrs, [2.2, 1.2, math.nan, 5.0])},
@@ -83,7 +83,7 @@ def test_seeds_figure_marks_each_rule_median(tmp_path: Path) -> None:
 
 
 def test_loss_at_reads_the_nearest_finite_point() -> None:
-    from lrtrack.plots import loss_at
+    from lrtrack.engine.plots import loss_at
 
     assert loss_at([1e-3, 1e-2, 1e-1], [3.0, 2.0, math.nan], 0.05) == 2.0
     assert math.isnan(loss_at([], [], 1e-2))

@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
-from lrtrack.probes import Probe, ProbeSearch
-from lrtrack.suggest import CONFIRMED_MARGIN, suggest
+from lrtrack.engine.probes import Probe, ProbeSearch
+from lrtrack.engine.suggest import CONFIRMED_MARGIN, suggest
 
 START = 2.0
 

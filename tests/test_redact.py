@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lrtrack.redact import redact, redact_tree
+from lrtrack.tracking.redact import redact, redact_tree
 
 
 def test_userinfo_and_secret_query_values_are_masked() -> None:

@@ -12,11 +12,11 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lrtrack.data import InMemoryLoader
-from lrtrack.finder import RangeTestResult, run_range_test
-from lrtrack.observers import RecordingObserver
-from lrtrack.repeats import ADAPTIVE_REPEATS, auto_repeats, combine, run_repeated_range_test
-from lrtrack.suggest import RULES, Edge, Suggestion
-from lrtrack.train import set_optimizer_mode, train
+from lrtrack.engine.finder import RangeTestResult, run_range_test
+from lrtrack.engine.observers import RecordingObserver
+from lrtrack.engine.repeats import ADAPTIVE_REPEATS, auto_repeats, combine, run_repeated_range_test
+from lrtrack.engine.suggest import RULES, Edge, Suggestion
+from lrtrack.engine.train import set_optimizer_mode, train
 
 
 def _task(seed: int = 0) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
@@ -115,7 +115,7 @@ def test_one_repeat_is_a_plain_range_test_and_bad_values_are_refused() -> None:
 
 
 def test_the_figure_draws_the_band_of_the_repeats() -> None:
-    from lrtrack.plots import range_test_figure
+    from lrtrack.engine.plots import range_test_figure
 
     model, x, y = _task()
     result = run_repeated_range_test(model, torch.optim.SGD(model.parameters(), lr=1e-3),

@@ -73,7 +73,7 @@ def test_report_of_a_sweep_run_writes_html_with_images(sweep_store: Path) -> Non
 @pytest.mark.slow
 def test_report_by_experiment_name_and_errors(sweep_store: Path, monkeypatch: pytest.MonkeyPatch,
                                               capsys: pytest.CaptureFixture[str]) -> None:
-    from lrtrack.report import main
+    from lrtrack.app.report import main
 
     for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
         monkeypatch.delenv(key)

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from lrtrack.data import InMemoryLoader
-from lrtrack.models import MnistCNN
-from lrtrack.observers import RecordingObserver
-from lrtrack.schedules import onecycle, optimizer_steps_per_epoch
-from lrtrack.train import load_checkpoint, train
+from lrtrack.engine.models import MnistCNN
+from lrtrack.engine.observers import RecordingObserver
+from lrtrack.engine.schedules import onecycle, optimizer_steps_per_epoch
+from lrtrack.engine.train import load_checkpoint, train
 
 EPOCHS = 3
 

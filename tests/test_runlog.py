@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from lrtrack import runlog
+from lrtrack.tracking import runlog
 
 RANGE_CSV = "step,lr,loss,loss_smoothed\n0,0.001,2.3,2.3\n1,0.01,1.9,2.0\n2,0.1,1.2,\n3,1.0,9.0,4.0\n"
 
@@ -181,7 +181,7 @@ def _metric_steps(client: Any, run: Any) -> dict[str, list[int]]:
 
 
 def test_sweep_summary_and_seed_aggregate_round_trip(store: Store) -> None:
-    from lrtrack.seeds import aggregate_seeds
+    from lrtrack.engine.seeds import aggregate_seeds
 
     jobs = runlog.sweep_jobs(store.client, store.sweep_id)
     rows = runlog.log_sweep_summary(store.client, store.sweep_id, jobs)

@@ -11,8 +11,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from lrtrack import schedules as S
-from lrtrack.suggest import Suggestion
+from lrtrack.engine import schedules as S
+from lrtrack.engine.suggest import Suggestion
 
 SPE, EPOCHS, MAX, BASE = 10, 4, 1.0, 0.25
 CONF = Path(__file__).resolve().parents[1] / "conf" / "schedule"
@@ -233,7 +233,7 @@ def test_sgdr_needs_integer_t0_tmult(key: str, value: float) -> None:
 @pytest.mark.parametrize("name", ["onecycle", "cosine"])
 def test_overstepping_holds_last_lr_and_warns_once(name: str, caplog) -> None:
     total = SPE * EPOCHS
-    with caplog.at_level(logging.WARNING, logger="lrtrack.schedules"):
+    with caplog.at_level(logging.WARNING, logger="lrtrack.engine.schedules"):
         lrs = path(name, n=total + 15)
     final = lrs[total - 1] if name == "onecycle" else 0.0
     assert lrs[total:] == pytest.approx([final] * 15)
@@ -243,7 +243,7 @@ def test_overstepping_holds_last_lr_and_warns_once(name: str, caplog) -> None:
 
 
 def test_exact_run_length_does_not_warn(caplog) -> None:
-    with caplog.at_level(logging.WARNING, logger="lrtrack.schedules"):
+    with caplog.at_level(logging.WARNING, logger="lrtrack.engine.schedules"):
         path("onecycle", n=SPE * EPOCHS)
     assert not caplog.records
 
@@ -410,7 +410,7 @@ def test_yaml_builds_the_schedule(name: str) -> None:
     cfg = OmegaConf.load(file)
     # Only the scheduler's own settings: the LR range is the config's bounds node.
     assert not {"max_lr", "max_lr_rule", "base_divisor"} & set(cfg)
-    assert cfg._target_ == f"lrtrack.schedules.{name}" and cfg._partial_ is True
+    assert cfg._target_ == f"lrtrack.engine.schedules.{name}" and cfg._partial_ is True
     schedule = instantiate(cfg)(
         sgd(), max_lr=MAX, base_lr=BASE, steps_per_epoch=SPE, epochs=EPOCHS
     )

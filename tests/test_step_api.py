@@ -1,7 +1,7 @@
 """The step API: ``step_fn(model, batch) -> loss`` runs the range test for any model.
 
 No subclassing: dict batches (the transformers style), several inputs and outputs, and a
-custom loss all go through one function, with :func:`lrtrack.finder.run_range_test` and with
+custom loss all go through one function, with :func:`lrtrack.engine.finder.run_range_test` and with
 :class:`lrtrack.compat.LRFinder` alike.
 """
 
@@ -22,8 +22,8 @@ from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 from lrtrack.compat import LRFinder  # noqa: E402
-from lrtrack.finder import RangeTestResult, run_range_test  # noqa: E402
-from lrtrack.suggest import RULES, suggest  # noqa: E402
+from lrtrack.engine.finder import RangeTestResult, run_range_test  # noqa: E402
+from lrtrack.engine.suggest import RULES, suggest  # noqa: E402
 
 VOCAB, SEQ = 20, 6
 

@@ -1,4 +1,4 @@
-"""The shared building blocks in lrtrack.steps: one train step, one validation loop, seeding."""
+"""The shared building blocks in lrtrack.engine.steps: one train step, one validation loop, seeding."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from lrtrack.steps import (
+from lrtrack.engine.steps import (
     autocast_factory,
     make_grad_scaler,
     mean_loss,

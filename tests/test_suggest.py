@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from lrtrack.probes import Probe, ProbeSearch, choose, good_limit
-from lrtrack.smoothing import smooth, zero_lag
-from lrtrack.suggest import (
+from lrtrack.engine.probes import Probe, ProbeSearch, choose, good_limit
+from lrtrack.engine.smoothing import smooth, zero_lag
+from lrtrack.engine.suggest import (
     CONFIRMED_MARGIN,
     CURVE_RULES,
     DEFAULT_RULE,

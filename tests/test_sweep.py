@@ -112,8 +112,8 @@ def test_sweep_structure_statuses_and_summary(failing_sweep) -> None:
 
 
 def test_swept_keys_and_job_names() -> None:
-    from lrtrack.runlog import SweepContext
-    from lrtrack.sweep import swept_keys
+    from lrtrack.tracking.runlog import SweepContext
+    from lrtrack.app.sweep import swept_keys
 
     assert swept_keys(["+model=mlp", "optimizer=sgd,adamw", "seed=range(3)", "x=1"]) == ["optimizer", "seed"]
     ctx = SweepContext("r", "sqlite://", "e", ("optimizer",))
@@ -169,7 +169,7 @@ def test_joblib_launcher_and_seed_aggregate(tmp_path: Path, premade_store) -> No
     paths = {a.path for a in client.list_artifacts(agg.info.run_id, "range_test")}
     assert {"range_test/seeds.png", "range_test/history.csv", "range_test/seeds_history.csv"} <= paths
 
-    from lrtrack.report import write_report
+    from lrtrack.app.report import write_report
 
     page = write_report(client, sweep.info.run_id, tmp_path / "report").read_text()
     assert "<img src='seeds_0.png'" in page and "Range test over seeds: range_test_seeds x2" in page
@@ -177,7 +177,7 @@ def test_joblib_launcher_and_seed_aggregate(tmp_path: Path, premade_store) -> No
 
 
 def test_aggregate_seeds_uses_the_seeds_that_reached_each_step() -> None:
-    from lrtrack.seeds import aggregate_seeds
+    from lrtrack.engine.seeds import aggregate_seeds
 
     lrs = [1e-3, 1e-2, 1e-1, 1.0]
     agg = aggregate_seeds(
@@ -199,7 +199,7 @@ def test_aggregate_seeds_uses_the_seeds_that_reached_each_step() -> None:
 
 
 def test_aggregate_seeds_without_any_history_says_so() -> None:
-    from lrtrack.seeds import aggregate_seeds
+    from lrtrack.engine.seeds import aggregate_seeds
 
     with pytest.raises(ValueError, match="no range-test history"):
         aggregate_seeds({"0": ([], [])}, {})

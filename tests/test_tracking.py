@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from lrtrack.deliver import deliver_spool, find_spools, main
-from lrtrack.spool import CREATE_ID_TAG, Courier, DeliveryError, Spool, SpoolBusy, is_pending
-from lrtrack.tracking import (
+from lrtrack.tracking.deliver import deliver_spool, find_spools, main
+from lrtrack.tracking.spool import CREATE_ID_TAG, Courier, DeliveryError, Spool, SpoolBusy, is_pending
+from lrtrack.tracking.runs import (
     TrackedRun,
     Tracker,
     TrackingUnavailable,
@@ -141,7 +141,7 @@ def test_preflight_accepts_a_new_and_an_existing_sqlite_store(tmp_path: Path) ->
 
 
 def test_importing_changes_no_environment_and_a_tracker_bounds_http_retries_unless_set() -> None:
-    code = ("import os, json; before = dict(os.environ); import lrtrack.tracking as t; "
+    code = ("import os, json; before = dict(os.environ); import lrtrack.tracking.runs as t; "
             "assert dict(os.environ) == before, 'import changed the environment'; "
             "t.open_store('http://127.0.0.1:9'); "
             "print(json.dumps({k: v for k, v in os.environ.items() if k.startswith('MLFLOW_HTTP')}))")
@@ -285,7 +285,7 @@ def test_delivery_resumes_from_where_an_interrupted_delivery_stopped(offline: di
     with pytest.raises(DeliveryError) as info:
         courier.close(timeout_s=0)
     spool = Spool.open(info.value.spool)
-    from lrtrack.spool import apply_op
+    from lrtrack.tracking.spool import apply_op
 
     for n, (offset, op) in enumerate(spool.pending()):  # deliver the first 4 writes, then "crash"
         apply_op(offline["client"], spool, op)
@@ -428,7 +428,7 @@ def test_the_relay_delivers_what_a_killed_process_logged(tmp_path: Path) -> None
     db = tmp_path / "mlflow.db"
     script = f"""
 import os, signal
-from lrtrack.tracking import Tracker
+from lrtrack.tracking.runs import Tracker
 tracker = Tracker("sqlite:///{db}", "killed", spool_dir={str(tmp_path / "spool")!r}, flush_every=5,
                   background=True)
 run = tracker.start_run("doomed")
@@ -486,7 +486,7 @@ def test_a_store_that_never_opens_keeps_the_writes_for_deliver(tmp_path: Path) -
 def test_fresh_sqlite_stores_after_the_first_are_copies_of_an_empty_template(tmp_path: Path, monkeypatch) -> None:
     import sqlite3
 
-    from lrtrack import store_template
+    from lrtrack.tracking import store_template
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     template = store_template.template_path()
@@ -514,7 +514,7 @@ def test_fresh_sqlite_stores_after_the_first_are_copies_of_an_empty_template(tmp
 
 
 def test_a_broken_store_template_is_dropped_and_the_store_made_anew(tmp_path: Path, monkeypatch, caplog) -> None:
-    from lrtrack import store_template
+    from lrtrack.tracking import store_template
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
@@ -522,7 +522,7 @@ def test_a_broken_store_template_is_dropped_and_the_store_made_anew(tmp_path: Pa
     assert template is not None
     template.parent.mkdir(parents=True)
     template.write_bytes(b"this is not an sqlite file" * 100)
-    with caplog.at_level("WARNING", logger="lrtrack.store_template"):
+    with caplog.at_level("WARNING", logger="lrtrack.tracking.store_template"):
         client = open_store(f"sqlite:///{tmp_path}/mlflow.db")
     assert "is not one; it is deleted" in caplog.text
     assert client.get_experiment("0").name == "Default"
@@ -531,7 +531,7 @@ def test_a_broken_store_template_is_dropped_and_the_store_made_anew(tmp_path: Pa
 
 def test_replay_drops_each_artifact_copy_once_it_is_delivered(tmp_path: Path) -> None:
     """A long run's checkpoints (copied into the spool for the relay) must not pile up on disk."""
-    from lrtrack.spool import replay
+    from lrtrack.tracking.spool import replay
 
     client = open_store(f"sqlite:///{tmp_path}/mlflow.db")
     run_id = client.create_run(client.create_experiment("copies")).info.run_id
@@ -562,7 +562,7 @@ def test_a_checkpoint_waits_in_the_spool_as_a_hard_link_that_a_replaced_file_doe
     assert waiting.stat().st_ino == checkpoint.stat().st_ino  # linked, not copied
     aside = tmp_path / "last.pt.tmp"
     aside.write_bytes(b"epoch 2")
-    os.replace(aside, checkpoint)  # how lrtrack.train writes the next one
+    os.replace(aside, checkpoint)  # how lrtrack.engine.train writes the next one
     assert waiting.read_bytes() == b"epoch 1"
     run.log_artifact(checkpoint, "other")  # any other file: a copy (it might be rewritten in place)
     copies = [p for p in (courier.spool.path / "files").rglob("last.pt") if p != waiting]

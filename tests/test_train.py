@@ -10,9 +10,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lrtrack import schedules as S
-from lrtrack.observers import RecordingObserver
-from lrtrack.train import NonFiniteLossError, TrainResult, train
+from lrtrack.engine import schedules as S
+from lrtrack.engine.observers import RecordingObserver
+from lrtrack.engine.train import NonFiniteLossError, TrainResult, train
 
 STEP_KEYS = {"lr", "momentum", "loss", "loss_smoothed"}
 

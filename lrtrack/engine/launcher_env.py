@@ -1,7 +1,7 @@
 """What a launcher (torchrun) told this process through its environment, read without torch.
 
 The recipe needs the rank before the process group exists and before torch is imported (rank 0
-alone starts the tracking relay, first thing); :mod:`lrtrack.distributed` asks here too.
+alone starts the tracking relay, first thing); :mod:`lrtrack.engine.distributed` asks here too.
 """
 
 from __future__ import annotations

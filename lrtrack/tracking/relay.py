@@ -1,7 +1,7 @@
 """The relay: a child process that delivers a spool to the tracking store while it is written.
 
 A tracker started with ``background=True`` (what ``python -m lrtrack`` uses) never talks to
-MLflow itself: every write goes to its spool's journal (:mod:`lrtrack.spool`), and this
+MLflow itself: every write goes to its spool's journal (:mod:`lrtrack.tracking.spool`), and this
 process, started at once beside it, imports MLflow, opens (or creates) the store and delivers
 the journal as it grows. Why a process and not a thread: MLflow's imports (about 3 s) and a
 fresh sqlite store's migrations (about 2 s) are Python that holds the GIL, and beside a
@@ -33,10 +33,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lrtrack.redact import redact
-from lrtrack.spool import Spool, describe, is_transient, replay
+from lrtrack.tracking.redact import redact
+from lrtrack.tracking.spool import Spool, describe, is_transient, replay
 
-log = logging.getLogger("lrtrack.relay")
+log = logging.getLogger("lrtrack.tracking.relay")
 
 URI_ENV = "LRTRACK_RELAY_URI"  # the real URI (credentials included) never goes on a command line
 STATUS = "relay.json"
@@ -49,10 +49,10 @@ def start_relay(spool: Spool, tracking_uri: str, *, experiment_name: str, timeou
     """Start the relay for ``spool`` (which this process holds locked); see the module docstring."""
     lock_fd = spool.lock_fd
     assert lock_fd is not None
-    command = [sys.executable, "-m", "lrtrack.relay", str(spool.path), "--lock-fd", str(lock_fd),
+    command = [sys.executable, "-m", "lrtrack.tracking.relay", str(spool.path), "--lock-fd", str(lock_fd),
                "--parent", str(os.getpid()), "--timeout", f"{timeout_s:g}", "--experiment", experiment_name]
     # lrtrack importable from wherever the job runs (a source checkout need not be installed).
-    here = str(Path(__file__).resolve().parents[1])
+    here = str(Path(__file__).resolve().parents[2])
     path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH", "")) if p)
     # Its own session: a Ctrl-C or a signal to the parent's process group does not stop delivery
     # of what was already logged (the parent ends its runs, the relay delivers that).
@@ -99,7 +99,7 @@ class _Relay:
                 if time.monotonic() >= self.deadline:
                     if not self.parent_gone:
                         return 1  # the parent says so, with the same command
-                    log.error("lrtrack.relay: tracking store %s still unavailable (%s): the writes wait in %s; "
+                    log.error("lrtrack.tracking.relay: tracking store %s still unavailable (%s): the writes wait in %s; "
                               "deliver them with: python -m lrtrack.deliver %s", redact(self.uri), self.last_error,
                               self.spool.path, self.spool.path)
                     return 1
@@ -118,14 +118,14 @@ class _Relay:
             self._set_status(open=True, error=None)
             return not self.spool.has_pending()
         except Exception as err:
-            from lrtrack.tracking import TrackingUnavailable
+            from lrtrack.tracking.runs import TrackingUnavailable
 
             first = self.last_error is None
             bug = not (is_transient(err) or isinstance(err, TrackingUnavailable))
             self._set_status(open=self.client is not None, error=str(err) if isinstance(err, TrackingUnavailable)
                              else describe(err))
             if first and bug:
-                log.error("lrtrack.relay: delivering %s failed", self.spool.path, exc_info=err)  # its traceback, once
+                log.error("lrtrack.tracking.relay: delivering %s failed", self.spool.path, exc_info=err)  # its traceback, once
             elif first:
                 log.warning("lrtrack: tracking store %s is unavailable (%s); training goes on, its tracking writes "
                             "are kept in %s and delivered when the store is back", redact(self.uri), self.last_error,
@@ -133,7 +133,7 @@ class _Relay:
             return False
 
     def _open(self) -> None:
-        from lrtrack.tracking import ensure_experiment, open_store
+        from lrtrack.tracking.runs import ensure_experiment, open_store
 
         client = open_store(self.uri)
         experiment_id = self.spool.meta.get("experiment_id") or ensure_experiment(client, self.experiment_name)
@@ -175,7 +175,7 @@ class _Relay:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lrtrack.relay", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lrtrack.tracking.relay", description=__doc__.split("\n\n")[0])
     parser.add_argument("spool", type=Path)
     parser.add_argument("--lock-fd", type=int, required=True, help="the spool's lock, inherited from the parent")
     parser.add_argument("--parent", type=int, required=True)

@@ -25,7 +25,7 @@ A failed job is logged, its runs end FAILED with an ``lrtrack.error`` tag, and t
 the sweep's run then ends FAILED and the command exits with status 1.
 
 This module is the Hydra side only; what the runs hold (tags, artifacts, the summary table) is
-:mod:`lrtrack.runlog`'s.
+:mod:`lrtrack.tracking.runlog`'s.
 """
 
 from __future__ import annotations
@@ -40,14 +40,14 @@ from typing import TYPE_CHECKING, Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from lrtrack import runlog
-from lrtrack.runlog import SweepContext, override_key
-from lrtrack.suggest import RULES
+from lrtrack.tracking import runlog
+from lrtrack.tracking.runlog import SweepContext, override_key
+from lrtrack.engine.suggest import RULES
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
-log = logging.getLogger("lrtrack.sweep")
+log = logging.getLogger("lrtrack.app.sweep")
 
 ENV_RUN_ID = "LRTRACK_SWEEP_RUN_ID"
 ENV_TRACKING_URI = "LRTRACK_SWEEP_TRACKING_URI"
@@ -101,7 +101,7 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not OmegaConf.select(config, "tracking.enabled", default=True):
             return
-        from lrtrack.tracking import ensure_experiment, open_store, resolve_tracking_uri
+        from lrtrack.tracking.runs import ensure_experiment, open_store, resolve_tracking_uri
 
         self.started = time.monotonic()
         launch_dir = OmegaConf.select(config, "hydra.runtime.cwd") or os.getcwd()
@@ -147,7 +147,7 @@ def _print_review_hint(ctx: SweepContext) -> None:
     """The one review hint of a sweep (its jobs print none): the report command and the UI."""
     from mlflow.tracking import MlflowClient
 
-    from lrtrack.redact import redact
+    from lrtrack.tracking.redact import redact
 
     experiment = MlflowClient(tracking_uri=ctx.tracking_uri).get_experiment_by_name(ctx.experiment_name)
     where = f"#/experiments/{experiment.experiment_id}/runs/{ctx.run_id}" if experiment else ""
@@ -201,8 +201,8 @@ def log_seed_aggregate(client: MlflowClient, ctx: SweepContext, group: str,
     Returns:
         Its run id; None when no job of the group has a range-test history.
     """
-    from lrtrack.seeds import aggregate_seeds
-    from lrtrack.tracking import ensure_experiment
+    from lrtrack.engine.seeds import aggregate_seeds
+    from lrtrack.tracking.runs import ensure_experiment
 
     try:
         agg = aggregate_seeds(*runlog.seed_inputs(client, jobs))

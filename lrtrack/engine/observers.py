@@ -1,7 +1,7 @@
 """How the engine reports progress without knowing who listens.
 
 The range test and the training loop call ``on_step(step, metrics)`` once per optimizer
-step. The MLflow adapter in :mod:`lrtrack.tracking` is one implementation; :class:`NullObserver`
+step. The MLflow adapter in :mod:`lrtrack.tracking.runs` is one implementation; :class:`NullObserver`
 is the default for library users who want nothing logged; :class:`RecordingObserver` keeps
 everything in memory (handy in notebooks and tests).
 """

@@ -5,7 +5,7 @@ state), so nested runs and parallel sweep jobs never step on each other.
 
 Per-step metrics are buffered and sent with ``log_batch`` from a background thread (or, for a
 ``Tracker(background=True)``, as ``python -m lrtrack`` makes it, from the relay process of
-:mod:`lrtrack.relay`, so that the job never imports MLflow): a ``log_metrics`` call per step
+:mod:`lrtrack.tracking.relay`, so that the job never imports MLflow): a ``log_metrics`` call per step
 costs about 3 ms on sqlite and 50 ms over HTTP, more than a training step of a small model.
 
 When the store fails, nothing is lost and training does not wait:
@@ -15,10 +15,10 @@ When the store fails, nothing is lost and training does not wait:
   :class:`TrackingUnavailable`, one line naming the URI, the problem and the fix.
 - :func:`open_store` creates a fresh sqlite store under a file lock (``<db>.lock``), so plain
   runs, sweep jobs and torchrun ranks may start at once on a new file.
-- A :class:`Tracker` hands its writes to a :class:`~lrtrack.spool.Courier`: while the store is
+- A :class:`Tracker` hands its writes to a :class:`~lrtrack.tracking.spool.Courier`: while the store is
   away they go to a local spool (``spool_dir``) and are delivered when it is back; at the end
   :meth:`Tracker.close` waits at most ``delivery_timeout_s`` and raises
-  :class:`~lrtrack.spool.DeliveryError` (with the ``python -m lrtrack.deliver <spool>`` command)
+  :class:`~lrtrack.tracking.spool.DeliveryError` (with the ``python -m lrtrack.deliver <spool>`` command)
   when something is still undelivered.
 
 MLflow's own HTTP retries are unbounded in practice (7 retries with a backoff factor of 2: about
@@ -46,8 +46,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from lrtrack.redact import redact
-from lrtrack.spool import (
+from lrtrack.tracking.redact import redact
+from lrtrack.tracking.spool import (
     MAX_METRICS_PER_BATCH,
     MAX_PARAMS_PER_BATCH,
     Courier,
@@ -341,12 +341,12 @@ def open_store(uri: str) -> MlflowClient:
     A fresh sqlite file is created under :func:`store_lock`, so several processes may open the
     same new store at once: copied from an empty template when this machine has one for this
     MLflow version, else by MLflow's migrations (and then saved as that template; see
-    :mod:`lrtrack.store_template`). For ``http(s)`` the process's MLflow HTTP retries are bounded
+    :mod:`lrtrack.tracking.store_template`). For ``http(s)`` the process's MLflow HTTP retries are bounded
     first (:func:`bound_http_retries`).
     """
     from mlflow.tracking import MlflowClient
 
-    from lrtrack import store_template
+    from lrtrack.tracking import store_template
 
     if uri.lower().startswith(("http://", "https://")):
         bound_http_retries()
@@ -364,7 +364,7 @@ def open_store(uri: str) -> MlflowClient:
 
 
 class MetricBuffer:
-    """A :class:`~lrtrack.observers.StepObserver` that batches metrics into ``log_batch`` calls.
+    """A :class:`~lrtrack.engine.observers.StepObserver` that batches metrics into ``log_batch`` calls.
 
     Hands the buffered metrics to the courier's sender thread when ``flush_every`` steps or
     ``flush_seconds`` have passed since the last hand-over, so the training loop never waits
@@ -372,7 +372,7 @@ class MetricBuffer:
     (MLflow stores NaN/inf). While the store is away the courier spools them to disk.
 
     Args:
-        sink: the tracker's :class:`~lrtrack.spool.Courier`, or an ``MlflowClient`` (the buffer
+        sink: the tracker's :class:`~lrtrack.tracking.spool.Courier`, or an ``MlflowClient`` (the buffer
             then has a courier of its own, spooling to ``./lrtrack-spool`` if the store fails).
         run_id: the run the metrics belong to.
         flush_every: steps between hand-overs.
@@ -607,7 +607,7 @@ class TrackedRun:
         before the file is uploaded, so a resumed run finds both and a killed one loses neither."""
         self.metrics.flush()
         self.courier.wait_sent()
-        self.log_artifact(path, "checkpoints", replaced_not_rewritten=True)  # lrtrack.train writes it aside, then replaces
+        self.log_artifact(path, "checkpoints", replaced_not_rewritten=True)  # lrtrack.engine.train writes it aside, then replaces
 
     def __enter__(self) -> TrackedRun:
         return self
@@ -695,7 +695,7 @@ class Tracker:
             only when needed); default ``./lrtrack-spool``. The recipe passes the job's output folder.
         delivery_timeout_s: how long :meth:`close` waits for a store that is away.
         background: never talk to the store from this process: every write goes to a spool
-            that a child process, the relay (:mod:`lrtrack.relay`), delivers as it is written.
+            that a child process, the relay (:mod:`lrtrack.tracking.relay`), delivers as it is written.
             Importing MLflow and opening (or creating) the store take seconds that this
             process then neither waits for nor shares its cores' time with; runs have
             placeholder ids until the relay created them (:meth:`TrackedRun.stored_run_id`

@@ -7,7 +7,7 @@ here, so a change to the layout touches this file only:
 - reading: :func:`read_range_test` (``train.lr_from``), :func:`sweep_jobs`,
   :func:`experiment_jobs`, :func:`read_csv_artifact` (the sweep summary and the report).
 
-Runs are written through :class:`lrtrack.tracking.TrackedRun` and read through
+Runs are written through :class:`lrtrack.tracking.runs.TrackedRun` and read through
 ``MlflowClient``; this module imports neither Hydra nor torch at import time.
 """
 
@@ -25,14 +25,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from lrtrack.redact import redact, redact_tree
-from lrtrack.suggest import RULES
+from lrtrack.tracking.redact import redact, redact_tree
+from lrtrack.engine.suggest import RULES
 
 if TYPE_CHECKING:
-    from lrtrack.finder import RangeTestResult
-    from lrtrack.schedules import Bounds
-    from lrtrack.suggest import Suggestion
-    from lrtrack.train import TrainResult
+    from lrtrack.engine.finder import RangeTestResult
+    from lrtrack.engine.schedules import Bounds
+    from lrtrack.engine.suggest import Suggestion
+    from lrtrack.engine.train import TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ CHOICE_TAG_PREFIX = "hydra.choice."  # + group: the option chosen in that config
 LAUNCHER_TAG = "lrtrack.launcher"  # on a sweep run: the Hydra launcher that ran its jobs
 SWEEP_DIR_TAG = "lrtrack.sweep_dir"  # on a sweep run: Hydra's sweep output folder
 BEST_JOB_TAG = "lrtrack.best_job"  # on a sweep run: the job with the lowest final_val_loss
-SEEDS_TAG = "lrtrack.seeds"  # on a range_test_seeds run: its seeds, comma-separated
+SEEDS_TAG = "lrtrack.engine.seeds"  # on a range_test_seeds run: its seeds, comma-separated
 SEED_RUNS_TAG = "lrtrack.seed_run_ids"  # on a range_test_seeds run: the range tests it aggregates
 
 #: Artifacts.
@@ -141,7 +141,7 @@ class DataInfo:
 
 def log_config(run: Any, ctx: RunContext, data: DataInfo, extra_params: Mapping[str, Any] | None = None) -> None:
     """Params (the resolved config, flattened), the data tags and the config artifacts."""
-    from lrtrack.tracking import flatten
+    from lrtrack.tracking.runs import flatten
 
     params: dict[str, Any] = flatten(ctx.config)
     params["data.used"] = data.name
@@ -181,7 +181,7 @@ def log_range_test(run: Any, result: RangeTestResult, *, chosen_rule: str, title
     """Everything a range test leaves on its run: the summary metrics (at :data:`SUMMARY_STEP`),
     :data:`LOG10_LR` per step (the other per-step metrics went through the observer), tags, figure,
     history and suggestions."""
-    from lrtrack.plots import range_test_figure
+    from lrtrack.engine.plots import range_test_figure
 
     run.log_summary(range_test_summary(result, chosen_rule), step=SUMMARY_STEP)
     for step, lr in enumerate(result.lrs):
@@ -220,7 +220,7 @@ def final_metrics(result: TrainResult) -> dict[str, float]:
 def log_training(run: Any, result: TrainResult, *, bounds: Bounds, steps_per_epoch: int,
                  curve: RangeCurve | None, title: str) -> None:
     """Everything a training run leaves on its run: summary, figures, history, checkpoint."""
-    from lrtrack.plots import schedule_on_range_test_figure, training_figure
+    from lrtrack.engine.plots import schedule_on_range_test_figure, training_figure
 
     run.log_summary(final_metrics(result), step=SUMMARY_STEP)
     # Epoch metrics are logged at the epoch's last optimizer step.
@@ -273,7 +273,7 @@ def read_range_test(client: Any, run_id: str, *, where: str) -> RangeCurve:
     Raises:
         RunLookupError: no such run, or not a range test.
     """
-    from lrtrack.suggest import Suggestion
+    from lrtrack.engine.suggest import Suggestion
 
     try:
         run = client.get_run(run_id)
@@ -376,13 +376,13 @@ class SkipLogged:
 # their imports live here.)
 
 
-from lrtrack.suggest import DEFAULT_RULE  # noqa: E402 - see above
+from lrtrack.engine.suggest import DEFAULT_RULE  # noqa: E402 - see above
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
 
-    from lrtrack.seeds import SeedAggregate
+    from lrtrack.engine.seeds import SeedAggregate
 
 #: Columns of a sweep's (and the report's) summary table: one row per job (:meth:`JobRecord.row`).
 SUMMARY_COLUMNS: tuple[str, ...] = (
@@ -412,7 +412,7 @@ _ALL_RUNS = 10000  # search_runs page size: every run of an experiment or a swee
 
 def suggestion_rule(run: Run) -> str:
     """The rule a range test (or a ``range_test_seeds`` run) chose: its ``lrtrack.suggestion_rule``
-    tag, else :data:`lrtrack.suggest.DEFAULT_RULE` (lrtrack always writes the tag; a run without it
+    tag, else :data:`lrtrack.engine.suggest.DEFAULT_RULE` (lrtrack always writes the tag; a run without it
     ended before its range test was logged)."""
     return run.data.tags.get(SUGGESTION_RULE_TAG) or DEFAULT_RULE
 
@@ -601,7 +601,7 @@ def metric_history(client: MlflowClient, run_id: str, key: str) -> list[tuple[in
 def range_test_curves(client: MlflowClient, jobs: Sequence[JobRecord]
                       ) -> list[tuple[str, list[float], list[float], float | None]]:
     """``(job name, lrs, smoothed losses, chosen suggestion)`` of every job with a range test,
-    as :func:`lrtrack.plots.range_test_overlay_figure` takes them."""
+    as :func:`lrtrack.engine.plots.range_test_overlay_figure` takes them."""
     curves = []
     for job in jobs:
         if job.explore is not None:
@@ -645,7 +645,7 @@ def seed_group(job: JobRecord) -> str:
 
 def seed_inputs(client: MlflowClient, jobs: Sequence[JobRecord]
                 ) -> tuple[dict[str, tuple[list[float], list[float]]], dict[str, dict[str, float | None]]]:
-    """The range tests of ``jobs`` keyed by seed, as :func:`lrtrack.seeds.aggregate_seeds` takes them:
+    """The range tests of ``jobs`` keyed by seed, as :func:`lrtrack.engine.seeds.aggregate_seeds` takes them:
     ``seed -> (lrs, smoothed losses)`` and ``seed -> rule -> suggested LR``."""
     curves: dict[str, tuple[list[float], list[float]]] = {}
     suggestions: dict[str, dict[str, float | None]] = {}
@@ -661,7 +661,7 @@ def seed_inputs(client: MlflowClient, jobs: Sequence[JobRecord]
 
 def read_seed_aggregate(client: MlflowClient, run: Run) -> SeedAggregate | None:
     """Rebuild a ``range_test_seeds`` run's aggregate from its logged CSVs (None without them)."""
-    from lrtrack.seeds import aggregate_seeds
+    from lrtrack.engine.seeds import aggregate_seeds
 
     per_seed = read_csv_artifact(client, run.info.run_id, SEEDS_HISTORY)
     if not per_seed:
@@ -699,7 +699,7 @@ def override_key(override: str) -> str:
 @dataclass(frozen=True)
 class SweepContext:
     """A sweep as its jobs see it: its parent run, store, experiment and swept keys
-    (:mod:`lrtrack.sweep` creates it and hands it to the jobs)."""
+    (:mod:`lrtrack.app.sweep` creates it and hands it to the jobs)."""
 
     run_id: str
     tracking_uri: str
@@ -763,7 +763,7 @@ def record_failure(sweep: SweepContext, overrides: Sequence[str], error: BaseExc
     """
     from mlflow.tracking import MlflowClient
 
-    from lrtrack.tracking import ensure_experiment
+    from lrtrack.tracking.runs import ensure_experiment
 
     client = MlflowClient(tracking_uri=sweep.tracking_uri)
     if job_run_id is None:
@@ -780,7 +780,7 @@ def log_sweep_summary(client: MlflowClient, sweep_run_id: str, jobs: Sequence[Jo
                       *, wall_seconds: float | None = None) -> list[dict[str, Any]]:
     """Log a sweep's summary on its run: the table (CSV and JSON), the overlay of its range tests,
     the job counts and the best job. Returns the table's rows."""
-    from lrtrack.plots import range_test_overlay_figure
+    from lrtrack.engine.plots import range_test_overlay_figure
 
     rows = [job.row() for job in jobs]
     columns = summary_columns(rows)
@@ -824,8 +824,8 @@ def log_seed_aggregate(client: MlflowClient, experiment_id: str, parent_run_id: 
     """
     from mlflow.entities import Metric, RunTag
 
-    from lrtrack.plots import seeds_figure
-    from lrtrack.seeds import HISTORY_COLUMNS
+    from lrtrack.engine.plots import seeds_figure
+    from lrtrack.engine.seeds import HISTORY_COLUMNS
 
     run_id = client.create_run(experiment_id, run_name=name, tags={
         STAGE_TAG: STAGE_SEEDS, PARENT_TAG: parent_run_id, OVERRIDES_TAG: group, SUGGESTION_RULE_TAG: rule,

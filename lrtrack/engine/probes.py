@@ -12,7 +12,7 @@ started in, take ``steps`` optimizer steps at one fixed LR and measure the loss.
 beat the best one; then one quarter-octave probe between the largest good LR and the failing
 one above it.
 :func:`good_limit` reads off the largest LR that trains about as well as the best probe. The
-engine (:func:`lrtrack.finder.run_range_test`) runs every probe from the same start state on
+engine (:func:`lrtrack.engine.finder.run_range_test`) runs every probe from the same start state on
 the same batches, so the probes differ only in their LR.
 """
 

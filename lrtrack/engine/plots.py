@@ -3,7 +3,7 @@
 Every figure is a :class:`matplotlib.figure.Figure` built with the object API: nothing here
 imports pyplot or switches the backend, so a notebook keeps its own. Save one with
 ``fig.savefig(path)`` or log it with ``MlflowClient.log_figure``; it needs no ``plt.close``.
-The functions take plain sequences (no MLflow): :mod:`lrtrack.runlog` reads them back.
+The functions take plain sequences (no MLflow): :mod:`lrtrack.tracking.runlog` reads them back.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING
 import matplotlib
 from matplotlib.figure import Figure
 
-from lrtrack.suggest import DEFAULT_RULE, RULES
+from lrtrack.engine.suggest import DEFAULT_RULE, RULES
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
-    from lrtrack.finder import RangeTestResult
-    from lrtrack.seeds import SeedAggregate
+    from lrtrack.engine.finder import RangeTestResult
+    from lrtrack.engine.seeds import SeedAggregate
 
 RULE_COLORS = {"confirmed": "tab:brown", "steepest": "tab:red", "valley": "tab:green", "minimum": "tab:purple",
                "slide": "tab:orange"}

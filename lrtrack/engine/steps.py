@@ -1,7 +1,7 @@
 """The shared training building blocks (no Hydra, no MLflow).
 
-One copy of each, used by the range test (:mod:`lrtrack.finder`), the training loop
-(:mod:`lrtrack.train`) and the torch-lr-finder adapter (:mod:`lrtrack.compat`):
+One copy of each, used by the range test (:mod:`lrtrack.engine.finder`), the training loop
+(:mod:`lrtrack.engine.train`) and the torch-lr-finder adapter (:mod:`lrtrack.compat`):
 
 - batches: :func:`move_to_device`, :func:`batch_size_of`, :func:`resolve_device`;
 - the loss of a batch: a ``StepFn`` (``step_fn(model, batch) -> loss``), by default
@@ -253,7 +253,7 @@ def mean_loss(
     the loss (accuracy), give a ``step_fn`` that records it, e.g. ``supervised_step(criterion,
     on_outputs=...)``.
 
-    In a torchrun job (:mod:`lrtrack.distributed`) each rank evaluates its own shard and, with
+    In a torchrun job (:mod:`lrtrack.engine.distributed`) each rank evaluates its own shard and, with
     ``across_ranks``, the sums and sample counts are added over the ranks, so every rank gets
     the mean over all of them (every rank must then call it). The batches run through the model
     inside a ``DistributedDataParallel`` wrapper, so no rank waits on another per batch.
@@ -265,7 +265,7 @@ def mean_loss(
     Raises:
         ValueError: ``batches`` yielded nothing.
     """
-    from lrtrack.distributed import is_distributed, sum_over_ranks, unwrap
+    from lrtrack.engine.distributed import is_distributed, sum_over_ranks, unwrap
 
     model = unwrap(model) if is_distributed() else model
     was_training = model.training

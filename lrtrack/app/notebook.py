@@ -1,11 +1,11 @@
 """Tracked range tests and training runs from plain Python (a notebook), without Hydra.
 
-One call each, and the runs look exactly like the CLI's (:mod:`lrtrack.runlog` writes both):
+One call each, and the runs look exactly like the CLI's (:mod:`lrtrack.tracking.runlog` writes both):
 the range test's run has the per-step ``lr``/``loss``/``loss_smoothed``, the plot, the history,
 the suggestions and the params; the training run has its bounds, figures, history and
 ``final_val_*`` summary, and is linked to the range test it took its bounds from::
 
-    from lrtrack.notebook import tracked_range_test, tracked_training
+    from lrtrack.app.notebook import tracked_range_test, tracked_training
 
     rt = tracked_range_test(model, optimizer, train_loader, criterion=nn.CrossEntropyLoss(), end_lr=1)
     tr = tracked_training(model, optimizer, train_loader, val_loader=val_loader, epochs=2, range_test=rt)
@@ -15,7 +15,7 @@ experiment is ``lrtrack-<model class>`` unless given. Before anything is logged,
 once on the first batch (as the CLI does), so a loss that does not fit the model's outputs
 raises one clear ``ValueError`` instead of a diverging curve.
 
-This is an application module (it uses MLflow through :mod:`lrtrack.tracking`), not part of
+This is an application module (it uses MLflow through :mod:`lrtrack.tracking.runs`), not part of
 the Hydra-free, MLflow-free library.
 """
 
@@ -29,8 +29,8 @@ from typing import Any
 
 from torch import nn
 
-from lrtrack import runlog
-from lrtrack.suggest import DEFAULT_RULE
+from lrtrack.tracking import runlog
+from lrtrack.engine.suggest import DEFAULT_RULE
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class TrackedRangeTest:
     """A range test and where it was logged.
 
     Attributes:
-        result: the engine's :class:`lrtrack.finder.RangeTestResult`.
+        result: the engine's :class:`lrtrack.engine.finder.RangeTestResult`.
         run_id: its MLflow run.
         tracking_uri: the store.
         experiment: the experiment's name.
@@ -69,7 +69,7 @@ class TrackedRangeTest:
 
 @dataclass
 class TrackedTraining:
-    """A training run and where it was logged: ``result`` (:class:`lrtrack.train.TrainResult`),
+    """A training run and where it was logged: ``result`` (:class:`lrtrack.engine.train.TrainResult`),
     ``bounds`` (the LR range it ran in), ``run_id``, ``metrics`` (its ``final_val_*`` summary)."""
 
     result: Any
@@ -86,7 +86,7 @@ class TrackedTraining:
 
 
 def _tracker(tracking_uri: str | None, experiment: str | None, model: nn.Module) -> Any:
-    from lrtrack.tracking import Tracker, resolve_tracking_uri
+    from lrtrack.tracking.runs import Tracker, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri, Path.cwd())
     return Tracker(uri, experiment or f"lrtrack-{type(model).__name__}")
@@ -115,8 +115,8 @@ def _config(model: nn.Module, optimizer: Any, loader: Any, loss: Any, data: str,
 def _check_first_batch(model: nn.Module, loader: Iterable[Any], criterion: Any, step_fn: Any,
                        num_classes: int | None, device: Any) -> None:
     from lrtrack.data import peek
-    from lrtrack.steps import move_to_device, resolve_device
-    from lrtrack.tasks import first_batch_problem
+    from lrtrack.engine.steps import move_to_device, resolve_device
+    from lrtrack.engine.tasks import first_batch_problem
 
     where = resolve_device(device, model)
     model.to(where)
@@ -143,7 +143,7 @@ def tracked_range_test(
     params: Mapping[str, Any] | None = None,
     **settings: Any,
 ) -> TrackedRangeTest:
-    """:func:`lrtrack.finder.run_range_test`, logged as the CLI's range-test (``explore``) run.
+    """:func:`lrtrack.engine.finder.run_range_test`, logged as the CLI's range-test (``explore``) run.
 
     Args:
         model, optimizer, train_loader, criterion, step_fn, val_loader: as for ``run_range_test``.
@@ -160,7 +160,7 @@ def tracked_range_test(
     Raises:
         ValueError: the first batch shows that the model and the loss do not fit (one line).
     """
-    from lrtrack.finder import run_range_test
+    from lrtrack.engine.finder import run_range_test
 
     _check_first_batch(model, train_loader, criterion, step_fn, num_classes, settings.get("device"))
     tracker = _tracker(tracking_uri, experiment, model)
@@ -181,7 +181,7 @@ def tracked_range_test(
 
 def _bounds(range_test: TrackedRangeTest | None, max_lr: float | None, max_lr_rule: str | None,
             base_divisor: float) -> Any:
-    from lrtrack.schedules import bounds_from_config, bounds_from_suggestions
+    from lrtrack.engine.schedules import bounds_from_config, bounds_from_suggestions
 
     if max_lr is not None:
         return bounds_from_config(max_lr, base_divisor)
@@ -215,7 +215,7 @@ def tracked_training(
     params: Mapping[str, Any] | None = None,
     **settings: Any,
 ) -> TrackedTraining:
-    """:func:`lrtrack.train.train` with a schedule in bounds from a range test, logged as the CLI's
+    """:func:`lrtrack.engine.train.train` with a schedule in bounds from a range test, logged as the CLI's
     training (``final``) run and linked to that range test's run.
 
     Args:
@@ -224,14 +224,14 @@ def tracked_training(
             store and experiment unless given).
         max_lr: an explicit peak LR instead (then ``range_test`` is only linked, when given).
         base_divisor: ``base_lr = max_lr / base_divisor``.
-        schedule: a :mod:`lrtrack.schedules` factory name (onecycle, triangular2, cosine, ...),
+        schedule: a :mod:`lrtrack.engine.schedules` factory name (onecycle, triangular2, cosine, ...),
             with ``schedule_settings`` for its own settings.
         metric: the validation metric (``"accuracy"``, None, a callable or a torchmetrics-style object).
         **settings: ``train``'s other settings (``accumulation_steps``, ``grad_clip_norm``,
             ``device``, ``amp``, ``seed``, ``checkpoint_dir``, ...).
     """
-    from lrtrack.schedules import make_schedule, optimizer_steps_per_epoch
-    from lrtrack.train import train
+    from lrtrack.engine.schedules import make_schedule, optimizer_steps_per_epoch
+    from lrtrack.engine.train import train
 
     bounds = _bounds(range_test, max_lr, max_lr_rule, base_divisor)
     if range_test is not None:

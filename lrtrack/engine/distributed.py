@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from lrtrack.launcher_env import launched_by_torchrun
+from lrtrack.engine.launcher_env import launched_by_torchrun
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ A range test sweeps the learning rate upwards and records a loss at every step. 
 turns that curve into suggested learning rates, one per rule:
 
 * ``confirmed`` (the default, :data:`DEFAULT_RULE`): the largest LR that, in short fixed-LR
-  probes from the start (:mod:`lrtrack.probes`, run by the engine), trains about as well as
+  probes from the start (:mod:`lrtrack.engine.probes`, run by the engine), trains about as well as
   the best probe, divided by :data:`CONFIRMED_MARGIN`. Chosen by ``scripts/bench_suggestions.py``;
   ``docs/suggestions.md`` says why it works and where it fails.
 * ``steepest``: where the loss falls fastest against log10(LR).
@@ -37,8 +37,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lrtrack.probes import Probe, good_limit
-from lrtrack.smoothing import zero_lag
+from lrtrack.engine.probes import Probe, good_limit
+from lrtrack.engine.smoothing import zero_lag
 
 #: Every rule, the default first.
 RULES: tuple[str, ...] = ("confirmed", "steepest", "valley", "minimum", "slide")
@@ -540,7 +540,7 @@ def find_edge(
 
     The raw loss (``raw_losses``, else ``losses``) is clipped at its starting level (a
     diverged tail must not smear backwards) and smoothed with a *centred* filter
-    (:func:`lrtrack.smoothing.zero_lag`): the running EMA a range test logs trails the raw
+    (:func:`lrtrack.engine.smoothing.zero_lag`): the running EMA a range test logs trails the raw
     loss by about 19 steps at 0.95, which puts every feature of the curve at too large an LR.
     The edge is the last point within ``band`` of the descent above the minimum after which
     the curve never comes back into that band. A non-finite tail (NaN/inf) counts as rising.
@@ -584,7 +584,7 @@ def _nearest_index(lrs: np.ndarray, lr: float) -> int | None:
 
 
 def _confirmed(lrs: np.ndarray, probes: Sequence[Probe] | None, margin: float = CONFIRMED_MARGIN) -> Suggestion:
-    """The default rule: the largest good probe LR (:func:`lrtrack.probes.good_limit`) / ``margin``."""
+    """The default rule: the largest good probe LR (:func:`lrtrack.engine.probes.good_limit`) / ``margin``."""
     if not probes:
         return Suggestion("confirmed", None, None, (
             "no fixed-LR probes were run (run_range_test runs them when probe_steps > 0 and restore=True); "

@@ -2,7 +2,7 @@
 
 Exit codes: 0 done, 2 bad input (composition and validation errors, missing data, a wrong run
 id: one ``lrtrack: error:`` line each, no traceback, nothing started), 1 a runtime failure
-(a bug keeps its traceback), 130 interrupted. The pipeline itself is :mod:`lrtrack.recipe`.
+(a bug keeps its traceback), 130 interrupted. The pipeline itself is :mod:`lrtrack.app.recipe`.
 Heavy modules (torch, MLflow, matplotlib) are imported only once a job really runs, so
 ``--help`` stays fast.
 """
@@ -21,8 +21,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from lrtrack.config import ConfigError, config_dir, register_configs, validate
-from lrtrack.redact import redact
+from lrtrack.app.config import ConfigError, config_dir, register_configs, validate
+from lrtrack.tracking.redact import redact
 
 log = logging.getLogger("lrtrack")
 
@@ -41,8 +41,8 @@ def fail(lines: str | list[str], code: int = EXIT_BAD_INPUT) -> NoReturn:
 
 def job_info() -> Any:
     """Where this job runs, from Hydra's runtime config."""
-    from lrtrack.recipe import JobInfo
-    from lrtrack.sweep import current_sweep
+    from lrtrack.app.recipe import JobInfo
+    from lrtrack.app.sweep import current_sweep
 
     hc = HydraConfig.get()
     choices = {k: v for k, v in OmegaConf.to_container(hc.runtime.choices).items() if v is not None}
@@ -58,8 +58,8 @@ def task(cfg: DictConfig) -> float | None:
     """What Hydra calls once per job; returns the metric a sweeper optimises."""
     global _job_started
     _job_started = True
-    from lrtrack.recipe import RangeTestRecipe, RunFailure, UserError, run_sweep_job
-    from lrtrack.spool import DeliveryError
+    from lrtrack.app.recipe import RangeTestRecipe, RunFailure, UserError, run_sweep_job
+    from lrtrack.tracking.spool import DeliveryError
 
     job = job_info()
     if job.sweep is not None or HydraConfig.get().mode == RunMode.MULTIRUN:

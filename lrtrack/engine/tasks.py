@@ -1,6 +1,6 @@
 """What a batch means: built-in steps and the validation metrics (no Hydra, no MLflow).
 
-- Steps (``step(model, batch) -> loss``, see :mod:`lrtrack.steps`): :class:`ModelLoss` for
+- Steps (``step(model, batch) -> loss``, see :mod:`lrtrack.engine.steps`): :class:`ModelLoss` for
   models that compute their own loss from a dict batch (Hugging Face style:
   ``model(**batch).loss``), chosen with ``step=model_loss`` (``conf/step/model_loss.yaml``).
 - Validation metrics: a metric sees ``(outputs, targets)`` of every validation batch and gives
@@ -23,7 +23,7 @@ OnOutputs = Callable[[Any, Any], None]
 
 
 class ValMetric(Protocol):
-    """What :func:`lrtrack.train.evaluate` needs of a metric."""
+    """What :func:`lrtrack.engine.train.evaluate` needs of a metric."""
 
     name: str
 

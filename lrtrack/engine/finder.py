@@ -4,9 +4,9 @@ Raise the learning rate every optimizer step along a fixed grid, record the loss
 when the loss diverges. The model, optimizer and RNG state are restored afterwards, whatever
 happens, so the test can be run right before real training.
 
-After the sweep the engine locates the divergence edge (:func:`lrtrack.suggest.find_edge`) and,
+After the sweep the engine locates the divergence edge (:func:`lrtrack.engine.suggest.find_edge`) and,
 from the restored start state, runs a few short fixed-LR probes below it
-(:mod:`lrtrack.probes`): the confirmation stage behind the default ``confirmed`` suggestion.
+(:mod:`lrtrack.engine.probes`): the confirmation stage behind the default ``confirmed`` suggestion.
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from lrtrack.distributed import mean_over_ranks
-from lrtrack.observers import NullObserver, StepObserver
-from lrtrack.probes import Probe, ProbeSearch
-from lrtrack.smoothing import EmaSmoother, check_smoothing
-from lrtrack.steps import (
+from lrtrack.engine.distributed import mean_over_ranks
+from lrtrack.engine.observers import NullObserver, StepObserver
+from lrtrack.engine.probes import Probe, ProbeSearch
+from lrtrack.engine.smoothing import EmaSmoother, check_smoothing
+from lrtrack.engine.steps import (
     StepFn,
     autocast_factory,
     make_grad_scaler,
@@ -38,7 +38,7 @@ from lrtrack.steps import (
     supervised_step,
     train_step,
 )
-from lrtrack.suggest import DEFAULT_RULE, Edge, Suggestion, find_edge, suggest_all
+from lrtrack.engine.suggest import DEFAULT_RULE, Edge, Suggestion, find_edge, suggest_all
 
 log = logging.getLogger(__name__)
 
@@ -127,12 +127,12 @@ class RangeTestResult:
         train_losses: training loss per step (equal to ``losses`` without validation).
         stop_reason: ``completed``, ``diverged``, ``non_finite_loss`` or ``interrupted``.
         stop_detail: a sentence saying why it stopped where it did.
-        suggestions: every suggestion rule's answer (:data:`lrtrack.suggest.RULES`, the default
+        suggestions: every suggestion rule's answer (:data:`lrtrack.engine.suggest.RULES`, the default
             ``confirmed`` first), none past the divergence edge.
         num_iter, step_mode, start_lr, end_lr: the requested grid.
-        edge: where the loss starts rising for good (:func:`lrtrack.suggest.find_edge`).
+        edge: where the loss starts rising for good (:func:`lrtrack.engine.suggest.find_edge`).
         probes: the fixed-LR probes of the confirmation stage, in the order they ran.
-        repeats: for a repeated test (:func:`lrtrack.repeats.run_repeated_range_test`), each
+        repeats: for a repeated test (:func:`lrtrack.engine.repeats.run_repeated_range_test`), each
             repeat's own result; this result is then their median (see :meth:`band`).
     """
 
@@ -599,7 +599,7 @@ def run_range_test(
     when the best loss is exactly 0 any rise above it stops the test. A NaN or infinite loss
     stops the test at once; the step is recorded and ``stop_reason`` says so.
 
-    In a torchrun job (a process group initialised, see :mod:`lrtrack.distributed`; the model in
+    In a torchrun job (a process group initialised, see :mod:`lrtrack.engine.distributed`; the model in
     ``DistributedDataParallel``, each rank on its shard, e.g. :func:`lrtrack.data.shard`) every
     rank calls this; the recorded loss (training, validation and the probes') is the mean over
     the ranks at every step, so every rank gets the same curve, stop, probes and suggestions.
@@ -689,7 +689,7 @@ def _confirm(test: _RangeTest, snapshot: StateSnapshot, batches: Iterator[Any], 
     """The confirmation stage: fixed-LR probes from the start state below the divergence edge.
 
     Every probe starts from ``snapshot`` and runs on the same batches (the next ones after the
-    sweep), so the probes differ only in their LR; :class:`~lrtrack.probes.ProbeSearch` picks
+    sweep), so the probes differ only in their LR; :class:`~lrtrack.engine.probes.ProbeSearch` picks
     the LRs. Stops when the search ends, the next probe would exceed ``budget`` steps in all,
     or on Ctrl-C (keeping the probes done).
     """

@@ -1,6 +1,6 @@
 """The follow-up training loop: epochs, a per-step schedule, validation, a checkpoint.
 
-Pure library (no Hydra, no MLflow): progress goes to a :class:`~lrtrack.observers.StepObserver`.
+Pure library (no Hydra, no MLflow): progress goes to a :class:`~lrtrack.engine.observers.StepObserver`.
 
 Per optimizer step the observer gets ``lr`` (group 0; ``lr/group_<i>`` for the others),
 ``momentum`` (SGD momentum or Adam beta1 of group 0, when the optimizer has one), ``loss`` (the
@@ -26,17 +26,17 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from lrtrack.distributed import (
+from lrtrack.engine.distributed import (
     is_distributed,
     is_main,
     mean_over_ranks,
     unwrap,
     weighted_mean_over_ranks,
 )
-from lrtrack.observers import NullObserver, StepObserver
-from lrtrack.schedules import BatchSchedule, current_momentum, optimizer_steps_per_epoch
-from lrtrack.smoothing import EmaSmoother, check_smoothing
-from lrtrack.steps import (
+from lrtrack.engine.observers import NullObserver, StepObserver
+from lrtrack.engine.schedules import BatchSchedule, current_momentum, optimizer_steps_per_epoch
+from lrtrack.engine.smoothing import EmaSmoother, check_smoothing
+from lrtrack.engine.steps import (
     StepFn,
     autocast_factory,
     batch_size_of,
@@ -47,7 +47,7 @@ from lrtrack.steps import (
     supervised_step,
     train_step,
 )
-from lrtrack.tasks import as_metric
+from lrtrack.engine.tasks import as_metric
 
 logger = logging.getLogger(__name__)
 
@@ -132,9 +132,9 @@ def _check_args(
         )
     if schedule is not None and not isinstance(schedule, BatchSchedule):
         raise TypeError(
-            f"schedule must be a lrtrack.schedules.BatchSchedule or None, got "
+            f"schedule must be a lrtrack.engine.schedules.BatchSchedule or None, got "
             f"{type(schedule).__name__}; build one with a factory such as "
-            "lrtrack.schedules.onecycle(optimizer, ...)."
+            "lrtrack.engine.schedules.onecycle(optimizer, ...)."
         )
     if schedule is not None and schedule.optimizer is not optimizer:
         raise ValueError(
@@ -194,17 +194,17 @@ def evaluate(
     ``criterion(model(inputs), targets)`` (which must average over the batch) and the metric sees
     ``(outputs, targets)``. Without ``criterion``, ``step_fn(model, batch)`` gives the loss; the
     metric then sees outputs only when the step offers ``with_outputs(on_outputs)`` (as
-    :class:`lrtrack.tasks.ModelLoss` does). Batch means are weighted by batch size
-    (:func:`lrtrack.steps.mean_loss`).
+    :class:`lrtrack.engine.tasks.ModelLoss` does). Batch means are weighted by batch size
+    (:func:`lrtrack.engine.steps.mean_loss`).
 
     Args:
         metric: ``"accuracy"`` (measured where the targets are class indices, so a regression
             run reports ``val_loss`` alone), ``None`` (loss only), a callable
             ``fn(outputs, targets)`` or an object with ``update``/``compute``/``reset``
-            (:func:`lrtrack.tasks.as_metric`).
+            (:func:`lrtrack.engine.tasks.as_metric`).
 
     In a torchrun job each rank evaluates its shard; the loss is reduced over the ranks by
-    :func:`lrtrack.steps.mean_loss` and the metric is the ranks' values weighted by their samples.
+    :func:`lrtrack.engine.steps.mean_loss` and the metric is the ranks' values weighted by their samples.
     """
     measure = as_metric(metric)
     if measure is not None:
@@ -249,7 +249,7 @@ def set_data_epoch(loader: Any, epoch: int) -> None:
 
 
 class _EpochBatches:
-    """``next_batch`` for :func:`lrtrack.steps.train_step` over one pass of a loader."""
+    """``next_batch`` for :func:`lrtrack.engine.steps.train_step` over one pass of a loader."""
 
     def __init__(self, loader: Iterable[Any]) -> None:
         self._iterator = iter(loader)
@@ -551,12 +551,12 @@ def train(
 ) -> TrainResult:
     """Train ``model`` for ``epochs`` epochs, stepping ``schedule`` after every optimizer step.
 
-    One optimizer step per ``accumulation_steps`` batches (:func:`lrtrack.steps.train_step`):
+    One optimizer step per ``accumulation_steps`` batches (:func:`lrtrack.engine.steps.train_step`):
     each micro-batch's loss is divided by ``accumulation_steps`` before ``backward``; a last
     partial accumulation at the epoch end still steps, with its gradients rescaled to the mean
     over the micro-batches it had. Build the schedule with
     ``steps_per_epoch = ceil(batches / accumulation_steps)``
-    (:func:`lrtrack.schedules.optimizer_steps_per_epoch`); a mismatch is logged.
+    (:func:`lrtrack.engine.schedules.optimizer_steps_per_epoch`); a mismatch is logged.
 
     Args:
         model: the model; moved to ``device``.
@@ -584,7 +584,7 @@ def train(
             order and losses on CPU); the returned result holds the whole history. The data
             order continues when the loader shuffles with a ``generator`` attribute (lrtrack's
             in-memory loader, or a ``DataLoader(generator=...)``).
-        metric: logged per epoch as ``val_<name>`` (:func:`lrtrack.tasks.as_metric`): ``"accuracy"``
+        metric: logged per epoch as ``val_<name>`` (:func:`lrtrack.engine.tasks.as_metric`): ``"accuracy"``
             (class-index targets only), None, ``fn(outputs, targets)`` or a torchmetrics-style object.
         seed: seeds Python, torch and numpy first (shuffling, dropout). On CPU two runs with the
             same seed and the same initial model give identical losses; on CUDA some kernels

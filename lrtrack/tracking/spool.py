@@ -9,7 +9,7 @@ appended to a journal on disk (artifacts are copied next to it), training goes o
 and the background thread replays the journal with backoff until the store is back; then it
 goes online again. Nothing is held only in memory while the store is down. A courier made with
 ``relay=True`` (what ``python -m lrtrack`` uses) journals every write from the start, and a child
-process (:mod:`lrtrack.relay`) delivers the journal as it grows.
+process (:mod:`lrtrack.tracking.relay`) delivers the journal as it grows.
 
 A spool is a folder::
 
@@ -26,7 +26,7 @@ server died, a process killed between a send and the offset update): metrics kee
 timestamp they were logged with and MLflow drops an identical (key, step, timestamp, value),
 params are re-sent with the same value, tags, artifacts and run endings overwrite, and a run
 carries :data:`CREATE_ID_TAG` so a second delivery (or a creation whose reply was lost) finds it
-instead of creating another. ``python -m lrtrack.deliver <spool>`` (:mod:`lrtrack.deliver`) delivers what
+instead of creating another. ``python -m lrtrack.deliver <spool>`` (:mod:`lrtrack.tracking.deliver`) delivers what
 a process left behind.
 """
 
@@ -46,7 +46,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
-from lrtrack.redact import MASK, redact
+from lrtrack.tracking.redact import MASK, redact
 
 log = logging.getLogger(__name__)
 
@@ -502,7 +502,7 @@ class Courier:
             (only while the store answers: offline, metrics go straight to disk).
         probe: a quick "does the store answer" check tried before replaying (for HTTP, a short
             GET), so an unreachable server costs no MLflow retries; ``None`` to just try.
-        relay: deliver from a child process (:mod:`lrtrack.relay`) instead: every write goes to
+        relay: deliver from a child process (:mod:`lrtrack.tracking.relay`) instead: every write goes to
             the spool, which is created at once, and the relay, started at once, opens the
             store (``client`` is ``None``) and delivers the journal as it grows. Nobody in
             this process waits for MLflow's import or a fresh store's creation, and its
@@ -696,7 +696,7 @@ class Courier:
     def _start_relay(self, timeout_s: float) -> None:
         """Create the spool and start the relay; without a spool folder, stay as a plain courier
         (the caller then opens the store itself: :meth:`attach`)."""
-        from lrtrack.relay import start_relay
+        from lrtrack.tracking.relay import start_relay
 
         self.online = False  # every write goes to the spool; the relay delivers it
         spool = self._ensure_spool()
@@ -718,7 +718,7 @@ class Courier:
     def _close_relay(self, timeout_s: float) -> None:
         """Tell the relay the journal is complete and wait for it to deliver it (it gives up on a
         store that is away after ``timeout_s``; a relay still importing MLflow gets more time)."""
-        from lrtrack.relay import read_status
+        from lrtrack.tracking.relay import read_status
 
         relay = self._relay
         assert relay is not None and relay.stdin is not None and self.spool is not None

@@ -43,7 +43,7 @@ from typing import Any
 from torch.optim import Optimizer
 from torch.optim import lr_scheduler as torch_sched
 
-from lrtrack.suggest import DEFAULT_RULE, RULES, Suggestion
+from lrtrack.engine.suggest import DEFAULT_RULE, RULES, Suggestion
 
 logger = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ def bounds_from_suggestions(
 def optimizer_steps_per_epoch(num_batches: int, accumulation_steps: int = 1) -> int:
     """Optimizer steps in one epoch: ``ceil(num_batches / accumulation_steps)``.
 
-    A last partial accumulation at the epoch end still steps (as :func:`lrtrack.train.train`
+    A last partial accumulation at the epoch end still steps (as :func:`lrtrack.engine.train.train`
     does), hence the ceiling. Pass the result as ``steps_per_epoch`` to a factory.
     """
     _check_int("num_batches", num_batches, minimum=1)

@@ -3,10 +3,10 @@
 :class:`RangeTestRecipe` turns one composed config into runs. Each stage is one method and
 every run is opened as a context manager, so every path (success, failure, Ctrl-C) ends the
 run with the right status: FINISHED, FAILED or KILLED. What is logged where is
-:mod:`lrtrack.runlog`'s business; the engine (:mod:`lrtrack.finder`, :mod:`lrtrack.train`)
+:mod:`lrtrack.tracking.runlog`'s business; the engine (:mod:`lrtrack.engine.finder`, :mod:`lrtrack.engine.train`)
 knows nothing of Hydra or MLflow.
 
-Only this module and :mod:`lrtrack.cli` see a ``DictConfig``. Errors a user can fix (missing
+Only this module and :mod:`lrtrack.app.cli` see a ``DictConfig``. Errors a user can fix (missing
 data, a wrong run id, a component that cannot be built) are raised as :class:`UserError`, one
 line, which the CLI prints without a traceback; anything else is a bug and keeps its traceback.
 """
@@ -23,9 +23,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from lrtrack import runlog
-from lrtrack.config import ConfigError, component_error, dry_run, validate
-from lrtrack.redact import redact, redact_tree
+from lrtrack.tracking import runlog
+from lrtrack.app.config import ConfigError, component_error, dry_run, validate
+from lrtrack.tracking.redact import redact, redact_tree
 
 log = logging.getLogger("lrtrack")
 
@@ -44,7 +44,7 @@ class JobInfo:
     command: str
     launch_dir: Path
     output_dir: Path
-    sweep: Any = None  # lrtrack.sweep.SweepContext when the job belongs to a multirun sweep
+    sweep: Any = None  # lrtrack.app.sweep.SweepContext when the job belongs to a multirun sweep
     job_num: int | None = None
     pipeline_run: Any = field(default=None, init=False)  # the job's run, once it exists
     final_run_id: str | None = field(default=None, init=False)  # once training has started
@@ -69,7 +69,7 @@ class Components:
     tracker: Any
     data_info: runlog.DataInfo
     step: Any = None  # (model, batch) -> loss from the step setting; None: criterion on (inputs, targets)
-    metric: Any = "accuracy"  # the validation metric (lrtrack.tasks.as_metric); None: validation loss only
+    metric: Any = "accuracy"  # the validation metric (lrtrack.engine.tasks.as_metric); None: validation loss only
 
     def loss_args(self) -> dict[str, Any]:
         """How the engine computes a batch's loss: ``run_range_test(..., **parts.loss_args())``."""
@@ -97,8 +97,8 @@ class RangeTestRecipe:
     def run(self) -> float | None:
         """Run the configured stages; returns the final validation loss (or the min range-test loss).
 
-        Call :func:`lrtrack.config.validate` first; the optimizer and schedule are built on a
-        dummy parameter here (:func:`lrtrack.config.dry_run`), before any data is loaded.
+        Call :func:`lrtrack.app.config.validate` first; the optimizer and schedule are built on a
+        dummy parameter here (:func:`lrtrack.app.config.dry_run`), before any data is loaded.
 
         Raises:
             ConfigError, UserError: bad input (one line each); nothing was logged.
@@ -110,7 +110,7 @@ class RangeTestRecipe:
 
             dry_run(self.cfg)  # torch's import: the relay imports MLflow meanwhile
 
-            from lrtrack.distributed import launch_problem, process_group
+            from lrtrack.engine.distributed import launch_problem, process_group
 
             problem = launch_problem(self._device())
             if problem is not None:
@@ -122,7 +122,7 @@ class RangeTestRecipe:
                 return self._stages(self._distribute(self.setup(tracker)))
 
     def _stages(self, parts: Components) -> float | None:
-        from lrtrack.distributed import broadcast_object, is_distributed, is_main
+        from lrtrack.engine.distributed import broadcast_object, is_distributed, is_main
 
         stage = self.cfg.stage
         if self.cfg.train.resume:
@@ -159,7 +159,7 @@ class RangeTestRecipe:
         return self._build_components(self._open_tracker() if tracker is None else tracker)
 
     def _build_components(self, tracker: Any) -> Components:
-        from lrtrack.steps import seed_everything
+        from lrtrack.engine.steps import seed_everything
 
         seed_everything(self.cfg.seed)
         data = self._data()
@@ -177,8 +177,8 @@ class RangeTestRecipe:
         together: logits given to ``nll``, probabilities to ``cross_entropy``, class counts or
         shapes that cannot match, dict batches without a ``step``, a loss that is not a scalar."""
         from lrtrack.data import peek
-        from lrtrack.steps import move_to_device, resolve_device
-        from lrtrack.tasks import first_batch_problem
+        from lrtrack.engine.steps import move_to_device, resolve_device
+        from lrtrack.engine.tasks import first_batch_problem
 
         device = resolve_device(self._device(), model)
         try:
@@ -193,8 +193,8 @@ class RangeTestRecipe:
 
     def range_test(self, parts: Components, parent_id: str | None) -> tuple[runlog.RangeCurve, float | None]:
         """The exploratory run: the range test (``finder.repeats`` of them), its suggestions, plot and history."""
-        from lrtrack.finder import STOP_INTERRUPTED
-        from lrtrack.repeats import auto_repeats, run_repeated_range_test
+        from lrtrack.engine.finder import STOP_INTERRUPTED
+        from lrtrack.engine.repeats import auto_repeats, run_repeated_range_test
 
         f = self.cfg.finder
         name = self._run_name(parts, "range_test", self.job.choices.get("optimizer", ""), f.step_mode)
@@ -237,7 +237,7 @@ class RangeTestRecipe:
 
     def choose_bounds(self, curve: runlog.RangeCurve | None) -> Any:
         """The LR range of the training run: ``bounds.max_lr`` when set, else from the range test."""
-        from lrtrack.schedules import bounds_from_config, bounds_from_suggestions
+        from lrtrack.engine.schedules import bounds_from_config, bounds_from_suggestions
 
         b = self.cfg.bounds
         try:
@@ -263,8 +263,8 @@ class RangeTestRecipe:
     def resume(self, parts: Components) -> float | None:
         """``train.resume``: continue a killed training run, into the same MLflow run, from its last
         checkpoint; steps it already logged are not logged again."""
-        from lrtrack.schedules import Bounds
-        from lrtrack.tracking import NullRun
+        from lrtrack.engine.schedules import Bounds
+        from lrtrack.tracking.runs import NullRun
 
         tracker, run_id = parts.tracker, str(self.cfg.train.resume)
         if not tracker.enabled:
@@ -299,8 +299,8 @@ class RangeTestRecipe:
         """Build the schedule, train (or continue training), log what the run produced."""
         from hydra.utils import instantiate
 
-        from lrtrack.schedules import optimizer_steps_per_epoch
-        from lrtrack.train import NonFiniteLossError
+        from lrtrack.engine.schedules import optimizer_steps_per_epoch
+        from lrtrack.engine.train import NonFiniteLossError
 
         t = self.cfg.train
         steps_per_epoch = optimizer_steps_per_epoch(len(parts.data.train), t.accumulation_steps)
@@ -325,7 +325,7 @@ class RangeTestRecipe:
         return result.final_val_loss
 
     def _train(self, parts: Components, schedule: Any, observer: Any, resume_from: str | None) -> Any:
-        from lrtrack.train import train
+        from lrtrack.engine.train import train
 
         t = self.cfg.train
         return train(
@@ -337,7 +337,7 @@ class RangeTestRecipe:
 
     def _check_same_config(self, record: runlog.TrainingRecord) -> None:
         """A resumed run must continue the same training: refuse settings that changed."""
-        from lrtrack.tracking import flatten
+        from lrtrack.tracking.runs import flatten
 
         free = ("train.resume", "progress", "device", "stage", "tracking.", "hydra.")
         now = flatten(self.context.config)
@@ -352,7 +352,7 @@ class RangeTestRecipe:
     @contextmanager
     def _pipeline_run(self, parts: Components) -> Iterator[Any]:
         """The job's parent run (only when it has two stages, or belongs to a sweep)."""
-        from lrtrack.tracking import NullRun
+        from lrtrack.tracking.runs import NullRun
 
         sweep = self.job.sweep
         if not parts.tracker.enabled or (self.cfg.stage != "all" and sweep is None):
@@ -403,8 +403,8 @@ class RangeTestRecipe:
         return self._callable("step", node) if node else None
 
     def _metric(self) -> Any:
-        """The ``metric`` setting as a validation metric (:func:`lrtrack.tasks.as_metric`); None: loss only."""
-        from lrtrack.tasks import as_metric
+        """The ``metric`` setting as a validation metric (:func:`lrtrack.engine.tasks.as_metric`); None: loss only."""
+        from lrtrack.engine.tasks import as_metric
 
         node = self.cfg.get("metric")
         if not node:
@@ -424,7 +424,7 @@ class RangeTestRecipe:
         from hydra.errors import InstantiationException
         from hydra.utils import get_object, instantiate
 
-        from lrtrack.config import import_hint
+        from lrtrack.app.config import import_hint
 
         target = str(node.get("_target_"))
         hint = import_hint(target)
@@ -458,11 +458,11 @@ class RangeTestRecipe:
 
     def _open_tracker(self) -> Any:
         """Check the tracking store at once (one line, seconds at most, before any data is
-        loaded), then start the tracker's relay process (:mod:`lrtrack.relay`), which imports
+        loaded), then start the tracker's relay process (:mod:`lrtrack.tracking.relay`), which imports
         MLflow and opens the store while this process imports torch; every write waits in the
         spool until the relay has delivered it."""
-        from lrtrack.launcher_env import launch_rank
-        from lrtrack.tracking import (
+        from lrtrack.engine.launcher_env import launch_rank
+        from lrtrack.tracking.runs import (
             NullTracker,
             Tracker,
             TrackingUnavailable,
@@ -490,7 +490,7 @@ class RangeTestRecipe:
     @staticmethod
     def _client(tracker: Any) -> Any:
         """The store's client, to read runs back (waits for the store to open)."""
-        from lrtrack.tracking import TrackingUnavailable
+        from lrtrack.tracking.runs import TrackingUnavailable
 
         try:
             return tracker.client
@@ -501,8 +501,8 @@ class RangeTestRecipe:
         """torchrun: the model in DistributedDataParallel, each rank on its shard of the data
         (:func:`lrtrack.data.shard_bundle`), and the other ranks' log lines at WARNING only."""
         from lrtrack.data import shard_bundle
-        from lrtrack.distributed import is_distributed, is_main, rank, world_size, wrap_model
-        from lrtrack.steps import resolve_device
+        from lrtrack.engine.distributed import is_distributed, is_main, rank, world_size, wrap_model
+        from lrtrack.engine.steps import resolve_device
 
         if not is_distributed():
             return parts

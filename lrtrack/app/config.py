@@ -23,8 +23,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 STAGES = ("all", "range_test", "train")
-STEP_MODES = ("exp", "linear")  # mirrors lrtrack.finder.STEP_MODES without importing torch
-SUGGESTION_RULES = ("confirmed", "steepest", "valley", "minimum", "slide")  # mirrors lrtrack.suggest.RULES
+STEP_MODES = ("exp", "linear")  # mirrors lrtrack.engine.finder.STEP_MODES without importing torch
+SUGGESTION_RULES = ("confirmed", "steepest", "valley", "minimum", "slide")  # mirrors lrtrack.engine.suggest.RULES
 MAX_LR_RULES = SUGGESTION_RULES + ("min_loss_div10",)
 DATA_FALLBACKS = (None, "digits", "fake")
 # Settings of the data builders (lrtrack.data) that must be whole numbers >= 1.
@@ -104,11 +104,12 @@ def register_configs() -> None:
 
 def config_dir() -> Path:
     """The YAML: ``lrtrack/conf`` inside an installed wheel, else ``conf/`` of the checkout."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "conf", here.parent / "conf"):
+    package = Path(__file__).resolve().parents[1]
+    candidates = (package / "conf", package.parent / "conf")
+    for candidate in candidates:
         if (candidate / "config.yaml").is_file():
             return candidate
-    raise RuntimeError(f"lrtrack's config folder is missing (looked in {here / 'conf'} and {here.parent / 'conf'})")
+    raise RuntimeError(f"lrtrack's config folder is missing (looked in {candidates[0]} and {candidates[1]})")
 
 
 class ConfigError(ValueError):

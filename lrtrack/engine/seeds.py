@@ -3,7 +3,7 @@
 A library module (no MLflow, no Hydra): :func:`aggregate_seeds` takes each seed's range-test
 curve (LRs and smoothed losses) and its suggestions, and returns a :class:`SeedAggregate`.
 ``+experiment=seeds`` logs one per group of sweep jobs that differ only in ``seed``
-(:mod:`lrtrack.sweep`); :func:`lrtrack.plots.seeds_figure` draws it.
+(:mod:`lrtrack.app.sweep`); :func:`lrtrack.engine.plots.seeds_figure` draws it.
 """
 
 from __future__ import annotations

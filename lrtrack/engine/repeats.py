@@ -3,9 +3,9 @@
 A single range test sees one data order (and one set of dropout masks), so its curve, its edge
 and its suggestions carry that noise. :func:`run_repeated_range_test` runs the test ``repeats``
 times from the same start state, each with a different data order, and returns one
-:class:`~lrtrack.finder.RangeTestResult`: per step the median of the repeats' losses, each
+:class:`~lrtrack.engine.finder.RangeTestResult`: per step the median of the repeats' losses, each
 rule's median suggestion, the median divergence edge; ``result.repeats`` holds every repeat
-and ``result.band()`` their spread (drawn by :func:`lrtrack.plots.range_test_figure`).
+and ``result.band()`` their spread (drawn by :func:`lrtrack.engine.plots.range_test_figure`).
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from lrtrack.distributed import broadcast_object
-from lrtrack.finder import STOP_INTERRUPTED, RangeTestResult, StateSnapshot, run_range_test
-from lrtrack.observers import NullObserver, StepObserver
-from lrtrack.suggest import Edge, Suggestion
+from lrtrack.engine.distributed import broadcast_object
+from lrtrack.engine.finder import STOP_INTERRUPTED, RangeTestResult, StateSnapshot, run_range_test
+from lrtrack.engine.observers import NullObserver, StepObserver
+from lrtrack.engine.suggest import Edge, Suggestion
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def run_repeated_range_test(
     observer: StepObserver | None = None,
     **settings: Any,
 ) -> RangeTestResult:
-    """Run :func:`lrtrack.finder.run_range_test` ``repeats`` times and combine the results.
+    """Run :func:`lrtrack.engine.finder.run_range_test` ``repeats`` times and combine the results.
 
     Every repeat starts from the same model and optimizer state (each one is restored) and
     reseeds torch's RNG from a seed drawn once, so each sees a different data order (a new
@@ -89,7 +89,7 @@ def run_repeated_range_test(
         **settings: ``run_range_test``'s other arguments (``restore`` must stay True).
 
     Returns:
-        The median :class:`~lrtrack.finder.RangeTestResult` with ``repeats`` set; its
+        The median :class:`~lrtrack.engine.finder.RangeTestResult` with ``repeats`` set; its
         ``probe_steps`` count every repeat's probes.
 
     Raises:
