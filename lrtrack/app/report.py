@@ -222,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-        print(f"lrtrack.app.report: error: no MLflow store at {redact(uri)}; pass --tracking-uri or run from the folder "
+        print(f"lrtrack.report: error: no MLflow store at {redact(uri)}; pass --tracking-uri or run from the folder "
               "holding mlflow.db", file=sys.stderr)
         return 2
     from mlflow.tracking import MlflowClient
@@ -230,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         page = write_report(MlflowClient(tracking_uri=uri), args.target, args.out)
     except ValueError as err:
-        print(f"lrtrack.app.report: error: {redact(str(err))}", file=sys.stderr)
+        print(f"lrtrack.report: error: {redact(str(err))}", file=sys.stderr)
         return 2
     print(f"wrote {page}")
     return 0

@@ -69,7 +69,7 @@ CHOICE_TAG_PREFIX = "hydra.choice."  # + group: the option chosen in that config
 LAUNCHER_TAG = "lrtrack.launcher"  # on a sweep run: the Hydra launcher that ran its jobs
 SWEEP_DIR_TAG = "lrtrack.sweep_dir"  # on a sweep run: Hydra's sweep output folder
 BEST_JOB_TAG = "lrtrack.best_job"  # on a sweep run: the job with the lowest final_val_loss
-SEEDS_TAG = "lrtrack.engine.seeds"  # on a range_test_seeds run: its seeds, comma-separated
+SEEDS_TAG = "lrtrack.seeds"  # on a range_test_seeds run: its seeds, comma-separated
 SEED_RUNS_TAG = "lrtrack.seed_run_ids"  # on a range_test_seeds run: the range tests it aggregates
 
 #: Artifacts.
