@@ -60,9 +60,15 @@ def _layer(module: str) -> str | None:
 
 
 def _imports(tree: ast.Module) -> list[tuple[str, list[str]]]:
-    """Every ``import x`` / ``from x import a, b`` anywhere in the module (lazy ones included)."""
+    """Every ``import x`` / ``from x import a, b`` anywhere in the module (lazy ones included), but
+    those under ``if TYPE_CHECKING:`` (annotations only: nothing is imported when the code runs)."""
     found: list[tuple[str, list[str]]] = []
+    type_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+                 and isinstance(block.test, ast.Name) and block.test.id == "TYPE_CHECKING"
+                 for stmt in block.body for n in ast.walk(stmt)}
     for node in ast.walk(tree):
+        if id(node) in type_only:
+            continue
         if isinstance(node, ast.Import):
             found.extend((alias.name, []) for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:

@@ -59,7 +59,7 @@ def task(cfg: DictConfig) -> float | None:
     global _job_started
     _job_started = True
     from lrtrack.app.recipe import RangeTestRecipe, RunFailure, UserError, run_sweep_job
-    from lrtrack.tracking.spool import DeliveryError
+    from lrtrack.tracking.journal import DeliveryError, JournalError
 
     job = job_info()
     if job.sweep is not None or HydraConfig.get().mode == RunMode.MULTIRUN:
@@ -73,7 +73,7 @@ def task(cfg: DictConfig) -> float | None:
         fail(str(err))
     except RunFailure as err:  # the run ended FAILED and its lrtrack.error tag says why
         fail(str(err), EXIT_FAILED)
-    except DeliveryError as err:  # the job ran; its records wait in the spool (the message says how to send them)
+    except (DeliveryError, JournalError) as err:  # the records wait in the journal (the message says how to send them)
         fail(str(err), EXIT_FAILED)
     except KeyboardInterrupt:
         resume = f"; continue training with: {job.command} train.resume={job.final_run_id}" if job.final_run_id else ""

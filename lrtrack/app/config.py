@@ -72,8 +72,6 @@ class TrackingConfig:
     enabled: bool = MISSING
     tracking_uri: Optional[str] = MISSING
     experiment_name: Optional[str] = MISSING
-    flush_every: int = MISSING
-    flush_seconds: float = MISSING
     delivery_timeout_s: float = MISSING
     spool_dir: Optional[str] = MISSING
 
@@ -366,10 +364,6 @@ def _check_bounds(cfg: DictConfig, errors: _Errors) -> None:
 
 def _check_tracking(cfg: DictConfig, errors: _Errors) -> None:
     tr = cfg.tracking
-    if tr.flush_every < 1:
-        errors.bad("tracking.flush_every", tr.flush_every, "must be >= 1")
-    if tr.flush_seconds <= 0:
-        errors.bad("tracking.flush_seconds", tr.flush_seconds, "must be > 0")
     if tr.delivery_timeout_s < 0:
         errors.bad("tracking.delivery_timeout_s", tr.delivery_timeout_s,
                    "must be >= 0 (seconds to wait at the end for a tracking store that went away)")

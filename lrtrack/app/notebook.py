@@ -29,8 +29,8 @@ from typing import Any
 
 from torch import nn
 
-from lrtrack.tracking import runlog
 from lrtrack.engine.suggest import DEFAULT_RULE
+from lrtrack.tracking import runlog
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,8 @@ class TrackedTraining:
 
 
 def _tracker(tracking_uri: str | None, experiment: str | None, model: nn.Module) -> Any:
-    from lrtrack.tracking.runs import Tracker, resolve_tracking_uri
+    from lrtrack.tracking.runs import Tracker
+    from lrtrack.tracking.store import resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri, Path.cwd())
     return Tracker(uri, experiment or f"lrtrack-{type(model).__name__}")
@@ -169,7 +170,7 @@ def tracked_range_test(
     data = data_name or type(getattr(train_loader, "dataset", train_loader)).__name__
     ctx = runlog.RunContext(_config(model, optimizer, train_loader, step_fn or criterion, data, "finder", settings,
                                     params), {}, [], COMMAND)
-    with tracker.start_run(name, tags=ctx.tags(runlog.STAGE_EXPLORE)) as run:
+    with tracker, tracker.start_run(name, tags=ctx.tags(runlog.STAGE_EXPLORE)) as run:  # delivered on leaving
         runlog.log_config(run, ctx, runlog.DataInfo(data, f"notebook loaders ({data})", False))
         result = run_range_test(model, optimizer, train_loader, criterion=criterion, step_fn=step_fn,
                                 val_loader=val_loader, observer=run, progress=settings.pop("progress", False),
@@ -247,7 +248,7 @@ def tracked_training(
     train_settings = {"epochs": epochs, "schedule": schedule, **(schedule_settings or {}), **settings}
     ctx = runlog.RunContext(_config(model, optimizer, train_loader, step_fn or criterion, data, "train",
                                     train_settings, params), {}, [], COMMAND)
-    with tracker.start_run(name, tags=ctx.tags(runlog.STAGE_FINAL, **link)) as run:
+    with tracker, tracker.start_run(name, tags=ctx.tags(runlog.STAGE_FINAL, **link)) as run:  # delivered on leaving
         runlog.log_config(run, ctx, runlog.DataInfo(data, f"notebook loaders ({data})", False),
                           runlog.bounds_params(bounds, steps_per_epoch))
         result = train(model, optimizer, train_loader, epochs=epochs, schedule=sched, criterion=criterion,

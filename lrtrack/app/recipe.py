@@ -23,8 +23,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from lrtrack.tracking import runlog
 from lrtrack.app.config import ConfigError, component_error, dry_run, validate
+from lrtrack.tracking import runlog
 from lrtrack.tracking.redact import redact, redact_tree
 
 log = logging.getLogger("lrtrack")
@@ -215,10 +215,10 @@ class RangeTestRecipe:
             _log_suggestions(result)
             if run.enabled:
                 runlog.log_range_test(run, result, chosen_rule=f.suggestion, title=name)
-                log.info("range-test run: %s", run.stored_run_id())
+                log.info("range-test run: %s", run.run_id)
             if result.stop_reason == STOP_INTERRUPTED:
                 raise KeyboardInterrupt  # the run ends KILLED with the partial curve logged
-        return runlog.RangeCurve.from_result(result, run.stored_run_id() if run.enabled else None), result.min_loss
+        return runlog.RangeCurve.from_result(result, run.run_id if run.enabled else None), result.min_loss
 
     def read_range_test(self, parts: Components) -> runlog.RangeCurve:
         """``train.lr_from``: a range test logged earlier, read back from MLflow."""
@@ -263,21 +263,37 @@ class RangeTestRecipe:
     def resume(self, parts: Components) -> float | None:
         """``train.resume``: continue a killed training run, into the same MLflow run, from its last
         checkpoint; steps it already logged are not logged again."""
-        from lrtrack.engine.schedules import Bounds
-        from lrtrack.tracking.runs import NullRun
+        from lrtrack.tracking.runs import resume_lock
 
         tracker, run_id = parts.tracker, str(self.cfg.train.resume)
         if not tracker.enabled:
             raise UserError("train.resume needs tracking.enabled=true (it continues an MLflow run)")
+        try:
+            with resume_lock(tracker.tracking_uri, run_id):
+                return self._resume(parts, run_id)
+        except RuntimeError as err:
+            if "is resuming this run now" not in str(err):
+                raise
+            raise UserError(str(err)) from err
+
+    def _resume(self, parts: Components, run_id: str) -> float | None:
+        from lrtrack.engine.schedules import Bounds
+        from lrtrack.tracking.journal import owner_alive
+        from lrtrack.tracking.runs import NullRun
+
+        tracker = parts.tracker
         client = self._client(tracker)
         try:
             record = runlog.read_training_run(client, run_id, where=redact(tracker.tracking_uri))
         except runlog.RunLookupError as err:
             raise UserError(str(err)) from err
+        if record.status == "RUNNING" and record.owner and owner_alive(record.owner) is not False:
+            raise UserError(f"train.resume={run_id!r}: the run is still RUNNING in another job ({record.owner}); "
+                            f"resume it once that job has ended")
         self._check_same_config(record)
         folder = self.job.output_dir / "resume"
         folder.mkdir(parents=True, exist_ok=True)
-        checkpoint = runlog.download_checkpoint(client, run_id, str(folder))
+        checkpoint = runlog.download_checkpoint(client, record.run_id, str(folder))
         if checkpoint is None:
             raise UserError(f"train.resume={run_id!r}: the run has no checkpoint yet (it stopped in its first "
                             "epoch); start it again without train.resume")
@@ -285,11 +301,12 @@ class RangeTestRecipe:
         if record.range_test_run_id:
             curve = runlog.read_range_test(client, record.range_test_run_id, where=redact(tracker.tracking_uri))
         bounds = Bounds(record.max_lr, record.base_lr, record.rule)
-        logged = runlog.last_logged_steps(client, run_id)
-        parent = tracker.reopen_run(record.parent_run_id) if record.parent_run_id else NullRun()
-        with _recording_errors(parent), _recording_errors(tracker.reopen_run(run_id)) as run:
-            log.info("resuming training run %s from %s", run_id, checkpoint)
-            title = client.get_run(run_id).info.run_name
+        logged = runlog.last_logged_steps(client, record.run_id)
+        parent = (tracker.reopen_run(record.parent_lrtrack_id, record.parent_run_id) if record.parent_run_id
+                  else NullRun())
+        with _recording_errors(parent), _recording_errors(tracker.reopen_run(record.lrtrack_id, record.run_id)) as run:
+            log.info("resuming training run %s from %s", record.lrtrack_id, checkpoint)
+            title = client.get_run(record.run_id).info.run_name
             outcome = self._fit(parts, bounds, curve, run, runlog.SkipLogged(run, logged), title, checkpoint)
             parent.log_summary({"final_val_loss": outcome} if outcome is not None else {})
         return outcome
@@ -309,7 +326,7 @@ class RangeTestRecipe:
         log.info("training: %s, max_lr=%.3e base_lr=%.3e (%s), %d epochs x %d steps",
                  schedule.name, bounds.max_lr, bounds.base_lr, bounds.rule, t.epochs, steps_per_epoch)
         if run.enabled:
-            self.job.final_run_id = run.stored_run_id()  # what a user resumes with
+            self.job.final_run_id = run.run_id  # what a user resumes with
             if resume_from is None:
                 runlog.log_config(run, self.context, parts.data_info, runlog.bounds_params(bounds, steps_per_epoch))
             log.info("training run %s started; if it is killed, continue it with: %s train.resume=%s",
@@ -462,13 +479,8 @@ class RangeTestRecipe:
         MLflow and opens the store while this process imports torch; every write waits in the
         spool until the relay has delivered it."""
         from lrtrack.engine.launcher_env import launch_rank
-        from lrtrack.tracking.runs import (
-            NullTracker,
-            Tracker,
-            TrackingUnavailable,
-            preflight,
-            resolve_tracking_uri,
-        )
+        from lrtrack.tracking.runs import JournalError, NullTracker, Tracker
+        from lrtrack.tracking.store import TrackingUnavailable, preflight, resolve_tracking_uri
 
         t = self.cfg.tracking
         if not t.enabled or launch_rank() != 0:  # torchrun: rank 0 alone opens the store and logs
@@ -484,13 +496,15 @@ class RangeTestRecipe:
         for noisy in ("mlflow.store.db.utils", "alembic.runtime.migration"):  # "Creating tables ...": not news
             logging.getLogger(noisy).setLevel(logging.WARNING)
         spool = Path(t.spool_dir) if t.spool_dir else self.job.output_dir / "tracking-spool"
-        return Tracker(uri, name, flush_every=t.flush_every, flush_seconds=t.flush_seconds, spool_dir=spool,
-                       delivery_timeout_s=t.delivery_timeout_s, background=True)
+        try:
+            return Tracker(uri, name, spool_dir=spool, delivery_timeout_s=t.delivery_timeout_s)
+        except JournalError as err:
+            raise UserError(str(err)) from err
 
     @staticmethod
     def _client(tracker: Any) -> Any:
-        """The store's client, to read runs back (waits for the store to open)."""
-        from lrtrack.tracking.runs import TrackingUnavailable
+        """The store's client, to read runs back."""
+        from lrtrack.tracking.store import TrackingUnavailable
 
         try:
             return tracker.client
@@ -555,8 +569,12 @@ def run_sweep_job(cfg: DictConfig, job: JobInfo) -> float:
                   exc_info=not expected)  # a bug keeps its traceback in the job's log
         if job.sweep is not None:
             try:
+                from lrtrack.tracking.runs import Tracker
+
                 tags = runlog.RunContext({}, job.choices, job.overrides, job.command).tags(runlog.STAGE_PIPELINE)
-                runlog.record_failure(job.sweep, job.overrides, err, job.pipeline_run_id, tags=tags)
+                with Tracker(job.sweep.tracking_uri, job.sweep.experiment_name,
+                             spool_dir=job.output_dir / "tracking-spool") as tracker:
+                    runlog.record_failure(tracker, job.sweep, job.overrides, err, job.pipeline_run_id, tags=tags)
             except Exception:
                 log.exception("could not record the failure in MLflow")
         return float("nan")

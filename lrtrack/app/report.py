@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from lrtrack.engine import plots
+from lrtrack.engine.suggest import RULES
 from lrtrack.tracking import runlog
 from lrtrack.tracking.redact import redact
-from lrtrack.engine.suggest import RULES
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -87,7 +87,7 @@ def resolve_target(client: MlflowClient, target: str) -> Target:
         jobs = runlog.experiment_jobs(client, exp.experiment_id)
         return Target(f"experiment {exp.name}", exp.experiment_id, "experiment", jobs, None)
     try:
-        run = client.get_run(target)
+        run = runlog.get_run(client, target)  # lrtrack's id (what lrtrack prints) or the store's
     except Exception as err:
         names = ", ".join(e.name for e in client.search_experiments())
         raise ValueError(f"{target!r} is neither an experiment (available: {names or 'none'}) nor a run id "
@@ -225,10 +225,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"lrtrack.report: error: no MLflow store at {redact(uri)}; pass --tracking-uri or run from the folder "
               "holding mlflow.db", file=sys.stderr)
         return 2
-    from mlflow.tracking import MlflowClient
+    from lrtrack.tracking.store import read_client
 
     try:
-        page = write_report(MlflowClient(tracking_uri=uri), args.target, args.out)
+        page = write_report(read_client(uri), args.target, args.out)
     except ValueError as err:
         print(f"lrtrack.report: error: {redact(str(err))}", file=sys.stderr)
         return 2

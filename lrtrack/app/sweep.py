@@ -35,17 +35,15 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from lrtrack.engine.suggest import RULES
 from lrtrack.tracking import runlog
 from lrtrack.tracking.runlog import SweepContext, override_key
-from lrtrack.engine.suggest import RULES
-
-if TYPE_CHECKING:
-    from mlflow.tracking import MlflowClient
 
 log = logging.getLogger("lrtrack.app.sweep")
 
@@ -95,13 +93,16 @@ class SweepCallback(Callback):
         self.aggregate_seeds = aggregate_seeds
         self.exit_on_failure = exit_on_failure
         self.context: SweepContext | None = None
+        self.tracker: Any = None  # the sweep's own journal and relay (its parent run, summary, seed runs)
+        self.run: Any = None
         self.started = 0.0
 
     # ------------------------------------------------------------------ start
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not OmegaConf.select(config, "tracking.enabled", default=True):
             return
-        from lrtrack.tracking.runs import ensure_experiment, open_store, resolve_tracking_uri
+        from lrtrack.tracking.runs import Tracker
+        from lrtrack.tracking.store import open_store, resolve_tracking_uri
 
         self.started = time.monotonic()
         launch_dir = OmegaConf.select(config, "hydra.runtime.cwd") or os.getcwd()
@@ -113,18 +114,19 @@ class SweepCallback(Callback):
             for key, value in params.items():
                 keys.append(override_key(str(key)))
                 overrides.append(f"{key}={value}")
-        client = open_store(uri)  # a fresh sqlite store is created under a file lock, before any job starts
+        open_store(uri)  # a fresh sqlite store is created under a file lock, before any job starts
         name = _experiment_name(config)
         launcher = str(OmegaConf.select(config, "hydra.runtime.choices.hydra/launcher") or "basic")
         swept = [o for o in overrides if override_key(o) in keys]
-        run_id = runlog.start_sweep_run(
-            client, ensure_experiment(client, name), swept=swept, overrides=overrides, keys=keys,
-            command="python -m lrtrack " + " ".join(sys.argv[1:]), launcher=launcher,
-            sweep_dir=str(OmegaConf.select(config, "hydra.sweep.dir")))
-        self.context = SweepContext(run_id, uri, name, tuple(keys))
-        os.environ.update({ENV_RUN_ID: run_id, ENV_TRACKING_URI: uri, ENV_EXPERIMENT: name,
+        sweep_dir = str(OmegaConf.select(config, "hydra.sweep.dir"))
+        self.tracker = Tracker(uri, name, spool_dir=Path(sweep_dir).resolve() / "tracking-spool")
+        self.run = runlog.start_sweep_run(self.tracker, swept=swept, overrides=overrides, keys=keys,
+                                          command="python -m lrtrack " + " ".join(sys.argv[1:]), launcher=launcher,
+                                          sweep_dir=sweep_dir)
+        self.context = SweepContext(self.run.run_id, uri, name, tuple(keys))
+        os.environ.update({ENV_RUN_ID: self.run.run_id, ENV_TRACKING_URI: uri, ENV_EXPERIMENT: name,
                            ENV_KEYS: ",".join(keys)})
-        log.info("sweep run %s in experiment %s (%s launcher): %s", run_id, name, launcher, " ".join(swept))
+        log.info("sweep run %s in experiment %s (%s launcher): %s", self.run.run_id, name, launcher, " ".join(swept))
 
     # ------------------------------------------------------------------ end
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -133,8 +135,9 @@ class SweepCallback(Callback):
             return
         for var in ENV_VARS:
             os.environ.pop(var, None)
-        failed = finish_sweep(ctx, aggregate_seeds=self.aggregate_seeds,
-                              wall_seconds=time.monotonic() - self.started)
+        with self.tracker:  # delivered before the review hint is printed
+            failed = finish_sweep(ctx, self.tracker, self.run, aggregate_seeds=self.aggregate_seeds,
+                                  wall_seconds=time.monotonic() - self.started)
         self.context = None
         _print_review_hint(ctx)
         if failed and self.exit_on_failure:
@@ -145,34 +148,43 @@ class SweepCallback(Callback):
 
 def _print_review_hint(ctx: SweepContext) -> None:
     """The one review hint of a sweep (its jobs print none): the report command and the UI."""
-    from mlflow.tracking import MlflowClient
-
     from lrtrack.tracking.redact import redact
+    from lrtrack.tracking.store import read_client
 
-    experiment = MlflowClient(tracking_uri=ctx.tracking_uri).get_experiment_by_name(ctx.experiment_name)
-    where = f"#/experiments/{experiment.experiment_id}/runs/{ctx.run_id}" if experiment else ""
-    ui = (f"open {ctx.tracking_uri.rstrip('/')}/{where}" if ctx.tracking_uri.startswith(("http://", "https://"))
-          else f"mlflow ui --backend-store-uri {ctx.tracking_uri}\n  then open http://127.0.0.1:5000/{where}")
-    log.info("sweep %s done. Compare its jobs on one page: python -m lrtrack.report %s --out report/\n"
-             "MLflow: %s", ctx.run_id, ctx.run_id, redact(ui))
+    client = read_client(ctx.tracking_uri)
+    experiment = client.get_experiment_by_name(ctx.experiment_name)
+    try:
+        store_id = runlog.get_run(client, ctx.run_id).info.run_id
+    except LookupError:
+        store_id = ""
+    where = f"#/experiments/{experiment.experiment_id}/runs/{store_id}" if experiment else ""
+    uri = ctx.tracking_uri
+    ui = (f"open {uri.rstrip('/')}/{where}" if uri.startswith(("http://", "https://"))
+          else f"mlflow ui --backend-store-uri {uri}\n  then open http://127.0.0.1:5000/{where}")
+    report = "python -m lrtrack.report" + ("" if uri.endswith("/mlflow.db") and "sqlite" in uri else
+                                           f" --tracking-uri {uri}")
+    log.info("sweep %s done. Compare its jobs on one page: %s %s --out report/\n"
+             "MLflow: %s", ctx.run_id, redact(report), ctx.run_id, redact(ui))
 
 
-def finish_sweep(ctx: SweepContext, *, aggregate_seeds: bool = False, wall_seconds: float | None = None) -> int:
-    """Summarise a sweep on its parent run and end it (FAILED when any job failed or the summary
-    could not be written, else FINISHED); returns the number of failed jobs."""
-    from mlflow.tracking import MlflowClient
+def finish_sweep(ctx: SweepContext, tracker: Any, run: Any, *, aggregate_seeds: bool = False,
+                 wall_seconds: float | None = None) -> int:
+    """Summarise a sweep on its parent ``run`` and end it (FAILED when any job failed or the summary
+    could not be written, else FINISHED); returns the number of failed jobs. Reads the jobs from
+    the store (each job delivered its runs before it ended); writes through ``tracker``."""
+    from lrtrack.tracking.store import read_client
 
-    client = MlflowClient(tracking_uri=ctx.tracking_uri)
+    client = read_client(ctx.tracking_uri)
     status = "FAILED"
     failed = 0
     try:
         jobs = runlog.sweep_jobs(client, ctx.run_id)
-        rows = runlog.log_sweep_summary(client, ctx.run_id, jobs, wall_seconds=wall_seconds)
+        rows = runlog.log_sweep_summary(client, run, jobs, wall_seconds=wall_seconds)
         failed = sum(1 for r in rows if r["status"] != "FINISHED")
         status = "FAILED" if failed else "FINISHED"
         if aggregate_seeds:
             for group, members in _seed_groups(jobs).items():
-                log_seed_aggregate(client, ctx, group, members)
+                log_seed_aggregate(client, tracker, ctx, group, members)
         for row in rows:
             loss = row.get(runlog.FINAL_VAL_LOSS)
             log.info("  %-9s %s  val_loss=%s", row["status"], row["job"], "" if loss is None else f"{loss:.4g}")
@@ -181,7 +193,7 @@ def finish_sweep(ctx: SweepContext, *, aggregate_seeds: bool = False, wall_secon
         log.exception("could not summarise sweep run %s", ctx.run_id)
         status = "FAILED"
     finally:
-        client.set_terminated(ctx.run_id, status=status)
+        run.end(status)
     return failed
 
 
@@ -194,7 +206,7 @@ def _seed_groups(jobs: Sequence[runlog.JobRecord]) -> dict[str, list[runlog.JobR
     return groups
 
 
-def log_seed_aggregate(client: MlflowClient, ctx: SweepContext, group: str,
+def log_seed_aggregate(client: Any, tracker: Any, ctx: SweepContext, group: str,
                        jobs: Sequence[runlog.JobRecord]) -> str | None:
     """One ``range_test_seeds`` run under the sweep: median curve, spreads, aggregated suggestions.
 
@@ -202,7 +214,6 @@ def log_seed_aggregate(client: MlflowClient, ctx: SweepContext, group: str,
         Its run id; None when no job of the group has a range-test history.
     """
     from lrtrack.engine.seeds import aggregate_seeds
-    from lrtrack.tracking.runs import ensure_experiment
 
     try:
         agg = aggregate_seeds(*runlog.seed_inputs(client, jobs))
@@ -213,7 +224,7 @@ def log_seed_aggregate(client: MlflowClient, ctx: SweepContext, group: str,
     short = " ".join(o for o in group.split() if override_key(o) in ctx.keys and override_key(o) != "seed")
     name = f"range_test_seeds x{len(agg.seeds)}" + (f" {short}" if short else "")
     run_id = runlog.log_seed_aggregate(
-        client, ensure_experiment(client, ctx.experiment_name), ctx.run_id, agg, name=name, group=group,
+        tracker, ctx.run_id, agg, name=name, group=group,
         rule=rule, seed_run_ids=[j.explore.info.run_id for j in jobs if j.explore is not None])
     summary = ", ".join(f"{r} {s['median']:.2e} [{s['min']:.1e}, {s['max']:.1e}]"
                         for r in RULES if (s := agg.rule_stats(r)))

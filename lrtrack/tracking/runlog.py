@@ -19,14 +19,14 @@ import logging
 import math
 import os
 import tempfile
-import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from lrtrack.tracking.redact import redact, redact_tree
 from lrtrack.engine.suggest import RULES
+from lrtrack.tracking.journal import OWNER_TAG, RUN_ID_TAG
+from lrtrack.tracking.redact import redact, redact_tree
 
 if TYPE_CHECKING:
     from lrtrack.engine.finder import RangeTestResult
@@ -262,6 +262,20 @@ class RangeCurve:
                    result.min_loss_lr, run_id, result.stop_reason)
 
 
+def get_run(client: Any, run_id: str) -> Run:
+    """A run named by lrtrack's id (the ``lrtrack.run_id`` tag, what lrtrack prints) or the store's.
+
+    Raises:
+        LookupError: no run has that id.
+    """
+    from lrtrack.tracking.drain import find_run_id
+
+    store_id = find_run_id(client, run_id)
+    if store_id is None:
+        raise LookupError(f"no run with id {run_id}")
+    return client.get_run(store_id)
+
+
 def read_range_test(client: Any, run_id: str, *, where: str) -> RangeCurve:
     """Read a logged range test back through the MLflow client (``train.lr_from``).
 
@@ -276,7 +290,7 @@ def read_range_test(client: Any, run_id: str, *, where: str) -> RangeCurve:
     from lrtrack.engine.suggest import Suggestion
 
     try:
-        run = client.get_run(run_id)
+        run = get_run(client, run_id)
     except Exception as err:
         raise RunLookupError(
             f"train.lr_from={run_id!r}: no such MLflow run in {where} ({type(err).__name__}); pass the run id "
@@ -290,7 +304,7 @@ def read_range_test(client: Any, run_id: str, *, where: str) -> RangeCurve:
         lr = metrics.get(f"{SUGGESTED_LR}/{rule}")
         reason = "" if lr is not None else tags.get(f"{SUGGESTION_TAG_PREFIX}{rule}", "not logged")
         suggestions[rule] = Suggestion(rule, lr, None, reason)
-    history = read_csv_artifact(client, run_id, RANGE_TEST_HISTORY)
+    history = read_csv_artifact(client, run.info.run_id, RANGE_TEST_HISTORY)
     if not history:
         log.warning("could not read the range-test history of run %s; no overlay figure", run_id)
     return RangeCurve(history.get("lr"), history.get("loss"), history.get("loss_smoothed"),
@@ -304,9 +318,12 @@ def read_range_test(client: Any, run_id: str, *, where: str) -> RangeCurve:
 class TrainingRecord:
     """What resuming a killed training run needs from it (``train.resume``)."""
 
-    run_id: str
+    run_id: str  # the store's
+    lrtrack_id: str  # lrtrack's (the journal names the run by it)
     parent_run_id: str | None
+    parent_lrtrack_id: str | None
     status: str
+    owner: str | None
     max_lr: float
     base_lr: float
     rule: str
@@ -317,7 +334,7 @@ class TrainingRecord:
 def read_training_run(client: Any, run_id: str, *, where: str) -> TrainingRecord:
     """A final run, for ``train.resume``; raises :class:`RunLookupError` when it is not one."""
     try:
-        run = client.get_run(run_id)
+        run = get_run(client, run_id)
     except Exception as err:
         raise RunLookupError(f"train.resume={run_id!r}: no such MLflow run in {where} ({type(err).__name__}); "
                              "pass the id of the training run to continue (printed when it started)") from err
@@ -328,7 +345,11 @@ def read_training_run(client: Any, run_id: str, *, where: str) -> TrainingRecord
     if MAX_LR_PARAM not in params:
         raise RunLookupError(f"train.resume={run_id!r}: the run has no {MAX_LR_PARAM} param (it stopped before "
                              "training started); start a new run instead")
-    return TrainingRecord(run_id, tags.get(PARENT_TAG), run.info.status, float(params[MAX_LR_PARAM]),
+    parent = tags.get(PARENT_TAG)
+    parent_tags = client.get_run(parent).data.tags if parent else {}
+    return TrainingRecord(run.info.run_id, tags.get(RUN_ID_TAG, run.info.run_id), parent,
+                          parent_tags.get(RUN_ID_TAG, parent), run.info.status, tags.get(OWNER_TAG),
+                          float(params[MAX_LR_PARAM]),
                           float(params[BASE_LR_PARAM]), params.get("bounds.rule_used", ""),
                           tags.get(RANGE_TEST_LINK_TAG), dict(params))
 
@@ -523,7 +544,7 @@ def _loose(run: Run) -> JobRecord | None:
 def sweep_jobs(client: MlflowClient, sweep_run_id: str) -> list[JobRecord]:
     """Every job of a sweep with its runs, in job order (Hydra's job number, else start order)."""
     records = []
-    for run in child_runs(client, client.get_run(sweep_run_id)):
+    for run in child_runs(client, get_run(client, sweep_run_id)):
         record = job_record(client, run) if run.data.tags.get(STAGE_TAG) == STAGE_PIPELINE else _loose(run)
         if record is not None:
             records.append(record)
@@ -727,18 +748,19 @@ class SweepContext:
                 SWEEP_OVERRIDES_TAG: " ".join(self.swept(overrides))}
 
 
-def start_sweep_run(client: MlflowClient, experiment_id: str, *, swept: Sequence[str], overrides: Sequence[str],
-                    keys: Sequence[str], command: str, launcher: str, sweep_dir: str) -> str:
-    """Create a sweep's parent run (named by its short id and swept overrides) and log its command;
-    returns its id."""
+def start_sweep_run(tracker: Any, *, swept: Sequence[str], overrides: Sequence[str], keys: Sequence[str],
+                    command: str, launcher: str, sweep_dir: str) -> Any:
+    """Start a sweep's parent run (named by its short id and swept overrides), log its command,
+    and return it (a :class:`~lrtrack.tracking.runs.TrackedRun`)."""
+    from lrtrack.tracking.journal import new_run_id
+
     what = redact(" ".join(swept) or "(no swept keys)")
-    run = client.create_run(experiment_id, run_name=f"sweep {what}", tags=redact_tree({
+    run = tracker.start_run(f"sweep {short_id(new_run_id())} {what}", tags=redact_tree({
         STAGE_TAG: STAGE_SWEEP, COMMAND_TAG: command, OVERRIDES_TAG: " ".join(overrides),
         SWEEP_KEYS_TAG: ",".join(keys), LAUNCHER_TAG: launcher, SWEEP_DIR_TAG: sweep_dir}))
-    client.update_run(run.info.run_id, name=f"sweep {short_id(run.info.run_id)} {what}")  # the id exists now
-    client.log_dict(run.info.run_id, redact_tree({"command": command, "overrides": list(overrides),
-                                                  "swept": list(swept), "launcher": launcher}), SWEEP_COMMAND)
-    return run.info.run_id
+    run.log_dict(redact_tree({"command": command, "overrides": list(overrides), "swept": list(swept),
+                              "launcher": launcher}), SWEEP_COMMAND)
+    return run
 
 
 def error_message(error: BaseException) -> str:
@@ -747,68 +769,67 @@ def error_message(error: BaseException) -> str:
     return redact(f"{type(error).__name__}: {message}")[:5000]
 
 
-def record_failure(sweep: SweepContext, overrides: Sequence[str], error: BaseException,
+def record_failure(tracker: Any, sweep: SweepContext, overrides: Sequence[str], error: BaseException,
                    job_run_id: str | None, tags: Mapping[str, str] | None = None) -> str:
     """Mark a failed job of ``sweep``: tag its pipeline run with the error, or, when it failed
-    before it had one (bad config, missing data), create a FAILED pipeline run for it under the
-    sweep's run, named and tagged like the job's would have been.
+    before it had one (bad config, missing data), start a FAILED pipeline run for it under the
+    sweep's run, named and tagged like the job's would have been. Written through ``tracker``'s
+    journal like every other write.
 
     Args:
         overrides: The job's command-line overrides.
-        job_run_id: The job's pipeline run, when it has one.
+        job_run_id: The job's pipeline run (lrtrack's id), when it has one.
         tags: More tags for a created run (they win over the sweep's).
 
     Returns:
-        The job's run id.
+        The job's run id (lrtrack's).
     """
-    from mlflow.tracking import MlflowClient
+    from lrtrack.tracking.runs import TrackedRun
 
-    from lrtrack.tracking.runs import ensure_experiment
-
-    client = MlflowClient(tracking_uri=sweep.tracking_uri)
     if job_run_id is None:
-        all_tags = {STAGE_TAG: STAGE_PIPELINE, PARENT_TAG: sweep.run_id, **sweep.job_tags(overrides), **(tags or {})}
-        job_run_id = client.create_run(ensure_experiment(client, sweep.experiment_name),
-                                       run_name=redact(sweep.job_name(overrides)),
-                                       tags=redact_tree(all_tags)).info.run_id
-        client.set_terminated(job_run_id, status="FAILED")
-    client.set_tag(job_run_id, ERROR_TAG, error_message(error))
+        run = tracker.start_run(redact(sweep.job_name(overrides)), parent_run_id=sweep.run_id,
+                                tags=redact_tree({STAGE_TAG: STAGE_PIPELINE, **sweep.job_tags(overrides), **(tags or {})}))
+        run.set_tags({ERROR_TAG: error_message(error)})
+        run.end("FAILED")
+        return str(run.run_id)
+    TrackedRun(tracker.journal, job_run_id).set_tags({ERROR_TAG: error_message(error)})
     return job_run_id
 
 
-def log_sweep_summary(client: MlflowClient, sweep_run_id: str, jobs: Sequence[JobRecord],
+def log_sweep_summary(client: MlflowClient, run: Any, jobs: Sequence[JobRecord],
                       *, wall_seconds: float | None = None) -> list[dict[str, Any]]:
-    """Log a sweep's summary on its run: the table (CSV and JSON), the overlay of its range tests,
-    the job counts and the best job. Returns the table's rows."""
+    """Log a sweep's summary on its ``run`` (read through ``client``, written through the run's
+    journal): the table (CSV and JSON), the overlay of its range tests, the job counts and the best
+    job. Returns the table's rows."""
     from lrtrack.engine.plots import range_test_overlay_figure
 
     rows = [job.row() for job in jobs]
     columns = summary_columns(rows)
-    client.log_text(sweep_run_id, rows_to_csv(rows, columns), SWEEP_SUMMARY_CSV)
-    client.log_table(sweep_run_id, {c: ["" if r.get(c) is None else r.get(c) for r in rows]
-                                    for c in columns}, SWEEP_SUMMARY_JSON)
+    run.log_text(rows_to_csv(rows, columns), SWEEP_SUMMARY_CSV)
+    # MLflow's log_table format (the UI's artifact view shows it as a table).
+    run.log_dict({"columns": columns, "data": [["" if r.get(c) is None else r.get(c) for c in columns] for r in rows]},
+                 SWEEP_SUMMARY_JSON)
     curves = range_test_curves(client, jobs)
     if curves:
         figure = range_test_overlay_figure(curves, title=f"sweep: {len(curves)} range tests")
-        client.log_figure(sweep_run_id, figure, SWEEP_RANGE_TESTS_PLOT)
+        run.log_figure(figure, SWEEP_RANGE_TESTS_PLOT)
     failed = sum(1 for r in rows if r["status"] != "FINISHED")
     metrics = {"jobs": float(len(rows)), "jobs_failed": float(failed)}
     scored = [r for r in rows if r.get(FINAL_VAL_LOSS) is not None]
     if scored:
         best = min(scored, key=lambda r: r[FINAL_VAL_LOSS])
         metrics[f"best_{FINAL_VAL_LOSS}"] = float(best[FINAL_VAL_LOSS])
-        client.set_tag(sweep_run_id, BEST_JOB_TAG, best["job"])
+        run.set_tags({BEST_JOB_TAG: best["job"]})
     accuracies = [r[FINAL_VAL_ACCURACY] for r in rows if r.get(FINAL_VAL_ACCURACY) is not None]
     if accuracies:
         metrics[f"best_{FINAL_VAL_ACCURACY}"] = float(max(accuracies))
     if wall_seconds is not None:
         metrics["wall_seconds"] = float(wall_seconds)
-    for key, value in metrics.items():
-        client.log_metric(sweep_run_id, key, value, step=SUMMARY_STEP)
+    run.log_summary(metrics, step=SUMMARY_STEP)
     return rows
 
 
-def log_seed_aggregate(client: MlflowClient, experiment_id: str, parent_run_id: str, agg: SeedAggregate, *,
+def log_seed_aggregate(tracker: Any, parent_run_id: str, agg: SeedAggregate, *,
                        name: str, group: str, rule: str, seed_run_ids: Sequence[str]) -> str:
     """Log a ``range_test_seeds`` run under ``parent_run_id``: each rule's suggestion over the seeds
     (``suggested_lr/<rule>`` the median, plus ``/min``, ``/max``, ``/log10_iqr``, ``/n``), the median
@@ -820,37 +841,29 @@ def log_seed_aggregate(client: MlflowClient, experiment_id: str, parent_run_id: 
     each median, or why there is none (no seed's range test found one).
 
     Returns:
-        The run's id; the run ends FINISHED, or FAILED (re-raising) when logging fails.
+        The run's id (lrtrack's); the run ends FINISHED, or FAILED (re-raising) when logging fails.
     """
-    from mlflow.entities import Metric, RunTag
-
     from lrtrack.engine.plots import seeds_figure
     from lrtrack.engine.seeds import HISTORY_COLUMNS
 
-    run_id = client.create_run(experiment_id, run_name=name, tags={
-        STAGE_TAG: STAGE_SEEDS, PARENT_TAG: parent_run_id, OVERRIDES_TAG: group, SUGGESTION_RULE_TAG: rule,
-        SEEDS_TAG: ",".join(agg.seeds), SEED_RUNS_TAG: ",".join(seed_run_ids)}).info.run_id
-    try:
-        now = int(time.time() * 1000)
-        metrics = [Metric(f"{SUGGESTED_LR}/{r}" + ("" if stat == "median" else f"/{stat}"), value, now, SUMMARY_STEP)
-                   for r in RULES for stat, value in agg.rule_stats(r).items()]
+    with tracker.start_run(name, parent_run_id=parent_run_id, tags={
+            STAGE_TAG: STAGE_SEEDS, OVERRIDES_TAG: group, SUGGESTION_RULE_TAG: rule,
+            SEEDS_TAG: ",".join(agg.seeds), SEED_RUNS_TAG: ",".join(seed_run_ids)}) as run:
+        metrics = {f"{SUGGESTED_LR}/{r}" + ("" if stat == "median" else f"/{stat}"): value
+                   for r in RULES for stat, value in agg.rule_stats(r).items()}
         if chosen := agg.rule_stats(rule):
-            metrics.append(Metric(SUGGESTED_LR, chosen["median"], now, SUMMARY_STEP))
-        metrics.append(Metric("seeds", float(len(agg.seeds)), now, SUMMARY_STEP))
-        tags = [RunTag(f"{SUGGESTION_TAG_PREFIX}{r}", f"{s['median']:.6g}" if (s := agg.rule_stats(r)) else
-                       f"no seed's range test has a {r} suggestion (each says why in its {SUGGESTION_TAG_PREFIX}{r} tag)")
-                for r in RULES]
-        client.log_batch(run_id, metrics=metrics, tags=tags)
-        client.log_text(run_id, rows_to_csv(agg.history_rows(), HISTORY_COLUMNS), RANGE_TEST_HISTORY)
+            metrics[SUGGESTED_LR] = chosen["median"]
+        metrics["seeds"] = float(len(agg.seeds))
+        run.log_summary(metrics, step=SUMMARY_STEP)
+        run.set_tags({f"{SUGGESTION_TAG_PREFIX}{r}": f"{s['median']:.6g}" if (s := agg.rule_stats(r)) else
+                      f"no seed's range test has a {r} suggestion (each says why in its {SUGGESTION_TAG_PREFIX}{r} tag)"
+                      for r in RULES})
+        run.log_text(rows_to_csv(agg.history_rows(), HISTORY_COLUMNS), RANGE_TEST_HISTORY)
         seed_columns = [f"{SEED_COLUMN_PREFIX}{s}" for s in agg.seeds]
         per_seed = [{"lr": lr, **{c: agg.curves[j][i] for j, c in enumerate(seed_columns)}}
                     for i, lr in enumerate(agg.lrs)]
-        client.log_text(run_id, rows_to_csv(per_seed, ["lr", *seed_columns]), SEEDS_HISTORY)
-        client.log_text(run_id, rows_to_csv([{"seed": s, **agg.per_seed[s]} for s in agg.seeds], ["seed", *RULES]),
-                        SEEDS_SUGGESTIONS)
-        client.log_figure(run_id, seeds_figure(agg, chosen_rule=rule, title=name), SEEDS_PLOT)
-        client.set_terminated(run_id, "FINISHED")
-    except Exception:
-        client.set_terminated(run_id, "FAILED")
-        raise
-    return run_id
+        run.log_text(rows_to_csv(per_seed, ["lr", *seed_columns]), SEEDS_HISTORY)
+        run.log_text(rows_to_csv([{"seed": s, **agg.per_seed[s]} for s in agg.seeds], ["seed", *RULES]),
+                     SEEDS_SUGGESTIONS)
+        run.log_figure(seeds_figure(agg, chosen_rule=rule, title=name), SEEDS_PLOT)
+    return str(run.run_id)

@@ -1,0 +1,295 @@
+"""Delivery: apply a journal's operations to the tracking store, in order, exactly once.
+
+:func:`drain` is the one delivery loop: it opens the store, finds the experiment, applies what is
+pending and backs off while the store is away. The relay (while the job runs) and
+``python -m lrtrack.deliver`` (afterwards) are thin callers of it.
+
+Exactly once even when an operation is applied twice (a reply lost when a server died, a deliverer
+killed between applying and recording the offset): a run is found by its :data:`RUN_ID_TAG`
+before it is created, metrics keep the timestamp they were logged with (MLflow drops an identical
+``(key, step, timestamp, value)``), params are re-sent with the same value, and tags, artifacts
+and run endings overwrite.
+
+Runs never stay RUNNING: once the journal is complete (its job closed it, or died), every run it
+opened and did not end is ended KILLED; and on opening a store, runs whose recorded owner process
+(:data:`OWNER_TAG`) is gone from this host are ended KILLED, so a job and its relay killed together
+are cleaned up by the next lrtrack command on the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from lrtrack.tracking.journal import OWNER_TAG, RUN_ID_TAG, Journal, owner_alive
+from lrtrack.tracking.redact import redact
+from lrtrack.tracking.store import (
+    TrackingUnavailable,
+    describe,
+    ensure_experiment,
+    is_transient,
+    open_store,
+)
+
+log = logging.getLogger(__name__)
+
+BATCH_LIMITS = {"metrics": 1000, "params": 100, "tags": 100}  # MLflow's log_batch limits
+POLL_S = 0.25  # how often a growing journal is looked at
+MAX_BACKOFF_S = 5.0
+STOP_REASON_TAG = "lrtrack.stop_reason"
+
+
+class NotYetThere(RuntimeError):
+    """A run this operation refers to is not in the store yet (another job's deliverer creates it)."""
+
+
+def log_batch(client: Any, run_id: str, kind: str, items: list[Any]) -> None:
+    """``client.log_batch`` in chunks MLflow accepts (the one place that chunks)."""
+    size = BATCH_LIMITS[kind]
+    for lo in range(0, len(items), size):
+        client.log_batch(run_id, **{kind: items[lo:lo + size]}, synchronous=True)
+
+
+def find_run_id(client: Any, run_id: str, experiment_ids: list[str] | None = None) -> str | None:
+    """The store's id of a run named by lrtrack's id (or by the store's own id); None when absent."""
+    from mlflow.exceptions import MlflowException
+
+    if experiment_ids is None:
+        experiment_ids = [e.experiment_id for e in client.search_experiments()]
+    if experiment_ids:
+        found = client.search_runs(experiment_ids, filter_string=f"tags.`{RUN_ID_TAG}` = '{run_id}'", max_results=1)
+        if found:
+            return str(found[0].info.run_id)
+    try:
+        return str(client.get_run(run_id).info.run_id)
+    except MlflowException as err:
+        if is_transient(err):
+            raise
+        return None
+
+
+@dataclass
+class Delivery:
+    """The store side of one journal: what is delivered, and the store's ids of its runs."""
+
+    journal: Journal
+    tracking_uri: str
+    client: Any = None
+    last_error: str | None = None
+    state: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.state = {"offset": 0, "ids": {}, "experiment_id": None, "open": [], **self.journal.load_state()}
+
+    @property
+    def pending(self) -> bool:
+        return self.journal.size() > self.state["offset"]
+
+    def attempt(self, final: bool = False) -> bool:
+        """Open the store when not yet open, then deliver what is pending; True when nothing is left.
+        ``final``: nobody writes the journal any more (a last line cut short is rejected, not awaited).
+        A store that is away is recorded in :attr:`last_error`; a bug is raised."""
+        try:
+            if self.pending:
+                self._open()
+                self._apply_pending(final)
+            if self.last_error is not None:
+                log.warning("lrtrack: tracking store %s is back: the journal is being delivered",
+                            redact(self.tracking_uri))
+            self._set_error(None)
+            return not self.pending
+        except (TrackingUnavailable, NotYetThere) as err:
+            self._set_error(str(err))
+        except Exception as err:
+            if not is_transient(err):
+                raise
+            self._set_error(describe(err))
+        return False
+
+    def _set_error(self, error: str | None) -> None:
+        if error is not None and self.last_error is None:
+            log.warning("lrtrack: tracking store %s is unavailable (%s); the job goes on, its tracking writes "
+                        "wait in %s and are delivered when the store is back", redact(self.tracking_uri), error,
+                        self.journal.path)
+        if error != self.last_error:
+            self.last_error = error
+            self.state["last_error"] = error
+            self.journal.save_state(self.state)
+
+    def _open(self) -> None:
+        if self.client is not None:
+            return
+        client = open_store(self.tracking_uri)
+        if not self.state["experiment_id"]:
+            self.state["experiment_id"] = ensure_experiment(client, self.journal.meta["experiment_name"])
+            self.journal.save_state(self.state)
+        self.client = client
+        end_orphaned_runs(client, keep=set(self.state["ids"].values()))
+
+    def _apply_pending(self, final: bool) -> None:
+        for offset, op in self.journal.read(self.state["offset"], final=final):
+            if op is None:
+                self.journal.reject(None, "a journal line cut short (the process died while writing it)")
+            else:
+                try:
+                    self._apply(op)
+                except (NotYetThere, TrackingUnavailable):
+                    raise
+                except Exception as err:
+                    if is_transient(err):
+                        raise
+                    log.error("the tracking store rejected a %s write for run %s: %s", op.get("op"), op.get("run"),
+                              describe(err))
+                    self.journal.reject(op, describe(err))
+            self.state["offset"] = offset
+            self.journal.save_state(self.state)
+            if op is not None and op.get("op") == "artifact":
+                self.journal.discard(op["file"])  # a long run's checkpoints do not pile up
+
+    def _store_id(self, run: str) -> str:
+        if run in self.state["ids"]:
+            return str(self.state["ids"][run])
+        found = find_run_id(self.client, run, [self.state["experiment_id"]]) or find_run_id(self.client, run)
+        if found is None:
+            raise NotYetThere(f"run {run} is not in the tracking store yet")
+        self.state["ids"][run] = found
+        return found
+
+    def _tags(self, tags: Mapping[str, Any]) -> dict[str, str]:
+        return {k: self._store_id(v["ref"]) if isinstance(v, dict) else str(v) for k, v in tags.items()}
+
+    def _apply(self, op: Mapping[str, Any]) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        kind, run = op["op"], op["run"]
+        if kind == "create":
+            self._create(op)
+            return
+        if kind == "reopen":
+            self.state["ids"][run] = op["store_id"]
+            self.client.update_run(op["store_id"], status="RUNNING")
+            self._mark_open(run)
+        run_id = self._store_id(run)
+        if kind == "metrics":
+            log_batch(self.client, run_id, "metrics", [Metric(k, float(v), int(t), int(s)) for k, v, t, s in op["rows"]])
+        elif kind == "params":
+            log_batch(self.client, run_id, "params", [Param(k, v) for k, v in op["params"].items()])
+        elif kind in ("tags", "reopen"):
+            log_batch(self.client, run_id, "tags", [RunTag(k, v) for k, v in self._tags(op["tags"]).items()])
+        elif kind == "artifact":
+            local = self.journal.path / op["file"]
+            if local.is_dir():
+                self.client.log_artifacts(run_id, str(local), op.get("path"))
+            else:
+                self.client.log_artifact(run_id, str(local), op.get("path"))
+        elif kind == "end":
+            self.client.set_terminated(run_id, status=op["status"], end_time=op.get("end"))
+            if run in self.state["open"]:
+                self.state["open"].remove(run)
+        else:
+            raise ValueError(f"unknown journal operation {kind!r}")
+
+    def _create(self, op: Mapping[str, Any]) -> None:
+        run = op["run"]
+        if run not in self.state["ids"]:
+            experiment_id = self.state["experiment_id"]
+            found = self.client.search_runs([experiment_id], filter_string=f"tags.`{RUN_ID_TAG}` = '{run}'",
+                                            max_results=1)
+            if found:  # created before, its reply (or our record of it) lost
+                self.state["ids"][run] = found[0].info.run_id
+            else:
+                tags = {**self._tags(op.get("tags", {})), RUN_ID_TAG: run}
+                created = self.client.create_run(experiment_id, start_time=op.get("start"), tags=tags,
+                                                 run_name=op.get("name"))
+                self.state["ids"][run] = created.info.run_id
+        self._mark_open(run)
+
+    def _mark_open(self, run: str) -> None:
+        if run not in self.state["open"]:
+            self.state["open"].append(run)
+
+    def end_open_runs(self) -> None:
+        """The journal is complete: runs it opened and never ended were cut short (KILLED)."""
+        for run in list(self.state["open"]):
+            run_id = self._store_id(run)
+            self.client.set_tag(run_id, STOP_REASON_TAG, "killed: its job ended without ending it")
+            self.client.set_terminated(run_id, status="KILLED")
+            self.state["open"].remove(run)
+            log.warning("lrtrack: run %s ended KILLED (its job stopped without ending it)", run)
+        self.journal.save_state(self.state)
+
+
+def end_orphaned_runs(client: Any, keep: set[str] = frozenset()) -> list[str]:  # type: ignore[assignment]
+    """End KILLED every RUNNING run whose owner process (:data:`OWNER_TAG`) is gone from this host.
+
+    Both a job and its relay killed at once leave their runs RUNNING; whoever opens the store next
+    (a job's relay, ``deliver``, the report) ends them. Runs owned on another host are left alone.
+    Returns the store ids it ended.
+    """
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return []
+    running = client.search_runs(experiments, filter_string="attributes.status = 'RUNNING'", max_results=1000)
+    ended = []
+    for run in running:
+        owner = run.data.tags.get(OWNER_TAG)
+        if owner and run.info.run_id not in keep and owner_alive(owner) is False:
+            client.set_tag(run.info.run_id, STOP_REASON_TAG, "killed: its job and relay were gone")
+            client.set_terminated(run.info.run_id, status="KILLED")
+            ended.append(run.info.run_id)
+    if ended:
+        log.warning("lrtrack: %d run(s) whose job was killed ended KILLED: %s", len(ended), ", ".join(ended))
+    return ended
+
+
+class Control:
+    """When a drain is over: a fixed deadline, the journal complete from the start (``deliver``)."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self._deadline = time.monotonic() + timeout_s
+
+    def complete(self) -> bool:
+        return True
+
+    def deadline(self) -> float | None:
+        return self._deadline
+
+    def wait(self, seconds: float) -> None:
+        time.sleep(max(0.0, min(seconds, self._deadline - time.monotonic())))
+
+
+def drain(journal: Journal, tracking_uri: str, control: Control, *,
+          on_attempt: Callable[[Delivery], None] | None = None) -> Delivery:
+    """Deliver ``journal`` until it is complete and delivered, or ``control``'s deadline passes.
+
+    Polls a growing journal every :data:`POLL_S`; while the store is away, backs off from
+    :data:`POLL_S` to :data:`MAX_BACKOFF_S`. When everything is delivered and the journal is
+    complete, runs it left open end KILLED. Returns the delivery (``last_error``, ``pending``).
+    """
+    delivery = Delivery(journal, tracking_uri)
+    delay = POLL_S
+    while True:
+        complete = control.complete()
+        done = delivery.attempt(final=complete)
+        if on_attempt is not None:
+            on_attempt(delivery)
+        if done and complete:
+            if delivery.state["open"]:
+                try:
+                    delivery._open()
+                    delivery.end_open_runs()
+                except Exception as err:
+                    if not is_transient(err) and not isinstance(err, (TrackingUnavailable, NotYetThere)):
+                        raise
+                    delivery._set_error(describe(err))
+                    done = False
+            if done:
+                return delivery
+        deadline = control.deadline()
+        if deadline is not None and time.monotonic() >= deadline:
+            return delivery
+        delay = min(delay * 2, MAX_BACKOFF_S) if delivery.last_error else POLL_S
+        control.wait(delay if not complete or delivery.last_error else POLL_S / 10)

@@ -1,0 +1,457 @@
+"""The tracking store: check it before anything runs, open (or create) it, find the experiment.
+
+- :func:`preflight` checks the store before anything is loaded (a writable sqlite folder, an
+  MLflow server that answers within a short timeout, a supported URI) and raises
+  :class:`TrackingUnavailable`, one line naming the URI, the problem and the fix. MLflow is not
+  imported, so the job pays nothing for it.
+- :func:`open_store` creates a fresh sqlite store under a file lock (``<db>.lock``), so plain runs,
+  sweep jobs and torchrun ranks may start at once on a new file; a fresh store is a copy of an
+  empty template when this machine has one (MLflow's migrations take seconds; see
+  :func:`copy_template`).
+- :func:`is_transient` tells "the store is away, try again later" from "this write is wrong".
+
+MLflow's own HTTP retries are unbounded in practice (7 retries with a backoff factor of 2: about
+4 minutes a call against a dead server). :func:`open_store` for an ``http(s)`` URI therefore sets
+``MLFLOW_HTTP_REQUEST_MAX_RETRIES=2``, ``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR=1`` and
+``MLFLOW_HTTP_REQUEST_TIMEOUT=10`` in the process environment unless they are already set (a value
+the user set wins); importing this module changes nothing. Delivery's own backoff does the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import socket
+import sqlite3
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from lrtrack.tracking.redact import redact
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+log = logging.getLogger(__name__)
+
+# Error codes that mean "this write is wrong", not "the store is away": such a write is never retried.
+PERMANENT_CODES = frozenset({
+    "INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS", "INVALID_STATE",
+    "BAD_REQUEST", "ENDPOINT_NOT_FOUND", "MALFORMED_REQUEST", "NOT_IMPLEMENTED",
+})
+
+
+
+HTTP_LIMITS = {  # set (unless already set) when an http(s) store is opened
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    # MLflow prints "View run ... at: <URL>" when a run ends: the URL may carry credentials, and
+    # lrtrack prints its own (redacted) hint once per command.
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+}
+DB_SCHEMES = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
+ALLOWED_FORMS = ("sqlite:////absolute/path/mlflow.db, http://host:port or https://host (an MLflow server), "
+                 "or a database URI (postgresql://, mysql://, mssql://)")
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+class TrackingUnavailable(ValueError):
+    """The tracking store cannot be used; the message names the URI, the problem and the fix."""
+
+
+def resolve_tracking_uri(configured: str | None, launch_dir: str | Path) -> str:
+    """``MLFLOW_TRACKING_URI`` when set, else the configured URI, else ``<launch_dir>/mlflow.db``.
+
+    A relative sqlite path would land in Hydra's per-run output folder, so the default is an
+    absolute path in the folder the command was started from.
+    """
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    if configured:
+        return configured
+    return f"sqlite:///{Path(launch_dir).resolve() / 'mlflow.db'}"
+
+
+# ---------------------------------------------------------------------- pre-flight
+
+
+def preflight(uri: str, timeout_s: float = 10.0) -> None:
+    """Check that the tracking store at ``uri`` can be used, within about ``timeout_s`` seconds.
+
+    sqlite: the folder exists and is writable, the disk is not full, an existing file is
+    writable and is an SQLite database. http(s): an MLflow server answers its REST API (one
+    request with a short connect timeout, no retries). Database URIs: the host accepts a TCP
+    connection. Nothing is created and MLflow is not imported.
+
+    Raises:
+        TrackingUnavailable: one line naming the URI (credentials masked), the problem and the fix.
+    """
+    scheme = uri.split(":", 1)[0].lower() if ":" in uri else ""
+    base = scheme.split("+", 1)[0]
+    if base == "sqlite":
+        _check_sqlite(uri)
+    elif base in ("http", "https"):
+        _check_http(uri, timeout_s)
+    elif base in DB_SCHEMES:
+        _check_socket(uri, DB_SCHEMES[base], timeout_s)
+    elif base == "databricks":
+        return
+    elif base == "file" or (not scheme and uri.startswith(("/", "."))) or len(scheme) == 1:
+        if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() != "true":
+            raise TrackingUnavailable(
+                f"tracking URI {redact(uri)!r} is a file store, which MLflow 3 refuses: use "
+                f"sqlite:///{Path(uri.removeprefix('file://')).resolve() / 'mlflow.db'} instead ({_where(uri)})")
+    else:
+        raise TrackingUnavailable(f"tracking URI {redact(uri)!r} is not supported: use {ALLOWED_FORMS} "
+                                  f"({_where(uri)}), or tracking.enabled=false to run without MLflow")
+
+
+def _where(uri: str) -> str:
+    """Which setting holds the URI, for the fix part of a message."""
+    if os.environ.get("MLFLOW_TRACKING_URI") == uri:
+        return "fix MLFLOW_TRACKING_URI, which overrides tracking.tracking_uri"
+    return "set tracking.tracking_uri"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of an ``sqlite:///`` URI (absolute), ``None`` for other schemes."""
+    if not uri.lower().startswith("sqlite"):
+        return None
+    rest = uri.split(":", 1)[1]
+    path = rest[3:].split("?", 1)[0] if rest.startswith("///") else ""
+    if not path or path == ":memory:":
+        raise TrackingUnavailable(f"tracking URI {redact(uri)!r} names no database file: use "
+                                  f"sqlite:////absolute/path/mlflow.db ({_where(uri)})")
+    return Path(path) if Path(path).is_absolute() else Path.cwd() / path
+
+
+def _check_sqlite(uri: str) -> None:
+    path = sqlite_path(uri) or Path()
+    folder = path.parent
+    fix = f"{_where(uri)} to a file in a writable folder, or tracking.enabled=false"
+    if not folder.is_dir():
+        raise TrackingUnavailable(f"tracking store {uri}: the folder {folder} does not exist: "
+                                  f"create it (mkdir -p {folder}) or {fix}")
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".lrtrack-probe-"):
+            pass
+    except OSError as err:
+        raise TrackingUnavailable(f"tracking store {uri}: cannot write in {folder} ({err.strerror}); sqlite "
+                                  f"writes the database and its journal there: make it writable or {fix}") from err
+    free = shutil.disk_usage(folder).free
+    if free < 1 << 20:
+        raise TrackingUnavailable(f"tracking store {uri}: the disk holding {folder} is full ({free} bytes free): "
+                                  f"free some space or {fix}")
+    if path.is_dir():
+        raise TrackingUnavailable(f"tracking store {uri}: {path} is a folder, not a database file: {fix}")
+    if path.exists():
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except OSError as err:
+            raise TrackingUnavailable(f"tracking store {uri}: cannot write {path} ({err.strerror}): "
+                                      f"make it writable (chmod u+w {path}) or {fix}") from err
+        with os.fdopen(fd, "rb") as fh:
+            header = fh.read(len(SQLITE_HEADER))
+        if header and header != SQLITE_HEADER:
+            raise TrackingUnavailable(f"tracking store {uri}: {path} is not an SQLite database: {fix}")
+
+
+def _http_options() -> dict[str, Any]:
+    """requests' auth and TLS options from MLflow's own environment variables."""
+    options: dict[str, Any] = {}
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if token:
+        options["headers"] = {"Authorization": f"Bearer {token}"}
+    elif user and password:
+        options["auth"] = (user, password)
+    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+        options["verify"] = False
+    elif os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"):
+        options["verify"] = os.environ["MLFLOW_TRACKING_SERVER_CERT_PATH"]
+    return options
+
+
+def _check_http(uri: str, timeout_s: float) -> None:
+    import requests
+
+    shown = redact(uri)
+    parts = urlsplit(uri)
+    if not parts.hostname:
+        raise TrackingUnavailable(f"tracking URI {shown!r} names no host: use {ALLOWED_FORMS} ({_where(uri)})")
+    connect = min(3.0, timeout_s)
+    read = max(0.5, timeout_s - connect)
+    url = f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search"
+    fix = f"start it (mlflow server --host {parts.hostname} --port {parts.port or 5000} ...), {_where(uri)}, " \
+          f"or run with tracking.enabled=false"
+    try:
+        reply = requests.get(url, params={"max_results": 1}, timeout=(connect, read), **_http_options())
+    except requests.exceptions.ConnectTimeout as err:
+        raise TrackingUnavailable(f"tracking server {shown} did not accept a connection within {connect:g} s: "
+                                  f"{fix}") from err
+    except requests.exceptions.ReadTimeout as err:
+        raise TrackingUnavailable(f"tracking server {shown} accepted the connection but did not answer within "
+                                  f"{read:g} s: check that it is an MLflow server and not overloaded, {_where(uri)}"
+                                  ) from err
+    except requests.exceptions.SSLError as err:
+        raise TrackingUnavailable(f"tracking server {shown}: TLS failed ({describe(err)}): set "
+                                  f"MLFLOW_TRACKING_SERVER_CERT_PATH, or MLFLOW_TRACKING_INSECURE_TLS=true") from err
+    except requests.exceptions.RequestException as err:
+        reason = "connection refused" if "refused" in str(err).lower() else describe(err)
+        raise TrackingUnavailable(f"nothing answers at tracking server {shown} ({reason}): {fix}") from err
+    _check_http_reply(shown, reply.status_code, reply.text, uri)
+
+
+def _check_http_reply(shown: str, status: int, text: str, uri: str) -> None:
+    if status in (401, 403):
+        raise TrackingUnavailable(f"tracking server {shown} refused access (HTTP {status}): set "
+                                  f"MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)")
+    if status == 404:
+        raise TrackingUnavailable(f"{shown} answers but is not an MLflow tracking server (HTTP 404 for "
+                                  f"/api/2.0/mlflow/experiments/search): {_where(uri)} to the server's base URL")
+    if status != 200:
+        raise TrackingUnavailable(f"tracking server {shown} answered HTTP {status} ({redact(text.strip()[:120])}): "
+                                  f"check the server's log, or {_where(uri)}")
+    try:
+        json.loads(text)
+    except ValueError as err:
+        raise TrackingUnavailable(f"{shown} answers but is not an MLflow tracking server (its reply is not JSON): "
+                                  f"{_where(uri)} to the server's base URL") from err
+
+
+def _check_socket(uri: str, default_port: int, timeout_s: float) -> None:
+    parts = urlsplit(uri)
+    host, port = parts.hostname, parts.port or default_port
+    if not host:
+        return  # a unix socket or a driver-specific form: MLflow will say
+    try:
+        socket.create_connection((host, port), timeout=min(timeout_s, 5.0)).close()
+    except OSError as err:
+        raise TrackingUnavailable(f"tracking database {redact(uri)}: nothing answers at {host}:{port} "
+                                  f"({err.strerror or err}): start the database, or {_where(uri)}") from err
+
+
+def http_answers(uri: str, timeout_s: float = 3.0) -> bool:
+    """True when the MLflow server at ``uri`` answers within ``timeout_s`` (no retries)."""
+    try:
+        _check_http(uri, timeout_s)
+    except TrackingUnavailable:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------- the store
+
+
+def bound_http_retries() -> None:
+    """Bound MLflow's HTTP retries for this process (see the module docstring); user values win."""
+    for name, value in HTTP_LIMITS.items():
+        os.environ.setdefault(name, value)
+
+
+@contextlib.contextmanager
+def store_lock(uri: str, timeout_s: float = 120.0) -> Iterator[None]:
+    """Hold ``<db>.lock`` (``fcntl.flock``) for an sqlite store; nothing for other stores.
+
+    Raises:
+        TrackingUnavailable: the lock could not be taken within ``timeout_s``.
+    """
+    path = sqlite_path(uri)
+    if path is None:
+        yield
+        return
+    import fcntl  # POSIX; imported here so that importing lrtrack never needs it
+
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as err:
+        raise TrackingUnavailable(f"tracking store {uri}: cannot create the lock file {lock_path} "
+                                  f"({err.strerror}): make {path.parent} writable or {_where(uri)}") from err
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise TrackingUnavailable(
+                        f"tracking store {uri}: another process has held {lock_path} for {timeout_s:g} s while "
+                        f"creating the store; if none is running, delete {lock_path}") from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def open_store(uri: str) -> MlflowClient:
+    """An ``MlflowClient`` for ``uri`` whose store exists.
+
+    A fresh sqlite file is created under :func:`store_lock`, so several processes may open the
+    same new store at once: copied from an empty template when this machine has one for this
+    MLflow version, else by MLflow's migrations (and then saved as that template; see
+    :func:`copy_template`). For ``http(s)`` the process's MLflow HTTP retries are bounded
+    first (:func:`bound_http_retries`).
+    """
+    from mlflow.tracking import MlflowClient
+
+    if uri.lower().startswith(("http://", "https://")):
+        bound_http_retries()
+    path = sqlite_path(uri)
+    with store_lock(uri):
+        fresh = path is not None and not path.exists()
+        copied = fresh and path is not None and copy_template(path)
+        client = MlflowClient(tracking_uri=uri)  # an sqlite store creates its tables here (unless copied)
+        if fresh and not copied and path is not None:
+            save_template(path)
+    return client
+
+
+
+def ensure_experiment(client: MlflowClient, name: str) -> str:
+    """The experiment's id, creating it when missing (tolerating a concurrent creator)."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        if found.lifecycle_stage == "deleted":
+            client.restore_experiment(found.experiment_id)
+        return found.experiment_id
+    try:
+        return client.create_experiment(name)
+    except Exception:  # another process created it between our look-up and our create
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+# ---------------------------------------------------------------------- errors
+
+
+def is_transient(err: BaseException) -> bool:
+    """True when ``err`` means the store is unreachable or unwell, so the write may succeed later.
+
+    MLflow reports a refused connection, a timeout and a 5xx reply as ``MlflowException``
+    (``INTERNAL_ERROR``, ``TEMPORARILY_UNAVAILABLE``); a locked, read-only or full sqlite file
+    as ``TEMPORARILY_UNAVAILABLE``; file and socket errors are ``OSError`` (``requests``'
+    errors included). A write the store rejects (``INVALID_PARAMETER_VALUE``...) is permanent.
+    """
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(err, MlflowException):
+        return err.error_code not in PERMANENT_CODES
+    return isinstance(err, OSError)
+
+
+def describe(err: BaseException) -> str:
+    """A short, credential-free account of an error: "connection refused", "HTTP 503", or its first line."""
+    text = str(err).strip()
+    lowered = text.lower()
+    for marker, short in (("connection refused", "connection refused"), ("timed out", "timed out"),
+                          ("name or service not known", "host not found"), ("nameresolutionerror", "host not found"),
+                          ("connection reset", "connection reset"), ("remotedisconnected", "connection closed"),
+                          ("connection aborted", "connection closed"), ("database is locked", "database is locked"),
+                          ("readonly database", "read-only database"), ("disk is full", "disk full"),
+                          ("unable to open database", "cannot open the database file")):
+        if marker in lowered:
+            return short
+    for code in ("500", "502", "503", "504"):
+        if f"{code} error response" in lowered or f"error code {code}" in lowered:
+            return f"HTTP {code}"
+    first = text.splitlines()[0] if text else type(err).__name__
+    return redact(first)[:160]
+
+
+
+# ---------------------------------------------------------------------- fresh sqlite stores from a template
+# MLflow creates a new sqlite store by running every schema migration since its first release:
+# about 2 s of Python on a small CPU. The result does not depend on where the file is, except the
+# Default experiment's artifact location, which MLflow writes when it finds no experiment. So the
+# first store made on a machine is also saved, without its experiments, as a template for this
+# MLflow version (~/.cache/lrtrack/, or $XDG_CACHE_HOME/lrtrack); later fresh stores are a copy,
+# and MLflow adds their Default experiment as it would.
+
+
+def template_path() -> Path | None:
+    """Where this MLflow version's empty store is kept (``None``: no home folder to keep it in)."""
+    from mlflow.version import VERSION
+
+    try:
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    except RuntimeError:  # no HOME and no password entry
+        return None
+    return cache / "lrtrack" / f"mlflow-{VERSION}-empty-store.db"
+
+
+def copy_template(path: Path) -> bool:
+    """Make the store at ``path`` (which does not exist) from the template; False when there is
+    none, or it is not a migrated store (it is then deleted: the caller lets MLflow make one)."""
+    template = template_path()
+    if template is None or not template.is_file():
+        return False
+    if not _is_empty_store(template):
+        log.warning("the cached empty tracking store %s is not one; it is deleted", template)
+        template.unlink(missing_ok=True)
+        return False
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        shutil.copyfile(template, tmp)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        return False
+    return True
+
+
+def _is_empty_store(db: Path) -> bool:
+    """An sqlite file with MLflow's tables, a schema version, and no experiment."""
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+            versions = conn.execute("SELECT version_num FROM alembic_version").fetchall()
+            (experiments,) = conn.execute("SELECT count(*) FROM experiments").fetchone()
+            conn.execute("SELECT count(*) FROM runs").fetchone()
+        return len(versions) == 1 and experiments == 0
+    except sqlite3.Error:
+        return False
+
+
+def save_template(fresh_store: Path) -> None:
+    """Keep a copy of a store MLflow has just created (nothing in it but its Default experiment),
+    without its experiments, as the template. Best effort: a cache that cannot be written is skipped."""
+    target = template_path()
+    if target is None or target.is_file():
+        return
+    tmp: str | None = None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".template-", suffix=".db")
+        os.close(fd)
+        shutil.copyfile(fresh_store, tmp)
+        with sqlite3.connect(tmp) as db:
+            (runs,) = db.execute("SELECT count(*) FROM runs").fetchone()
+            if runs:  # not fresh after all
+                raise OSError("the store already holds runs")
+            db.execute("DELETE FROM experiment_tags")
+            db.execute("DELETE FROM experiments")
+        os.replace(tmp, target)
+    except (OSError, sqlite3.Error) as err:
+        log.debug("no store template saved (%s)", err)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def read_client(uri: str) -> MlflowClient:
+    """A client to read an existing store (the report, a sweep's summary); creates nothing."""
+    from mlflow.tracking import MlflowClient
+
+    if uri.lower().startswith(("http://", "https://")):
+        bound_http_retries()
+    return MlflowClient(tracking_uri=uri)
