@@ -56,12 +56,14 @@ def test_combine_takes_the_median_curve_suggestion_and_edge() -> None:
     assert row["loss_smoothed_min"] == 2.0 and row["loss_smoothed_max"] == 9.0
 
 
-def test_combined_suggestions_stay_below_the_median_edge() -> None:
-    a = _result([3.0, 2.0, 1.0, 2.0], {"confirmed": 0.5}, edge=0.1)
-    b = _result([3.0, 2.0, 1.0, 2.0], {"confirmed": 0.5}, edge=0.1)
+def test_combined_curve_suggestions_stay_below_the_median_edge_but_confirmed_follows_its_probes() -> None:
+    a = _result([3.0, 2.0, 1.0, 2.0], {"confirmed": 0.5, "valley": 0.5}, edge=0.1)
+    b = _result([3.0, 2.0, 1.0, 2.0], {"confirmed": 0.5, "valley": 0.5}, edge=0.1)
     m = combine([a, b])
-    assert m.suggestions["confirmed"].lr == pytest.approx(0.1)
-    assert "capped at the median divergence edge" in m.suggestions["confirmed"].reason
+    assert m.suggestions["valley"].lr == pytest.approx(0.1)
+    assert "capped at the median divergence edge" in m.suggestions["valley"].reason
+    # confirmed's probes climb above the edge while they train well: they are the evidence
+    assert m.suggestions["confirmed"].lr == pytest.approx(0.5)
 
 
 def test_repeats_see_different_data_orders_from_the_same_start() -> None:
@@ -71,7 +73,7 @@ def test_repeats_see_different_data_orders_from_the_same_start() -> None:
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     rng = torch.get_rng_state()
     result = run_repeated_range_test(model, opt, loader, repeats=3, criterion=nn.CrossEntropyLoss(),
-                                     num_iter=20, device="cpu", progress=False)
+                                     num_iter=20, device="cpu", progress=False, extra_repeats=0)
     assert len(result.repeats) == 3
     first_losses = [r.losses[0] for r in result.repeats]
     assert len(set(first_losses)) == 3  # the same weights, three different first batches
@@ -83,7 +85,7 @@ def test_repeats_see_different_data_orders_from_the_same_start() -> None:
     # The same seed gives the same repeats.
     torch.set_rng_state(rng)
     again = run_repeated_range_test(model, opt, loader, repeats=3, criterion=nn.CrossEntropyLoss(),
-                                    num_iter=20, device="cpu", progress=False)
+                                    num_iter=20, device="cpu", progress=False, extra_repeats=0)
     assert again.smoothed_losses == result.smoothed_losses
 
 
@@ -102,7 +104,7 @@ def test_one_repeat_is_a_plain_range_test_and_bad_values_are_refused() -> None:
     model, x, y = _task()
     args = dict(criterion=nn.CrossEntropyLoss(), num_iter=10, progress=False)
     one = run_repeated_range_test(model, torch.optim.SGD(model.parameters(), lr=1e-3),
-                                  InMemoryLoader(x, y, 32, seed=0), repeats=1, **args)
+                                  InMemoryLoader(x, y, 32, seed=0), repeats=1, extra_repeats=0, **args)
     plain = run_range_test(model, torch.optim.SGD(model.parameters(), lr=1e-3), InMemoryLoader(x, y, 32, seed=0),
                            **args)
     assert one.losses == plain.losses and one.repeats == () and one.band() == {}
@@ -119,7 +121,7 @@ def test_the_figure_draws_the_band_of_the_repeats() -> None:
 
     model, x, y = _task()
     result = run_repeated_range_test(model, torch.optim.SGD(model.parameters(), lr=1e-3),
-                                     InMemoryLoader(x, y, 32, seed=0), repeats=3,
+                                     InMemoryLoader(x, y, 32, seed=0), repeats=3, extra_repeats=0,
                                      criterion=nn.CrossEntropyLoss(), num_iter=30, progress=False)
     fig = range_test_figure(result)
     ax = fig.axes[0]
@@ -184,7 +186,7 @@ def test_auto_repeats_runs_three_tests_for_adam_like_optimizers_and_one_for_sgd(
                 torch.optim.Adagrad(params), torch.optim.Adadelta(params)]
     assert [auto_repeats(opt) for opt in adaptive] == [ADAPTIVE_REPEATS] * len(adaptive) == [3] * 8
     assert auto_repeats(torch.optim.SGD(params, lr=0.1, momentum=0.9)) == 1
-    args = dict(criterion=nn.CrossEntropyLoss(), num_iter=8, probe_steps=2, progress=False)
+    args = dict(criterion=nn.CrossEntropyLoss(), num_iter=8, probe_steps=2, progress=False, extra_repeats=0)
     adam = run_repeated_range_test(model, torch.optim.Adam(model.parameters(), lr=1e-4),
                                    InMemoryLoader(x, y, 32, seed=0), end_lr=1.0, **args)
     sgd = run_repeated_range_test(model, torch.optim.SGD(model.parameters(), lr=1e-3),

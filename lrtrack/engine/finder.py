@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from lrtrack.engine.confidence import HIGH, Verdict, curve_reasons, probe_reasons
 from lrtrack.engine.distributed import mean_over_ranks
 from lrtrack.engine.observers import NullObserver, StepObserver
 from lrtrack.engine.probes import Probe, ProbeSearch
@@ -128,12 +129,19 @@ class RangeTestResult:
         stop_reason: ``completed``, ``diverged``, ``non_finite_loss`` or ``interrupted``.
         stop_detail: a sentence saying why it stopped where it did.
         suggestions: every suggestion rule's answer (:data:`lrtrack.engine.suggest.RULES`, the default
-            ``confirmed`` first), none past the divergence edge.
+            ``confirmed`` first); no curve rule past the divergence edge.
         num_iter, step_mode, start_lr, end_lr: the requested grid.
         edge: where the loss starts rising for good (:func:`lrtrack.engine.suggest.find_edge`).
         probes: the fixed-LR probes of the confirmation stage, in the order they ran.
         repeats: for a repeated test (:func:`lrtrack.engine.repeats.run_repeated_range_test`), each
             repeat's own result; this result is then their median (see :meth:`band`).
+        confidence: the verdict on the default suggestion, ``high`` or ``low``
+            (:mod:`lrtrack.engine.confidence`).
+        confidence_reasons: why it is ``low`` (short phrases, each starting with one of
+            :data:`lrtrack.engine.confidence.REASONS`); empty for ``high``.
+        extra_steps: optimizer steps spent on top of the planned tests because the verdict was
+            ``low`` (more range tests; 0 when none were needed).
+        extra_actions: what that extra budget did, one sentence each.
     """
 
     lrs: list[float]
@@ -152,6 +160,10 @@ class RangeTestResult:
     edge: Edge = field(default_factory=lambda: Edge(None, None, "not located"))
     probes: tuple[Probe, ...] = ()
     repeats: tuple[RangeTestResult, ...] = ()
+    confidence: str = HIGH
+    confidence_reasons: list[str] = field(default_factory=list)
+    extra_steps: int = 0
+    extra_actions: list[str] = field(default_factory=list)
 
     @property
     def steps(self) -> int:
@@ -166,6 +178,12 @@ class RangeTestResult:
     def probe_steps(self) -> int:
         """Optimizer steps the confirmation probes took (on top of :attr:`steps`)."""
         return sum(p.steps for p in self.probes)
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps of the whole test: every sweep (each repeat's) and every probe."""
+        sweeps = sum(r.steps for r in self.repeats) if self.repeats else self.steps
+        return sweeps + self.probe_steps
 
     @property
     def best_index(self) -> int | None:
@@ -537,10 +555,12 @@ class _RangeTest:
         return Probe(lr, tuple(losses), steps)
 
     def result(self, step_mode: str, start_lr: float, end_lr: float,
-               probes: Sequence[Probe] = ()) -> RangeTestResult:
+               probes: Sequence[Probe] = (), probe_notes: Sequence[str] | None = None) -> RangeTestResult:
+        """The result; ``probe_notes``: the probes' confidence reasons (None: no probes were run)."""
         if self.stop_reason != STOP_COMPLETED:
             log.info("range test stopped: %s", self.stop_detail)
         edge = self.edge()
+        verdict = Verdict.of([*curve_reasons(self.lrs, self.losses), *(probe_notes or ())])
         return RangeTestResult(
             lrs=self.lrs,
             group_lrs=self.group_lrs,
@@ -557,6 +577,8 @@ class _RangeTest:
             metadata={"device": str(self.device), "amp": self.amp, "groups": len(self.grids)},
             edge=edge,
             probes=tuple(probes),
+            confidence=verdict.level,
+            confidence_reasons=list(verdict.reasons),
         )
 
 
@@ -654,16 +676,18 @@ def run_range_test(
         smoother=policy.smoother if policy.smoother is not None else EmaSmoother(smoothing),
         observer=observer if observer is not None else NullObserver(),
     )
-    probes = _execute(test, StateSnapshot(model, optimizer) if restore else None, train_loader, val_loader,
-                      val_batches, progress, steps)
-    return test.result(step_mode, starts[0], ends[0], probes)
+    probes, notes = _execute(test, StateSnapshot(model, optimizer) if restore else None, train_loader, val_loader,
+                             val_batches, progress, steps)
+    return test.result(step_mode, starts[0], ends[0], probes, notes)
 
 
 def _execute(test: _RangeTest, snapshot: StateSnapshot | None, train_loader: Iterable[Any],
              val_loader: Iterable[Any] | None, val_batches: int | None, progress: bool,
-             probe_steps: int) -> list[Probe]:
-    """The sweep, then the confirmation probes (with a snapshot); the state restored whatever happens."""
-    probes: list[Probe] = []
+             probe_steps: int) -> tuple[list[Probe], list[str] | None]:
+    """The sweep, then the confirmation probes (with a snapshot); the state restored whatever happens.
+
+    Returns the probes and their confidence reasons (None when no probes were run)."""
+    probes: tuple[list[Probe], list[str] | None] = ([], None)
     try:
         test.set_validation(val_loader, val_batches)
         batches = _cycle(train_loader)
@@ -685,23 +709,28 @@ def _probe_steps(probe_steps: int | None, num_iter: int) -> int:
 
 
 def _confirm(test: _RangeTest, snapshot: StateSnapshot, batches: Iterator[Any], steps: int,
-             budget: int) -> list[Probe]:
-    """The confirmation stage: fixed-LR probes from the start state below the divergence edge.
+             budget: int) -> tuple[list[Probe], list[str]]:
+    """The confirmation stage: fixed-LR probes from the start state, from the divergence edge.
 
     Every probe starts from ``snapshot`` and runs on the same batches (the next ones after the
     sweep), so the probes differ only in their LR; :class:`~lrtrack.engine.probes.ProbeSearch` picks
-    the LRs. Stops when the search ends, the next probe would exceed ``budget`` steps in all,
-    or on Ctrl-C (keeping the probes done).
+    the LRs (up from the edge while they stay good, then down). Stops when the search ends, the
+    next probe would exceed ``budget`` steps in all, or on Ctrl-C (keeping the probes done).
+
+    Returns the probes and their confidence reasons (:func:`lrtrack.engine.confidence.probe_reasons`).
     """
     if len(test.lrs) < 2:
-        return []
+        return [], probe_reasons([], None)
     edge = test.edge()
     search = ProbeSearch(edge.lr if edge.lr is not None else test.lrs[-1], lowest_lr=test.grids[0][0])
     fixed = [move_to_device(next(batches), test.device, test.non_blocking)
              for _ in range(steps * test.accumulation_steps)]
-    used = 0
+    used, cut = 0, False
     try:
-        while (lr := search.next_lr()) is not None and used + steps <= budget:
+        while (lr := search.next_lr()) is not None:
+            if used + steps > budget:
+                cut = search.cut_matters()
+                break
             snapshot.restore()
             probe = test.probe(lr, fixed, steps)
             used += probe.steps
@@ -709,7 +738,7 @@ def _confirm(test: _RangeTest, snapshot: StateSnapshot, batches: Iterator[Any], 
     except KeyboardInterrupt:
         log.warning("confirmation probes interrupted after %d probes", len(search.probes))
     log.info("confirmation: %d fixed-LR probes, %d steps", len(search.probes), used)
-    return search.probes
+    return search.probes, probe_reasons(search.probes, edge.lr, climbed_out=search.climbed_out, cut=cut)
 
 
 def _optimizer_train_mode(optimizer: torch.optim.Optimizer) -> None:

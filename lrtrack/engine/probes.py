@@ -7,10 +7,11 @@ LR diverges (on least squares the sweep's minimum lies 3-7x past the stability e
 ``2 / lambda_max``). A probe asks the direct question instead: from the state the test
 started in, take ``steps`` optimizer steps at one fixed LR and measure the loss.
 
-:class:`ProbeSearch` decides which LRs to probe: the divergence edge, then half-octave steps
-(factors of sqrt(2)) down from it until a probe has lowered the loss and the next one fails to
-beat the best one; then one quarter-octave probe between the largest good LR and the failing
-one above it.
+:class:`ProbeSearch` decides which LRs to probe: the divergence edge; half-octave steps (factors
+of sqrt(2)) *up* from it while the probes stay good (the edge is only a starting point: a sweep
+whose loss bumps up and recovers puts it too early); then half-octave steps down until a probe
+has lowered the loss and the next one fails to beat the best one; then one quarter-octave probe
+between the largest good LR and the failing one above it.
 :func:`good_limit` reads off the largest LR that trains about as well as the best probe. The
 engine (:func:`lrtrack.engine.finder.run_range_test`) runs every probe from the same start state on
 the same batches, so the probes differ only in their LR.
@@ -25,7 +26,9 @@ from dataclasses import dataclass
 #: Stop descending after this many probes in a row that do not beat the best one.
 PATIENCE = 1
 #: Probes at most (the unstable ones usually stop after a few steps).
-MAX_PROBES = 9
+MAX_PROBES = 10
+#: Half-octave rungs above the divergence edge the search may climb while the probes stay good.
+MAX_UP = 4
 #: A probe counts as good when its loss is within this share of the best probe's progress
 #: (``start loss - best``) of the best probe.
 TOLERANCE = 0.2
@@ -88,8 +91,20 @@ def good_probes(probes: Sequence[Probe], tol: float = TOLERANCE) -> tuple[list[P
 class ProbeSearch:
     """Which LR to probe next; call :meth:`next_lr`, run the probe, :meth:`add` it, repeat.
 
+    The probes are the evidence; the sweep's divergence edge is only where they start. The
+    search runs in three phases on a ladder of half-octave rungs ``top * sqrt(2) ** k``:
+
+    1. **Up** (``k = 1, 2, ...``, at most ``max_up`` rungs): while the newest probe at or above
+       ``top`` trains about as well as the best probe so far (:func:`good_probes`). A sweep whose
+       loss bumps up and recovers puts its edge too early; a good probe there says "look higher",
+       and only a failing probe ends the climb.
+    2. **Down** (``k = -1, -2, ...``): until a probe has lowered the loss below the start and the
+       next one below it fails to beat the best one (``patience``); never below ``lowest_lr``.
+    3. **Refinement**: once, the quarter-octave between the largest good rung and a failing rung
+       above it.
+
     Args:
-        top_lr: the first and highest LR to probe (the divergence edge, or the sweep's last LR).
+        top_lr: the first LR to probe (the divergence edge, or the sweep's last LR).
         lowest_lr: never probe below this (the sweep's first LR).
         max_probes: probes at most.
         patience: stop descending after this many probes in a row without a new best, once a
@@ -97,34 +112,63 @@ class ProbeSearch:
             down: a probe that diverged or ended above the start says nothing about the LRs
             below it (stopping there left ``confirmed`` without an answer).
         tol: see :func:`good_probes`.
+        max_up: half-octave rungs above ``top_lr`` at most (4: up to 4x the edge).
     """
 
     def __init__(self, top_lr: float, *, lowest_lr: float, max_probes: int = MAX_PROBES,
-                 patience: int = PATIENCE, tol: float = TOLERANCE) -> None:
+                 patience: int = PATIENCE, tol: float = TOLERANCE, max_up: int = MAX_UP) -> None:
         if not (math.isfinite(top_lr) and top_lr > 0):
             raise ValueError(f"top_lr must be a finite positive LR; got {top_lr!r}")
         self.top = float(top_lr)
         self.lowest = lowest_lr
-        self.max_probes, self.patience, self.tol = max_probes, patience, tol
+        self.max_probes, self.patience, self.tol, self.max_up = max_probes, patience, tol, max_up
         self.probes: list[Probe] = []
-        self._descended = 0
-        self._since_best = 0
-        self._best = math.inf
+        self._rungs: list[int | None] = []  # the rung of every probe (None: the refinement)
+        self._phase = "up"
         self._refined = False
+
+    def _rung_lr(self, k: int) -> float:
+        return self.top * math.sqrt(2) ** k
 
     def next_lr(self) -> float | None:
         """The next LR to probe, or None when the search is over."""
         if len(self.probes) >= self.max_probes:
             return None
-        descending = self._since_best < self.patience or not self._progressed()
-        lr = self.top / math.sqrt(2) ** self._descended
-        if descending and lr >= self.lowest * (1 - 1e-9):
-            return lr
+        if not self.probes:
+            return self.top
+        if self._phase == "up":
+            k = max(r for r in self._rungs if r is not None)
+            if k < self.max_up and self._good(self.probes[-1]):
+                return self._rung_lr(k + 1)
+            self._phase = "down"
+        if self._phase == "down":
+            down = [p for p, r in zip(self.probes, self._rungs) if r is not None and r < 0]
+            k = min(r for r in self._rungs if r is not None)
+            lr = self._rung_lr(min(k, 0) - 1)
+            if self._descend(down) and lr >= self.lowest * (1 - 1e-9):
+                return lr
+            self._phase = "refine"
         return self._refinement()
+
+    def _good(self, probe: Probe) -> bool:
+        """Whether ``probe`` lowered the loss and trains about as well as the best probe so far."""
+        good, _, _ = good_probes(self.probes, self.tol)
+        return any(p is probe for p in good)
+
+    def _descend(self, down: list[Probe]) -> bool:
+        """Go on down: no rung below the top yet, no progress yet, or the last one was a new best."""
+        if not down or not self._progressed():
+            return True
+        misses = 0
+        for p in reversed(down):
+            if p.score <= min(q.score for q in self.probes if q is not p) and p.score < math.inf:
+                break
+            misses += 1
+        return misses < self.patience
 
     def _progressed(self) -> bool:
         """Whether a probe has lowered the loss below the start loss (every probe's first loss)."""
-        return bool(self.probes) and self._best < self.probes[0].losses[0]
+        return bool(self.probes) and min(p.score for p in self.probes) < self.probes[0].losses[0]
 
     def _refinement(self) -> float | None:
         """Once: the quarter-octave between the largest good rung and a failing rung above it."""
@@ -142,13 +186,26 @@ class ProbeSearch:
 
     def add(self, probe: Probe) -> None:
         """Record a finished probe (the LR :meth:`next_lr` gave)."""
-        if not self._refined:
-            self._descended += 1
+        rung = None if self._refined else round(2 * math.log2(probe.lr / self.top))
+        self._rungs.append(rung)
         self.probes.append(probe)
-        if probe.score < self._best:
-            self._best, self._since_best = probe.score, 0
-        else:
-            self._since_best += 1
+
+    def cut_matters(self) -> bool:
+        """Whether stopping now leaves the answer open: still climbing, or no failing probe above
+        the largest good one (a refinement left out does not count)."""
+        if self._phase == "up":
+            return True
+        good, _, _ = good_probes(self.probes, self.tol)
+        if not good:
+            return True
+        chosen = max(p.lr for p in good)
+        return not any(p.lr > chosen for p in self.probes)
+
+    @property
+    def climbed_out(self) -> bool:
+        """Whether the climb stopped at ``max_up`` rungs with the highest probe still good."""
+        ups = [p for p, r in zip(self.probes, self._rungs) if r is not None and r >= self.max_up]
+        return bool(ups) and self._good(ups[-1])
 
     def choice(self) -> tuple[Probe | None, str]:
         """The largest probed LR that trains about as well as the best probe, and why."""

@@ -15,8 +15,10 @@ turns that curve into suggested learning rates, one per rule:
 * ``slide``: walk back from the divergence edge until the loss gradient at two
   points a fixed window apart agrees, i.e. until the curve stops bending.
 
-The **divergence edge** (:func:`find_edge`) is where the loss starts rising for good. No rule
-suggests an LR past it: a suggestion beyond it is capped at it (and says so).
+The **divergence edge** (:func:`find_edge`) is where the loss starts rising for good. No curve
+rule suggests an LR past it: a suggestion beyond it is capped at it (and says so). ``confirmed``
+is not capped there: its probes start at the edge and climb above it while they train well (a
+loss that bumps up and recovers puts the edge too early), so the probes are its evidence.
 
 The curve rules work on a *trimmed* view of the smoothed curve: non-finite losses at the
 tail are dropped first (the test stops at the first NaN, which is still
@@ -608,7 +610,9 @@ def _cap(s: Suggestion, edge: Edge) -> Suggestion:
 def _answer(rule: str, lrs: np.ndarray, losses: np.ndarray, edge: Edge, probes: Sequence[Probe] | None,
             skip_start: int | None, skip_end: int | None) -> Suggestion:
     if rule == "confirmed":
-        return _cap(_confirmed(lrs, probes), edge)
+        # The probes are the evidence, the edge only where they start: a good probe above a sweep
+        # whose loss bumped up and recovered must not be capped at that edge.
+        return _confirmed(lrs, probes)
     if rule == "slide" and edge.index is not None:
         # Slide walks back from the end of the curve: start it at the edge, not past the cliff.
         stop = edge.index + 1
