@@ -10,23 +10,19 @@ Code written against ``torch_lr_finder`` keeps working after a one-line import c
     lr_finder.reset()
 
 :class:`LRFinder` is a thin adapter over :func:`lrtrack.engine.finder.run_range_test` (there is one
-engine). By default it runs lrtrack's corrected range test: bias-corrected smoothing, a stop at
-the first NaN/inf loss, the model, optimizer and RNG restored after the test (also when it
-fails), a fixed validation subset, and all four suggestion rules in ``finder.suggestions``.
-``LRFinder(..., compat=True)`` behaves like torch-lr-finder 0.2.2 instead (it passes 0.2.2's own
-test suite, tests/test_compat_upstream.py) and reproduces its numbers, so a ported notebook
-draws the same curve; :data:`DIFFERENCES` lists every intentional difference.
-
-The loader wrappers :class:`DataLoaderIter`, :class:`TrainDataLoaderIter` and
-:class:`ValDataLoaderIter` behave like torch-lr-finder's: subclass one and override
-``inputs_labels_from_batch`` for a custom batch format, or (new) pass
-``step_fn(model, batch) -> loss`` to :class:`LRFinder` and skip the subclassing.
+engine). By default it runs lrtrack's corrected range test; ``LRFinder(..., compat=True)``
+behaves like torch-lr-finder 0.2.2 (it passes 0.2.2's own test suite,
+tests/test_compat_upstream.py) and reproduces its numbers, so a ported notebook draws the same
+curve. :data:`DIFFERENCES` lists every intentional difference. The loader wrappers
+(:class:`TrainDataLoaderIter`, :class:`ValDataLoaderIter`) behave like torch-lr-finder's; or
+(new) pass ``step_fn(model, batch) -> loss`` to :class:`LRFinder` and skip the subclassing.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import itertools
 import logging
 import math
 import numbers
@@ -35,7 +31,6 @@ import random
 import tempfile
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager
 from typing import Any, Literal
 
 import numpy as np
@@ -217,39 +212,43 @@ class ValDataLoaderIter(DataLoaderIter):
         return super().__next__()
 
 
-class _RawTrainIter(TrainDataLoaderIter):
-    """Train wrapper that hands batches to ``step_fn`` unchanged."""
-
-    def inputs_labels_from_batch(self, batch_data: Any) -> Any:
-        return batch_data
-
-
-class _RawValIter(ValDataLoaderIter):
-    """Validation wrapper that hands batches to ``step_fn`` unchanged."""
-
-    def inputs_labels_from_batch(self, batch_data: Any) -> Any:
-        return batch_data
+def _wrap(wrapper: type[DataLoaderIter], loader: DataLoader, raw: bool) -> DataLoaderIter:
+    """``wrapper(loader)``; ``raw`` hands the batches to ``step_fn`` unchanged."""
+    wrapped = wrapper(loader)
+    if raw:
+        wrapped.inputs_labels_from_batch = lambda batch: batch  # type: ignore[method-assign]
+    return wrapped
 
 
-class _NoResetSource:
+def _sources(train_loader: Any, val_loader: Any, raw: bool) -> tuple[Iterable[Any], Any]:
+    """What the engine reads training and validation batches from, in 0.2.2's order."""
+    if isinstance(train_loader, DataLoader):
+        train_loader = _wrap(TrainDataLoaderIter, train_loader, raw)
+    elif getattr(train_loader, "auto_reset", True) is False and isinstance(train_loader, Iterator):
+        train_loader = _no_reset(train_loader)
+    if isinstance(val_loader, DataLoader):
+        val_loader = _wrap(ValDataLoaderIter, val_loader, raw)
+    elif (
+        isinstance(val_loader, ValDataLoaderIter)
+        and 0 < val_loader.run_counter < val_loader.run_limit
+    ):
+        # Left mid-pass (e.g. by an earlier test that read a subset): start a full pass.
+        val_loader._iterator, val_loader.run_counter = iter(val_loader.data_loader), 0
+    return train_loader, val_loader
+
+
+def _no_reset(iterator: Iterator[Any]) -> Iterator[Any]:
     """Feeds the engine from a non-resetting iterator; running dry is a clear error."""
-
-    def __init__(self, iterator: Iterator[Any]) -> None:
-        self.iterator = iterator
-        self.taken = 0
-
-    def __iter__(self) -> Iterator[Any]:
-        while True:
-            try:
-                batch = next(self.iterator)
-            except StopIteration:
-                raise RuntimeError(
-                    f"train_loader ran out of batches after {self.taken} batches and its "
-                    "auto_reset is False; use TrainDataLoaderIter(loader, auto_reset=True), a "
-                    "longer loader, or a smaller num_iter * accumulation_steps"
-                ) from None
-            self.taken += 1
-            yield batch
+    for taken in itertools.count():
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            raise RuntimeError(
+                f"train_loader ran out of batches after {taken} batches and its auto_reset is "
+                "False; use TrainDataLoaderIter(loader, auto_reset=True), a longer loader, or a "
+                "smaller num_iter * accumulation_steps"
+            ) from None
+        yield batch
 
 
 # --------------------------------------------------------------------------- 0.2.2 numerics
@@ -303,71 +302,101 @@ class TorchLrFinderDivergence:
         return None
 
 
-# --------------------------------------------------------------------------- state caching
+def _whole_loader_validator(
+    val_source: Iterable[Any],
+    step: StepFn,
+    by_labels: bool,
+    device: torch.device,
+    non_blocking: bool,
+) -> Callable[[torch.nn.Module], torch.Tensor]:
+    """0.2.2's validation: the whole loader after every step, each batch's loss weighted by its
+    number of labels (``by_labels``; else by :func:`~lrtrack.engine.steps.batch_size_of`), the
+    sum divided by ``len(dataset)``."""
+    seen = [0]
+
+    def weighted() -> Iterator[Any]:
+        # mean_loss weighs a batch by its first item's size: put the labels first.
+        seen[0] = 0
+        for batch in val_source:
+            item = (batch[1], batch[0]) if by_labels else batch
+            seen[0] += len(item[0]) if by_labels else batch_size_of(item)
+            yield item
+
+    def item_step(model: torch.nn.Module, item: Any) -> torch.Tensor:
+        return step(model, (item[1], item[0])) if by_labels else step(model, item)
+
+    def validate(model: torch.nn.Module) -> torch.Tensor:
+        loss = mean_loss(model, weighted(), item_step, device=device, non_blocking=non_blocking)
+        try:  # 0.2.2 divides by len(dataset)
+            total = len(val_source.dataset)  # type: ignore[attr-defined]
+        except (AttributeError, TypeError):
+            total = seen[0]
+        return loss if total == seen[0] else loss * seen[0] / total
+
+    return validate
 
 
-class _StateCache:
-    """Model/optimizer state dicts kept in memory (deep copies) or in files under a folder."""
+# --------------------------------------------------------------------------- saved state
 
-    def __init__(self, in_memory: bool, cache_dir: str | os.PathLike[str] | None) -> None:
-        self.in_memory = in_memory
-        self.cache_dir = os.fspath(cache_dir) if cache_dir is not None else tempfile.gettempdir()
-        self._memory: dict[str, Any] = {}
-        self._files: dict[str, str] = {}
-        # Files are removed when the cache goes away, even without an explicit clear().
-        self._finalizer = weakref.finalize(self, _remove_files, self._files)
 
-    def store(self, key: str, state_dict: Mapping[str, Any]) -> None:
-        if self.in_memory:
-            self._memory[key] = copy.deepcopy(state_dict)
-            return
-        path = self._files.get(key)
-        if path is None:
-            fd, path = tempfile.mkstemp(prefix=f"lrtrack_{key}_", suffix=".pt", dir=self.cache_dir)
+class _SavedState:
+    """The model's and optimizer's state dicts: deep copies in memory, or files under
+    ``cache_dir`` (``None``: the system temp folder), removed by :meth:`clear` or when this
+    object goes away."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        in_memory: bool,
+        cache_dir: str | os.PathLike[str] | None,
+    ) -> None:
+        self.targets = {"model": model, "optimizer": optimizer}
+        self.states: dict[str, Any] = {}  # a state dict, or the path of its file
+        files: list[str] = []
+        self.clear = weakref.finalize(self, _remove_files, files)
+        for key, target in self.targets.items():
+            if in_memory:
+                self.states[key] = copy.deepcopy(target.state_dict())
+                continue
+            fd, path = tempfile.mkstemp(prefix=f"lrtrack_{key}_", suffix=".pt", dir=cache_dir)
             os.close(fd)
-            self._files[key] = path
-        torch.save(state_dict, path)
+            files.append(path)
+            torch.save(target.state_dict(), path)
+            self.states[key] = path
 
     def retrieve(self, key: str) -> Any:
-        if self.in_memory:
-            if key not in self._memory:
-                raise KeyError(f"no cached state named {key!r}")
-            return self._memory[key]
-        path = self._files.get(key)
-        if path is None:
-            raise KeyError(f"no cached state named {key!r}")
-        if not os.path.exists(path):
+        """The saved state dict of ``"model"`` or ``"optimizer"``."""
+        state = self.states[key]
+        if not isinstance(state, str):
+            return state
+        if not os.path.exists(state):
             raise RuntimeError(
-                f"the cached {key} state file {path} no longer exists (was cache_dir cleaned?); "
+                f"the cached {key} state file {state} no longer exists (was cache_dir cleaned?); "
                 "the state cannot be restored"
             )
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(state, map_location="cpu", weights_only=True)
 
-    @property
-    def files(self) -> list[str]:
-        return list(self._files.values())
-
-    def clear(self) -> None:
-        self._memory.clear()
-        _remove_files(self._files)
+    def load(self) -> None:
+        """Load the saved states back into the model and the optimizer."""
+        for key, target in self.targets.items():
+            target.load_state_dict(self.retrieve(key))
 
 
-def _remove_files(files: dict[str, str]) -> None:
-    for path in files.values():
+def _remove_files(paths: list[str]) -> None:
+    for path in paths:
         try:
             os.remove(path)
         except FileNotFoundError:
             pass
-    files.clear()
 
 
-class _DiskSnapshot:
+class _DiskSnapshot(StateSnapshot):
     """:class:`~lrtrack.engine.finder.StateSnapshot` for ``memory_cache=False``.
 
-    The model and optimizer states go to files under ``cache_dir`` (never a second copy in
-    memory, which is why a user picks ``memory_cache=False``); the training flag and the RNG
-    states are kept as :class:`StateSnapshot` keeps them. The files are removed by
-    :meth:`restore`.
+    The model and optimizer states go to files under ``cache_dir``, never a second copy in
+    memory (which is why a user picks ``memory_cache=False``, and why ``super().__init__``,
+    which copies them, is not called); :meth:`restore` deletes the files.
     """
 
     def __init__(
@@ -376,29 +405,20 @@ class _DiskSnapshot:
         optimizer: torch.optim.Optimizer,
         cache_dir: str | os.PathLike[str] | None,
     ) -> None:
-        self.model, self.optimizer = model, optimizer
-        self.cache = _StateCache(False, cache_dir)
-        self.cache.store("model", model.state_dict())
-        self.cache.store("optimizer", optimizer.state_dict())
-        self.training = model.training
+        self.model, self.optimizer, self.training = model, optimizer, model.training
+        self.saved = _SavedState(model, optimizer, False, cache_dir)
         self.torch_rng = torch.get_rng_state()
         self.cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-        self.python_rng = random.getstate()
-        self.numpy_rng = np.random.get_state()
+        self.python_rng, self.numpy_rng = random.getstate(), np.random.get_state()
 
     def restore(self) -> None:
-        """Load the saved states back, then delete the files."""
+        """Put everything back as :meth:`StateSnapshot.restore` does, then delete the files."""
         try:
-            self.model.load_state_dict(self.cache.retrieve("model"))
-            self.optimizer.load_state_dict(self.cache.retrieve("optimizer"))
+            self.model_state = self.saved.retrieve("model")
+            self.optimizer_state = self.saved.retrieve("optimizer")
         finally:
-            self.cache.clear()
-        self.model.train(self.training)
-        torch.set_rng_state(self.torch_rng)
-        if self.cuda_rng is not None:
-            torch.cuda.set_rng_state_all(self.cuda_rng)
-        random.setstate(self.python_rng)
-        np.random.set_state(self.numpy_rng)
+            self.saved.clear()
+        super().restore()
 
 
 # --------------------------------------------------------------------------- argument checks
@@ -406,6 +426,59 @@ class _DiskSnapshot:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_finder_args(
+    model: Any,
+    optimizer: Any,
+    criterion: Any,
+    step_fn: Any,
+    amp_backend: Any,
+    amp_config: Any,
+    grad_scaler: Any,
+    cache_dir: Any,
+) -> None:
+    """Validate LRFinder's arguments (with 0.2.2's exception types)."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(
+            f"optimizer must be a torch.optim.Optimizer; got {type(optimizer).__name__}"
+        )
+    _check_scheduler(optimizer)
+    if (criterion is None) == (step_fn is None):
+        raise ValueError(
+            "give exactly one of criterion (for (inputs, labels) batches: criterion(model(inputs), "
+            f"labels)) or step_fn(model, batch) -> loss; got {'both' if criterion is not None else 'neither'}"
+        )
+    if amp_backend == "apex":
+        raise ValueError(
+            "amp_backend='apex' is not supported by lrtrack (NVIDIA apex amp is deprecated); use "
+            "amp_backend='torch' with grad_scaler=torch.amp.GradScaler()"
+        )
+    if amp_backend not in (None, "torch"):
+        raise ValueError(
+            f"Unknown amp backend: amp_backend must be None or 'torch'; got {amp_backend!r}"
+        )
+    if amp_backend == "torch" and grad_scaler is None:
+        raise ValueError(
+            "grad_scaler is required when amp_backend='torch'; pass "
+            "grad_scaler=torch.amp.GradScaler(device_type)"
+        )
+    if amp_config is not None and not isinstance(amp_config, Mapping):
+        raise TypeError(
+            "amp_config must be a dict of torch.autocast keyword arguments such as "
+            f"{{'device_type': 'cuda', 'dtype': torch.float16}}; got {amp_config!r}"
+        )
+    if cache_dir is not None and not os.path.isdir(cache_dir):
+        raise ValueError(
+            f"cache_dir must be an existing directory; got {os.fspath(cache_dir)!r}. "
+            "Create it first, or leave cache_dir=None for the system temp folder."
+        )
 
 
 def _check_scheduler(optimizer: torch.optim.Optimizer) -> None:
@@ -430,15 +503,12 @@ def _check_range_args(
             f"(case-insensitive); got {step_mode!r}. Use 'exp' for the usual exponential sweep "
             "or 'linear' for an evenly spaced one."
         )
-    if isinstance(num_iter, bool) or not isinstance(num_iter, numbers.Integral):
-        raise TypeError(
-            f"num_iter must be an integer larger than 1; got {num_iter!r}. "
-            "Pass a whole number of steps such as num_iter=100."
-        )
+    if not _is_int(num_iter):
+        raise TypeError(f"num_iter must be an integer larger than 1, e.g. 100; got {num_iter!r}")
     if num_iter <= 1:
         raise ValueError(
-            f"num_iter must be larger than 1 (a curve needs at least two steps); got {num_iter}. "
-            "Use e.g. num_iter=100."
+            f"num_iter must be larger than 1 (a curve needs at least two steps), e.g. 100; "
+            f"got {num_iter}"
         )
     if not _is_number(smooth_f):
         raise TypeError(f"smooth_f must be a number in [0, 1); got {smooth_f!r}")
@@ -454,6 +524,136 @@ def _check_range_args(
     return str(mode)
 
 
+def _check_loaders(compat: bool, train_loader: Any, val_loader: Any) -> None:
+    """The loader types each mode takes (0.2.2's two types each with ``compat=True``)."""
+    for name, loader, kind in (
+        ("train_loader", train_loader, TrainDataLoaderIter),
+        ("val_loader", val_loader, ValDataLoaderIter),
+    ):
+        if loader is None and name == "val_loader":
+            continue
+        if compat and not isinstance(loader, (DataLoader, kind)):
+            raise ValueError(
+                f"`{name}` has unsupported type {type(loader).__name__}: with compat=True it "
+                f"must be a torch DataLoader or a {kind.__name__} (subclass), as in "
+                f"torch-lr-finder 0.2.2. Wrap it in a {kind.__name__} subclass that overrides "
+                "inputs_labels_from_batch, or use compat=False (any iterable of batches)."
+            )
+        if not compat and not isinstance(loader, Iterable):
+            raise TypeError(
+                f"{name} must be a DataLoader, a {kind.__name__} or another iterable of "
+                f"batches; got {type(loader).__name__}"
+            )
+
+
+def _lr_bounds(
+    compat: bool,
+    n_groups: int,
+    start_lr: float | Sequence[float] | None,
+    end_lr: float | Sequence[float],
+) -> tuple[float | list[float] | None, float | list[float]]:
+    """Per-group start and end LRs for the engine (0.2.2's broadcasting with ``compat=True``)."""
+    for name, value in (("start_lr", start_lr), ("end_lr", end_lr)):
+        if isinstance(value, (list, tuple)):
+            if len(value) != n_groups:
+                raise ValueError(
+                    f"{name} has {len(value)} values but the optimizer has {n_groups} "
+                    "parameter groups; give one LR per group or a single number"
+                )
+            if not all(_is_number(v) for v in value):
+                raise TypeError(f"{name} must contain numbers only; got {value!r}")
+        elif not _is_number(value) and not (value is None and name == "start_lr"):
+            raise TypeError(f"{name} must be a number or a list with one per group; got {value!r}")
+
+    def per_group(value: Any) -> Any:  # 0.2.2 gives a scalar to every group as is
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        return [value] * n_groups if compat and value is not None else value
+
+    if compat and not start_lr:  # 0.2.2: a falsy start_lr means "the optimizer's LRs"
+        start_lr = None
+    return per_group(start_lr), per_group(end_lr)
+
+
+def _val_batches(compat: bool, val_batches: int | None | str) -> int | None:
+    """``"auto"`` means 5 batches, or the whole loader (None) with ``compat=True``."""
+    if val_batches == "auto":
+        return None if compat else DEFAULT_VAL_BATCHES
+    if val_batches is not None and not (_is_int(val_batches) and val_batches >= 1):
+        raise ValueError(
+            f"val_batches must be 'auto', None (the whole loader) or an integer >= 1; "
+            f"got {val_batches!r}"
+        )
+    return val_batches  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------- steps and plots
+
+
+def _autocast_step(step: StepFn, amp_config: dict[str, Any] | None, device: torch.device) -> StepFn:
+    """``step`` under ``torch.autocast(**amp_config)``, or the device's default autocast
+    (:func:`~lrtrack.engine.steps.autocast_factory`: float16 on CUDA, bfloat16 on CPU)."""
+    if amp_config is not None:
+        autocast = functools.partial(torch.autocast, **amp_config)
+    else:
+        autocast = autocast_factory(device, True)
+
+    def autocast_step(model: torch.nn.Module, batch: Any) -> torch.Tensor:
+        with autocast():
+            return step(model, batch)
+
+    return autocast_step
+
+
+def _mark(
+    rule: str, lrs: list[float], losses: list[float], skip_start: int, skip_end: int
+) -> tuple[float, float] | None:
+    """``(lr, loss)`` to mark for an lrtrack suggestion rule, or None (the reason is logged)."""
+    if not lrs:
+        log.warning("no suggestion: no range test has been run yet")
+        return None
+    found = suggest(rule, lrs, losses, skip_start=skip_start, skip_end=skip_end)
+    if found.lr is None:
+        log.warning("no %s suggestion: %s", rule, found.reason)
+        return None
+    from lrtrack.engine.plots import loss_at  # imports matplotlib
+
+    # The minimum and slide rules may land between grid points: mark the nearest point.
+    return found.lr, loss_at(lrs, losses, found.lr)
+
+
+def _draw(
+    ax: Any,
+    lrs: list[float],
+    losses: list[float],
+    mark: tuple[float, float] | None,
+    label: str,
+    log_lr: bool,
+    show_lr: float | None,
+) -> Any:
+    """Draw the curve, the marked suggestion and ``show_lr``; a new figure is shown when
+    ``ax`` is None. Returns the axes."""
+    import matplotlib.pyplot as plt
+
+    fig = None
+    if ax is None:
+        fig, ax = plt.subplots()
+    ax.plot(lrs, losses)
+    if mark is not None:
+        log.info("Suggested LR (%s): %.2E", label, mark[0])
+        ax.scatter(*mark, s=75, marker="o", color="red", zorder=3, label=label)
+        ax.legend()
+    if log_lr:
+        ax.set_xscale("log")
+    ax.set_xlabel("Learning rate")
+    ax.set_ylabel("Loss")
+    if show_lr is not None:
+        ax.axvline(x=show_lr, color="red")
+    if fig is not None:
+        plt.show()
+    return ax
+
+
 # --------------------------------------------------------------------------- the finder
 
 
@@ -462,24 +662,10 @@ class LRFinder:
 
     The test raises the LR after every optimizer step, from ``start_lr`` (default: the
     optimizer's LR) to ``end_lr``, and records the (smoothed) loss in ``history``; ``plot()``
-    draws the curve and suggests an LR.
-
-    Two modes share :func:`lrtrack.engine.finder.run_range_test`:
-
-    * ``compat=False`` (default): lrtrack's corrected test. Bias-corrected smoothing (decay
-      ``1 - smooth_f``), a stop at the first NaN/inf loss, the model, optimizer and RNG state
-      restored after the test even when it raises, ``val_batches`` fixed validation batches
-      per step, group LR ratios kept, and all four suggestions in :attr:`suggestions`.
-    * ``compat=True``: torch-lr-finder 0.2.2's numbers, so a ported notebook draws the same
-      curve: its smoothing formula (no bias correction), NaN never stopping the test, its
-      ``loss > diverge_th * best`` rule, the whole validation loader averaged every step, a
-      scalar ``start_lr``/``end_lr`` applied to every group, its LR grid, its two loader
-      types each, and ``plot()``'s steepest-gradient suggestion on the trimmed curve. The
-      state is still restored after each test.
-
-    In both modes ``history["lr"][i]`` is the LR that step ``i`` trained with (what 0.2.2
-    records too), and ``history["loss"][i]`` the smoothed loss after that step. The full list
-    of differences is :data:`lrtrack.compat.DIFFERENCES`.
+    draws the curve and suggests an LR. ``history["lr"][i]`` is the LR that step ``i`` trained
+    with (as in 0.2.2) and ``history["loss"][i]`` the smoothed loss after that step. The
+    model, optimizer and RNG state are restored after every test. With ``compat=True`` the
+    numbers are torch-lr-finder 0.2.2's; :data:`DIFFERENCES` lists every difference.
 
     Args:
         model: the model to test.
@@ -493,19 +679,17 @@ class LRFinder:
             not supported).
         amp_config: keyword arguments for ``torch.autocast`` around the forward pass, e.g.
             ``{"device_type": "cuda", "dtype": torch.float16}``; None picks the device's.
-        grad_scaler: the ``torch.amp.GradScaler`` required with ``amp_backend="torch"``
-            (scale/step/update once per optimizer step).
+        grad_scaler: the ``torch.amp.GradScaler`` required with ``amp_backend="torch"``.
         step_fn: ``step_fn(model, batch) -> loss`` instead of ``criterion``, for dict batches,
             several inputs or outputs, or a custom loss; batches reach it unchanged.
-        compat: reproduce torch-lr-finder 0.2.2's numbers (see above).
+        compat: reproduce torch-lr-finder 0.2.2's numbers.
         observer: receives ``on_step(step, metrics)`` every step, e.g. an MLflow observer
             from :mod:`lrtrack.tracking.runs`.
 
     Attributes:
         history: ``{"lr": [...], "loss": [...]}`` of the last range test.
         best_loss: the lowest smoothed loss of the last range test.
-        result: the last :class:`~lrtrack.engine.finder.RangeTestResult` (raw and smoothed losses,
-            per-group LRs, why it stopped), or None before the first test.
+        result: the last :class:`~lrtrack.engine.finder.RangeTestResult`, or None.
         suggestions: every suggestion rule's answer for the last test.
 
     Example:
@@ -532,74 +716,31 @@ class LRFinder:
         compat: bool = False,
         observer: StepObserver | None = None,
     ) -> None:
-        if not isinstance(model, torch.nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(
-                f"optimizer must be a torch.optim.Optimizer; got {type(optimizer).__name__}"
-            )
-        self.optimizer = optimizer
-        _check_scheduler(optimizer)
-        if (criterion is None) == (step_fn is None):
-            raise ValueError(
-                "give exactly one of criterion (for (inputs, labels) batches: "
-                "criterion(model(inputs), labels)) or step_fn(model, batch) -> loss; got "
-                f"{'both' if criterion is not None else 'neither'}"
-            )
-        if amp_backend == "apex":
-            raise ValueError(
-                "amp_backend='apex' is not supported by lrtrack (NVIDIA apex amp is "
-                "deprecated); use amp_backend='torch' with grad_scaler=torch.amp.GradScaler()"
-            )
-        if amp_backend not in (None, "torch"):
-            raise ValueError(
-                f"Unknown amp backend: amp_backend must be None or 'torch'; got {amp_backend!r}"
-            )
-        if amp_backend == "torch" and grad_scaler is None:
-            raise ValueError(
-                "grad_scaler is required when amp_backend='torch'; pass "
-                "grad_scaler=torch.amp.GradScaler(device_type)"
-            )
-        if amp_config is not None and not isinstance(amp_config, Mapping):
-            raise TypeError(
-                "amp_config must be a dict of torch.autocast keyword arguments such as "
-                f"{{'device_type': 'cuda', 'dtype': torch.float16}}; got {amp_config!r}"
-            )
-        if cache_dir is not None and not os.path.isdir(cache_dir):
-            raise ValueError(
-                f"cache_dir must be an existing directory; got {os.fspath(cache_dir)!r}. "
-                "Create it first, or leave cache_dir=None for the system temp folder."
-            )
-
-        self.model = model
-        self.criterion = criterion
-        self.step_fn = step_fn
-        self.compat = bool(compat)
-        self.observer = observer
-        self.memory_cache = memory_cache
-        self.cache_dir = cache_dir
-        self.amp_backend = amp_backend
+        _check_finder_args(
+            model, optimizer, criterion, step_fn, amp_backend, amp_config, grad_scaler, cache_dir
+        )
+        self.model, self.optimizer, self.criterion, self.step_fn = (
+            model,
+            optimizer,
+            criterion,
+            step_fn,
+        )
+        self.compat, self.observer = bool(compat), observer
+        self.memory_cache, self.cache_dir = memory_cache, cache_dir
+        self.amp_backend, self.grad_scaler = amp_backend, grad_scaler
         self.amp_config = dict(amp_config) if amp_config is not None else None
-        self.grad_scaler = grad_scaler
         self.history: dict[str, list[float]] = {"lr": [], "loss": []}
         self.best_loss: float | None = None
         self.result: RangeTestResult | None = None
         self.suggestions: dict[str, Suggestion] = {}
-
         first = next(iter(model.parameters()), None)
         self.model_device = first.device if first is not None else torch.device("cpu")
         self.device = device if device else self.model_device
-
-        self._cache = _StateCache(memory_cache, cache_dir)
-        self._cache.store("model", model.state_dict())
-        self._cache.store("optimizer", optimizer.state_dict())
-
-    # ----------------------------------------------------------------------- public API
+        self._initial = _SavedState(model, optimizer, memory_cache, cache_dir)
 
     def reset(self) -> None:
         """Restore the model and optimizer to their state when this LRFinder was created."""
-        self.model.load_state_dict(self._cache.retrieve("model"))
-        self.optimizer.load_state_dict(self._cache.retrieve("optimizer"))
+        self._initial.load()
         self.model.to(self.model_device)
 
     def range_test(
@@ -640,48 +781,57 @@ class LRFinder:
             progress: show a progress bar (on a terminal).
 
         Raises:
-            ValueError: bad step_mode, num_iter <= 1, smooth_f outside [0, 1), a loader of
-                another type with ``compat=True`` ("has unsupported type", as in 0.2.2), and
-                the engine's checks on the LRs and accumulation_steps.
-            TypeError: arguments of the wrong type (e.g. in the default mode a train_loader
-                that is not iterable).
+            ValueError, TypeError: bad arguments (as in 0.2.2), checked before anything changes.
             RuntimeError: the optimizer has a scheduler attached, or a non-resetting
                 train_loader ran out of batches.
         """
         _check_scheduler(self.optimizer)
         mode = _check_range_args(step_mode, num_iter, smooth_f, diverge_th, non_blocking_transfer)
-        val_batches = self._val_batches(val_batches)
-        starts, ends = self._lr_bounds(start_lr, end_lr)
-        self._check_loaders(train_loader, val_loader)
+        val_batches = _val_batches(self.compat, val_batches)
+        starts, ends = _lr_bounds(self.compat, len(self.optimizer.param_groups), start_lr, end_lr)
+        _check_loaders(self.compat, train_loader, val_loader)
         device = torch.device(self.device)
-        step = self._step(device)
-
+        step = self.step_fn if self.step_fn is not None else supervised_step(self.criterion)
+        if self.amp_backend == "torch":
+            step = _autocast_step(step, self.amp_config, device)
         self.history = {"lr": [], "loss": []}
-        self.best_loss = None
-        self.result = None
-        self.suggestions = {}
+        self.best_loss, self.result, self.suggestions = None, None, {}
         # The snapshot comes before the loaders' iterators, whose creation may draw from the
         # RNG (train first, then val, in 0.2.2's order): the test leaves the RNG untouched.
-        snapshot: StateSnapshot | _DiskSnapshot
-        if self.memory_cache:
-            snapshot = StateSnapshot(self.model, self.optimizer)
-        else:
-            snapshot = _DiskSnapshot(self.model, self.optimizer, self.cache_dir)
+        snapshot = (
+            StateSnapshot(self.model, self.optimizer)
+            if self.memory_cache
+            else _DiskSnapshot(self.model, self.optimizer, self.cache_dir)
+        )
         try:
-            train_source = self._train_source(train_loader)
-            val_source = self._val_source(val_loader)
-            options = self._mode_options(
-                val_source, val_batches, step, device, non_blocking_transfer, smooth_f, diverge_th
-            )
+            train_source, val_source = _sources(train_loader, val_loader, self.step_fn is not None)
+            policy = None
+            if self.compat:  # 0.2.2's smoothing, stop rule, LR grid and whole-loader validation
+                validate = None
+                if val_source is not None and val_batches is None:
+                    validate = _whole_loader_validator(
+                        val_source, step, self.step_fn is None, device, non_blocking_transfer
+                    )
+                policy = RangeTestPolicy(
+                    smoother=TorchLrFinderSmoother(smooth_f),
+                    divergence_check=TorchLrFinderDivergence(diverge_th),
+                    stop_on_non_finite=False,
+                    exact_ends=False,
+                    validate_fn=validate,
+                )
             result = run_range_test(
                 self.model,
                 self.optimizer,
                 train_source,
                 step_fn=step,
+                val_loader=val_source,
+                val_batches=val_batches,
                 start_lr=starts,
                 end_lr=ends,
                 num_iter=int(num_iter),
                 step_mode=mode,
+                smoothing=1.0 - smooth_f if smooth_f > 0 else 0.0,  # the EMA decay
+                diverge_th=diverge_th,
                 accumulation_steps=accumulation_steps,
                 grad_scaler=self.grad_scaler if self.amp_backend == "torch" else None,
                 device=device,
@@ -689,11 +839,11 @@ class LRFinder:
                 observer=self.observer,
                 progress=progress,
                 restore=False,
-                **options,
+                policy=policy,
             )
         finally:
             snapshot.restore()
-        self._keep(result, options.get("policy"))
+        self._keep(result, policy)
 
     def plot(
         self,
@@ -725,17 +875,13 @@ class LRFinder:
             RuntimeError: in compat mode, too few points to suggest with these skips.
         """
         for name, value in (("skip_start", skip_start), ("skip_end", skip_end)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+            if not _is_int(value) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0; got {value!r}")
         if show_lr is not None and not _is_number(show_lr):
             raise ValueError(f"show_lr must be a float (an LR to mark) or None; got {show_lr!r}")
-        rule: str | None = None
         if isinstance(suggest_lr, str):
             check_rule(suggest_lr)
-            rule = suggest_lr
-        elif suggest_lr:
-            rule = "steepest"
-
+        rule = suggest_lr if isinstance(suggest_lr, str) else "steepest" if suggest_lr else None
         lrs, losses = self.history["lr"], self.history["loss"]
         n = len(lrs)
         tlf_rule = self.compat and suggest_lr is True
@@ -746,158 +892,18 @@ class LRFinder:
                 "skip_start/skip_end, run range_test with a larger num_iter, or pass "
                 "suggest_lr=False."
             )
-        stop = n - skip_end
-        shown_lrs, shown_losses = lrs[skip_start:stop], losses[skip_start:stop]
-
-        import matplotlib.pyplot as plt
-
-        fig = None
-        if ax is None:
-            fig, ax = plt.subplots()
-        ax.plot(shown_lrs, shown_losses)
-
-        lr: float | None = None
-        if rule is not None:
-            if tlf_rule:
-                idx = int(np.gradient(np.asarray(shown_losses, dtype=float)).argmin())
-                lr, marked_loss, label = shown_lrs[idx], shown_losses[idx], "steepest gradient"
-            else:
-                lr, marked_loss, label = self._rule_suggestion(rule, skip_start, skip_end)
-            if lr is not None:
-                log.info("Suggested LR (%s): %.2E", label, lr)
-                ax.scatter(lr, marked_loss, s=75, marker="o", color="red", zorder=3, label=label)
-                ax.legend()
-
-        if log_lr:
-            ax.set_xscale("log")
-        ax.set_xlabel("Learning rate")
-        ax.set_ylabel("Loss")
-        if show_lr is not None:
-            ax.axvline(x=show_lr, color="red")
-        if fig is not None:
-            plt.show()
-        return (ax, lr) if rule is not None else ax
-
-    # ----------------------------------------------------------------------- helpers
-
-    def _lr_bounds(
-        self, start_lr: float | Sequence[float] | None, end_lr: float | Sequence[float]
-    ) -> tuple[float | list[float] | None, float | list[float]]:
-        """Per-group start and end LRs for the engine (0.2.2's broadcasting in compat mode)."""
-        n_groups = len(self.optimizer.param_groups)
-        for name, value in (("start_lr", start_lr), ("end_lr", end_lr)):
-            if value is None and name == "start_lr":
-                continue
-            if isinstance(value, (list, tuple)):
-                if len(value) != n_groups:
-                    raise ValueError(
-                        f"{name} has {len(value)} values but the optimizer has {n_groups} "
-                        "parameter groups; give one LR per group or a single number"
-                    )
-                if not all(_is_number(v) for v in value):
-                    raise TypeError(f"{name} must contain numbers only; got {value!r}")
-            elif not _is_number(value):
-                raise TypeError(
-                    f"{name} must be a number or a list with one per group; got {value!r}"
-                )
-        if not self.compat:
-            starts = list(start_lr) if isinstance(start_lr, (list, tuple)) else start_lr
-            ends = list(end_lr) if isinstance(end_lr, (list, tuple)) else end_lr
-            return starts, ends
-        # 0.2.2: a falsy start_lr means "the optimizer's LRs"; scalars go to every group as is.
-        if isinstance(start_lr, (list, tuple)):
-            starts_c: list[float] | None = list(start_lr)
-        elif start_lr:
-            starts_c = [start_lr] * n_groups
-        else:
-            starts_c = None
-        ends_c = list(end_lr) if isinstance(end_lr, (list, tuple)) else [end_lr] * n_groups
-        return starts_c, ends_c
-
-    def _val_batches(self, val_batches: int | None | str) -> int | None:
-        """``"auto"`` means 5 batches, or the whole loader (None) in compat mode."""
-        if val_batches == "auto":
-            return None if self.compat else DEFAULT_VAL_BATCHES
-        if val_batches is not None and (
-            isinstance(val_batches, bool) or not isinstance(val_batches, int) or val_batches < 1
-        ):
-            raise ValueError(
-                f"val_batches must be 'auto', None (the whole loader) or an integer >= 1; "
-                f"got {val_batches!r}"
-            )
-        return val_batches
-
-    def _check_loaders(self, train_loader: Any, val_loader: Any) -> None:
-        """The loader types each mode takes (0.2.2's two types each with compat=True)."""
-        if self.compat:
-            if not isinstance(train_loader, (DataLoader, TrainDataLoaderIter)):
-                raise ValueError(_unsupported_loader("train_loader", train_loader))
-            if val_loader is not None and not isinstance(
-                val_loader, (DataLoader, ValDataLoaderIter)
-            ):
-                raise ValueError(_unsupported_loader("val_loader", val_loader))
-            return
-        if not isinstance(train_loader, Iterable):
-            raise TypeError(
-                f"train_loader must be a DataLoader, a TrainDataLoaderIter or another iterable "
-                f"of batches; got {type(train_loader).__name__}"
-            )
-        if val_loader is not None and not isinstance(val_loader, Iterable):
-            raise TypeError(
-                f"val_loader must be None, a DataLoader, a ValDataLoaderIter or another "
-                f"re-iterable of batches; got {type(val_loader).__name__}"
-            )
-
-    def _step(self, device: torch.device) -> StepFn:
-        """The loss of one batch: ``step_fn`` or the supervised step, under autocast with
-        ``amp_backend="torch"`` (``amp_config``, or the device's default dtype)."""
-        step = self.step_fn if self.step_fn is not None else supervised_step(self.criterion)
-        if self.amp_backend != "torch":
-            return step
-        autocast: Callable[[], AbstractContextManager[Any]]
-        if self.amp_config is not None:
-            autocast = functools.partial(torch.autocast, **self.amp_config)
-        else:
-            autocast = autocast_factory(device, True)
-
-        def autocast_step(model: torch.nn.Module, batch: Any) -> torch.Tensor:
-            with autocast():
-                return step(model, batch)
-
-        return autocast_step
-
-    def _mode_options(
-        self,
-        val_source: Iterable[Any] | None,
-        val_batches: int | None,
-        step: StepFn,
-        device: torch.device,
-        non_blocking: bool,
-        smooth_f: float,
-        diverge_th: float,
-    ) -> dict[str, Any]:
-        """run_range_test's keywords that differ by mode: lrtrack's settings or 0.2.2's policy."""
-        if not self.compat:
-            return {
-                "smoothing": 1.0 - smooth_f if smooth_f > 0 else 0.0,
-                "diverge_th": diverge_th,
-                "val_loader": val_source,
-                "val_batches": val_batches,
-            }
-        options: dict[str, Any] = {}
-        validate_fn = None
-        if val_source is not None and val_batches is None:
-            validate_fn = self._compat_validator(val_source, step, device, non_blocking)
-        elif val_source is not None:
-            options.update(val_loader=val_source, val_batches=val_batches)
-        options["policy"] = RangeTestPolicy(
-            smoother=TorchLrFinderSmoother(smooth_f),
-            divergence_check=TorchLrFinderDivergence(diverge_th),
-            stop_on_non_finite=False,
-            exact_ends=False,
-            validate_fn=validate_fn,
-        )
-        return options
+        shown_lrs, shown_losses = lrs[skip_start : n - skip_end], losses[skip_start : n - skip_end]
+        mark = None
+        if tlf_rule:  # 0.2.2's rule: the steepest np.gradient point of the trimmed curve
+            idx = int(np.gradient(np.asarray(shown_losses, dtype=float)).argmin())
+            mark = shown_lrs[idx], shown_losses[idx]
+        elif rule is not None:
+            mark = _mark(rule, lrs, losses, skip_start, skip_end)
+        label = "steepest gradient" if rule == "steepest" else str(rule)
+        ax = _draw(ax, shown_lrs, shown_losses, mark, label, log_lr, show_lr)
+        if rule is None:
+            return ax
+        return ax, mark[0] if mark is not None else None
 
     def _keep(self, result: RangeTestResult, policy: RangeTestPolicy | None) -> None:
         """Expose a finished test as history, best_loss, result and suggestions."""
@@ -916,94 +922,3 @@ class LRFinder:
             "suggestions in .suggestions",
             result.steps,
         )
-
-    def _train_source(self, train_loader: Any) -> Iterable[Any]:
-        if isinstance(train_loader, DataLoader):
-            wrapper = _RawTrainIter if self.step_fn is not None else TrainDataLoaderIter
-            return wrapper(train_loader)
-        if getattr(train_loader, "auto_reset", True) is False and isinstance(
-            train_loader, Iterator
-        ):
-            return _NoResetSource(train_loader)
-        return train_loader
-
-    def _val_source(self, val_loader: Any) -> Iterable[Any] | None:
-        if val_loader is None:
-            return None
-        if isinstance(val_loader, DataLoader):
-            wrapper = _RawValIter if self.step_fn is not None else ValDataLoaderIter
-            return wrapper(val_loader)
-        if (
-            isinstance(val_loader, ValDataLoaderIter)
-            and 0 < val_loader.run_counter < val_loader.run_limit
-        ):
-            # Left mid-pass (e.g. by an earlier test that read a subset): start a full pass.
-            val_loader._iterator = iter(val_loader.data_loader)
-            val_loader.run_counter = 0
-        return val_loader
-
-    def _compat_validator(
-        self,
-        val_source: Iterable[Any],
-        step: StepFn,
-        device: torch.device,
-        non_blocking: bool,
-    ) -> Callable[[torch.nn.Module], torch.Tensor]:
-        """0.2.2's validation: the whole loader after every step, each batch's loss weighted
-        by its number of labels (by :func:`~lrtrack.engine.steps.batch_size_of` with ``step_fn``),
-        the sum divided by ``len(dataset)``."""
-        by_labels = self.step_fn is None
-        seen = [0]
-
-        def weighted() -> Iterator[Any]:
-            # mean_loss weighs a batch by its first item's size: put the labels first.
-            seen[0] = 0
-            for batch in val_source:
-                item = (batch[1], batch[0]) if by_labels else batch
-                seen[0] += len(item[0]) if by_labels else batch_size_of(item)
-                yield item
-
-        def item_step(model: torch.nn.Module, item: Any) -> torch.Tensor:
-            return step(model, (item[1], item[0])) if by_labels else step(model, item)
-
-        def validate(model: torch.nn.Module) -> torch.Tensor:
-            loss = mean_loss(model, weighted(), item_step, device=device, non_blocking=non_blocking)
-            total = _dataset_length(val_source, seen[0])
-            return loss if total == seen[0] else loss * seen[0] / total
-
-        return validate
-
-    def _rule_suggestion(
-        self, rule: str, skip_start: int, skip_end: int
-    ) -> tuple[float | None, float | None, str]:
-        lrs, losses = self.history["lr"], self.history["loss"]
-        label = "steepest gradient" if rule == "steepest" else rule
-        if not lrs:
-            log.warning("no suggestion: no range test has been run yet")
-            return None, None, label
-        found = suggest(rule, lrs, losses, skip_start=skip_start, skip_end=skip_end)
-        if found.lr is None:
-            log.warning("no %s suggestion: %s", rule, found.reason)
-            return None, None, label
-        # The minimum and slide rules may land between grid points: mark the nearest point.
-        nearest = int(np.argmin(np.abs(np.log10(lrs) - math.log10(found.lr))))
-        return found.lr, losses[nearest], label
-
-
-def _unsupported_loader(name: str, loader: Any) -> str:
-    """The compat-mode message for a loader torch-lr-finder 0.2.2 would not take."""
-    kind = "TrainDataLoaderIter" if name == "train_loader" else "ValDataLoaderIter"
-    return (
-        f"`{name}` has unsupported type {type(loader).__name__}: with compat=True it must be a "
-        f"torch DataLoader or a {kind} (subclass), as in torch-lr-finder 0.2.2. Wrap it in a "
-        f"{kind} subclass that overrides inputs_labels_from_batch, or use compat=False, which "
-        "accepts any iterable of batches."
-    )
-
-
-def _dataset_length(source: Any, default: int) -> int:
-    """``len(source.dataset)`` when there is one (0.2.2 divides by it), else ``default``."""
-    try:
-        return len(source.dataset)
-    except (AttributeError, TypeError):
-        return default
