@@ -181,6 +181,13 @@ class Delivery:
             log_batch(self.client, run_id, "tags", [RunTag(k, v) for k, v in self._tags(op["tags"]).items()])
         elif kind == "artifact":
             local = self.journal.path / op["file"]
+            if not local.exists():
+                # Its copy is deleted only once it is delivered (see _apply_pending): this is a replay
+                # (the record of the offset was lost: a full disk, a deliverer killed between the two).
+                # Uploading it would raise FileNotFoundError, an OSError that counts as "the store is
+                # away", and the journal would never be delivered.
+                log.info("lrtrack: artifact %s was delivered before (its copy is gone): skipped", op["file"])
+                return
             if local.is_dir():
                 self.client.log_artifacts(run_id, str(local), op.get("path"))
             else:

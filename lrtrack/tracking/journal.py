@@ -236,15 +236,30 @@ class Journal:
         Raises:
             JournalError: the disk is full (the message names the folder and what to do).
         """
-        line = json.dumps({"op": op, "run": run, **fields}, separators=(",", ":"), default=str) + "\n"
+        data = (json.dumps({"op": op, "run": run, **fields}, separators=(",", ":"), default=str) + "\n").encode()
+        written = 0
         try:
             if self._fh is None:
                 self._fh = open(self._ops, "ab", buffering=0)  # noqa: SIM115 - held for the job's life
-            self._fh.write(line.encode())
+            # An unbuffered write may be short (a disk that fills up takes what fits and says so only
+            # on the next write): write the rest, and on an error take back the part that was written,
+            # or the next line would be glued to half a line and both be lost to the deliverer.
+            while written < len(data):
+                written += self._fh.write(data[written:])
         except OSError as err:
+            if written:
+                self._take_back(written)
             if err.errno in FULL_DISK:
                 raise JournalError(full_disk_message(self.path, err)) from err
             raise
+
+    def _take_back(self, written: int) -> None:
+        """Cut the last ``written`` bytes (half a line) off the operations file."""
+        try:
+            fd = self._fh.fileno()
+            os.ftruncate(fd, os.fstat(fd).st_size - written)
+        except OSError:  # left as it is: the deliverer rejects that line (rejected.jsonl)
+            pass
 
     def stash(self, name: str) -> tuple[Path, str]:
         """A fresh slot for an artifact file: its absolute path, and the path the journal records."""
