@@ -1,6 +1,6 @@
 """Pre-flight timings: how long a user waits to learn that the tracking store cannot be used.
 
-Each case runs ``lrtrack.tracking.runs.preflight(uri)`` in a fresh process (import time included,
+Each case runs ``lrtrack.tracking.store.preflight(uri)`` in a fresh process (import time included,
 as a user sees it) and prints the wall time and the one-line message. Every case must end
 within 10 s with a ``TrackingUnavailable`` line.
 
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CODE = ("import sys\nfrom lrtrack.tracking.runs import TrackingUnavailable, preflight\n"
+CODE = ("import sys\nfrom lrtrack.tracking.store import TrackingUnavailable, preflight\n"
         "try:\n    preflight(sys.argv[1])\nexcept TrackingUnavailable as err:\n"
         "    print(err)\n    sys.exit(2)\nprint('ok')\n")
 LIMIT_S = 10.0

@@ -303,12 +303,12 @@ class MlflowServer:
 
 
 def _make_store(db: Path) -> None:
-    """A fresh MLflow store at ``db``, made as lrtrack makes one (:func:`lrtrack.tracking.runs.open_store`:
+    """A fresh MLflow store at ``db``, made as lrtrack makes one (:func:`lrtrack.tracking.store.open_store`:
     a copy of this machine's empty-store template once there is one), from ``db``'s folder, where
     MLflow puts the Default experiment's artifacts."""
     import contextlib
 
-    from lrtrack.tracking.runs import open_store
+    from lrtrack.tracking.store import open_store
 
     with contextlib.chdir(db.parent):
         open_store(f"sqlite:///{db}")

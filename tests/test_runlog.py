@@ -2,7 +2,8 @@
 
 The runs are made by hand through ``MlflowClient`` in the layout lrtrack writes (a sweep run,
 pipeline runs under it, explore/final runs under those), so these tests pin the layout the
-report and the sweep summary read, without running a pipeline.
+report and the sweep summary read, without running a pipeline. What runlog writes goes through a
+real :class:`~lrtrack.tracking.runs.Tracker` (its journal and relay), as in a sweep.
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ import csv
 import io
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,6 +32,15 @@ class Store:
     experiment_id: str
     sweep_id: str
     job_ids: dict[str, str]  # "job0"/"job1" -> pipeline run id; "explore1", "final1", "loose"...
+
+
+@contextmanager
+def _tracker(store: Store, folder: Path) -> Iterator[Any]:
+    """A real tracker on the test store; leaving the block delivers what was written."""
+    from lrtrack.tracking.runs import Tracker
+
+    with Tracker(store.uri, "lrtrack-test", spool_dir=folder, delivery_timeout_s=30) as tracker:
+        yield tracker
 
 
 def _run(client: Any, experiment_id: str, name: str, tags: dict[str, str], *, parent: str | None = None,
@@ -146,14 +159,17 @@ def test_read_csv_artifact_and_metric_history(store: Store, monkeypatch: pytest.
         ("optimizer=sgd seed=0", 1.0, 0.01), ("optimizer=sgd seed=1", 1.0, 0.02)]
 
 
-def test_record_failure_tags_a_run_or_creates_a_failed_one(store: Store) -> None:
+def test_record_failure_tags_a_run_or_creates_a_failed_one(store: Store, tmp_path: Path) -> None:
+    from lrtrack.tracking.runs import TrackedRun
+
     sweep_id = _run(store.client, store.experiment_id, "sweep x=0,1", {runlog.STAGE_TAG: runlog.STAGE_SWEEP},
                     status="RUNNING")
     ctx = runlog.SweepContext(sweep_id, store.uri, "lrtrack-test", ("x",))
     overrides = ["+model=mlp", "x=1"]
-    created = runlog.record_failure(ctx, overrides, ValueError("x=1 is invalid:\n  use 0"), None,
-                                    tags={runlog.COMMAND_TAG: "python -m lrtrack"})
-    run = store.client.get_run(created)
+    with _tracker(store, tmp_path) as tracker:
+        created = runlog.record_failure(tracker, ctx, overrides, ValueError("x=1 is invalid:\n  use 0"), None,
+                                        tags={runlog.COMMAND_TAG: "python -m lrtrack"})
+    run = runlog.get_run(store.client, created)
     assert run.info.status == "FAILED" and run.info.run_name == f"x=1 (sweep {sweep_id[:6]})"
     assert run.data.tags[runlog.ERROR_TAG] == "ValueError: x=1 is invalid: use 0"
     assert run.data.tags[runlog.PARENT_TAG] == sweep_id and run.data.tags[runlog.STAGE_TAG] == "pipeline"
@@ -163,11 +179,13 @@ def test_record_failure_tags_a_run_or_creates_a_failed_one(store: Store) -> None
 
     existing = _run(store.client, store.experiment_id, "x=0", {runlog.STAGE_TAG: runlog.STAGE_PIPELINE},
                     parent=sweep_id, status="FAILED")
-    assert runlog.record_failure(ctx, ["x=0"], RuntimeError(""), existing) == existing
+    with _tracker(store, tmp_path) as tracker:
+        assert runlog.record_failure(tracker, ctx, ["x=0"], RuntimeError(""), existing) == existing
     assert store.client.get_run(existing).data.tags[runlog.ERROR_TAG] == "RuntimeError: RuntimeError"
 
-    rows = runlog.log_sweep_summary(store.client, sweep_id, runlog.sweep_jobs(store.client, sweep_id),
-                                    wall_seconds=3.0)
+    with _tracker(store, tmp_path) as tracker:
+        rows = runlog.log_sweep_summary(store.client, TrackedRun(tracker.journal, sweep_id),
+                                        runlog.sweep_jobs(store.client, sweep_id), wall_seconds=3.0)
     assert [r["status"] for r in rows] == ["FAILED", "FAILED"]
     sweep = store.client.get_run(sweep_id)
     assert sweep.data.metrics == {"jobs": 2.0, "jobs_failed": 2.0, "wall_seconds": 3.0}
@@ -180,11 +198,13 @@ def _metric_steps(client: Any, run: Any) -> dict[str, list[int]]:
     return {key: sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) for key in run.data.metrics}
 
 
-def test_sweep_summary_and_seed_aggregate_round_trip(store: Store) -> None:
+def test_sweep_summary_and_seed_aggregate_round_trip(store: Store, tmp_path: Path) -> None:
     from lrtrack.engine.seeds import aggregate_seeds
+    from lrtrack.tracking.runs import TrackedRun
 
     jobs = runlog.sweep_jobs(store.client, store.sweep_id)
-    rows = runlog.log_sweep_summary(store.client, store.sweep_id, jobs)
+    with _tracker(store, tmp_path) as tracker:
+        rows = runlog.log_sweep_summary(store.client, TrackedRun(tracker.journal, store.sweep_id), jobs)
     assert len(rows) == 2
     sweep = store.client.get_run(store.sweep_id)
     assert sweep.data.metrics["jobs_failed"] == 0 and sweep.data.metrics["best_final_val_loss"] == 0.5
@@ -201,9 +221,11 @@ def test_sweep_summary_and_seed_aggregate_round_trip(store: Store) -> None:
                                 "slide": None}
     agg = aggregate_seeds(curves, suggestions)
     group = "+model=mlp optimizer=sgd"
-    seeds_id = runlog.log_seed_aggregate(
-        store.client, store.experiment_id, store.sweep_id, agg, name="range_test_seeds x2",
-        group=group, rule="confirmed", seed_run_ids=[j.explore.info.run_id for j in jobs])
+    with _tracker(store, tmp_path) as tracker:
+        seeds_id = runlog.log_seed_aggregate(
+            tracker, store.sweep_id, agg, name="range_test_seeds x2",
+            group=group, rule="confirmed", seed_run_ids=[j.explore.info.run_id for j in jobs])
+    seeds_id = tracker.store_id(seeds_id)
     (found,) = runlog.seed_runs(store.client, store.experiment_id, store.sweep_id)
     assert found.info.run_id == seeds_id and found.info.status == "FINISHED"
     m = found.data.metrics
@@ -231,10 +253,11 @@ def test_sweep_summary_and_seed_aggregate_round_trip(store: Store) -> None:
     assert runlog.read_seed_aggregate(store.client, store.client.get_run(store.job_ids["loose"])) is None
 
     # A chosen rule that no seed answered: no suggested_lr, and the run says why.
-    other = runlog.log_seed_aggregate(
-        store.client, store.experiment_id, "a sweep choosing minimum", agg, name="range_test_seeds x2",
-        group=group, rule="minimum", seed_run_ids=[j.explore.info.run_id for j in jobs])
-    run = store.client.get_run(other)
+    with _tracker(store, tmp_path) as tracker:
+        other = runlog.log_seed_aggregate(
+            tracker, store.job_ids["loose"], agg, name="range_test_seeds x2",
+            group=group, rule="minimum", seed_run_ids=[j.explore.info.run_id for j in jobs])
+    run = runlog.get_run(store.client, other)
     assert run.info.status == "FINISHED" and "suggested_lr" not in run.data.metrics
     assert run.data.metrics["suggested_lr/confirmed"] == m["suggested_lr/confirmed"]
     assert "no seed's range test has a minimum suggestion" in run.data.tags["lrtrack.suggestion.minimum"]

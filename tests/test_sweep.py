@@ -69,7 +69,7 @@ def test_sweep_structure_statuses_and_summary(failing_sweep) -> None:
     assert sweep.data.tags["lrtrack.sweep_keys"] == "data.batch_size,finder.num_iter"
     assert sweep.data.metrics["jobs"] == 4 and sweep.data.metrics["jobs_failed"] == 3
 
-    short = sweep.info.run_id[:6]
+    short = sweep.data.tags["lrtrack.run_id"][:6]  # lrtrack's id: the one the sweep prints
     assert sweep.info.run_name == f"sweep {short} data.batch_size=64,0 finder.num_iter=10,3"
     jobs = {r.info.run_name.removesuffix(f" (sweep {short})"): r for r in children(client, sweep)}
     assert set(jobs) == {f"data.batch_size={b} finder.num_iter={n}" for b in (64, 0) for n in (10, 3)}
@@ -143,7 +143,7 @@ def test_joblib_launcher_and_seed_aggregate(tmp_path: Path, premade_store) -> No
     assert sweep.data.tags["lrtrack.launcher"] == "joblib"
     runs = children(client, sweep)
     jobs = sorted(r.info.run_name for r in runs if r.data.tags["lrtrack.stage"] == "pipeline")
-    short = sweep.info.run_id[:6]
+    short = sweep.data.tags["lrtrack.run_id"][:6]  # lrtrack's id: the one the sweep prints
     assert jobs == [f"seed=0 (sweep {short})", f"seed=1 (sweep {short})"]
     pids = set()
     confirmed = []  # each seed's logged confirmed suggestion

@@ -176,8 +176,8 @@ def tracked_range_test(
                                 val_loader=val_loader, observer=run, progress=settings.pop("progress", False),
                                 **settings)
         runlog.log_range_test(run, result, chosen_rule=suggestion, title=name)
-    log.info("range test logged: %s", tracker.ui_hint(run.run_id))
-    return TrackedRangeTest(result, run.run_id, tracker.tracking_uri, tracker.experiment_name, suggestion)
+    log.info("range test logged: %s", tracker.ui_hint(tracker.store_id(run.run_id)))
+    return TrackedRangeTest(result, tracker.store_id(run.run_id), tracker.tracking_uri, tracker.experiment_name, suggestion)
 
 
 def _bounds(range_test: TrackedRangeTest | None, max_lr: float | None, max_lr_rule: str | None,
@@ -256,8 +256,8 @@ def tracked_training(
                        progress=settings.pop("progress", False), **settings)
         curve = runlog.RangeCurve.from_result(range_test.result, range_test.run_id) if range_test else None
         runlog.log_training(run, result, bounds=bounds, steps_per_epoch=steps_per_epoch, curve=curve, title=name)
-    log.info("training run logged: %s", tracker.ui_hint(run.run_id))
-    return TrackedTraining(result, bounds, run.run_id, tracker.tracking_uri, tracker.experiment_name,
+    log.info("training run logged: %s", tracker.ui_hint(tracker.store_id(run.run_id)))
+    return TrackedTraining(result, bounds, tracker.store_id(run.run_id), tracker.tracking_uri, tracker.experiment_name,
                            runlog.final_metrics(result))
 
 

@@ -97,6 +97,11 @@ class SweepCallback(Callback):
         self.run: Any = None
         self.started = 0.0
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Launchers (joblib, submitit) pickle the callbacks for their workers: the sweep's tracker
+        (an open journal and its relay) stays in the process that started the sweep."""
+        return {**self.__dict__, "tracker": None, "run": None}
+
     # ------------------------------------------------------------------ start
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not OmegaConf.select(config, "tracking.enabled", default=True):

@@ -755,7 +755,8 @@ def start_sweep_run(tracker: Any, *, swept: Sequence[str], overrides: Sequence[s
     from lrtrack.tracking.journal import new_run_id
 
     what = redact(" ".join(swept) or "(no swept keys)")
-    run = tracker.start_run(f"sweep {short_id(new_run_id())} {what}", tags=redact_tree({
+    run_id = new_run_id()
+    run = tracker.start_run(f"sweep {short_id(run_id)} {what}", run_id=run_id, tags=redact_tree({
         STAGE_TAG: STAGE_SWEEP, COMMAND_TAG: command, OVERRIDES_TAG: " ".join(overrides),
         SWEEP_KEYS_TAG: ",".join(keys), LAUNCHER_TAG: launcher, SWEEP_DIR_TAG: sweep_dir}))
     run.log_dict(redact_tree({"command": command, "overrides": list(overrides), "swept": list(swept),

@@ -273,6 +273,7 @@ class Tracker:
         self.journal = Journal.create(spool_dir or Path.cwd() / "lrtrack-spool", tracking_uri, experiment_name)
         self.experiment_id: str | None = None  # known once the relay has opened the store
         self._client: MlflowClient | None = None
+        self._store_ids: dict[str, str] = {}
         self._closed = False
         self._relay: subprocess.Popen[bytes] | None = None
         try:
@@ -290,13 +291,14 @@ class Tracker:
             self._client = open_store(self.tracking_uri)
         return self._client
 
-    def start_run(self, name: str, *, tags: Mapping[str, Any] | None = None,
-                  parent_run_id: str | None = None) -> TrackedRun:
-        """A new run, named by lrtrack's id at once (the relay creates it in the store)."""
+    def start_run(self, name: str, *, tags: Mapping[str, Any] | None = None, parent_run_id: str | None = None,
+                  run_id: str | None = None) -> TrackedRun:
+        """A new run, named by lrtrack's id at once (``run_id``, or a new one); the relay creates it
+        in the store."""
         all_tags = {**(tags or {}), OWNER_TAG: owner_id()}
         if parent_run_id:
             all_tags[PARENT_TAG] = parent_run_id
-        run_id = new_run_id()
+        run_id = run_id or new_run_id()
         self.journal.append("create", run_id, name=name, tags=_tag_values(all_tags), start=int(time.time() * 1000))
         return TrackedRun(self.journal, run_id)
 
@@ -304,6 +306,11 @@ class Tracker:
         """An existing run (lrtrack's id and the store's), set RUNNING again to log into (``train.resume``)."""
         self.journal.append("reopen", run_id, store_id=store_id, tags={OWNER_TAG: owner_id()})
         return TrackedRun(self.journal, run_id)
+
+    def store_id(self, run_id: str) -> str:
+        """The store's id of a run once :meth:`close` has delivered it (else lrtrack's id, which
+        lrtrack's readers accept too)."""
+        return self._store_ids.get(run_id, run_id)
 
     @property
     def undelivered(self) -> Path | None:
@@ -328,6 +335,7 @@ class Tracker:
             self._stop_relay(relay, timeout_s)
         state = self.journal.load_state()
         self.experiment_id = state.get("experiment_id")
+        self._store_ids = dict(state.get("ids", {}))
         pending = self.journal.size() > state["offset"] or bool(state["open"])
         rejected = self.journal.rejected() if self.journal.path.exists() else 0
         if not pending and not rejected:
