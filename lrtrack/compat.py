@@ -20,6 +20,7 @@ curve. :data:`DIFFERENCES` lists every intentional difference. The loader wrappe
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import itertools
@@ -63,6 +64,8 @@ __all__ = [
 
 #: Validation batches evaluated per step in lrtrack mode (the engine's default).
 DEFAULT_VAL_BATCHES = 5
+
+_Dir = str | os.PathLike[str] | None
 
 #: Every intentional difference between the default mode and torch-lr-finder 0.2.2, and what
 #: ``compat=True`` keeps. The README's "Coming from pytorch-lr-finder" section lists exactly
@@ -122,13 +125,11 @@ DIFFERENCES: tuple[str, ...] = (
 
 
 class DataLoaderIter:
-    """Iterates over a data loader and turns each batch into ``(inputs, labels)``.
+    """Iterates over a data loader, turning each batch into ``(inputs, labels)``.
 
-    Override :meth:`inputs_labels_from_batch` in a subclass (of :class:`TrainDataLoaderIter`
-    or :class:`ValDataLoaderIter`) when batches are not ``(inputs, labels, ...)`` sequences.
-
-    Args:
-        data_loader: usually a :class:`torch.utils.data.DataLoader`; any re-iterable works.
+    For batches that are not ``(inputs, labels, ...)`` sequences, subclass
+    :class:`TrainDataLoaderIter` or :class:`ValDataLoaderIter` and override
+    :meth:`inputs_labels_from_batch`.
     """
 
     def __init__(self, data_loader: Iterable[Any]) -> None:
@@ -141,11 +142,7 @@ class DataLoaderIter:
         return self.data_loader.dataset  # type: ignore[attr-defined]
 
     def inputs_labels_from_batch(self, batch_data: Any) -> tuple[Any, Any]:
-        """Split one batch into ``(inputs, labels)``; extra items are ignored.
-
-        Raises:
-            ValueError: when the batch is not a list or tuple of at least two items.
-        """
+        """Split one batch into ``(inputs, labels)``; extra items are ignored."""
         if not isinstance(batch_data, (list, tuple)) or len(batch_data) < 2:
             raise ValueError(
                 f"batch type {type(batch_data).__name__} is not supported: the default expects "
@@ -163,13 +160,8 @@ class DataLoaderIter:
 
 
 class TrainDataLoaderIter(DataLoaderIter):
-    """Training batches; starts a new pass over the loader when it runs out.
-
-    Args:
-        data_loader: the training loader.
-        auto_reset: start a new pass when the loader is exhausted; when False, running out of
-            batches raises (a ``RuntimeError`` inside :meth:`LRFinder.range_test`).
-    """
+    """Training batches; with ``auto_reset`` a new pass starts when the loader runs out
+    (without, :meth:`LRFinder.range_test` raises ``RuntimeError`` then)."""
 
     def __init__(self, data_loader: Iterable[Any], auto_reset: bool = True) -> None:
         super().__init__(data_loader)
@@ -187,14 +179,8 @@ class TrainDataLoaderIter(DataLoaderIter):
 
 
 class ValDataLoaderIter(DataLoaderIter):
-    """Validation batches; behaves like a DataLoader, one full pass per ``for`` loop.
-
-    The underlying iterator is restarted only when a new pass begins (``iter(it)`` or a new
-    ``for`` loop) after the previous one went through all ``len(data_loader)`` batches.
-
-    Args:
-        data_loader: the validation loader; it must have a length.
-    """
+    """Validation batches, one full pass per ``for`` loop like a DataLoader: a new pass
+    (``iter(it)``) restarts the loader once the last one read all ``len(data_loader)``."""
 
     def __init__(self, data_loader: Iterable[Any]) -> None:
         super().__init__(data_loader)
@@ -203,8 +189,7 @@ class ValDataLoaderIter(DataLoaderIter):
 
     def __iter__(self) -> ValDataLoaderIter:
         if self.run_counter >= self.run_limit:
-            self._iterator = iter(self.data_loader)
-            self.run_counter = 0
+            self._iterator, self.run_counter = iter(self.data_loader), 0
         return self
 
     def __next__(self) -> Any:
@@ -212,22 +197,15 @@ class ValDataLoaderIter(DataLoaderIter):
         return super().__next__()
 
 
-def _wrap(wrapper: type[DataLoaderIter], loader: DataLoader, raw: bool) -> DataLoaderIter:
-    """``wrapper(loader)``; ``raw`` hands the batches to ``step_fn`` unchanged."""
-    wrapped = wrapper(loader)
-    if raw:
-        wrapped.inputs_labels_from_batch = lambda batch: batch  # type: ignore[method-assign]
-    return wrapped
-
-
 def _sources(train_loader: Any, val_loader: Any, raw: bool) -> tuple[Iterable[Any], Any]:
-    """What the engine reads training and validation batches from, in 0.2.2's order."""
+    """The engine's training and validation batches, wrapped in 0.2.2's order (``raw``: the
+    batches go to ``step_fn`` unchanged)."""
     if isinstance(train_loader, DataLoader):
-        train_loader = _wrap(TrainDataLoaderIter, train_loader, raw)
+        train_loader = _wrap(TrainDataLoaderIter(train_loader), raw)
     elif getattr(train_loader, "auto_reset", True) is False and isinstance(train_loader, Iterator):
         train_loader = _no_reset(train_loader)
     if isinstance(val_loader, DataLoader):
-        val_loader = _wrap(ValDataLoaderIter, val_loader, raw)
+        val_loader = _wrap(ValDataLoaderIter(val_loader), raw)
     elif (
         isinstance(val_loader, ValDataLoaderIter)
         and 0 < val_loader.run_counter < val_loader.run_limit
@@ -235,6 +213,12 @@ def _sources(train_loader: Any, val_loader: Any, raw: bool) -> tuple[Iterable[An
         # Left mid-pass (e.g. by an earlier test that read a subset): start a full pass.
         val_loader._iterator, val_loader.run_counter = iter(val_loader.data_loader), 0
     return train_loader, val_loader
+
+
+def _wrap(wrapper: DataLoaderIter, raw: bool) -> DataLoaderIter:
+    if raw:
+        wrapper.inputs_labels_from_batch = lambda batch: batch  # type: ignore[method-assign]
+    return wrapper
 
 
 def _no_reset(iterator: Iterator[Any]) -> Iterator[Any]:
@@ -255,14 +239,8 @@ def _no_reset(iterator: Iterator[Any]) -> Iterator[Any]:
 
 
 class TorchLrFinderSmoother:
-    """torch-lr-finder 0.2.2's smoothing: ``s_0 = x_0``, ``s_t = f*x_t + (1-f)*s_{t-1}``.
-
-    The average starts from the first loss and is never bias-corrected; ``smooth_f=0``
-    returns the raw losses.
-
-    Args:
-        smooth_f: weight of the newest loss, in [0, 1).
-    """
+    """torch-lr-finder 0.2.2's smoothing: ``s_0 = x_0``, ``s_t = f*x_t + (1-f)*s_{t-1}``, never
+    bias-corrected; ``smooth_f`` (f) in [0, 1), 0 returns the raw losses."""
 
     def __init__(self, smooth_f: float) -> None:
         self.smooth_f = smooth_f
@@ -281,9 +259,6 @@ class TorchLrFinderDivergence:
 
     ``best`` is the first smoothed loss, then the lowest one seen; NaN compares false, so a
     NaN loss never stops the test (the engine is run with ``stop_on_non_finite=False``).
-
-    Args:
-        diverge_th: the threshold factor.
     """
 
     def __init__(self, diverge_th: float) -> None:
@@ -303,11 +278,7 @@ class TorchLrFinderDivergence:
 
 
 def _whole_loader_validator(
-    val_source: Iterable[Any],
-    step: StepFn,
-    by_labels: bool,
-    device: torch.device,
-    non_blocking: bool,
+    source: Iterable[Any], step: StepFn, by_labels: bool, device: torch.device, non_blocking: bool
 ) -> Callable[[torch.nn.Module], torch.Tensor]:
     """0.2.2's validation: the whole loader after every step, each batch's loss weighted by its
     number of labels (``by_labels``; else by :func:`~lrtrack.engine.steps.batch_size_of`), the
@@ -315,20 +286,19 @@ def _whole_loader_validator(
     seen = [0]
 
     def weighted() -> Iterator[Any]:
-        # mean_loss weighs a batch by its first item's size: put the labels first.
         seen[0] = 0
-        for batch in val_source:
+        for batch in source:  # mean_loss weighs a batch by its first item's size: labels first
             item = (batch[1], batch[0]) if by_labels else batch
             seen[0] += len(item[0]) if by_labels else batch_size_of(item)
             yield item
 
     def item_step(model: torch.nn.Module, item: Any) -> torch.Tensor:
-        return step(model, (item[1], item[0])) if by_labels else step(model, item)
+        return step(model, (item[1], item[0]) if by_labels else item)
 
     def validate(model: torch.nn.Module) -> torch.Tensor:
         loss = mean_loss(model, weighted(), item_step, device=device, non_blocking=non_blocking)
-        try:  # 0.2.2 divides by len(dataset)
-            total = len(val_source.dataset)  # type: ignore[attr-defined]
+        try:
+            total = len(source.dataset)  # type: ignore[attr-defined]
         except (AttributeError, TypeError):
             total = seen[0]
         return loss if total == seen[0] else loss * seen[0] / total
@@ -340,17 +310,11 @@ def _whole_loader_validator(
 
 
 class _SavedState:
-    """The model's and optimizer's state dicts: deep copies in memory, or files under
-    ``cache_dir`` (``None``: the system temp folder), removed by :meth:`clear` or when this
-    object goes away."""
+    """The model's and optimizer's state dicts, deep-copied in memory or saved to files under
+    ``cache_dir`` (None: the temp folder); :attr:`clear`, also called when this object goes
+    away, removes the files."""
 
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        optimizer: torch.optim.Optimizer,
-        in_memory: bool,
-        cache_dir: str | os.PathLike[str] | None,
-    ) -> None:
+    def __init__(self, model: Any, optimizer: Any, in_memory: bool, cache_dir: _Dir) -> None:
         self.targets = {"model": model, "optimizer": optimizer}
         self.states: dict[str, Any] = {}  # a state dict, or the path of its file
         files: list[str] = []
@@ -371,10 +335,7 @@ class _SavedState:
         if not isinstance(state, str):
             return state
         if not os.path.exists(state):
-            raise RuntimeError(
-                f"the cached {key} state file {state} no longer exists (was cache_dir cleaned?); "
-                "the state cannot be restored"
-            )
+            raise RuntimeError(f"the saved {key} state file {state} is gone (cache_dir cleaned?)")
         return torch.load(state, map_location="cpu", weights_only=True)
 
     def load(self) -> None:
@@ -385,26 +346,16 @@ class _SavedState:
 
 def _remove_files(paths: list[str]) -> None:
     for path in paths:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.remove(path)
-        except FileNotFoundError:
-            pass
 
 
 class _DiskSnapshot(StateSnapshot):
-    """:class:`~lrtrack.engine.finder.StateSnapshot` for ``memory_cache=False``.
+    """A :class:`~lrtrack.engine.finder.StateSnapshot` for ``memory_cache=False``: the model and
+    optimizer states go to files under ``cache_dir``, never a second copy in memory (so the
+    base ``__init__``, which copies them, is not called); :meth:`restore` deletes them."""
 
-    The model and optimizer states go to files under ``cache_dir``, never a second copy in
-    memory (which is why a user picks ``memory_cache=False``, and why ``super().__init__``,
-    which copies them, is not called); :meth:`restore` deletes the files.
-    """
-
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        optimizer: torch.optim.Optimizer,
-        cache_dir: str | os.PathLike[str] | None,
-    ) -> None:
+    def __init__(self, model: torch.nn.Module, optimizer: Any, cache_dir: _Dir) -> None:
         self.model, self.optimizer, self.training = model, optimizer, model.training
         self.saved = _SavedState(model, optimizer, False, cache_dir)
         self.torch_rng = torch.get_rng_state()
@@ -432,52 +383,38 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _check_finder_args(
-    model: Any,
-    optimizer: Any,
-    criterion: Any,
-    step_fn: Any,
-    amp_backend: Any,
-    amp_config: Any,
-    grad_scaler: Any,
-    cache_dir: Any,
-) -> None:
+def _check_finder_args(finder: LRFinder, amp_config: Any) -> None:
     """Validate LRFinder's arguments (with 0.2.2's exception types)."""
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
-    if not isinstance(optimizer, torch.optim.Optimizer):
+    if not isinstance(finder.model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module; got {type(finder.model).__name__}")
+    if not isinstance(finder.optimizer, torch.optim.Optimizer):
         raise TypeError(
-            f"optimizer must be a torch.optim.Optimizer; got {type(optimizer).__name__}"
+            f"optimizer must be a torch.optim.Optimizer; got {type(finder.optimizer).__name__}"
         )
-    _check_scheduler(optimizer)
-    if (criterion is None) == (step_fn is None):
+    _check_scheduler(finder.optimizer)
+    if (finder.criterion is None) == (finder.step_fn is None):
         raise ValueError(
             "give exactly one of criterion (for (inputs, labels) batches: criterion(model(inputs), "
-            f"labels)) or step_fn(model, batch) -> loss; got {'both' if criterion is not None else 'neither'}"
+            f"labels)) or step_fn(model, batch) -> loss; got "
+            f"{'both' if finder.criterion is not None else 'neither'}"
         )
-    if amp_backend == "apex":
+    if finder.amp_backend == "apex":
         raise ValueError(
             "amp_backend='apex' is not supported by lrtrack (NVIDIA apex amp is deprecated); use "
             "amp_backend='torch' with grad_scaler=torch.amp.GradScaler()"
         )
-    if amp_backend not in (None, "torch"):
-        raise ValueError(
-            f"Unknown amp backend: amp_backend must be None or 'torch'; got {amp_backend!r}"
-        )
-    if amp_backend == "torch" and grad_scaler is None:
-        raise ValueError(
-            "grad_scaler is required when amp_backend='torch'; pass "
-            "grad_scaler=torch.amp.GradScaler(device_type)"
-        )
+    if finder.amp_backend not in (None, "torch"):
+        raise ValueError(f"amp_backend must be None or 'torch'; got {finder.amp_backend!r}")
+    if finder.amp_backend == "torch" and finder.grad_scaler is None:
+        raise ValueError("grad_scaler is required when amp_backend='torch': torch.amp.GradScaler()")
     if amp_config is not None and not isinstance(amp_config, Mapping):
         raise TypeError(
-            "amp_config must be a dict of torch.autocast keyword arguments such as "
-            f"{{'device_type': 'cuda', 'dtype': torch.float16}}; got {amp_config!r}"
+            f"amp_config must be a dict of torch.autocast arguments; got {amp_config!r}"
         )
-    if cache_dir is not None and not os.path.isdir(cache_dir):
+    if finder.cache_dir is not None and not os.path.isdir(finder.cache_dir):
         raise ValueError(
-            f"cache_dir must be an existing directory; got {os.fspath(cache_dir)!r}. "
-            "Create it first, or leave cache_dir=None for the system temp folder."
+            f"cache_dir must be an existing directory; got {os.fspath(finder.cache_dir)!r}. "
+            "Create it, or leave cache_dir=None for the system temp folder."
         )
 
 
@@ -486,9 +423,8 @@ def _check_scheduler(optimizer: torch.optim.Optimizer) -> None:
         if "initial_lr" in group:
             raise RuntimeError(
                 f"optimizer already has a learning-rate scheduler attached (param_groups[{i}] "
-                "has an 'initial_lr' entry), and the range test must set the LR itself. Create "
-                "the LRFinder with an optimizer that has no scheduler yet and attach the "
-                "scheduler after the range test (or build a fresh optimizer for it)."
+                "has an 'initial_lr'); the range test sets the LR itself. Attach the scheduler "
+                "after the range test, or build a fresh optimizer for the test."
             )
 
 
@@ -499,23 +435,19 @@ def _check_range_args(
     mode = step_mode.lower() if isinstance(step_mode, str) else step_mode
     if mode not in STEP_MODES:
         raise ValueError(
-            f"step_mode must be one of {', '.join(repr(m) for m in STEP_MODES)} "
-            f"(case-insensitive); got {step_mode!r}. Use 'exp' for the usual exponential sweep "
-            "or 'linear' for an evenly spaced one."
+            f"step_mode must be 'exp' (the usual exponential sweep) or 'linear' "
+            f"(case-insensitive); got {step_mode!r}"
         )
     if not _is_int(num_iter):
         raise TypeError(f"num_iter must be an integer larger than 1, e.g. 100; got {num_iter!r}")
     if num_iter <= 1:
-        raise ValueError(
-            f"num_iter must be larger than 1 (a curve needs at least two steps), e.g. 100; "
-            f"got {num_iter}"
-        )
+        raise ValueError(f"num_iter must be larger than 1 (two steps or more); got {num_iter}")
     if not _is_number(smooth_f):
         raise TypeError(f"smooth_f must be a number in [0, 1); got {smooth_f!r}")
     if not 0 <= smooth_f < 1:
         raise ValueError(
             f"smooth_f must be in [0, 1) (the weight of the newest loss in the moving average; "
-            f"0 turns smoothing off); got {smooth_f!r}. The default is 0.05."
+            f"0 turns smoothing off, the default is 0.05); got {smooth_f!r}"
         )
     if not _is_number(diverge_th) or not math.isfinite(diverge_th):
         raise TypeError(f"diverge_th must be a finite number such as 5; got {diverge_th!r}")
@@ -539,7 +471,7 @@ def _check_loaders(compat: bool, train_loader: Any, val_loader: Any) -> None:
                 f"torch-lr-finder 0.2.2. Wrap it in a {kind.__name__} subclass that overrides "
                 "inputs_labels_from_batch, or use compat=False (any iterable of batches)."
             )
-        if not compat and not isinstance(loader, Iterable):
+        if not isinstance(loader, Iterable):
             raise TypeError(
                 f"{name} must be a DataLoader, a {kind.__name__} or another iterable of "
                 f"batches; got {type(loader).__name__}"
@@ -547,10 +479,7 @@ def _check_loaders(compat: bool, train_loader: Any, val_loader: Any) -> None:
 
 
 def _lr_bounds(
-    compat: bool,
-    n_groups: int,
-    start_lr: float | Sequence[float] | None,
-    end_lr: float | Sequence[float],
+    compat: bool, n_groups: int, start_lr: Any, end_lr: Any
 ) -> tuple[float | list[float] | None, float | list[float]]:
     """Per-group start and end LRs for the engine (0.2.2's broadcasting with ``compat=True``)."""
     for name, value in (("start_lr", start_lr), ("end_lr", end_lr)):
@@ -575,7 +504,7 @@ def _lr_bounds(
     return per_group(start_lr), per_group(end_lr)
 
 
-def _val_batches(compat: bool, val_batches: int | None | str) -> int | None:
+def _val_batches(compat: bool, val_batches: Any) -> int | None:
     """``"auto"`` means 5 batches, or the whole loader (None) with ``compat=True``."""
     if val_batches == "auto":
         return None if compat else DEFAULT_VAL_BATCHES
@@ -584,7 +513,7 @@ def _val_batches(compat: bool, val_batches: int | None | str) -> int | None:
             f"val_batches must be 'auto', None (the whole loader) or an integer >= 1; "
             f"got {val_batches!r}"
         )
-    return val_batches  # type: ignore[return-value]
+    return val_batches  # type: ignore[no-any-return]
 
 
 # --------------------------------------------------------------------------- steps and plots
@@ -605,9 +534,7 @@ def _autocast_step(step: StepFn, amp_config: dict[str, Any] | None, device: torc
     return autocast_step
 
 
-def _mark(
-    rule: str, lrs: list[float], losses: list[float], skip_start: int, skip_end: int
-) -> tuple[float, float] | None:
+def _mark(rule: str, lrs: list[float], losses: list[float], skip_start: int, skip_end: int) -> Any:
     """``(lr, loss)`` to mark for an lrtrack suggestion rule, or None (the reason is logged)."""
     if not lrs:
         log.warning("no suggestion: no range test has been run yet")
@@ -626,13 +553,13 @@ def _draw(
     ax: Any,
     lrs: list[float],
     losses: list[float],
-    mark: tuple[float, float] | None,
+    mark: Any,
     label: str,
     log_lr: bool,
-    show_lr: float | None,
+    show_lr: Any,
 ) -> Any:
-    """Draw the curve, the marked suggestion and ``show_lr``; a new figure is shown when
-    ``ax`` is None. Returns the axes."""
+    """Draw the curve, the marked suggestion and ``show_lr`` into ``ax`` (None: a new figure,
+    shown); return the axes."""
     import matplotlib.pyplot as plt
 
     fig = None
@@ -661,11 +588,8 @@ class LRFinder:
     """Learning-rate range test with torch-lr-finder 0.2.2's interface, on lrtrack's engine.
 
     The test raises the LR after every optimizer step, from ``start_lr`` (default: the
-    optimizer's LR) to ``end_lr``, and records the (smoothed) loss in ``history``; ``plot()``
-    draws the curve and suggests an LR. ``history["lr"][i]`` is the LR that step ``i`` trained
-    with (as in 0.2.2) and ``history["loss"][i]`` the smoothed loss after that step. The
-    model, optimizer and RNG state are restored after every test. With ``compat=True`` the
-    numbers are torch-lr-finder 0.2.2's; :data:`DIFFERENCES` lists every difference.
+    optimizer's LR) to ``end_lr``, and records the smoothed loss; ``plot()`` draws the curve
+    and suggests an LR. The model, optimizer and RNG state are restored after every test.
 
     Args:
         model: the model to test.
@@ -675,29 +599,21 @@ class LRFinder:
         memory_cache: keep the initial state (for :meth:`reset`) and the per-test restore
             state in memory; when False they are saved to files under ``cache_dir``.
         cache_dir: folder for those files (default: the system temp folder); must exist.
-        amp_backend: None, or ``"torch"`` for ``torch.amp`` mixed precision (``"apex"`` is
-            not supported).
-        amp_config: keyword arguments for ``torch.autocast`` around the forward pass, e.g.
-            ``{"device_type": "cuda", "dtype": torch.float16}``; None picks the device's.
+        amp_backend: None, or ``"torch"`` for ``torch.amp`` mixed precision (not ``"apex"``).
+        amp_config: ``torch.autocast`` keyword arguments, e.g. ``{"device_type": "cuda",
+            "dtype": torch.float16}``; None picks the device's.
         grad_scaler: the ``torch.amp.GradScaler`` required with ``amp_backend="torch"``.
-        step_fn: ``step_fn(model, batch) -> loss`` instead of ``criterion``, for dict batches,
-            several inputs or outputs, or a custom loss; batches reach it unchanged.
-        compat: reproduce torch-lr-finder 0.2.2's numbers.
-        observer: receives ``on_step(step, metrics)`` every step, e.g. an MLflow observer
-            from :mod:`lrtrack.tracking.runs`.
+        step_fn: ``step_fn(model, batch) -> loss`` instead of ``criterion`` (dict batches,
+            several inputs or outputs, custom losses); batches reach it unchanged.
+        compat: reproduce torch-lr-finder 0.2.2's numbers (see :data:`DIFFERENCES`).
+        observer: receives ``on_step(step, metrics)`` every step.
 
     Attributes:
-        history: ``{"lr": [...], "loss": [...]}`` of the last range test.
-        best_loss: the lowest smoothed loss of the last range test.
+        history: ``{"lr": [...], "loss": [...]}`` of the last test: ``lr[i]`` is the LR step
+            ``i`` trained with, ``loss[i]`` the smoothed loss after it.
+        best_loss: the lowest smoothed loss of the last test.
         result: the last :class:`~lrtrack.engine.finder.RangeTestResult`, or None.
         suggestions: every suggestion rule's answer for the last test.
-
-    Example:
-        >>> lr_finder = LRFinder(net, optimizer, criterion, device="cuda")
-        >>> lr_finder.range_test(train_loader, end_lr=100, num_iter=100)
-        >>> ax, lr = lr_finder.plot()
-        >>> lr_finder.suggestions["valley"].lr
-        >>> lr_finder.reset()
     """
 
     def __init__(
@@ -707,7 +623,7 @@ class LRFinder:
         criterion: Callable[..., torch.Tensor] | None = None,
         device: str | torch.device | None = None,
         memory_cache: bool = True,
-        cache_dir: str | os.PathLike[str] | None = None,
+        cache_dir: _Dir = None,
         amp_backend: str | None = None,
         amp_config: Mapping[str, Any] | None = None,
         grad_scaler: torch.amp.GradScaler | None = None,
@@ -716,19 +632,16 @@ class LRFinder:
         compat: bool = False,
         observer: StepObserver | None = None,
     ) -> None:
-        _check_finder_args(
-            model, optimizer, criterion, step_fn, amp_backend, amp_config, grad_scaler, cache_dir
-        )
         self.model, self.optimizer, self.criterion, self.step_fn = (
             model,
             optimizer,
             criterion,
             step_fn,
         )
-        self.compat, self.observer = bool(compat), observer
-        self.memory_cache, self.cache_dir = memory_cache, cache_dir
-        self.amp_backend, self.grad_scaler = amp_backend, grad_scaler
+        self.amp_backend, self.grad_scaler, self.cache_dir = amp_backend, grad_scaler, cache_dir
+        _check_finder_args(self, amp_config)
         self.amp_config = dict(amp_config) if amp_config is not None else None
+        self.memory_cache, self.compat, self.observer = memory_cache, bool(compat), observer
         self.history: dict[str, list[float]] = {"lr": [], "loss": []}
         self.best_loss: float | None = None
         self.result: RangeTestResult | None = None
@@ -763,10 +676,9 @@ class LRFinder:
 
         Args:
             train_loader: a DataLoader of ``(inputs, labels, ...)`` batches or a
-                :class:`TrainDataLoaderIter` (subclass) for other formats; in the default
-                mode also any iterable of batches (with ``step_fn``, batches of any format).
+                :class:`TrainDataLoaderIter`; in the default mode any iterable of batches.
             val_loader: when given, the recorded loss is the validation loss after each step
-                (a DataLoader or a :class:`ValDataLoaderIter`; in the default mode also any
+                (a DataLoader or a :class:`ValDataLoaderIter`; in the default mode any
                 re-iterable of batches).
             start_lr: first LR (default: the optimizer's); a list gives one per group.
             end_lr: last LR; a list gives one per group.
@@ -774,16 +686,15 @@ class LRFinder:
             step_mode: ``"exp"`` or ``"linear"`` spacing of the LRs.
             smooth_f: weight of the newest loss in the moving average, in [0, 1); 0 = none.
             diverge_th: stop when the smoothed loss exceeds ``diverge_th`` times the best.
-            accumulation_steps: batches per optimizer step (gradient accumulation).
+            accumulation_steps: batches per optimizer step.
             non_blocking_transfer: asynchronous host-to-device copies where possible.
             val_batches: validation batches per step: ``"auto"`` (5, or the whole loader in
                 compat mode), an int, or None for the whole loader.
             progress: show a progress bar (on a terminal).
 
         Raises:
-            ValueError, TypeError: bad arguments (as in 0.2.2), checked before anything changes.
-            RuntimeError: the optimizer has a scheduler attached, or a non-resetting
-                train_loader ran out of batches.
+            ValueError, TypeError: bad arguments (0.2.2's types), before anything changes.
+            RuntimeError: a scheduler is attached, or a non-resetting train_loader ran out.
         """
         _check_scheduler(self.optimizer)
         mode = _check_range_args(step_mode, num_iter, smooth_f, diverge_th, non_blocking_transfer)
@@ -830,7 +741,7 @@ class LRFinder:
                 end_lr=ends,
                 num_iter=int(num_iter),
                 step_mode=mode,
-                smoothing=1.0 - smooth_f if smooth_f > 0 else 0.0,  # the EMA decay
+                smoothing=1.0 - smooth_f if smooth_f > 0 else 0.0,  # the EMA's decay
                 diverge_th=diverge_th,
                 accumulation_steps=accumulation_steps,
                 grad_scaler=self.grad_scaler if self.amp_backend == "torch" else None,
@@ -862,9 +773,8 @@ class LRFinder:
             log_lr: logarithmic LR axis.
             show_lr: draw a vertical line at this LR.
             ax: matplotlib axes to draw into; when None a figure is made and shown.
-            suggest_lr: True marks the steepest-gradient point (torch-lr-finder's rule in
-                compat mode, lrtrack's ``steepest`` rule otherwise); a rule name (one of
-                ``steepest``, ``valley``, ``minimum``, ``slide``) marks that rule's LR.
+            suggest_lr: True marks the steepest-gradient point (0.2.2's rule in compat mode,
+                lrtrack's ``steepest`` rule otherwise); a rule name marks that rule's LR.
 
         Returns:
             The axes, or ``(axes, lr)`` when ``suggest_lr`` is set (``lr`` is None in lrtrack
@@ -882,15 +792,13 @@ class LRFinder:
         if isinstance(suggest_lr, str):
             check_rule(suggest_lr)
         rule = suggest_lr if isinstance(suggest_lr, str) else "steepest" if suggest_lr else None
-        lrs, losses = self.history["lr"], self.history["loss"]
-        n = len(lrs)
+        lrs, losses, n = self.history["lr"], self.history["loss"], len(self.history["lr"])
         tlf_rule = self.compat and suggest_lr is True
         if tlf_rule and n < skip_start + skip_end + 2:
             raise RuntimeError(
-                f"Need at least skip_start + skip_end + 2 = {skip_start + skip_end + 2} "
-                f"recorded steps to suggest an LR; the last range test recorded {n}. Lower "
-                "skip_start/skip_end, run range_test with a larger num_iter, or pass "
-                "suggest_lr=False."
+                f"Need at least skip_start + skip_end + 2 = {skip_start + skip_end + 2} recorded "
+                f"steps to suggest an LR; the last range test recorded {n}. Lower the skips, use "
+                "a larger num_iter, or pass suggest_lr=False."
             )
         shown_lrs, shown_losses = lrs[skip_start : n - skip_end], losses[skip_start : n - skip_end]
         mark = None
@@ -907,18 +815,11 @@ class LRFinder:
 
     def _keep(self, result: RangeTestResult, policy: RangeTestPolicy | None) -> None:
         """Expose a finished test as history, best_loss, result and suggestions."""
-        self.result = result
-        self.suggestions = dict(result.suggestions)
+        self.result, self.suggestions = result, dict(result.suggestions)
         self.history = {"lr": list(result.lrs), "loss": list(result.smoothed_losses)}
-        divergence = policy.divergence_check if policy is not None else None
-        if isinstance(divergence, TorchLrFinderDivergence):
-            self.best_loss = divergence.best
-        else:
-            self.best_loss = result.min_loss
+        self.best_loss = result.min_loss
+        if policy is not None and isinstance(policy.divergence_check, TorchLrFinderDivergence):
+            self.best_loss = policy.divergence_check.best
         if result.stop_reason != STOP_COMPLETED:
             log.info("Stopping early (%s): %s", result.stop_reason, result.stop_detail)
-        log.info(
-            "Learning rate search finished after %d steps; see the curve with plot() and all "
-            "suggestions in .suggestions",
-            result.steps,
-        )
+        log.info("Learning rate search finished after %d steps; see plot()", result.steps)
