@@ -74,3 +74,41 @@ def test_once_a_probe_made_progress_patience_stops_the_descent() -> None:
     # above counts as the start loss: crossed 0.2 of the way (in log LR) from 0.707 to 0.841.
     s = suggest("confirmed", [1e-3, 10.0], [2.0, 1.0], probes=search.probes)
     assert s.lr == pytest.approx(2**-0.5 * 2 ** (0.25 * 0.2) / CONFIRMED_MARGIN)
+
+
+# --------------------------------------------------------------------------- upward probing (issue 19)
+
+
+def test_a_good_probe_at_the_edge_climbs_until_one_fails() -> None:
+    # A sweep whose loss bumped up and recovered put its edge at 1.0, but fixed-LR training is good
+    # up to about 3: the search climbs half-octaves while the probes stay good (1.41, 2, 2.83),
+    # 4.0 diverges, then one rung below the edge, then the quarter-octave between 2.83 and 4.
+    def run(lr: float) -> Probe:
+        return probe(lr, None) if lr > 3.0 else probe(lr, 0.5 - 0.01 * lr)
+
+    search, seen = search_with(run)
+    assert seen[:5] == pytest.approx([1.0, 2**0.5, 2.0, 2**1.5, 4.0])
+    assert seen[5] == pytest.approx(2**-0.5)  # one rung down: is something below much better?
+    assert seen[6] == pytest.approx(2**1.5 * 2**0.25)
+    chosen, _ = search.choice()
+    assert chosen is not None and chosen.lr == pytest.approx(2**1.5)  # 3.36 > 3 diverged
+    s = suggest("confirmed", [1e-3, 1.0], [2.0, 1.0], probes=search.probes)  # the sweep ended at 1.0
+    assert s.lr is not None and s.lr > 1.0 / CONFIRMED_MARGIN * 2  # not capped at the edge
+    assert not search.climbed_out
+
+
+def test_the_climb_is_bounded_and_says_so() -> None:
+    # Every probe is good: the climb stops after MAX_UP rungs (4x the edge) and reports it.
+    from lrtrack.engine.probes import MAX_UP
+
+    search, seen = search_with(lambda lr: probe(lr, 0.5))
+    assert max(seen) == pytest.approx(2 ** (MAX_UP / 2))
+    assert search.climbed_out
+
+
+def test_a_failing_probe_at_the_edge_does_not_climb() -> None:
+    def run(lr: float) -> Probe:
+        return probe(lr, None) if lr > 0.9 else probe(lr, 1.0 - lr)
+
+    _, seen = search_with(run)
+    assert max(seen) == pytest.approx(1.0)

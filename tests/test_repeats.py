@@ -184,11 +184,50 @@ def test_auto_repeats_runs_three_tests_for_adam_like_optimizers_and_one_for_sgd(
     adaptive = [torch.optim.Adam(params), torch.optim.AdamW(params), torch.optim.NAdam(params),
                 torch.optim.RAdam(params), torch.optim.Adamax(params), torch.optim.RMSprop(params),
                 torch.optim.Adagrad(params), torch.optim.Adadelta(params)]
-    assert [auto_repeats(opt) for opt in adaptive] == [ADAPTIVE_REPEATS] * len(adaptive) == [3] * 8
+    assert [auto_repeats(opt) for opt in adaptive] == [ADAPTIVE_REPEATS] * len(adaptive) == [2] * 8
     assert auto_repeats(torch.optim.SGD(params, lr=0.1, momentum=0.9)) == 1
     args = dict(criterion=nn.CrossEntropyLoss(), num_iter=8, probe_steps=2, progress=False, extra_repeats=0)
     adam = run_repeated_range_test(model, torch.optim.Adam(model.parameters(), lr=1e-4),
                                    InMemoryLoader(x, y, 32, seed=0), end_lr=1.0, **args)
     sgd = run_repeated_range_test(model, torch.optim.SGD(model.parameters(), lr=1e-3),
                                   InMemoryLoader(x, y, 32, seed=0), **args)
-    assert len(adam.repeats) == 3 and sgd.repeats == ()
+    assert len(adam.repeats) == 2 and sgd.repeats == ()
+
+
+# --------------------------------------------------------------------------- the confidence verdict (issue 19)
+
+
+def test_repeats_that_disagree_give_a_low_verdict() -> None:
+    a = _result([3.0, 2.0, 1.0, 2.0], {"confirmed": 0.01}, edge=0.1)
+    b = _result([3.0, 2.0, 1.0, 2.0], {"confirmed": 0.05}, edge=0.1)
+    c = _result([3.0, 2.0, 1.0, 2.0], {"confirmed": 0.02}, edge=0.1)
+    m = combine([a, b, c])
+    assert m.confidence == "low"
+    assert any(r.startswith("repeats disagree: 3 tests' answers spread 5.00x") for r in m.confidence_reasons)
+    agree = combine([a, _result([3.0, 2.0, 1.0, 2.0], {"confirmed": 0.012}, edge=0.1)])
+    assert not any(r.startswith("repeats disagree") for r in agree.confidence_reasons)
+
+
+def test_a_low_verdict_runs_extra_tests_and_says_what_it_did(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two Adam repeats that disagree spend EXTRA_REPEATS more tests; the answer is the median of all."""
+    import lrtrack.engine.repeats as repeats_mod
+
+    answers = iter([0.01, 0.1, 0.03, 0.03])
+    curve = [3.0 - 0.02 * i for i in range(40)] + [2.2 + 0.5 * i for i in range(10)]
+
+    def fake(*args: object, **kwargs: object) -> RangeTestResult:
+        r = _result(curve, {"confirmed": next(answers)}, edge=None)
+        return RangeTestResult(**{**r.__dict__, "lrs": [10 ** (i / 10 - 3) for i in range(50)],
+                                  "group_lrs": [[10 ** (i / 10 - 3)] for i in range(50)]})
+
+    monkeypatch.setattr(repeats_mod, "run_range_test", fake)
+    model, x, y = _task()
+    result = run_repeated_range_test(model, torch.optim.Adam(model.parameters()), InMemoryLoader(x, y, 32),
+                                     criterion=nn.CrossEntropyLoss())
+    assert len(result.repeats) == 2 + repeats_mod.EXTRA_REPEATS
+    assert result.suggestions["confirmed"].lr == pytest.approx(0.03)
+    assert result.extra_steps == 2 * 50
+    assert result.total_steps == 4 * 50
+    assert "repeats disagree" in result.extra_actions[0] and "ran 2 more range tests" in result.extra_actions[0]
+    # four answers 0.01, 0.1, 0.03, 0.03: the median 0.03; they still spread 10x, so the verdict stays low
+    assert result.confidence == "low" and result.confidence_reasons[0].startswith("repeats disagree")

@@ -563,3 +563,57 @@ def test_confirmed_on_least_squares_probes_lands_below_the_stability_edge() -> N
     s = suggest("confirmed", [1e-4, 10.0], [1.0, 0.5], probes=search.probes)
     best = 2 / (1 + 0.01)
     assert 0.3 * best <= s.lr <= 1.0 * best
+
+
+# --------------------------------------------------------------------------- confidence reasons (issue 19)
+
+
+def _bumpy(recover: bool) -> tuple[list[float], list[float]]:
+    """A descent to 1.0 by step 40, a bump to 2.0 at step 55, back to 1.1 by step 70 (recover) or on up."""
+    lrs = list(np.logspace(-4, 1, 100))
+    loss = []
+    for i in range(100):
+        if i <= 40:
+            loss.append(3.0 - 0.05 * i)
+        elif i <= 55:
+            loss.append(1.0 + 1.0 * (i - 40) / 15)
+        elif recover and i <= 70:
+            loss.append(2.0 - 0.9 * (i - 55) / 15)
+        else:
+            loss.append(min(3.5, loss[-1] + 0.15))
+    return lrs, loss
+
+
+def test_a_bump_that_recovers_is_a_non_monotone_sweep() -> None:
+    from lrtrack.engine.confidence import curve_reasons
+
+    lrs, loss = _bumpy(recover=True)
+    reasons = curve_reasons(lrs, loss)
+    assert len(reasons) == 1 and reasons[0].startswith("non-monotone sweep")
+    lrs, loss = _bumpy(recover=False)  # a plain rise to divergence: nothing to doubt
+    assert curve_reasons(lrs, loss) == []
+
+
+def test_a_flat_loss_and_a_short_sweep_are_reasons() -> None:
+    from lrtrack.engine.confidence import curve_reasons
+
+    lrs = list(np.logspace(-4, 1, 100))
+    flat = [2.0 - 0.0005 * i for i in range(100)]
+    assert curve_reasons(lrs, flat)[0].startswith("flat loss")
+    short = [3.0 - 0.1 * i for i in range(10)] + [math.nan]
+    assert curve_reasons(lrs[:11], short)[0].startswith("too few steps")
+
+
+def test_probe_reasons_name_what_disagrees() -> None:
+    from lrtrack.engine.confidence import probe_reasons
+
+    good = [Probe(0.1, (2.0, 1.0, 1.0, 1.0), 4), Probe(0.4, (2.0, 1.0, 1.0, 1.0), 4)]
+    assert probe_reasons(good, edge_lr=0.1) != [] and probe_reasons(good, edge_lr=0.1)[0].startswith(
+        "probes disagree with the curve")  # good at 4x the sweep's edge
+    assert probe_reasons(good, edge_lr=0.3) == []
+    assert probe_reasons(good, edge_lr=0.3, climbed_out=True)[0].startswith("no probe failed above the answer")
+    assert probe_reasons(good, edge_lr=0.3, cut=True)[0].startswith("too few steps")
+    flat = [Probe(0.1, (2.0, 1.99, 1.99, 1.99), 4)]
+    assert probe_reasons(flat, edge_lr=0.1)[0].startswith("flat loss")
+    none = [Probe(0.1, (2.0, 50.0, 90.0), 4)]
+    assert probe_reasons(none, edge_lr=0.1)[0].startswith("no confirmed answer")

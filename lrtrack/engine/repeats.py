@@ -29,7 +29,9 @@ from lrtrack.engine.suggest import DEFAULT_RULE, Edge, Suggestion
 log = logging.getLogger(__name__)
 
 #: ``repeats=None`` (auto) runs this many tests for an optimizer with per-parameter adaptive steps.
-ADAPTIVE_REPEATS = 3
+#: Two (issue 19): three cost 5-6x ``num_iter`` with the probes; two keep it within 4x, and a
+#: pair that disagrees (a ``low`` verdict) gets :data:`EXTRA_REPEATS` more.
+ADAPTIVE_REPEATS = 2
 #: A ``low`` confidence verdict runs this many more range tests (the extra budget) before answering.
 EXTRA_REPEATS = 2
 #: Optimizers that scale each parameter's step by running gradient statistics, besides any whose
