@@ -1,5 +1,8 @@
 """Real processes killed mid-run: what is kept, how the runs end, and resuming a killed run.
 
+A job killed with SIGKILL cannot end its runs; its relay (a child process, which the kill does not
+reach) sees it gone, delivers everything the job had journaled and ends the job's open runs KILLED.
+
 The process that is killed (SIGKILL) or stopped (SIGTERM) is a real ``python -m lrtrack``; what
 runs after it (the resumed run, the uninterrupted reference, the refused and allowed commands)
 runs the same command in the test's process (:func:`tests.conftest.run_cli_here`), as does the
@@ -18,6 +21,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -78,15 +82,43 @@ def _client(folder: Path) -> MlflowClient:
     return MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
 
 
+def _run(client: MlflowClient, run_id: str) -> Any:
+    """A run by the id lrtrack printed (its own) or the store's."""
+    from lrtrack.tracking.runlog import get_run
+
+    return get_run(client, run_id)
+
+
 def _history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
-    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+    return sorted((m.step, m.value) for m in client.get_metric_history(_run(client, run_id).info.run_id, key))
+
+
+def _ended(client: MlflowClient, run_id: str, timeout: float = 90) -> Any:
+    """The run once it is no longer RUNNING (the killed job's relay ends it), within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            run = _run(client, run_id)
+        except LookupError:
+            run = None
+        if run is not None and run.info.status != "RUNNING":
+            return run
+        assert time.monotonic() < deadline, f"run {run_id} still RUNNING after {timeout} s"
+        time.sleep(0.2)
 
 
 def _checkpoint_uploaded(proc: _Process, folder: Path, run_id: str, timeout: float = 120) -> None:
     """Wait until the first epoch ended and its checkpoint is in the run's artifacts, whole (the
     size of the job's own file): the process is then inside the second epoch."""
     proc.read_until(r"epoch 1/3: ")  # the epoch's checkpoint is written and uploaded next
-    artifact_dir = Path(_client(folder).get_run(run_id).info.artifact_uri.removeprefix("file://"))
+    deadline = time.monotonic() + timeout
+    while True:  # the relay creates the run in the store a moment after the job journaled it
+        try:
+            artifact_dir = Path(_run(_client(folder), run_id).info.artifact_uri.removeprefix("file://"))
+            break
+        except LookupError:
+            assert time.monotonic() < deadline, "".join(proc.seen)
+            time.sleep(0.05)
     uploaded = artifact_dir / "checkpoints" / "last.pt"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -106,8 +138,9 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path: Path, premade_
     proc.signal(signal.SIGKILL)
     proc.finish()
     client = _client(killed_dir)
-    assert client.get_run(run_id).info.status == "RUNNING"  # kill -9: nobody could end it
-    assert [a.path for a in client.list_artifacts(run_id, "checkpoints")] == ["checkpoints/last.pt"]
+    killed = _ended(client, run_id)  # its relay ended it
+    assert killed.info.status == "KILLED"
+    assert [a.path for a in client.list_artifacts(killed.info.run_id, "checkpoints")] == ["checkpoints/last.pt"]
 
     resumed = run_cli_here([*LONG, f"train.resume={run_id}"], killed_dir)
     assert resumed.returncode == 0, resumed.stderr
@@ -115,7 +148,7 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path: Path, premade_
     assert clean.returncode == 0, clean.stderr
 
     (reference,) = [r for r in _client(clean_dir).search_runs(["1"]) if r.data.tags["lrtrack.stage"] == "final"]
-    run = client.get_run(run_id)
+    run = _run(client, run_id)
     assert run.info.status == "FINISHED"
     for key in ("lr", "loss", "loss_smoothed", "val_loss", "train_loss_epoch"):
         got, want = _history(client, run_id, key), _history(_client(clean_dir), reference.info.run_id, key)
@@ -143,8 +176,8 @@ def test_sigterm_stops_like_ctrl_c_keeping_runs_metrics_and_checkpoint(tmp_path:
     assert runs["final"].info.status == "KILLED" and runs["pipeline"].info.status == "KILLED"
     assert runs["explore"].info.status == "FINISHED"
     # The finished epoch's metrics and its checkpoint are kept.
-    assert len(client.get_metric_history(run_id, "val_loss")) == 1
-    assert [a.path for a in client.list_artifacts(run_id, "checkpoints")] == ["checkpoints/last.pt"]
+    assert len(_history(client, run_id, "val_loss")) == 1
+    assert [a.path for a in client.list_artifacts(runs["final"].info.run_id, "checkpoints")] == ["checkpoints/last.pt"]
     assert (next(tmp_path.glob("outputs/*/*/checkpoints/last.pt"))).is_file()
 
 

@@ -130,24 +130,51 @@ class Delivery:
         end_orphaned_runs(client, keep=set(self.state["ids"].values()))
 
     def _apply_pending(self, final: bool) -> None:
+        """Apply every whole operation past the offset. Consecutive metric rows of one run go to the
+        store as one ``log_batch`` (the job journals one line per step); the offset is recorded
+        after each other operation and at the end."""
+        rows: list[list[Any]] = []
+        rows_run: str | None = None
+        rows_end = self.state["offset"]
         for offset, op in self.journal.read(self.state["offset"], final=final):
-            if op is None:
-                self.journal.reject(None, "a journal line cut short (the process died while writing it)")
-            else:
-                try:
-                    self._apply(op)
-                except (NotYetThere, TrackingUnavailable):
-                    raise
-                except Exception as err:
-                    if is_transient(err):
-                        raise
-                    log.error("the tracking store rejected a %s write for run %s: %s", op.get("op"), op.get("run"),
-                              describe(err))
-                    self.journal.reject(op, describe(err))
+            if op is not None and op.get("op") == "metrics" and (rows_run in (None, op["run"])) \
+                    and len(rows) < BATCH_LIMITS["metrics"]:
+                rows.extend(op["rows"])
+                rows_run, rows_end = op["run"], offset
+                continue
+            self._apply_rows(rows_run, rows, rows_end)
+            rows, rows_run = [], None
+            if op is not None and op.get("op") == "metrics":  # another run's, or a full batch: start anew
+                rows, rows_run, rows_end = list(op["rows"]), op["run"], offset
+                continue
+            self._apply_one(op)
             self.state["offset"] = offset
             self.journal.save_state(self.state)
             if op is not None and op.get("op") == "artifact":
                 self.journal.discard(op["file"])  # a long run's checkpoints do not pile up
+        self._apply_rows(rows_run, rows, rows_end)
+
+    def _apply_rows(self, run: str | None, rows: list[list[Any]], offset: int) -> None:
+        if run is not None and rows:
+            self._apply_one({"op": "metrics", "run": run, "rows": rows})
+            self.state["offset"] = offset
+            self.journal.save_state(self.state)
+
+    def _apply_one(self, op: Mapping[str, Any] | None) -> None:
+        """One operation; the store refusing it for good is recorded (rejected.jsonl), not retried."""
+        if op is None:
+            self.journal.reject(None, "a journal line cut short (the process died while writing it)")
+            return
+        try:
+            self._apply(op)
+        except (NotYetThere, TrackingUnavailable):
+            raise
+        except Exception as err:
+            if is_transient(err):
+                raise
+            log.error("the tracking store rejected a %s write for run %s: %s", op.get("op"), op.get("run"),
+                      describe(err))
+            self.journal.reject(op, describe(err))
 
     def _store_id(self, run: str) -> str:
         if run in self.state["ids"]:
