@@ -1,6 +1,4 @@
-"""A drop-in replacement for torch-lr-finder 0.2.2: ``from lrtrack import LRFinder``.
-
-Code written against ``torch_lr_finder`` keeps working after a one-line import change::
+"""torch-lr-finder 0.2.2's ``LRFinder`` over lrtrack's engine, as a drop-in replacement::
 
     from lrtrack import LRFinder            # was: from torch_lr_finder import LRFinder
 
@@ -9,13 +7,10 @@ Code written against ``torch_lr_finder`` keeps working after a one-line import c
     ax, lr = lr_finder.plot()               # the curve and the steepest-gradient suggestion
     lr_finder.reset()
 
-:class:`LRFinder` is a thin adapter over :func:`lrtrack.engine.finder.run_range_test` (there is one
-engine). By default it runs lrtrack's corrected range test; ``LRFinder(..., compat=True)``
-behaves like torch-lr-finder 0.2.2 (it passes 0.2.2's own test suite,
-tests/test_compat_upstream.py) and reproduces its numbers, so a ported notebook draws the same
-curve. :data:`DIFFERENCES` lists every intentional difference. The loader wrappers
-(:class:`TrainDataLoaderIter`, :class:`ValDataLoaderIter`) behave like torch-lr-finder's; or
-(new) pass ``step_fn(model, batch) -> loss`` to :class:`LRFinder` and skip the subclassing.
+By default :class:`LRFinder` runs lrtrack's corrected range test
+(:func:`lrtrack.engine.finder.run_range_test`); ``LRFinder(..., compat=True)`` reproduces 0.2.2's
+numbers and passes 0.2.2's own test suite (tests/test_compat_upstream.py), so a ported notebook
+draws the same curve. :data:`DIFFERENCES` lists every intentional difference.
 """
 
 from __future__ import annotations
@@ -30,7 +25,6 @@ import numbers
 import os
 import random
 import tempfile
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
@@ -38,14 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from lrtrack.engine.finder import (
-    STEP_MODES,
-    STOP_COMPLETED,
-    RangeTestPolicy,
-    RangeTestResult,
-    StateSnapshot,
-    run_range_test,
-)
+from lrtrack.engine import finder as engine
 from lrtrack.engine.observers import StepObserver
 from lrtrack.engine.steps import StepFn, autocast_factory, batch_size_of, mean_loss, supervised_step
 from lrtrack.engine.suggest import Suggestion, check_rule, suggest
@@ -121,16 +108,10 @@ DIFFERENCES: tuple[str, ...] = (
 )
 
 
-# --------------------------------------------------------------------------- loader wrappers
-
-
 class DataLoaderIter:
-    """Iterates over a data loader, turning each batch into ``(inputs, labels)``.
-
-    For batches that are not ``(inputs, labels, ...)`` sequences, subclass
-    :class:`TrainDataLoaderIter` or :class:`ValDataLoaderIter` and override
-    :meth:`inputs_labels_from_batch`.
-    """
+    """Iterates over a data loader, turning each batch into ``(inputs, labels)``; for other
+    batch formats subclass :class:`TrainDataLoaderIter` or :class:`ValDataLoaderIter` and
+    override :meth:`inputs_labels_from_batch`."""
 
     def __init__(self, data_loader: Iterable[Any]) -> None:
         self.data_loader = data_loader
@@ -201,21 +182,20 @@ def _sources(train_loader: Any, val_loader: Any, raw: bool) -> tuple[Iterable[An
     """The engine's training and validation batches, wrapped in 0.2.2's order (``raw``: the
     batches go to ``step_fn`` unchanged)."""
     if isinstance(train_loader, DataLoader):
-        train_loader = _wrap(TrainDataLoaderIter(train_loader), raw)
+        train_loader = _raw(TrainDataLoaderIter(train_loader), raw)
     elif getattr(train_loader, "auto_reset", True) is False and isinstance(train_loader, Iterator):
         train_loader = _no_reset(train_loader)
     if isinstance(val_loader, DataLoader):
-        val_loader = _wrap(ValDataLoaderIter(val_loader), raw)
+        val_loader = _raw(ValDataLoaderIter(val_loader), raw)
     elif (
         isinstance(val_loader, ValDataLoaderIter)
         and 0 < val_loader.run_counter < val_loader.run_limit
-    ):
-        # Left mid-pass (e.g. by an earlier test that read a subset): start a full pass.
+    ):  # left mid-pass (e.g. by an earlier test that read a subset): start a full pass
         val_loader._iterator, val_loader.run_counter = iter(val_loader.data_loader), 0
     return train_loader, val_loader
 
 
-def _wrap(wrapper: DataLoaderIter, raw: bool) -> DataLoaderIter:
+def _raw(wrapper: DataLoaderIter, raw: bool) -> DataLoaderIter:
     if raw:
         wrapper.inputs_labels_from_batch = lambda batch: batch  # type: ignore[method-assign]
     return wrapper
@@ -235,9 +215,6 @@ def _no_reset(iterator: Iterator[Any]) -> Iterator[Any]:
         yield batch
 
 
-# --------------------------------------------------------------------------- 0.2.2 numerics
-
-
 class TorchLrFinderSmoother:
     """torch-lr-finder 0.2.2's smoothing: ``s_0 = x_0``, ``s_t = f*x_t + (1-f)*s_{t-1}``, never
     bias-corrected; ``smooth_f`` (f) in [0, 1), 0 returns the raw losses."""
@@ -255,11 +232,8 @@ class TorchLrFinderSmoother:
 
 
 class TorchLrFinderDivergence:
-    """torch-lr-finder 0.2.2's stopping rule: ``smoothed > diverge_th * best``.
-
-    ``best`` is the first smoothed loss, then the lowest one seen; NaN compares false, so a
-    NaN loss never stops the test (the engine is run with ``stop_on_non_finite=False``).
-    """
+    """torch-lr-finder 0.2.2's stopping rule, ``smoothed > diverge_th * best`` (``best``: the
+    lowest smoothed loss so far); NaN compares false, so a NaN loss never stops the test."""
 
     def __init__(self, diverge_th: float) -> None:
         self.diverge_th = diverge_th
@@ -306,51 +280,44 @@ def _whole_loader_validator(
     return validate
 
 
-# --------------------------------------------------------------------------- saved state
-
-
 class _SavedState:
-    """The model's and optimizer's state dicts, deep-copied in memory or saved to files under
-    ``cache_dir`` (None: the temp folder); :attr:`clear`, also called when this object goes
-    away, removes the files."""
+    """The model's and optimizer's state dicts, deep-copied in memory or saved to temporary
+    files under ``cache_dir`` (None: the temp folder), which are removed by :meth:`clear` or
+    when this object goes away."""
 
     def __init__(self, model: Any, optimizer: Any, in_memory: bool, cache_dir: _Dir) -> None:
         self.targets = {"model": model, "optimizer": optimizer}
-        self.states: dict[str, Any] = {}  # a state dict, or the path of its file
-        files: list[str] = []
-        self.clear = weakref.finalize(self, _remove_files, files)
+        self.states: dict[str, Any] = {}
+        self.files: dict[str, Any] = {}
         for key, target in self.targets.items():
             if in_memory:
                 self.states[key] = copy.deepcopy(target.state_dict())
-                continue
-            fd, path = tempfile.mkstemp(prefix=f"lrtrack_{key}_", suffix=".pt", dir=cache_dir)
-            os.close(fd)
-            files.append(path)
-            torch.save(target.state_dict(), path)
-            self.states[key] = path
+            else:  # a file that is removed when it is closed or collected
+                file = tempfile.NamedTemporaryFile(
+                    suffix=".pt", prefix=f"lrtrack_{key}_", dir=cache_dir
+                )
+                torch.save(target.state_dict(), file)
+                self.files[key] = file
 
     def retrieve(self, key: str) -> Any:
         """The saved state dict of ``"model"`` or ``"optimizer"``."""
-        state = self.states[key]
-        if not isinstance(state, str):
-            return state
-        if not os.path.exists(state):
-            raise RuntimeError(f"the saved {key} state file {state} is gone (cache_dir cleaned?)")
-        return torch.load(state, map_location="cpu", weights_only=True)
+        if key in self.states:
+            return self.states[key]
+        self.files[key].seek(0)
+        return torch.load(self.files[key], map_location="cpu", weights_only=True)
 
     def load(self) -> None:
         """Load the saved states back into the model and the optimizer."""
         for key, target in self.targets.items():
             target.load_state_dict(self.retrieve(key))
 
+    def clear(self) -> None:
+        for file in self.files.values():
+            with contextlib.suppress(FileNotFoundError):  # removed by someone else
+                file.close()
 
-def _remove_files(paths: list[str]) -> None:
-    for path in paths:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(path)
 
-
-class _DiskSnapshot(StateSnapshot):
+class _DiskSnapshot(engine.StateSnapshot):
     """A :class:`~lrtrack.engine.finder.StateSnapshot` for ``memory_cache=False``: the model and
     optimizer states go to files under ``cache_dir``, never a second copy in memory (so the
     base ``__init__``, which copies them, is not called); :meth:`restore` deletes them."""
@@ -372,9 +339,6 @@ class _DiskSnapshot(StateSnapshot):
         super().restore()
 
 
-# --------------------------------------------------------------------------- argument checks
-
-
 def _is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
@@ -394,8 +358,8 @@ def _check_finder_args(finder: LRFinder, amp_config: Any) -> None:
     _check_scheduler(finder.optimizer)
     if (finder.criterion is None) == (finder.step_fn is None):
         raise ValueError(
-            "give exactly one of criterion (for (inputs, labels) batches: criterion(model(inputs), "
-            f"labels)) or step_fn(model, batch) -> loss; got "
+            "give exactly one of criterion (criterion(model(inputs), labels) for (inputs, labels) "
+            "batches) or step_fn(model, batch) -> loss; got "
             f"{'both' if finder.criterion is not None else 'neither'}"
         )
     if finder.amp_backend == "apex":
@@ -433,7 +397,7 @@ def _check_range_args(
 ) -> str:
     """Validate range_test's settings in torch-lr-finder's order; return the step mode."""
     mode = step_mode.lower() if isinstance(step_mode, str) else step_mode
-    if mode not in STEP_MODES:
+    if mode not in engine.STEP_MODES:
         raise ValueError(
             f"step_mode must be 'exp' (the usual exponential sweep) or 'linear' "
             f"(case-insensitive); got {step_mode!r}"
@@ -478,20 +442,12 @@ def _check_loaders(compat: bool, train_loader: Any, val_loader: Any) -> None:
             )
 
 
-def _lr_bounds(
-    compat: bool, n_groups: int, start_lr: Any, end_lr: Any
-) -> tuple[float | list[float] | None, float | list[float]]:
-    """Per-group start and end LRs for the engine (0.2.2's broadcasting with ``compat=True``)."""
+def _lr_bounds(compat: bool, n_groups: int, start_lr: Any, end_lr: Any) -> tuple[Any, Any]:
+    """Per-group start and end LRs for the engine (0.2.2's broadcasting with ``compat=True``);
+    the engine checks a list's length."""
     for name, value in (("start_lr", start_lr), ("end_lr", end_lr)):
-        if isinstance(value, (list, tuple)):
-            if len(value) != n_groups:
-                raise ValueError(
-                    f"{name} has {len(value)} values but the optimizer has {n_groups} "
-                    "parameter groups; give one LR per group or a single number"
-                )
-            if not all(_is_number(v) for v in value):
-                raise TypeError(f"{name} must contain numbers only; got {value!r}")
-        elif not _is_number(value) and not (value is None and name == "start_lr"):
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if not all(map(_is_number, values)) and not (value is None and name == "start_lr"):
             raise TypeError(f"{name} must be a number or a list with one per group; got {value!r}")
 
     def per_group(value: Any) -> Any:  # 0.2.2 gives a scalar to every group as is
@@ -499,8 +455,8 @@ def _lr_bounds(
             return list(value)
         return [value] * n_groups if compat and value is not None else value
 
-    if compat and not start_lr:  # 0.2.2: a falsy start_lr means "the optimizer's LRs"
-        start_lr = None
+    if compat and not isinstance(start_lr, (list, tuple)) and not start_lr:
+        start_lr = None  # 0.2.2: a falsy start_lr means "the optimizer's LRs"
     return per_group(start_lr), per_group(end_lr)
 
 
@@ -510,13 +466,9 @@ def _val_batches(compat: bool, val_batches: Any) -> int | None:
         return None if compat else DEFAULT_VAL_BATCHES
     if val_batches is not None and not (_is_int(val_batches) and val_batches >= 1):
         raise ValueError(
-            f"val_batches must be 'auto', None (the whole loader) or an integer >= 1; "
-            f"got {val_batches!r}"
+            f"val_batches must be 'auto', None or an integer >= 1; got {val_batches!r}"
         )
     return val_batches  # type: ignore[no-any-return]
-
-
-# --------------------------------------------------------------------------- steps and plots
 
 
 def _autocast_step(step: StepFn, amp_config: dict[str, Any] | None, device: torch.device) -> StepFn:
@@ -581,28 +533,16 @@ def _draw(
     return ax
 
 
-# --------------------------------------------------------------------------- the finder
-
-
 class LRFinder:
     """Learning-rate range test with torch-lr-finder 0.2.2's interface, on lrtrack's engine.
 
     The test raises the LR after every optimizer step, from ``start_lr`` (default: the
-    optimizer's LR) to ``end_lr``, and records the smoothed loss; ``plot()`` draws the curve
+    optimizer's LR) to ``end_lr``, and records the smoothed loss; :meth:`plot` draws the curve
     and suggests an LR. The model, optimizer and RNG state are restored after every test.
 
-    Args:
-        model: the model to test.
-        optimizer: an optimizer over the model's parameters, without a scheduler attached.
-        criterion: ``criterion(model(inputs), labels)`` gives the loss; or use ``step_fn``.
-        device: where to run (e.g. ``"cuda"``); None keeps the model's device.
-        memory_cache: keep the initial state (for :meth:`reset`) and the per-test restore
-            state in memory; when False they are saved to files under ``cache_dir``.
-        cache_dir: folder for those files (default: the system temp folder); must exist.
-        amp_backend: None, or ``"torch"`` for ``torch.amp`` mixed precision (not ``"apex"``).
-        amp_config: ``torch.autocast`` keyword arguments, e.g. ``{"device_type": "cuda",
-            "dtype": torch.float16}``; None picks the device's.
-        grad_scaler: the ``torch.amp.GradScaler`` required with ``amp_backend="torch"``.
+    Args (beyond 0.2.2's ``model, optimizer, criterion, device, memory_cache, cache_dir,
+    amp_backend, amp_config, grad_scaler``; ``memory_cache=False`` keeps every saved state in
+    files, ``amp_backend`` is None or ``"torch"``, ``amp_config=None`` the device's autocast):
         step_fn: ``step_fn(model, batch) -> loss`` instead of ``criterion`` (dict batches,
             several inputs or outputs, custom losses); batches reach it unchanged.
         compat: reproduce torch-lr-finder 0.2.2's numbers (see :data:`DIFFERENCES`).
@@ -644,7 +584,7 @@ class LRFinder:
         self.memory_cache, self.compat, self.observer = memory_cache, bool(compat), observer
         self.history: dict[str, list[float]] = {"lr": [], "loss": []}
         self.best_loss: float | None = None
-        self.result: RangeTestResult | None = None
+        self.result: engine.RangeTestResult | None = None
         self.suggestions: dict[str, Suggestion] = {}
         first = next(iter(model.parameters()), None)
         self.model_device = first.device if first is not None else torch.device("cpu")
@@ -672,22 +612,10 @@ class LRFinder:
         val_batches: int | None | Literal["auto"] = "auto",
         progress: bool = True,
     ) -> None:
-        """Run the range test; the curve lands in ``history``, ``result`` and ``suggestions``.
+        """Run the range test (0.2.2's arguments); the curve lands in ``history``, ``result``
+        and ``suggestions``. In the default mode the loaders may be any iterables of batches.
 
-        Args:
-            train_loader: a DataLoader of ``(inputs, labels, ...)`` batches or a
-                :class:`TrainDataLoaderIter`; in the default mode any iterable of batches.
-            val_loader: when given, the recorded loss is the validation loss after each step
-                (a DataLoader or a :class:`ValDataLoaderIter`; in the default mode any
-                re-iterable of batches).
-            start_lr: first LR (default: the optimizer's); a list gives one per group.
-            end_lr: last LR; a list gives one per group.
-            num_iter: number of optimizer steps (> 1).
-            step_mode: ``"exp"`` or ``"linear"`` spacing of the LRs.
-            smooth_f: weight of the newest loss in the moving average, in [0, 1); 0 = none.
-            diverge_th: stop when the smoothed loss exceeds ``diverge_th`` times the best.
-            accumulation_steps: batches per optimizer step.
-            non_blocking_transfer: asynchronous host-to-device copies where possible.
+        Args (new):
             val_batches: validation batches per step: ``"auto"`` (5, or the whole loader in
                 compat mode), an int, or None for the whole loader.
             progress: show a progress bar (on a terminal).
@@ -710,7 +638,7 @@ class LRFinder:
         # The snapshot comes before the loaders' iterators, whose creation may draw from the
         # RNG (train first, then val, in 0.2.2's order): the test leaves the RNG untouched.
         snapshot = (
-            StateSnapshot(self.model, self.optimizer)
+            engine.StateSnapshot(self.model, self.optimizer)
             if self.memory_cache
             else _DiskSnapshot(self.model, self.optimizer, self.cache_dir)
         )
@@ -723,14 +651,14 @@ class LRFinder:
                     validate = _whole_loader_validator(
                         val_source, step, self.step_fn is None, device, non_blocking_transfer
                     )
-                policy = RangeTestPolicy(
+                policy = engine.RangeTestPolicy(
                     smoother=TorchLrFinderSmoother(smooth_f),
                     divergence_check=TorchLrFinderDivergence(diverge_th),
                     stop_on_non_finite=False,
                     exact_ends=False,
                     validate_fn=validate,
                 )
-            result = run_range_test(
+            result = engine.run_range_test(
                 self.model,
                 self.optimizer,
                 train_source,
@@ -754,7 +682,13 @@ class LRFinder:
             )
         finally:
             snapshot.restore()
-        self._keep(result, policy)
+        self.result, self.suggestions = result, dict(result.suggestions)
+        self.history = {"lr": list(result.lrs), "loss": list(result.smoothed_losses)}
+        divergence = policy.divergence_check if policy is not None else None
+        self.best_loss = divergence.best if divergence is not None else result.min_loss
+        if result.stop_reason != engine.STOP_COMPLETED:
+            log.info("Stopping early (%s): %s", result.stop_reason, result.stop_detail)
+        log.info("Learning rate search finished after %d steps; see plot()", result.steps)
 
     def plot(
         self,
@@ -765,24 +699,13 @@ class LRFinder:
         ax: Any = None,
         suggest_lr: bool | str = True,
     ) -> Any:
-        """Plot the smoothed loss against the LR and, optionally, mark a suggested LR.
+        """Plot the smoothed loss against the LR (0.2.2's arguments); return the axes, or
+        ``(axes, lr)`` with ``suggest_lr``.
 
-        Args:
-            skip_start: points to leave out at the start.
-            skip_end: points to leave out at the end.
-            log_lr: logarithmic LR axis.
-            show_lr: draw a vertical line at this LR.
-            ax: matplotlib axes to draw into; when None a figure is made and shown.
-            suggest_lr: True marks the steepest-gradient point (0.2.2's rule in compat mode,
-                lrtrack's ``steepest`` rule otherwise); a rule name marks that rule's LR.
-
-        Returns:
-            The axes, or ``(axes, lr)`` when ``suggest_lr`` is set (``lr`` is None in lrtrack
-            mode when the rule cannot answer; the reason is logged).
-
-        Raises:
-            ValueError: a negative skip, a non-numeric show_lr or an unknown rule.
-            RuntimeError: in compat mode, too few points to suggest with these skips.
+        ``suggest_lr=True`` marks the steepest-gradient point (0.2.2's rule in compat mode, where
+        too few points raise ``RuntimeError``; lrtrack's ``steepest`` rule otherwise, where
+        ``lr`` is None, with a logged reason, when the rule cannot answer); a rule name marks
+        that rule's LR.
         """
         for name, value in (("skip_start", skip_start), ("skip_end", skip_end)):
             if not _is_int(value) or value < 0:
@@ -812,14 +735,3 @@ class LRFinder:
         if rule is None:
             return ax
         return ax, mark[0] if mark is not None else None
-
-    def _keep(self, result: RangeTestResult, policy: RangeTestPolicy | None) -> None:
-        """Expose a finished test as history, best_loss, result and suggestions."""
-        self.result, self.suggestions = result, dict(result.suggestions)
-        self.history = {"lr": list(result.lrs), "loss": list(result.smoothed_losses)}
-        self.best_loss = result.min_loss
-        if policy is not None and isinstance(policy.divergence_check, TorchLrFinderDivergence):
-            self.best_loss = policy.divergence_check.best
-        if result.stop_reason != STOP_COMPLETED:
-            log.info("Stopping early (%s): %s", result.stop_reason, result.stop_detail)
-        log.info("Learning rate search finished after %d steps; see plot()", result.steps)
