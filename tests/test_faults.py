@@ -222,3 +222,81 @@ def test_a_nan_training_loss_is_one_line_exit_1_and_the_run_says_why(tmp_path: P
     assert final.info.status == "FAILED"
     assert final.data.tags["lrtrack.error"].startswith("RunFailure: training loss became ")
     assert len(_client(tmp_path).get_metric_history(final.info.run_id, "loss")) >= 1  # the steps before it
+
+
+def _relay_of(proc: _Process) -> int:
+    """The pid of the job's relay (its child running lrtrack.tracking.relay)."""
+    children = Path(f"/proc/{proc.proc.pid}/task/{proc.proc.pid}/children").read_text().split()
+    for pid in children:
+        if "lrtrack.tracking.relay" in Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " "):
+            return int(pid)
+    raise AssertionError(f"no relay among {children}")
+
+
+def _all_runs(client: MlflowClient) -> list[Any]:
+    return client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+def test_kill_9_in_the_range_test_ends_the_runs_killed_with_every_point_delivered(tmp_path: Path,
+                                                                                 premade_store) -> None:
+    premade_store(tmp_path)
+    proc = _Process(["+model=mnist_cnn", "+experiment=smoke", "finder.num_iter=200000", "finder.end_lr=0.002",
+                     "progress=false"], tmp_path)
+    proc.read_until(r"range test: \d+ steps from")
+    time.sleep(2.0)  # 2 s into the range test
+    proc.signal(signal.SIGKILL)
+    proc.finish()
+    client = _client(tmp_path)
+    deadline = time.monotonic() + 90
+    while not (runs := _all_runs(client)) or any(r.info.status == "RUNNING" for r in runs):
+        assert time.monotonic() < deadline, [(r.info.run_name, r.info.status) for r in runs]
+        time.sleep(0.2)
+    by_stage = {r.data.tags["lrtrack.stage"]: r for r in runs}
+    assert set(by_stage) == {"pipeline", "explore"}
+    assert {r.info.status for r in runs} == {"KILLED"}
+    steps = [m.step for m in client.get_metric_history(by_stage["explore"].info.run_id, "loss")]
+    assert len(steps) > 5 and sorted(steps) == list(range(len(steps)))  # every step up to the kill, once
+    assert not list(tmp_path.glob("outputs/*/*/tracking-spool/*"))  # the relay removed the journal
+
+
+def test_job_and_relay_killed_together_deliver_ends_their_runs_killed(tmp_path: Path, premade_store) -> None:
+    premade_store(tmp_path)
+    proc = _Process([*LONG, "train.epochs=50"], tmp_path)
+    run_id = proc.read_until(r"training run (\w+) started").group(1)
+    proc.read_until(r"epoch 1/50: ")
+    relay = _relay_of(proc)
+    os.kill(relay, signal.SIGKILL)
+    proc.signal(signal.SIGKILL)
+    proc.finish()
+    (journal,) = tmp_path.glob("outputs/*/*/tracking-spool/*")
+    delivered = subprocess.run([sys.executable, "-m", "lrtrack.deliver", str(journal), "--timeout", "60"],
+                               cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert delivered.returncode == 0, delivered.stderr
+    client = _client(tmp_path)
+    run = _run(client, run_id)
+    assert run.info.status == "KILLED"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
+    assert len(steps) >= 32 and sorted(steps) == list(range(len(steps)))  # the first epoch at least, once each
+    assert all(r.info.status != "RUNNING" for r in _all_runs(client))
+
+
+def test_two_resumes_of_one_run_at_once_the_second_is_refused_in_one_line(tmp_path: Path, premade_store) -> None:
+    premade_store(tmp_path)
+    args = [*LONG, "train.epochs=50"]
+    proc = _Process(args, tmp_path)
+    run_id = proc.read_until(r"training run (\w+) started").group(1)
+    proc.read_until(r"epoch 2/50: ")  # epoch 1's checkpoint is journaled
+    proc.signal(signal.SIGKILL)
+    proc.finish()
+    assert _ended(_client(tmp_path), run_id).info.status == "KILLED"
+    first = _Process([*args, f"train.resume={run_id}"], tmp_path)
+    first.read_until(r"resuming training run")
+    second = run_cli_here([*args, f"train.resume={run_id}"], tmp_path)
+    assert first.proc.poll() is None, "the first resume ended before the second was tried"
+    assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr
+    (line,) = [x for x in second.stderr.splitlines() if x.startswith("lrtrack: error:")]
+    assert f"train.resume={run_id!r}" in line and "is resuming this run now" in line
+    first.signal(signal.SIGTERM)  # the first goes on until stopped: it is not disturbed
+    code, out = first.finish(timeout=120)
+    assert code == 130, out
+    assert _ended(_client(tmp_path), run_id).info.status == "KILLED"
