@@ -16,7 +16,6 @@ draws the same curve. :data:`DIFFERENCES` lists every intentional difference.
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
 import itertools
 import logging
@@ -181,24 +180,24 @@ class ValDataLoaderIter(DataLoaderIter):
 def _sources(train_loader: Any, val_loader: Any, raw: bool) -> tuple[Iterable[Any], Any]:
     """The engine's training and validation batches, wrapped in 0.2.2's order (``raw``: the
     batches go to ``step_fn`` unchanged)."""
+
+    def wrap(wrapper: DataLoaderIter) -> DataLoaderIter:
+        if raw:
+            wrapper.inputs_labels_from_batch = lambda batch: batch  # type: ignore[method-assign]
+        return wrapper
+
     if isinstance(train_loader, DataLoader):
-        train_loader = _raw(TrainDataLoaderIter(train_loader), raw)
+        train_loader = wrap(TrainDataLoaderIter(train_loader))
     elif getattr(train_loader, "auto_reset", True) is False and isinstance(train_loader, Iterator):
         train_loader = _no_reset(train_loader)
     if isinstance(val_loader, DataLoader):
-        val_loader = _raw(ValDataLoaderIter(val_loader), raw)
+        val_loader = wrap(ValDataLoaderIter(val_loader))
     elif (
         isinstance(val_loader, ValDataLoaderIter)
         and 0 < val_loader.run_counter < val_loader.run_limit
     ):  # left mid-pass (e.g. by an earlier test that read a subset): start a full pass
         val_loader._iterator, val_loader.run_counter = iter(val_loader.data_loader), 0
     return train_loader, val_loader
-
-
-def _raw(wrapper: DataLoaderIter, raw: bool) -> DataLoaderIter:
-    if raw:
-        wrapper.inputs_labels_from_batch = lambda batch: batch  # type: ignore[method-assign]
-    return wrapper
 
 
 def _no_reset(iterator: Iterator[Any]) -> Iterator[Any]:
@@ -280,63 +279,52 @@ def _whole_loader_validator(
     return validate
 
 
-class _SavedState:
-    """The model's and optimizer's state dicts, deep-copied in memory or saved to temporary
-    files under ``cache_dir`` (None: the temp folder), which are removed by :meth:`clear` or
-    when this object goes away."""
-
-    def __init__(self, model: Any, optimizer: Any, in_memory: bool, cache_dir: _Dir) -> None:
-        self.targets = {"model": model, "optimizer": optimizer}
-        self.states: dict[str, Any] = {}
-        self.files: dict[str, Any] = {}
-        for key, target in self.targets.items():
-            if in_memory:
-                self.states[key] = copy.deepcopy(target.state_dict())
-            else:  # a file that is removed when it is closed or collected
-                file = tempfile.NamedTemporaryFile(
-                    suffix=".pt", prefix=f"lrtrack_{key}_", dir=cache_dir
-                )
-                torch.save(target.state_dict(), file)
-                self.files[key] = file
-
-    def retrieve(self, key: str) -> Any:
-        """The saved state dict of ``"model"`` or ``"optimizer"``."""
-        if key in self.states:
-            return self.states[key]
-        self.files[key].seek(0)
-        return torch.load(self.files[key], map_location="cpu", weights_only=True)
-
-    def load(self) -> None:
-        """Load the saved states back into the model and the optimizer."""
-        for key, target in self.targets.items():
-            target.load_state_dict(self.retrieve(key))
-
-    def clear(self) -> None:
-        for file in self.files.values():
-            with contextlib.suppress(FileNotFoundError):  # removed by someone else
-                file.close()
-
-
 class _DiskSnapshot(engine.StateSnapshot):
-    """A :class:`~lrtrack.engine.finder.StateSnapshot` for ``memory_cache=False``: the model and
-    optimizer states go to files under ``cache_dir``, never a second copy in memory (so the
-    base ``__init__``, which copies them, is not called); :meth:`restore` deletes them."""
+    """A :class:`~lrtrack.engine.finder.StateSnapshot` whose model and optimizer states are kept
+    in temporary files under ``cache_dir`` (None: the temp folder), never a second copy in
+    memory (so the base ``__init__``, which copies them, is not called). The files are removed
+    after :meth:`restore`, or when the snapshot goes away."""
 
     def __init__(self, model: torch.nn.Module, optimizer: Any, cache_dir: _Dir) -> None:
         self.model, self.optimizer, self.training = model, optimizer, model.training
-        self.saved = _SavedState(model, optimizer, False, cache_dir)
+        self.files = {}
+        for key, target in (("model", model), ("optimizer", optimizer)):
+            file = tempfile.NamedTemporaryFile(
+                suffix=".pt", prefix=f"lrtrack_{key}_", dir=cache_dir
+            )
+            torch.save(target.state_dict(), file)
+            self.files[key] = file
         self.torch_rng = torch.get_rng_state()
         self.cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
         self.python_rng, self.numpy_rng = random.getstate(), np.random.get_state()
 
+    @property
+    def model_state(self) -> Any:
+        return self._load("model")
+
+    @property
+    def optimizer_state(self) -> Any:
+        return self._load("optimizer")
+
+    def _load(self, key: str) -> Any:
+        self.files[key].seek(0)
+        return torch.load(self.files[key], map_location="cpu", weights_only=True)
+
     def restore(self) -> None:
         """Put everything back as :meth:`StateSnapshot.restore` does, then delete the files."""
         try:
-            self.model_state = self.saved.retrieve("model")
-            self.optimizer_state = self.saved.retrieve("optimizer")
+            super().restore()
         finally:
-            self.saved.clear()
-        super().restore()
+            for file in self.files.values():
+                with contextlib.suppress(FileNotFoundError):  # removed by someone else
+                    file.close()
+
+
+def _snapshot(model: Any, optimizer: Any, memory_cache: bool, cache_dir: _Dir) -> Any:
+    """The model, optimizer and RNG state: in memory, or with ``memory_cache=False`` in files."""
+    if memory_cache:
+        return engine.StateSnapshot(model, optimizer)
+    return _DiskSnapshot(model, optimizer, cache_dir)
 
 
 def _is_number(value: Any) -> bool:
@@ -372,9 +360,7 @@ def _check_finder_args(finder: LRFinder, amp_config: Any) -> None:
     if finder.amp_backend == "torch" and finder.grad_scaler is None:
         raise ValueError("grad_scaler is required when amp_backend='torch': torch.amp.GradScaler()")
     if amp_config is not None and not isinstance(amp_config, Mapping):
-        raise TypeError(
-            f"amp_config must be a dict of torch.autocast arguments; got {amp_config!r}"
-        )
+        raise TypeError(f"amp_config must be a dict of torch.autocast kwargs; got {amp_config!r}")
     if finder.cache_dir is not None and not os.path.isdir(finder.cache_dir):
         raise ValueError(
             f"cache_dir must be an existing directory; got {os.fspath(finder.cache_dir)!r}. "
@@ -398,10 +384,7 @@ def _check_range_args(
     """Validate range_test's settings in torch-lr-finder's order; return the step mode."""
     mode = step_mode.lower() if isinstance(step_mode, str) else step_mode
     if mode not in engine.STEP_MODES:
-        raise ValueError(
-            f"step_mode must be 'exp' (the usual exponential sweep) or 'linear' "
-            f"(case-insensitive); got {step_mode!r}"
-        )
+        raise ValueError(f"step_mode must be 'exp' or 'linear' (any case); got {step_mode!r}")
     if not _is_int(num_iter):
         raise TypeError(f"num_iter must be an integer larger than 1, e.g. 100; got {num_iter!r}")
     if num_iter <= 1:
@@ -409,10 +392,7 @@ def _check_range_args(
     if not _is_number(smooth_f):
         raise TypeError(f"smooth_f must be a number in [0, 1); got {smooth_f!r}")
     if not 0 <= smooth_f < 1:
-        raise ValueError(
-            f"smooth_f must be in [0, 1) (the weight of the newest loss in the moving average; "
-            f"0 turns smoothing off, the default is 0.05); got {smooth_f!r}"
-        )
+        raise ValueError(f"smooth_f must be in [0, 1), e.g. 0.05 (0: no smoothing); got {smooth_f}")
     if not _is_number(diverge_th) or not math.isfinite(diverge_th):
         raise TypeError(f"diverge_th must be a finite number such as 5; got {diverge_th!r}")
     if not isinstance(non_blocking, bool):
@@ -465,9 +445,7 @@ def _val_batches(compat: bool, val_batches: Any) -> int | None:
     if val_batches == "auto":
         return None if compat else DEFAULT_VAL_BATCHES
     if val_batches is not None and not (_is_int(val_batches) and val_batches >= 1):
-        raise ValueError(
-            f"val_batches must be 'auto', None or an integer >= 1; got {val_batches!r}"
-        )
+        raise ValueError(f"val_batches must be 'auto', None or an int >= 1; got {val_batches!r}")
     return val_batches  # type: ignore[no-any-return]
 
 
@@ -499,38 +477,6 @@ def _mark(rule: str, lrs: list[float], losses: list[float], skip_start: int, ski
 
     # The minimum and slide rules may land between grid points: mark the nearest point.
     return found.lr, loss_at(lrs, losses, found.lr)
-
-
-def _draw(
-    ax: Any,
-    lrs: list[float],
-    losses: list[float],
-    mark: Any,
-    label: str,
-    log_lr: bool,
-    show_lr: Any,
-) -> Any:
-    """Draw the curve, the marked suggestion and ``show_lr`` into ``ax`` (None: a new figure,
-    shown); return the axes."""
-    import matplotlib.pyplot as plt
-
-    fig = None
-    if ax is None:
-        fig, ax = plt.subplots()
-    ax.plot(lrs, losses)
-    if mark is not None:
-        log.info("Suggested LR (%s): %.2E", label, mark[0])
-        ax.scatter(*mark, s=75, marker="o", color="red", zorder=3, label=label)
-        ax.legend()
-    if log_lr:
-        ax.set_xscale("log")
-    ax.set_xlabel("Learning rate")
-    ax.set_ylabel("Loss")
-    if show_lr is not None:
-        ax.axvline(x=show_lr, color="red")
-    if fig is not None:
-        plt.show()
-    return ax
 
 
 class LRFinder:
@@ -572,12 +518,8 @@ class LRFinder:
         compat: bool = False,
         observer: StepObserver | None = None,
     ) -> None:
-        self.model, self.optimizer, self.criterion, self.step_fn = (
-            model,
-            optimizer,
-            criterion,
-            step_fn,
-        )
+        self.model, self.optimizer = model, optimizer
+        self.criterion, self.step_fn = criterion, step_fn
         self.amp_backend, self.grad_scaler, self.cache_dir = amp_backend, grad_scaler, cache_dir
         _check_finder_args(self, amp_config)
         self.amp_config = dict(amp_config) if amp_config is not None else None
@@ -589,11 +531,12 @@ class LRFinder:
         first = next(iter(model.parameters()), None)
         self.model_device = first.device if first is not None else torch.device("cpu")
         self.device = device if device else self.model_device
-        self._initial = _SavedState(model, optimizer, memory_cache, cache_dir)
+        self._initial = _snapshot(model, optimizer, memory_cache, cache_dir)  # for reset()
 
     def reset(self) -> None:
         """Restore the model and optimizer to their state when this LRFinder was created."""
-        self._initial.load()
+        self.model.load_state_dict(self._initial.model_state)
+        self.optimizer.load_state_dict(self._initial.optimizer_state)
         self.model.to(self.model_device)
 
     def range_test(
@@ -637,11 +580,7 @@ class LRFinder:
         self.best_loss, self.result, self.suggestions = None, None, {}
         # The snapshot comes before the loaders' iterators, whose creation may draw from the
         # RNG (train first, then val, in 0.2.2's order): the test leaves the RNG untouched.
-        snapshot = (
-            engine.StateSnapshot(self.model, self.optimizer)
-            if self.memory_cache
-            else _DiskSnapshot(self.model, self.optimizer, self.cache_dir)
-        )
+        snapshot = _snapshot(self.model, self.optimizer, self.memory_cache, self.cache_dir)
         try:
             train_source, val_source = _sources(train_loader, val_loader, self.step_fn is not None)
             policy = None
@@ -684,8 +623,9 @@ class LRFinder:
             snapshot.restore()
         self.result, self.suggestions = result, dict(result.suggestions)
         self.history = {"lr": list(result.lrs), "loss": list(result.smoothed_losses)}
-        divergence = policy.divergence_check if policy is not None else None
-        self.best_loss = divergence.best if divergence is not None else result.min_loss
+        self.best_loss = result.min_loss
+        if policy is not None and isinstance(policy.divergence_check, TorchLrFinderDivergence):
+            self.best_loss = policy.divergence_check.best  # 0.2.2's best: the first loss or lower
         if result.stop_reason != engine.STOP_COMPLETED:
             log.info("Stopping early (%s): %s", result.stop_reason, result.stop_detail)
         log.info("Learning rate search finished after %d steps; see plot()", result.steps)
@@ -730,8 +670,25 @@ class LRFinder:
             mark = shown_lrs[idx], shown_losses[idx]
         elif rule is not None:
             mark = _mark(rule, lrs, losses, skip_start, skip_end)
-        label = "steepest gradient" if rule == "steepest" else str(rule)
-        ax = _draw(ax, shown_lrs, shown_losses, mark, label, log_lr, show_lr)
+        import matplotlib.pyplot as plt
+
+        fig = None
+        if ax is None:
+            fig, ax = plt.subplots()
+        ax.plot(shown_lrs, shown_losses)
+        if mark is not None:
+            label = "steepest gradient" if rule == "steepest" else rule
+            log.info("Suggested LR (%s): %.2E", label, mark[0])
+            ax.scatter(*mark, s=75, marker="o", color="red", zorder=3, label=label)
+            ax.legend()
+        if log_lr:
+            ax.set_xscale("log")
+        ax.set_xlabel("Learning rate")
+        ax.set_ylabel("Loss")
+        if show_lr is not None:
+            ax.axvline(x=show_lr, color="red")
+        if fig is not None:
+            plt.show()
         if rule is None:
             return ax
         return ax, mark[0] if mark is not None else None
