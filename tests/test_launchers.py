@@ -51,7 +51,7 @@ def _check_nested(folder: Path, launcher: str) -> list:
     assert sweep.info.status == "FINISHED"
     jobs = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == sweep.info.run_id
             and r.data.tags["lrtrack.stage"] == "pipeline"]
-    short = sweep.info.run_id[:6]
+    short = sweep.data.tags["lrtrack.run_id"][:6]  # lrtrack's id: the one the sweep prints
     assert sorted(r.info.run_name for r in jobs) == [f"seed=0 (sweep {short})", f"seed=1 (sweep {short})"]
     for job in jobs:
         stages = sorted(r.data.tags["lrtrack.stage"] for r in runs

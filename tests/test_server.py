@@ -87,7 +87,7 @@ def test_a_two_job_sweep_logs_to_the_server(server: MlflowServer, tmp_path: Path
     (sweep,) = [r for r in runs if r.data.tags["lrtrack.stage"] == "sweep"]
     assert sweep.info.status == "FINISHED"
     jobs = [r for r in runs if r.data.tags["lrtrack.stage"] == "pipeline"]
-    short = sweep.info.run_id[:6]
+    short = sweep.data.tags["lrtrack.run_id"][:6]  # lrtrack's id: the one the sweep prints
     assert sorted(r.info.run_name for r in jobs) == [f"seed=0 (sweep {short})", f"seed=1 (sweep {short})"]
     assert all(r.data.tags["mlflow.parentRunId"] == sweep.info.run_id for r in jobs)
     assert len([r for r in runs if r.data.tags["lrtrack.stage"] == "explore"]) == 2
