@@ -125,10 +125,9 @@ class DataLoaderIter:
         """Split one batch into ``(inputs, labels)``; extra items are ignored."""
         if not isinstance(batch_data, (list, tuple)) or len(batch_data) < 2:
             raise ValueError(
-                f"batch type {type(batch_data).__name__} is not supported: the default expects "
-                "(inputs, labels, ...) lists or tuples. Subclass TrainDataLoaderIter / "
-                "ValDataLoaderIter and override inputs_labels_from_batch(batch) to return "
-                "(inputs, labels), or pass step_fn=lambda model, batch: loss to LRFinder."
+                f"batch type {type(batch_data).__name__} is not supported: the default takes "
+                "(inputs, labels, ...) lists or tuples. Subclass Train/ValDataLoaderIter and "
+                "override inputs_labels_from_batch, or pass step_fn to LRFinder."
             )
         return batch_data[0], batch_data[1]
 
@@ -207,9 +206,8 @@ def _no_reset(iterator: Iterator[Any]) -> Iterator[Any]:
             batch = next(iterator)
         except StopIteration:
             raise RuntimeError(
-                f"train_loader ran out of batches after {taken} batches and its auto_reset is "
-                "False; use TrainDataLoaderIter(loader, auto_reset=True), a longer loader, or a "
-                "smaller num_iter * accumulation_steps"
+                f"train_loader ran out after {taken} batches and its auto_reset is False; use "
+                "auto_reset=True, a longer loader, or a smaller num_iter * accumulation_steps"
             ) from None
         yield batch
 
@@ -280,18 +278,15 @@ def _whole_loader_validator(
 
 
 class _DiskSnapshot(engine.StateSnapshot):
-    """A :class:`~lrtrack.engine.finder.StateSnapshot` whose model and optimizer states are kept
-    in temporary files under ``cache_dir`` (None: the temp folder), never a second copy in
-    memory (so the base ``__init__``, which copies them, is not called). The files are removed
-    after :meth:`restore`, or when the snapshot goes away."""
+    """A :class:`~lrtrack.engine.finder.StateSnapshot` with the model and optimizer states in
+    temporary files under ``cache_dir``, never in memory (so the base ``__init__``, which copies
+    them, is not called); the files go after :meth:`restore` or with the snapshot."""
 
     def __init__(self, model: torch.nn.Module, optimizer: Any, cache_dir: _Dir) -> None:
         self.model, self.optimizer, self.training = model, optimizer, model.training
-        self.files = {}
+        self.files: dict[str, Any] = {}
         for key, target in (("model", model), ("optimizer", optimizer)):
-            file = tempfile.NamedTemporaryFile(
-                suffix=".pt", prefix=f"lrtrack_{key}_", dir=cache_dir
-            )
+            file = tempfile.NamedTemporaryFile(prefix=f"lrtrack_{key}_", dir=cache_dir)
             torch.save(target.state_dict(), file)
             self.files[key] = file
         self.torch_rng = torch.get_rng_state()
@@ -320,7 +315,9 @@ class _DiskSnapshot(engine.StateSnapshot):
                     file.close()
 
 
-def _snapshot(model: Any, optimizer: Any, memory_cache: bool, cache_dir: _Dir) -> Any:
+def _snapshot(
+    model: Any, optimizer: Any, memory_cache: bool, cache_dir: _Dir
+) -> engine.StateSnapshot:
     """The model, optimizer and RNG state: in memory, or with ``memory_cache=False`` in files."""
     if memory_cache:
         return engine.StateSnapshot(model, optimizer)
@@ -346,9 +343,8 @@ def _check_finder_args(finder: LRFinder, amp_config: Any) -> None:
     _check_scheduler(finder.optimizer)
     if (finder.criterion is None) == (finder.step_fn is None):
         raise ValueError(
-            "give exactly one of criterion (criterion(model(inputs), labels) for (inputs, labels) "
-            "batches) or step_fn(model, batch) -> loss; got "
-            f"{'both' if finder.criterion is not None else 'neither'}"
+            "give exactly one of criterion (for (inputs, labels) batches) or step_fn(model, "
+            f"batch) -> loss; got {'both' if finder.criterion is not None else 'neither'}"
         )
     if finder.amp_backend == "apex":
         raise ValueError(
@@ -363,8 +359,8 @@ def _check_finder_args(finder: LRFinder, amp_config: Any) -> None:
         raise TypeError(f"amp_config must be a dict of torch.autocast kwargs; got {amp_config!r}")
     if finder.cache_dir is not None and not os.path.isdir(finder.cache_dir):
         raise ValueError(
-            f"cache_dir must be an existing directory; got {os.fspath(finder.cache_dir)!r}. "
-            "Create it, or leave cache_dir=None for the system temp folder."
+            f"cache_dir must be an existing directory (None: the system temp folder); got "
+            f"{os.fspath(finder.cache_dir)!r}"
         )
 
 
@@ -372,9 +368,8 @@ def _check_scheduler(optimizer: torch.optim.Optimizer) -> None:
     for i, group in enumerate(optimizer.param_groups):
         if "initial_lr" in group:
             raise RuntimeError(
-                f"optimizer already has a learning-rate scheduler attached (param_groups[{i}] "
-                "has an 'initial_lr'); the range test sets the LR itself. Attach the scheduler "
-                "after the range test, or build a fresh optimizer for the test."
+                f"optimizer already has an LR scheduler attached (param_groups[{i}] has an "
+                "'initial_lr'): attach the scheduler after the range test, which sets the LR"
             )
 
 
@@ -411,9 +406,8 @@ def _check_loaders(compat: bool, train_loader: Any, val_loader: Any) -> None:
         if compat and not isinstance(loader, (DataLoader, kind)):
             raise ValueError(
                 f"`{name}` has unsupported type {type(loader).__name__}: with compat=True it "
-                f"must be a torch DataLoader or a {kind.__name__} (subclass), as in "
-                f"torch-lr-finder 0.2.2. Wrap it in a {kind.__name__} subclass that overrides "
-                "inputs_labels_from_batch, or use compat=False (any iterable of batches)."
+                f"must be a DataLoader or a {kind.__name__} (as in torch-lr-finder 0.2.2); "
+                "use compat=False for any iterable of batches"
             )
         if not isinstance(loader, Iterable):
             raise TypeError(
@@ -464,21 +458,6 @@ def _autocast_step(step: StepFn, amp_config: dict[str, Any] | None, device: torc
     return autocast_step
 
 
-def _mark(rule: str, lrs: list[float], losses: list[float], skip_start: int, skip_end: int) -> Any:
-    """``(lr, loss)`` to mark for an lrtrack suggestion rule, or None (the reason is logged)."""
-    if not lrs:
-        log.warning("no suggestion: no range test has been run yet")
-        return None
-    found = suggest(rule, lrs, losses, skip_start=skip_start, skip_end=skip_end)
-    if found.lr is None:
-        log.warning("no %s suggestion: %s", rule, found.reason)
-        return None
-    from lrtrack.engine.plots import loss_at  # imports matplotlib
-
-    # The minimum and slide rules may land between grid points: mark the nearest point.
-    return found.lr, loss_at(lrs, losses, found.lr)
-
-
 class LRFinder:
     """Learning-rate range test with torch-lr-finder 0.2.2's interface, on lrtrack's engine.
 
@@ -486,9 +465,14 @@ class LRFinder:
     optimizer's LR) to ``end_lr``, and records the smoothed loss; :meth:`plot` draws the curve
     and suggests an LR. The model, optimizer and RNG state are restored after every test.
 
-    Args (beyond 0.2.2's ``model, optimizer, criterion, device, memory_cache, cache_dir,
-    amp_backend, amp_config, grad_scaler``; ``memory_cache=False`` keeps every saved state in
-    files, ``amp_backend`` is None or ``"torch"``, ``amp_config=None`` the device's autocast):
+    Args:
+        model, optimizer, criterion: as in 0.2.2 (an optimizer without a scheduler attached).
+        device: where to run (e.g. ``"cuda"``); None keeps the model's device.
+        memory_cache, cache_dir: keep the saved states in memory, or in files under
+            ``cache_dir`` (an existing folder; None: the system temp folder).
+        amp_backend, amp_config, grad_scaler: ``"torch"`` autocasts the forward pass with the
+            ``torch.autocast`` kwargs ``amp_config`` (None: the device's) and scales with the
+            required ``torch.amp.GradScaler``; ``"apex"`` is not supported.
         step_fn: ``step_fn(model, batch) -> loss`` instead of ``criterion`` (dict batches,
             several inputs or outputs, custom losses); batches reach it unchanged.
         compat: reproduce torch-lr-finder 0.2.2's numbers (see :data:`DIFFERENCES`).
@@ -555,10 +539,19 @@ class LRFinder:
         val_batches: int | None | Literal["auto"] = "auto",
         progress: bool = True,
     ) -> None:
-        """Run the range test (0.2.2's arguments); the curve lands in ``history``, ``result``
-        and ``suggestions``. In the default mode the loaders may be any iterables of batches.
+        """Run the range test; the curve lands in ``history``, ``result`` and ``suggestions``.
 
-        Args (new):
+        Args:
+            train_loader, val_loader: DataLoaders or :class:`TrainDataLoaderIter` /
+                :class:`ValDataLoaderIter` (in the default mode any iterables of batches); with
+                ``val_loader`` the recorded loss is the validation loss after each step.
+            start_lr, end_lr: the first (default: the optimizer's) and the last LR; a list
+                gives one per parameter group.
+            num_iter, step_mode: optimizer steps (> 1); ``"exp"`` or ``"linear"`` LR spacing.
+            smooth_f: weight of the newest loss in the moving average, in [0, 1); 0 = none.
+            diverge_th: stop when the smoothed loss exceeds ``diverge_th`` times the best.
+            accumulation_steps: batches per optimizer step.
+            non_blocking_transfer: asynchronous host-to-device copies where possible.
             val_batches: validation batches per step: ``"auto"`` (5, or the whole loader in
                 compat mode), an int, or None for the whole loader.
             progress: show a progress bar (on a terminal).
@@ -655,13 +648,16 @@ class LRFinder:
         if isinstance(suggest_lr, str):
             check_rule(suggest_lr)
         rule = suggest_lr if isinstance(suggest_lr, str) else "steepest" if suggest_lr else None
+        import matplotlib.pyplot as plt
+
+        from lrtrack.engine.plots import loss_at
+
         lrs, losses, n = self.history["lr"], self.history["loss"], len(self.history["lr"])
         tlf_rule = self.compat and suggest_lr is True
         if tlf_rule and n < skip_start + skip_end + 2:
             raise RuntimeError(
-                f"Need at least skip_start + skip_end + 2 = {skip_start + skip_end + 2} recorded "
-                f"steps to suggest an LR; the last range test recorded {n}. Lower the skips, use "
-                "a larger num_iter, or pass suggest_lr=False."
+                f"Need at least skip_start + skip_end + 2 = {skip_start + skip_end + 2} steps to "
+                f"suggest an LR; the last test recorded {n}. Lower the skips, or suggest_lr=False."
             )
         shown_lrs, shown_losses = lrs[skip_start : n - skip_end], losses[skip_start : n - skip_end]
         mark = None
@@ -669,9 +665,11 @@ class LRFinder:
             idx = int(np.gradient(np.asarray(shown_losses, dtype=float)).argmin())
             mark = shown_lrs[idx], shown_losses[idx]
         elif rule is not None:
-            mark = _mark(rule, lrs, losses, skip_start, skip_end)
-        import matplotlib.pyplot as plt
-
+            found = suggest(rule, lrs, losses, skip_start=skip_start, skip_end=skip_end)
+            if found.lr is None:
+                log.warning("no %s suggestion: %s", rule, found.reason)
+            else:  # minimum and slide may land between grid points: mark the nearest point
+                mark = found.lr, loss_at(lrs, losses, found.lr)
         fig = None
         if ax is None:
             fig, ax = plt.subplots()
