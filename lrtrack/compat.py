@@ -315,11 +315,9 @@ class _DiskSnapshot(engine.StateSnapshot):
                     file.close()
 
 
-def _snapshot(
-    model: Any, optimizer: Any, memory_cache: bool, cache_dir: _Dir
-) -> engine.StateSnapshot:
+def _snapshot(model: Any, optimizer: Any, in_memory: bool, cache_dir: _Dir) -> engine.StateSnapshot:
     """The model, optimizer and RNG state: in memory, or with ``memory_cache=False`` in files."""
-    if memory_cache:
+    if in_memory:
         return engine.StateSnapshot(model, optimizer)
     return _DiskSnapshot(model, optimizer, cache_dir)
 
@@ -334,12 +332,10 @@ def _is_int(value: Any) -> bool:
 
 def _check_finder_args(finder: LRFinder, amp_config: Any) -> None:
     """Validate LRFinder's arguments (with 0.2.2's exception types)."""
-    if not isinstance(finder.model, torch.nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module; got {type(finder.model).__name__}")
-    if not isinstance(finder.optimizer, torch.optim.Optimizer):
-        raise TypeError(
-            f"optimizer must be a torch.optim.Optimizer; got {type(finder.optimizer).__name__}"
-        )
+    for name, kind in (("model", torch.nn.Module), ("optimizer", torch.optim.Optimizer)):
+        if not isinstance(getattr(finder, name), kind):
+            got = type(getattr(finder, name)).__name__
+            raise TypeError(f"{name} must be a torch {kind.__name__}; got {got}")
     _check_scheduler(finder.optimizer)
     if (finder.criterion is None) == (finder.step_fn is None):
         raise ValueError(
@@ -550,8 +546,8 @@ class LRFinder:
             num_iter, step_mode: optimizer steps (> 1); ``"exp"`` or ``"linear"`` LR spacing.
             smooth_f: weight of the newest loss in the moving average, in [0, 1); 0 = none.
             diverge_th: stop when the smoothed loss exceeds ``diverge_th`` times the best.
-            accumulation_steps: batches per optimizer step.
-            non_blocking_transfer: asynchronous host-to-device copies where possible.
+            accumulation_steps, non_blocking_transfer: batches per optimizer step; asynchronous
+                host-to-device copies where possible.
             val_batches: validation batches per step: ``"auto"`` (5, or the whole loader in
                 compat mode), an int, or None for the whole loader.
             progress: show a progress bar (on a terminal).
@@ -619,9 +615,7 @@ class LRFinder:
         self.best_loss = result.min_loss
         if policy is not None and isinstance(policy.divergence_check, TorchLrFinderDivergence):
             self.best_loss = policy.divergence_check.best  # 0.2.2's best: the first loss or lower
-        if result.stop_reason != engine.STOP_COMPLETED:
-            log.info("Stopping early (%s): %s", result.stop_reason, result.stop_detail)
-        log.info("Learning rate search finished after %d steps; see plot()", result.steps)
+        log.info("Learning rate search finished (%s); see plot()", result.stop_detail)
 
     def plot(
         self,
@@ -648,10 +642,6 @@ class LRFinder:
         if isinstance(suggest_lr, str):
             check_rule(suggest_lr)
         rule = suggest_lr if isinstance(suggest_lr, str) else "steepest" if suggest_lr else None
-        import matplotlib.pyplot as plt
-
-        from lrtrack.engine.plots import loss_at
-
         lrs, losses, n = self.history["lr"], self.history["loss"], len(self.history["lr"])
         tlf_rule = self.compat and suggest_lr is True
         if tlf_rule and n < skip_start + skip_end + 2:
@@ -659,6 +649,10 @@ class LRFinder:
                 f"Need at least skip_start + skip_end + 2 = {skip_start + skip_end + 2} steps to "
                 f"suggest an LR; the last test recorded {n}. Lower the skips, or suggest_lr=False."
             )
+        import matplotlib.pyplot as plt
+
+        from lrtrack.engine.plots import loss_at
+
         shown_lrs, shown_losses = lrs[skip_start : n - skip_end], losses[skip_start : n - skip_end]
         mark = None
         if tlf_rule:  # 0.2.2's rule: the steepest np.gradient point of the trimmed curve
