@@ -31,7 +31,7 @@ from lrtrack.tracking.runs import DeliveryError, Tracker
 uri, spool, steps, step_s, timeout, go = sys.argv[1:7]
 steps, step_s, timeout, go = int(steps), float(step_s), float(timeout), Path(go)
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-tracker = Tracker(uri, "faults", flush_every=10, flush_seconds=0.2, spool_dir=spool, delivery_timeout_s=timeout)
+tracker = Tracker(uri, "faults", spool_dir=spool, delivery_timeout_s=timeout)
 with tracker.start_run("pipeline") as pipeline:
     pipeline.log_params({"seed": 0})
     with tracker.start_run("range_test", parent_run_id=pipeline.run_id) as rt:
@@ -59,7 +59,7 @@ start, code, info = time.monotonic(), 0, {}
 try:
     tracker.close()
 except DeliveryError as err:
-    code, info = 3, {"spool": str(err.spool), "command": err.command, "message": str(err)}
+    code, info = 3, {"spool": str(err.journal), "command": err.command, "message": str(err)}
 info.update(close_s=time.monotonic() - start, train=run.run_id)
 print("CLOSE", json.dumps(info), flush=True)
 sys.exit(code)
@@ -145,6 +145,20 @@ def _check_everything_arrived_once(server: MlflowServer, steps: int) -> dict[str
     return runs
 
 
+def _delivered_phase1(server: MlflowServer, timeout: float = 60) -> None:
+    """Wait until the relay has delivered the range test (FINISHED, all 50 points) to the server."""
+    client = _client(server)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        experiment = client.get_experiment_by_name("faults")
+        runs = client.search_runs([experiment.experiment_id]) if experiment else []
+        done = [r for r in runs if r.info.run_name == "range_test" and r.info.status == "FINISHED"]
+        if done and len(client.get_metric_history(done[0].info.run_id, "loss")) == 50:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the range test was not delivered")
+
+
 def test_server_killed_mid_training_and_restarted_everything_arrives_once(tmp_path: Path,
                                                                           mlflow_server: MlflowServer) -> None:
     steps, step_s = 300, 0.02
@@ -164,7 +178,7 @@ def test_server_killed_mid_training_and_restarted_everything_arrives_once(tmp_pa
     assert train_s < steps * step_s + 6.0, f"training stalled: {train_s:.1f} s for {steps * step_s:.0f} s of steps"
     _check_everything_arrived_once(mlflow_server, steps)
     assert "is unavailable" in job.stderr.read_text() and "is back" in job.stderr.read_text()
-    assert not any(job.spool.rglob("journal.jsonl")), "the spool is removed once delivered"
+    assert not any(job.spool.rglob("ops.jsonl")), "the journal is removed once delivered"
 
 
 def test_server_killed_and_not_restarted_then_deliver_sends_everything_once(tmp_path: Path,
@@ -173,6 +187,7 @@ def test_server_killed_and_not_restarted_then_deliver_sends_everything_once(tmp_
     job = Job(tmp_path, mlflow_server.uri, steps=steps, step_s=step_s, timeout=timeout)
     try:
         job.line("PHASE1")
+        _delivered_phase1(mlflow_server)
         mlflow_server.kill()  # before the training run is created: it is created when delivered
         job.go.touch()
         assert job.finish() == 3, job.stderr.read_text()[-3000:]
@@ -184,7 +199,7 @@ def test_server_killed_and_not_restarted_then_deliver_sends_everything_once(tmp_
     spool = Path(closing["spool"])
     assert closing["command"] == f"python -m lrtrack.deliver {spool}"
     assert closing["command"] in closing["message"] and "not delivered" in closing["message"]
-    assert (spool / "journal.jsonl").is_file() and spool.is_relative_to(job.spool)
+    assert (spool / "ops.jsonl").is_file() and spool.is_relative_to(job.spool)
 
     client = _client(mlflow_server)  # the server's own store, read while the server is down
     experiment = client.get_experiment_by_name("faults")
@@ -258,14 +273,21 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 def test_a_full_disk_under_the_store_loses_nothing(tmp_path: Path, small_disk: Path, premade_store) -> None:
     from lrtrack.tracking.runs import Tracker
+    from lrtrack.tracking.store import read_client
 
     premade_store(small_disk)
-    tracker = Tracker(f"sqlite:///{small_disk}/mlflow.db", "disk", flush_every=5, flush_seconds=0.05,
-                      spool_dir=tmp_path / "spool")
+    uri = f"sqlite:///{small_disk}/mlflow.db"
+    tracker = Tracker(uri, "disk", spool_dir=tmp_path / "spool")
     run = tracker.start_run("train")
     for i in range(10):
         run.on_step(i, {"loss": float(i)})
-    run.courier.wait_sent()
+    client = read_client(uri)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # the relay delivered the first steps
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        if runs and len(client.get_metric_history(runs[0].info.run_id, "loss")) == 10:
+            break
+        time.sleep(0.05)
     filler = small_disk / "filler"
     with open(filler, "wb") as fh, pytest.raises(OSError):  # fill the disk
         while True:
@@ -276,13 +298,46 @@ def test_a_full_disk_under_the_store_loses_nothing(tmp_path: Path, small_disk: P
         run.on_step(i, {"loss": float(i)})
     run.log_params({"lr": 0.1})
     assert time.monotonic() - start < 5, "a full store must not stall training"
-    deadline = time.monotonic() + 10
-    while tracker.courier.online and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert tracker.undelivered is not None  # spooled, not lost
+    time.sleep(1.0)
+    assert tracker.undelivered is not None  # waiting in the journal, not lost
     filler.unlink()  # space again
     run.end()
     tracker.close(timeout_s=30)
-    assert sorted(m.step for m in tracker.client.get_metric_history(run.run_id, "loss")) == list(range(300))
-    assert tracker.client.get_run(run.run_id).info.status == "FINISHED"
-    assert tracker.client.get_run(run.run_id).data.params == {"lr": "0.1"}
+    store_id = tracker.store_id(run.run_id)
+    assert sorted(m.step for m in client.get_metric_history(store_id, "loss")) == list(range(300))
+    assert client.get_run(store_id).info.status == "FINISHED"
+    assert client.get_run(store_id).data.params == {"lr": "0.1"}
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 256 kB tmpfs (root only): a tracking journal that runs out of room mid-job."""
+    mount = tmp_path / "tiny-disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root): no disk-full test")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_under_the_journal_stops_the_job_in_one_line_and_ends_its_runs(
+        tmp_path: Path, tiny_disk: Path, premade_store) -> None:
+    from mlflow.tracking import MlflowClient
+
+    premade_store(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "lrtrack", "+model=mnist_cnn", "+experiment=smoke", "stage=train",
+                           "bounds.max_lr=0.05", "train.epochs=20", f"tracking.spool_dir={tiny_disk}"],
+                          cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("lrtrack: error: the disk holding the tracking journal ") and str(tiny_disk) in last
+    assert "python -m lrtrack.deliver" in last
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert runs and all(r.info.status in ("FAILED", "KILLED") for r in runs), [r.info.status for r in runs]
+    (final,) = [r for r in runs if r.data.tags.get("lrtrack.stage") == "final"]
+    assert len(client.get_metric_history(final.info.run_id, "loss")) > 0  # what was journaled arrived

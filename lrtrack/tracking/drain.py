@@ -93,6 +93,8 @@ class Delivery:
         ``final``: nobody writes the journal any more (a last line cut short is rejected, not awaited).
         A store that is away is recorded in :attr:`last_error`; a bug is raised."""
         try:
+            if self.pending and self.last_error is not None and not self._answers():
+                return False  # still away: no MLflow call (its HTTP retries take seconds)
             if self.pending:
                 self._open()
                 self._apply_pending(final)
@@ -108,6 +110,14 @@ class Delivery:
                 raise
             self._set_error(describe(err))
         return False
+
+    def _answers(self) -> bool:
+        """A quick "does the server answer" before trying a store that was away (http only)."""
+        if not self.tracking_uri.lower().startswith(("http://", "https://")):
+            return True
+        from lrtrack.tracking.store import http_answers
+
+        return http_answers(self.tracking_uri, timeout_s=2.0)
 
     def _set_error(self, error: str | None) -> None:
         if error is not None and self.last_error is None:
