@@ -20,6 +20,9 @@ start to the end of its first range-test step (the timestamp MLflow stored with 
 metrics) and to the last step, and so where the time goes: before the first step (imports,
 data, store), the steps, and after the last step (figures, artifacts, exit).
 
+It also prints the ratio that the transport's target is stated in: the whole tracked range test,
+sweep only, against the bare loop (target <= 1.10x), and the first step's time (target <= 2.5 s).
+
     .venv/bin/python scripts/bench_startup.py --repeats 5            # ~3 min on 2 cores
 """
 
@@ -131,16 +134,26 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  seed script (torch-lr-finder, 100-step sweep, no tracking): {seed_med:6.2f} s")
     print(f"  bare loop (import torch, read MNIST, 100 SGD steps, exit):   {statistics.median(bare):6.2f} s "
           f"({statistics.median(bare) / seed_med:.2f}x the seed: the floor)")
+    bare_med = statistics.median(bare)
+    failed = False
     for who, runs in ours.items():
         med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        ratios = [r["total"] / b for r, b in zip(runs, bare)]  # each repetition's pair, side by side
         print(f"\n  python -m lrtrack, {who} ({int(med['steps'])} sweep steps + {int(med['probe_steps'])} probe "
               f"steps), tracked in MLflow: {med['total']:6.2f} s")
         print(f"    ratio lrtrack / seed:        {med['total'] / seed_med:6.2f}x")
+        print(f"    ratio lrtrack / bare loop:   {med['total'] / bare_med:6.2f}x  (median of the per-repetition "
+              f"ratios {statistics.median(ratios):.2f}x)")
+        if who == "sweep only":
+            ok_ratio, ok_first = statistics.median(ratios) <= 1.10, med["first_step"] <= 2.5
+            failed = not (ok_ratio and ok_first)
+            print(f"    targets: sweep only <= 1.10x the bare loop: {'met' if ok_ratio else 'NOT met'}; "
+                  f"first step <= 2.5 s: {'met' if ok_first else 'NOT met'}")
         print(f"    start -> first step done:    {med['first_step']:6.2f} s  (imports, config, data, model, run)")
         print(f"    first -> last sweep step:    {med['last_step'] - med['first_step']:6.2f} s")
         print(f"    last sweep step -> exit:     {med['total'] - med['last_step']:6.2f} s  "
               "(probes, suggestions, figure, artifacts, delivery)")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
