@@ -1,21 +1,23 @@
-"""Benchmark: the cost of per-step metric logging (lrtrack.tracking.runs.MetricBuffer) vs run length.
+"""Benchmark: the cost of per-step metric logging (lrtrack.tracking.runs.TrackedRun.on_step) vs run length.
 
-Every step logs lr, loss and loss_smoothed (3 metrics) through ``MetricBuffer.on_step``, as the
-range test and the training loop do, into a fresh MLflow run; ``close()`` then sends the rest
-and waits. Backends: sqlite (a temporary database) and a local ``mlflow server`` (started here
-on a free port with a temporary sqlite backend, stopped at the end).
+Every step logs lr, loss and loss_smoothed (3 metrics) through ``TrackedRun.on_step``, as the
+range test and the training loop do: one line appended to the job's journal per step (one
+``write``: on disk in the page cache before the next step), delivered by the tracker's relay
+process; ``Tracker.close()`` then waits until everything is in the store. Backends: sqlite (a
+temporary database) and a local ``mlflow server`` (started here on a free port with a temporary
+sqlite backend, stopped at the end).
 
 For each backend and run length (default 1,000 and 20,000 steps) it prints, as medians over
 ``--repeats`` runs:
 
   on_step     time the training loop spends in ``on_step`` per step (what a step pays)
-  send        time the background thread spends in ``log_batch`` per step
   total       (loop + close) / steps: wall time per step until every metric is stored
-  rss+        peak RSS growth during the run (sampled every 5 ms), MiB
+  rss+        peak RSS growth of the job during the run (sampled every 5 ms), MiB
   py peak     tracemalloc peak during the run (a separate, untimed pass), MiB
 
 Logging cost that does not grow with run length means: per-step figures at 20k about equal
-to those at 1k, and memory figures that do not scale with the number of steps.
+to those at 1k, and memory figures that do not scale with the number of steps (nothing is held
+in memory: it is in the journal).
 
 ``--step-ms`` simulates the training step between calls (a sleep, which releases the GIL as a
 torch kernel does); the default 0 is the worst case (the loop produces as fast as it can).
@@ -85,8 +87,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="timed runs per backend and length (default 3)")
     p.add_argument("--steps", type=int, nargs="+", default=[1000, 20000], help="run lengths (default 1000 20000)")
     p.add_argument("--backends", nargs="+", default=["sqlite", "http"], choices=["sqlite", "http"])
-    p.add_argument("--flush-every", type=int, default=100, help="MetricBuffer flush_every (lrtrack's default 100)")
-    p.add_argument("--flush-seconds", type=float, default=5.0, help="MetricBuffer flush_seconds (default 5)")
     p.add_argument("--step-ms", type=float, default=0.0, help="simulated training step between calls (sleep)")
     p.add_argument("--no-memory", action="store_true", help="skip the tracemalloc pass")
     p.add_argument("--max-growth", type=float, default=1.5,
@@ -94,11 +94,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def one_run(client, experiment_id: str, steps: int, args: argparse.Namespace, trace: bool) -> dict[str, float]:
-    from lrtrack.tracking.runs import MetricBuffer
+def one_run(uri: str, workdir: Path, steps: int, args: argparse.Namespace, trace: bool) -> dict[str, float]:
+    from lrtrack.tracking.runs import Tracker
+    from lrtrack.tracking.store import read_client
 
-    run_id = client.create_run(experiment_id, run_name=f"bench-logging {steps}").info.run_id
-    buf = MetricBuffer(client, run_id, flush_every=args.flush_every, flush_seconds=args.flush_seconds)
+    tracker = Tracker(uri, "bench-logging", spool_dir=workdir / "journals", delivery_timeout_s=600)
+    run = tracker.start_run(f"bench-logging {steps}")
     gc.collect()
     pause = args.step_ms / 1000.0
     lr, ratio = 1e-3, (10.0 / 1e-3) ** (1.0 / max(steps - 1, 1))
@@ -114,26 +115,25 @@ def one_run(client, experiment_id: str, steps: int, args: argparse.Namespace, tr
             smoothed = 0.95 * smoothed + 0.05 * loss
             metrics = {"lr": lr, "loss": loss, "loss_smoothed": smoothed / (1 - 0.95 ** (i + 1))}
             s0 = time.perf_counter()
-            buf.on_step(i, metrics)
+            run.on_step(i, metrics)
             in_step += time.perf_counter() - s0
             lr *= ratio
             if pause:
                 time.sleep(pause)
         t_loop = time.perf_counter() - t0
-        buf.close()
+        run.end()
+        tracker.close()
         t_total = time.perf_counter() - t0
     py_peak = 0
     if trace:
         _, py_peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
-    client.set_terminated(run_id, "FINISHED")
-    stored = len(client.get_metric_history(run_id, "loss"))
+    stored = len(read_client(uri).get_metric_history(tracker.store_id(run.run_id), "loss"))
     if stored != steps:
         raise RuntimeError(f"{stored} loss values stored, expected {steps}")
     return {
         "on_step_us": 1e6 * in_step / steps,
         "loop_us": 1e6 * t_loop / steps,
-        "send_us": 1e6 * buf.send_seconds / steps,
         "total_us": 1e6 * t_total / steps,
         "rss_mib": rss.growth / MiB,
         "py_peak_mib": py_peak / MiB,
@@ -145,10 +145,6 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
-    from mlflow.tracking import MlflowClient
-
-    from lrtrack.tracking.runs import ensure_experiment
-
     workdir = Path(tempfile.mkdtemp(prefix="lrtrack-bench-logging-"))
     server = None
     rows: dict[tuple[str, int], dict[str, float]] = {}
@@ -160,30 +156,27 @@ def main(argv: list[str] | None = None) -> int:
             print("starting a local mlflow server ...", flush=True)
             server, uris["http"] = start_mlflow_server(workdir)
             print(f"  {uris['http']}", flush=True)
-        print(f"flush_every={args.flush_every}, flush_seconds={args.flush_seconds}, step_ms={args.step_ms}, "
-              f"repeats={args.repeats}; 3 metrics per step", flush=True)
+        print(f"step_ms={args.step_ms}, repeats={args.repeats}; 3 metrics per step", flush=True)
         for backend, uri in uris.items():
-            client = MlflowClient(tracking_uri=uri)
-            exp = ensure_experiment(client, "bench-logging")
-            one_run(client, exp, 200, args, trace=False)  # warm-up: connections, caches, first insert
+            one_run(uri, workdir, 200, args, trace=False)  # warm-up: the store, caches, first insert
             for steps in args.steps:
                 runs = []
                 for _ in range(args.repeats):
-                    runs.append(one_run(client, exp, steps, args, trace=False))
+                    runs.append(one_run(uri, workdir, steps, args, trace=False))
                 row = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
                 row["py_peak_mib"] = float("nan")
                 if not args.no_memory:
-                    row["py_peak_mib"] = one_run(client, exp, steps, args, trace=True)["py_peak_mib"]
+                    row["py_peak_mib"] = one_run(uri, workdir, steps, args, trace=True)["py_peak_mib"]
                 rows[(backend, steps)] = row
                 print(f"  {backend:6s} {steps:6d} steps: on_step {row['on_step_us']:6.1f} us  "
-                      f"send {row['send_us']:6.1f} us  total {row['total_us']:7.1f} us/step  "
+                      f"total {row['total_us']:7.1f} us/step  "
                       f"rss+ {row['rss_mib']:6.1f} MiB  py peak {row['py_peak_mib']:6.2f} MiB", flush=True)
 
         print("\nper step (medians):")
-        print(f"  {'backend':7s} {'steps':>6s} {'on_step us':>11s} {'send us':>9s} {'total us':>9s} "
+        print(f"  {'backend':7s} {'steps':>6s} {'on_step us':>11s} {'total us':>9s} "
               f"{'rss+ MiB':>9s} {'py peak MiB':>12s}")
         for (backend, steps), r in rows.items():
-            print(f"  {backend:7s} {steps:6d} {r['on_step_us']:11.1f} {r['send_us']:9.1f} {r['total_us']:9.1f} "
+            print(f"  {backend:7s} {steps:6d} {r['on_step_us']:11.1f} {r['total_us']:9.1f} "
                   f"{r['rss_mib']:9.1f} {r['py_peak_mib']:12.2f}")
 
         lo, hi = min(args.steps), max(args.steps)

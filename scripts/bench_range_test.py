@@ -132,6 +132,7 @@ class Bench:
     def __init__(self, args: argparse.Namespace, workdir: Path, http_uri: str | None) -> None:
         import torch
 
+        self.workdir = workdir
         from lrtrack.engine.models import MnistCNN
 
         self.args = args
@@ -157,7 +158,7 @@ class Bench:
         from lrtrack.tracking.runs import Tracker
 
         t0 = time.perf_counter()
-        self.trackers[key] = Tracker(uri, "bench-range-test")
+        self.trackers[key] = Tracker(uri, "bench-range-test", spool_dir=self.workdir / "journals")
         self.tracker_setup_s[key] = time.perf_counter() - t0
 
     def model_and_optimizer(self):
