@@ -102,16 +102,23 @@ def _lr_free_optimizer(variant: str, params: Any, *, adam: bool, steps: int) -> 
     ``params`` may be parameter groups with a ``scale`` (fine-tuning: the backbone at 0.1x):
     each group's LR is then the optimizer's default LR times its scale.
     """
+    params = list(params)
     if variant == "prodigy":
         from prodigyopt import Prodigy
 
-        return Prodigy(_scaled(params, 1.0), lr=1.0)
+        # Prodigy refuses different LRs per group: every parameter at its one estimated step size
+        flat = [q for g in params for q in g["params"]] if _grouped(params) else params
+        return Prodigy(flat, lr=1.0)
     import schedulefree
 
     warmup = max(1, steps // 20)
     if adam:
         return schedulefree.AdamWScheduleFree(_scaled(params, 0.0025), lr=0.0025, warmup_steps=warmup)
     return schedulefree.SGDScheduleFree(_scaled(params, 1.0), lr=1.0, momentum=0.9, warmup_steps=warmup)
+
+
+def _grouped(params: Any) -> bool:
+    return isinstance(params, list) and bool(params) and isinstance(params[0], dict)
 
 
 def _scaled(params: Any, lr: float) -> Any:

@@ -546,4 +546,5 @@ def test_range_test_figure_marks_the_edge_and_says_why() -> None:
     assert any(label.startswith("probes: loss after") for label in labels)
     caption = fig._supxlabel.get_text()
     assert caption.startswith(f"chosen: confirmed = {result.suggested_lr():.3g} (confirmed: ")
-    assert "divergence edge:" in caption and "no suggestion goes past it" in caption
+    assert "divergence edge:" in caption and "no curve rule goes past it" in caption
+    assert f"confidence: {result.confidence}" in caption

@@ -73,8 +73,19 @@ def chosen_text(result: RangeTestResult, chosen_rule: str | None) -> str:
         lines.append(textwrap.fill(f"{head} ({s.reason})", 150))
     edge = result.edge
     edge_text = f"{edge.lr:.3g}" if edge.lr is not None else "not found"
-    lines.append(textwrap.fill(f"divergence edge: {edge_text} ({edge.reason}); no suggestion goes past it", 150))
+    lines.append(textwrap.fill(f"divergence edge: {edge_text} ({edge.reason}); no curve rule goes past it", 150))
+    lines.append(textwrap.fill(confidence_text(result), 150))
     return "\n".join(lines)
+
+
+def confidence_text(result: RangeTestResult) -> str:
+    """The confidence verdict, its reasons and what the extra budget did: one line for a caption."""
+    text = f"confidence: {result.confidence}"
+    if result.confidence_reasons:
+        text += " (" + "; ".join(result.confidence_reasons) + ")"
+    if result.extra_actions:
+        text += "; " + " ".join(result.extra_actions)
+    return text
 
 
 def draw_range_test(ax: Axes, result: RangeTestResult, *, chosen_rule: str | None = None) -> None:
