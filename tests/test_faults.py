@@ -264,11 +264,26 @@ def test_job_and_relay_killed_together_deliver_ends_their_runs_killed(tmp_path: 
     proc = _Process([*LONG, "train.epochs=50"], tmp_path)
     run_id = proc.read_until(r"training run (\w+) started").group(1)
     proc.read_until(r"epoch 1/50: ")
+    deadline = time.monotonic() + 60
+    while True:  # the relay has created the run in the store (it is RUNNING there)
+        try:
+            _run(_client(tmp_path), run_id)
+            break
+        except LookupError:
+            assert time.monotonic() < deadline, "the relay never created the run"
+            time.sleep(0.05)
     relay = _relay_of(proc)
     os.kill(relay, signal.SIGKILL)
     proc.signal(signal.SIGKILL)
     proc.finish()
     (journal,) = tmp_path.glob("outputs/*/*/tracking-spool/*")
+    client = _client(tmp_path)
+    assert _run(client, run_id).info.status == "RUNNING"  # nobody was left to end it
+    # The next lrtrack command on the store ends it: its owner process is gone from this host.
+    nxt = run_cli_here(["+model=mnist_cnn", "+experiment=smoke", "stage=range_test"], tmp_path)
+    assert nxt.returncode == 0, nxt.stderr
+    killed = _run(client, run_id)
+    assert killed.info.status == "KILLED" and "gone" in killed.data.tags["lrtrack.stop_reason"]
     delivered = subprocess.run([sys.executable, "-m", "lrtrack.deliver", str(journal), "--timeout", "60"],
                                cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert delivered.returncode == 0, delivered.stderr
