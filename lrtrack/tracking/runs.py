@@ -126,9 +126,22 @@ class TrackedRun:
 
     def _log_file(self, artifact_file: str, write: Any) -> None:
         folder, _, name = artifact_file.replace("\\", "/").rpartition("/")
-        target, relative = self.journal.stash(name)
-        write(target)
+        with self._full_disk_is_journal_error():
+            target, relative = self.journal.stash(name)
+            write(target)
         self._append("artifact", file=relative, path=folder or None)
+
+    @contextlib.contextmanager
+    def _full_disk_is_journal_error(self) -> Iterator[None]:
+        """A file written into the journal on a full disk: one line naming the folder, not OSError."""
+        from lrtrack.tracking.journal import FULL_DISK, full_disk_message
+
+        try:
+            yield
+        except OSError as err:
+            if err.errno in FULL_DISK:
+                raise JournalError(full_disk_message(self.journal.path, err)) from err
+            raise
 
     def log_figure(self, figure: Figure, artifact_file: str) -> None:
         # lrtrack's figures are plain matplotlib Figures (no pyplot), so there is nothing to close.
@@ -164,8 +177,8 @@ class TrackedRun:
         second copy of the model written per epoch).
         """
         source = Path(path)
-        target, relative = self.journal.stash(source.name)
-        try:
+        with self._full_disk_is_journal_error():
+            target, relative = self.journal.stash(source.name)
             if source.is_dir():
                 shutil.copytree(source, target)
             elif replaced_not_rewritten:
@@ -175,12 +188,6 @@ class TrackedRun:
                     shutil.copy2(source, target)
             else:  # it may change in place before it is delivered
                 shutil.copy2(source, target)
-        except OSError as err:
-            from lrtrack.tracking.journal import FULL_DISK, full_disk_message
-
-            if err.errno in FULL_DISK:
-                raise JournalError(full_disk_message(self.journal.path, err)) from err
-            raise
         self._append("artifact", file=relative, path=artifact_path)
 
     def on_checkpoint(self, path: str | Path, step: int) -> None:
@@ -342,7 +349,8 @@ class Tracker:
             self.journal.remove()
             return
         self.journal.close()
-        raise DeliveryError(self._failure(state, pending, rejected, relay), self.journal.path if pending else None)
+        raise DeliveryError(self._failure(state, pending, rejected, relay, timeout_s),
+                            self.journal.path if pending else None)
 
     def _stop_relay(self, relay: subprocess.Popen[bytes], timeout_s: float) -> None:
         assert relay.stdin is not None
@@ -362,7 +370,7 @@ class Tracker:
             relay.kill()
             relay.wait()
 
-    def _failure(self, state: Mapping[str, Any], pending: bool, rejected: int, relay: Any) -> str:
+    def _failure(self, state: Mapping[str, Any], pending: bool, rejected: int, relay: Any, waited: float) -> str:
         where, path = redact(self.tracking_uri), self.journal.path
         parts = []
         if pending:
@@ -374,7 +382,7 @@ class Tracker:
             elif error is None and relay is None:
                 reason = "the tracking relay could not start"
             else:
-                reason = f"tracking store {where} still unavailable ({error}) after waiting {self.delivery_timeout_s:g} s"
+                reason = f"tracking store {where} still unavailable ({error}) after waiting {waited:g} s"
             parts.append(f"{reason}: {what} not delivered, kept in {path}; deliver them with: {DELIVER_COMMAND} {path}")
         if rejected:
             parts.append(f"{rejected} tracking writes rejected by the store (see the log and {path / REJECTED})")
