@@ -164,7 +164,8 @@ class Journal:
         made_parent = not parent.exists()
         path = parent / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         meta = {"format": FORMAT, "tracking_uri": redact(tracking_uri), "experiment_name": experiment_name,
-                "owner": owner_id(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                "owner": owner_id(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "made_parent": made_parent}  # whoever removes the journal removes an emptied parent too
         try:
             path.mkdir(parents=True, mode=0o700)
             fd = _lock(path, blocking=True)
@@ -200,7 +201,9 @@ class Journal:
             except BlockingIOError as err:
                 raise JournalBusy(f"{path} is in use by another process (its job or that job's relay is still "
                                   f"delivering it): wait for it to end, then run this again") from err
-        return cls(path, lock_fd)
+        journal = cls(path, lock_fd)
+        journal.made_parent = bool(json.loads((path / META).read_text()).get("made_parent"))
+        return journal
 
     @property
     def meta(self) -> dict[str, Any]:
