@@ -569,11 +569,11 @@ def test_notebook_path_logs_the_clis_layout(tmp_path: Path, monkeypatch: pytest.
 
 
 def test_the_sweep_table_shows_the_metric_that_was_measured() -> None:
-    from lrtrack.tracking import runlog
+    from lrtrack.app.summary import SUMMARY_COLUMNS, rows_to_csv, summary_columns
 
     rows = [{"job": "a", "final_val_loss": 0.5, "final_val_mae": 0.6}, {"job": "b", "final_val_loss": 0.4}]
-    columns = runlog.summary_columns(rows)
+    columns = summary_columns(rows)
     at = columns.index("final_val_loss")
     assert columns[at - 1] == "final_val_mae" and columns.count("final_val_mae") == 1
-    assert runlog.summary_columns([{"job": "a"}]) == list(runlog.SUMMARY_COLUMNS)
-    assert runlog.rows_to_csv(rows, columns).splitlines()[1].endswith(",0.6,0.5,,,,")
+    assert summary_columns([{"job": "a"}]) == list(SUMMARY_COLUMNS)
+    assert rows_to_csv(rows, columns).splitlines()[1].endswith(",0.6,0.5,,,,")

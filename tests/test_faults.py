@@ -84,7 +84,7 @@ def _client(folder: Path) -> MlflowClient:
 
 def _run(client: MlflowClient, run_id: str) -> Any:
     """A run by the id lrtrack printed (its own) or the store's."""
-    from lrtrack.tracking.runlog import get_run
+    from lrtrack.tracking.records import get_run
 
     return get_run(client, run_id)
 

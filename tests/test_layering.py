@@ -169,6 +169,17 @@ def test_no_function_is_longer_than_100_lines() -> None:
     assert long == []
 
 
+def test_no_class_is_longer_than_300_lines() -> None:
+    long = []
+    for module, tree in _modules().items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef):
+                lines = node.end_lineno - node.lineno + 1  # type: ignore[operator]
+                if lines > MAX_CLASS_LINES:
+                    long.append(f"{module}.{node.name}: {lines} lines")
+    assert long == []
+
+
 def test_the_cli_stays_a_thin_entry() -> None:
     assert len((PACKAGE / "app" / "cli.py").read_text().splitlines()) <= 150
 
@@ -176,8 +187,8 @@ def test_the_cli_stays_a_thin_entry() -> None:
 def test_importing_lrtrack_changes_neither_the_environment_nor_the_matplotlib_backend() -> None:
     code = (
         "import os, matplotlib; before = dict(os.environ); backend = matplotlib.get_backend()\n"
-        "import lrtrack.app.cli, lrtrack.app.recipe, lrtrack.tracking.runlog, lrtrack.engine.plots, lrtrack.app.report, "
-        "lrtrack.app.sweep\n"
+        "import lrtrack.app.cli, lrtrack.app.recipe, lrtrack.tracking.layout, lrtrack.tracking.records, "
+        "lrtrack.engine.plots, lrtrack.app.report, lrtrack.app.sweep\n"
         "assert dict(os.environ) == before, set(os.environ.items()) ^ set(before.items())\n"
         "assert matplotlib.get_backend() == backend, matplotlib.get_backend()\n"
         "print('ok')\n"

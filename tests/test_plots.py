@@ -18,7 +18,7 @@ IMPORT_CHECK = """
 import json, os, sys
 before = dict(os.environ)
 import matplotlib
-import lrtrack.engine.plots, lrtrack.app.report, lrtrack.app.sweep, lrtrack.tracking.runlog, lrtrack.engine.seeds
+import lrtrack.engine.plots, lrtrack.app.report, lrtrack.app.sweep, lrtrack.tracking.layout, lrtrack.tracking.records, lrtrack.engine.seeds
 from lrtrack.engine import plots
 fig = plots.range_test_overlay_figure([("a", [1e-3, 1e-2, 1e-1], [2.0, 1.0, 3.0], 1e-2)])
 fig.savefig(sys.argv[1])

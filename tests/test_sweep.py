@@ -112,8 +112,7 @@ def test_sweep_structure_statuses_and_summary(failing_sweep) -> None:
 
 
 def test_swept_keys_and_job_names() -> None:
-    from lrtrack.tracking.runlog import SweepContext
-    from lrtrack.app.sweep import swept_keys
+    from lrtrack.app.sweep import SweepContext, swept_keys
 
     assert swept_keys(["+model=mlp", "optimizer=sgd,adamw", "seed=range(3)", "x=1"]) == ["optimizer", "seed"]
     ctx = SweepContext("r", "sqlite://", "e", ("optimizer",))

@@ -1,6 +1,6 @@
 """Tracked range tests and training runs from plain Python (a notebook), without Hydra.
 
-One call each, and the runs look exactly like the CLI's (:mod:`lrtrack.tracking.runlog` writes both):
+One call each, and the runs look exactly like the CLI's (:mod:`lrtrack.tracking.layout` writes both):
 the range test's run has the per-step ``lr``/``loss``/``loss_smoothed``, the plot, the history,
 the suggestions and the params; the training run has its bounds, figures, history and
 ``final_val_*`` summary, and is linked to the range test it took its bounds from::
@@ -30,7 +30,8 @@ from typing import Any
 from torch import nn
 
 from lrtrack.engine.suggest import DEFAULT_RULE
-from lrtrack.tracking import runlog
+from lrtrack.tracking import layout
+from lrtrack.tracking.records import RangeCurve
 
 log = logging.getLogger(__name__)
 
@@ -168,14 +169,14 @@ def tracked_range_test(
     name = run_name or (f"range_test {type(model).__name__} {type(optimizer).__name__.lower()} "
                         f"{settings.get('step_mode', 'exp')}")
     data = data_name or type(getattr(train_loader, "dataset", train_loader)).__name__
-    ctx = runlog.RunContext(_config(model, optimizer, train_loader, step_fn or criterion, data, "finder", settings,
+    ctx = layout.RunContext(_config(model, optimizer, train_loader, step_fn or criterion, data, "finder", settings,
                                     params), {}, [], COMMAND)
-    with tracker, tracker.start_run(name, tags=ctx.tags(runlog.STAGE_EXPLORE)) as run:  # delivered on leaving
-        runlog.log_config(run, ctx, runlog.DataInfo(data, f"notebook loaders ({data})", False))
+    with tracker, tracker.start_run(name, tags=ctx.tags(layout.STAGE_EXPLORE)) as run:  # delivered on leaving
+        layout.log_config(run, ctx, layout.DataInfo(data, f"notebook loaders ({data})", False))
         result = run_range_test(model, optimizer, train_loader, criterion=criterion, step_fn=step_fn,
                                 val_loader=val_loader, observer=run, progress=settings.pop("progress", False),
                                 **settings)
-        runlog.log_range_test(run, result, chosen_rule=suggestion, title=name)
+        layout.log_range_test(run, result, chosen_rule=suggestion, title=name)
     log.info("range test logged: %s", tracker.ui_hint(tracker.store_id(run.run_id)))
     return TrackedRangeTest(result, tracker.store_id(run.run_id), tracker.tracking_uri, tracker.experiment_name, suggestion)
 
@@ -244,21 +245,21 @@ def tracked_training(
                           steps_per_epoch=steps_per_epoch, epochs=epochs, **(schedule_settings or {}))
     name = run_name or f"train {type(model).__name__} {type(optimizer).__name__.lower()} {schedule}"
     data = data_name or type(getattr(train_loader, "dataset", train_loader)).__name__
-    link = {runlog.RANGE_TEST_LINK_TAG: range_test.run_id} if range_test is not None else {}
+    link = {layout.RANGE_TEST_LINK_TAG: range_test.run_id} if range_test is not None else {}
     train_settings = {"epochs": epochs, "schedule": schedule, **(schedule_settings or {}), **settings}
-    ctx = runlog.RunContext(_config(model, optimizer, train_loader, step_fn or criterion, data, "train",
+    ctx = layout.RunContext(_config(model, optimizer, train_loader, step_fn or criterion, data, "train",
                                     train_settings, params), {}, [], COMMAND)
-    with tracker, tracker.start_run(name, tags=ctx.tags(runlog.STAGE_FINAL, **link)) as run:  # delivered on leaving
-        runlog.log_config(run, ctx, runlog.DataInfo(data, f"notebook loaders ({data})", False),
-                          runlog.bounds_params(bounds, steps_per_epoch))
+    with tracker, tracker.start_run(name, tags=ctx.tags(layout.STAGE_FINAL, **link)) as run:  # delivered on leaving
+        layout.log_config(run, ctx, layout.DataInfo(data, f"notebook loaders ({data})", False),
+                          layout.bounds_params(bounds, steps_per_epoch))
         result = train(model, optimizer, train_loader, epochs=epochs, schedule=sched, criterion=criterion,
                        step_fn=step_fn, val_loader=val_loader, observer=run, metric=metric,
                        progress=settings.pop("progress", False), **settings)
-        curve = runlog.RangeCurve.from_result(range_test.result, range_test.run_id) if range_test else None
-        runlog.log_training(run, result, bounds=bounds, steps_per_epoch=steps_per_epoch, curve=curve, title=name)
+        curve = RangeCurve.from_result(range_test.result, range_test.run_id) if range_test else None
+        layout.log_training(run, result, bounds=bounds, steps_per_epoch=steps_per_epoch, curve=curve, title=name)
     log.info("training run logged: %s", tracker.ui_hint(tracker.store_id(run.run_id)))
     return TrackedTraining(result, bounds, tracker.store_id(run.run_id), tracker.tracking_uri, tracker.experiment_name,
-                           runlog.final_metrics(result))
+                           layout.final_metrics(result))
 
 
 __all__ = ["TrackedRangeTest", "TrackedTraining", "tracked_range_test", "tracked_training"]

@@ -3,7 +3,7 @@
 ``python -m lrtrack.report <experiment name | sweep run id | pipeline run id> --out DIR`` writes
 ``DIR/index.html``, ``DIR/summary.csv`` and PNGs: the range-test curves with their suggestions,
 the chosen bounds, the LR paths and train/validation curves of the training runs, the seed
-aggregates, and one table row per job. Runs are read through :mod:`lrtrack.tracking.runlog`, figures
+aggregates, and one table row per job. Runs are read through :mod:`lrtrack.tracking.records`, figures
 drawn by :mod:`lrtrack.engine.plots`; no Hydra, and the matplotlib backend is left alone.
 """
 
@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from lrtrack.app.summary import job_row, rows_to_csv, summary_columns
 from lrtrack.engine import plots
 from lrtrack.engine.suggest import RULES
-from lrtrack.tracking import runlog
+from lrtrack.tracking import layout, records
 from lrtrack.tracking.redact import redact
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ class Target(NamedTuple):
     title: str
     experiment_id: str
     kind: str  # "experiment", or the run's stage ("sweep", "pipeline", ...)
-    jobs: list[runlog.JobRecord]
+    jobs: list[records.JobRecord]
     sweep: Run | None  # the run named by TARGET (None for an experiment)
 
 
@@ -84,19 +85,19 @@ def resolve_target(client: MlflowClient, target: str) -> Target:
         except Exception:
             exp = None
     if exp is not None:
-        jobs = runlog.experiment_jobs(client, exp.experiment_id)
+        jobs = records.experiment_jobs(client, exp.experiment_id)
         return Target(f"experiment {exp.name}", exp.experiment_id, "experiment", jobs, None)
     try:
-        run = runlog.get_run(client, target)  # lrtrack's id (what lrtrack prints) or the store's
+        run = records.get_run(client, target)  # lrtrack's id (what lrtrack prints) or the store's
     except Exception as err:
         names = ", ".join(e.name for e in client.search_experiments())
         raise ValueError(f"{target!r} is neither an experiment (available: {names or 'none'}) nor a run id "
                          f"in {redact(client.tracking_uri)}") from err
-    stage = run.data.tags.get(runlog.STAGE_TAG)
-    if stage == runlog.STAGE_PIPELINE:
-        jobs = [runlog.job_record(client, run)]
+    stage = run.data.tags.get(layout.STAGE_TAG)
+    if stage == layout.STAGE_PIPELINE:
+        jobs = [records.job_record(client, run)]
     else:
-        jobs = runlog.sweep_jobs(client, run.info.run_id)
+        jobs = records.sweep_jobs(client, run.info.run_id)
     name = run.info.run_name or ""
     title = name if name.startswith(stage or "run") else f"{stage or 'run'} {name}"
     return Target(title, run.info.experiment_id, stage or "run", jobs, run)
@@ -117,13 +118,13 @@ def write_report(client: MlflowClient, target: str, out: str | Path) -> Path:
     resolved = resolve_target(client, target)
     if not resolved.jobs:
         raise ValueError(f"{target!r} ({resolved.title}) holds no lrtrack runs "
-                         f"(no runs tagged {runlog.STAGE_TAG})")
-    rows = [job.row() for job in resolved.jobs]
+                         f"(no runs tagged {layout.STAGE_TAG})")
+    rows = [job_row(job) for job in resolved.jobs]
     images = []
     for name, heading, caption, figure in _figures(client, resolved, rows):
         figure.savefig(out / name)
         images.append(_Image(name, heading, caption))
-    (out / "summary.csv").write_text(runlog.rows_to_csv(rows))
+    (out / "summary.csv").write_text(rows_to_csv(rows))
     page = out / "index.html"
     page.write_text(_page(client, resolved, rows, images))
     log.info("report: %s (%d images)", page, len(images))
@@ -134,12 +135,12 @@ def _figures(client: MlflowClient, target: Target, rows: Sequence[dict[str, Any]
              ) -> list[tuple[str, str, str, Figure]]:
     """``(file name, heading, caption, figure)`` of every figure the page shows."""
     figures = []
-    curves = runlog.range_test_curves(client, target.jobs)
+    curves = records.range_test_curves(client, target.jobs)
     if curves:
         figures.append(("range_tests.png", "Range tests (exploratory runs)",
                         "Smoothed loss against LR for every job; the dot is the chosen rule's suggestion.",
                         plots.range_test_overlay_figure(curves, title=f"range tests ({target.title})")))
-    bounds = [(str(r["job"]), {rule: r.get(f"{runlog.SUGGESTED_LR}/{rule}") for rule in RULES},
+    bounds = [(str(r["job"]), {rule: r.get(f"{layout.SUGGESTED_LR}/{rule}") for rule in RULES},
                (r["base_lr"], r["max_lr"]) if r.get("base_lr") and r.get("max_lr") else None) for r in rows]
     if any(b or any(s.values()) for _, s, b in bounds):
         figures.append(("bounds.png", "Suggestions and chosen bounds",
@@ -148,9 +149,9 @@ def _figures(client: MlflowClient, target: Target, rows: Sequence[dict[str, Any]
     paths, trains = [], []
     for job, row in zip(target.jobs, rows):
         if job.final is not None:
-            history = runlog.read_csv_artifact(client, job.final.info.run_id, runlog.TRAIN_HISTORY)
+            history = records.read_csv_artifact(client, job.final.info.run_id, layout.TRAIN_HISTORY)
             paths.append((job.name, history.get("lr"), row.get("max_lr"), row.get("base_lr")))
-            val = runlog.metric_history(client, job.final.info.run_id, "val_loss")
+            val = records.metric_history(client, job.final.info.run_id, "val_loss")
             trains.append((job.name, history.get("loss_smoothed"), val))
     if paths:
         figures.append(("lr_paths.png", "LR paths (final runs)",
@@ -160,10 +161,10 @@ def _figures(client: MlflowClient, target: Target, rows: Sequence[dict[str, Any]
                         "Smoothed training loss per step; dots: validation loss at the end of each epoch.",
                         plots.training_curves_figure(trains)))
     sweep_id = target.sweep.info.run_id if target.sweep is not None else None
-    for i, run in enumerate(runlog.seed_runs(client, target.experiment_id, sweep_id)):
-        agg = runlog.read_seed_aggregate(client, run)
+    for i, run in enumerate(records.seed_runs(client, target.experiment_id, sweep_id)):
+        agg = records.read_seed_aggregate(client, run)
         if agg is not None:
-            rule = runlog.suggestion_rule(run)
+            rule = records.suggestion_rule(run)
             figures.append((f"seeds_{i}.png", f"Range test over seeds: {run.info.run_name}",
                             "Median curve with inter-quartile and min-max bands; each rule's median suggestion, "
                             "its seed spread shaded.",
@@ -189,7 +190,7 @@ def _page(client: MlflowClient, target: Target, rows: Sequence[dict[str, Any]], 
     sweep = target.sweep
     meta = (f"{len(rows)} job(s), {n_failed} failed; tracking store <code>{html.escape(redact(client.tracking_uri))}</code>"
             + (f"; sweep run <code>{sweep.info.run_id}</code> ({sweep.info.status})" if sweep is not None else ""))
-    shown = [c for c in runlog.summary_columns(rows) if any(r.get(c) not in (None, "") for r in rows)]
+    shown = [c for c in summary_columns(rows) if any(r.get(c) not in (None, "") for r in rows)]
     if "overrides" in shown and all(r.get("overrides") == r.get("job") for r in rows):
         shown.remove("overrides")  # a sweep names its jobs by their overrides
     title = html.escape(target.title)

@@ -24,8 +24,8 @@ Launchers (any Hydra launcher works; the jobs find the sweep through the environ
 A failed job is logged, its runs end FAILED with an ``lrtrack.error`` tag, and the sweep goes on;
 the sweep's run then ends FAILED and the command exits with status 1.
 
-This module is the Hydra side only; what the runs hold (tags, artifacts, the summary table) is
-:mod:`lrtrack.tracking.runlog`'s.
+What the runs hold (tags, artifacts) is :mod:`lrtrack.tracking.layout`'s; the summary table is
+:mod:`lrtrack.app.summary`'s.
 """
 
 from __future__ import annotations
@@ -35,15 +35,17 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from lrtrack.app.summary import job_row, summary_columns
 from lrtrack.engine.suggest import RULES
-from lrtrack.tracking import runlog
-from lrtrack.tracking.runlog import SweepContext, override_key
+from lrtrack.tracking import layout, records
+from lrtrack.tracking.records import JobRecord
 
 log = logging.getLogger("lrtrack.app.sweep")
 
@@ -53,6 +55,56 @@ ENV_EXPERIMENT = "LRTRACK_SWEEP_EXPERIMENT"
 ENV_KEYS = "LRTRACK_SWEEP_KEYS"
 ENV_VARS = (ENV_RUN_ID, ENV_TRACKING_URI, ENV_EXPERIMENT, ENV_KEYS)
 EXIT_JOBS_FAILED = 1
+SHORT_ID_LENGTH = 6
+
+
+def short_id(run_id: str) -> str:
+    """``"3fa9c0d2..."`` -> ``"3fa9c0"``: enough to tell a handful of sweeps apart, short enough to read."""
+    return run_id[:SHORT_ID_LENGTH]
+
+
+def override_key(override: str) -> str:
+    """The key of a command-line override (``+model=mlp`` -> ``model``)."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+@dataclass(frozen=True)
+class SweepContext:
+    """A sweep as its jobs see it: its parent run, store, experiment and swept keys
+    (:class:`SweepCallback` creates it and hands it to the jobs)."""
+
+    run_id: str
+    tracking_uri: str
+    experiment_name: str
+    keys: tuple[str, ...]
+
+    def swept(self, overrides: Sequence[str]) -> list[str]:
+        """The job's overrides of the swept keys (all of them when none are known)."""
+        picked = [o for o in overrides if override_key(o) in self.keys]
+        return picked or list(overrides)
+
+    @property
+    def short_id(self) -> str:
+        """The start of the sweep run's id: in the names of the sweep's runs, so that two sweeps
+        with the same overrides never look alike (the sweep run's name carries it too)."""
+        return short_id(self.run_id)
+
+    def job_name(self, overrides: Sequence[str]) -> str:
+        """A job's run name: its swept overrides and the sweep's short id."""
+        return f"{' '.join(self.swept(overrides)) or 'job'} (sweep {self.short_id})"
+
+    def job_tags(self, overrides: Sequence[str]) -> dict[str, str]:
+        """The tags that place a job's pipeline run in this sweep."""
+        return {layout.SWEEP_RUN_TAG: self.run_id, layout.OVERRIDES_TAG: " ".join(overrides),
+                layout.SWEEP_OVERRIDES_TAG: " ".join(self.swept(overrides))}
+
+    def record_failure(self, tracker: Any, overrides: Sequence[str], error: BaseException, job_run_id: str | None,
+                       tags: dict[str, str] | None = None) -> str:
+        """Mark a failed job of this sweep (:func:`lrtrack.tracking.layout.record_failure`): a job that
+        failed before it had a pipeline run gets a FAILED one, named and tagged as its own would have
+        been (``tags`` win over the sweep's). Returns the job's run id (lrtrack's)."""
+        return layout.record_failure(tracker, error, job_run_id, name=self.job_name(overrides),
+                                     parent_run_id=self.run_id, tags={**self.job_tags(overrides), **(tags or {})})
 
 
 def current_sweep() -> SweepContext | None:
@@ -106,6 +158,8 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not OmegaConf.select(config, "tracking.enabled", default=True):
             return
+        from lrtrack.tracking.journal import new_run_id
+        from lrtrack.tracking.redact import redact
         from lrtrack.tracking.runs import Tracker
         from lrtrack.tracking.store import open_store, resolve_tracking_uri
 
@@ -125,9 +179,11 @@ class SweepCallback(Callback):
         swept = [o for o in overrides if override_key(o) in keys]
         sweep_dir = str(OmegaConf.select(config, "hydra.sweep.dir"))
         self.tracker = Tracker(uri, name, spool_dir=Path(sweep_dir).resolve() / "tracking-spool")
-        self.run = runlog.start_sweep_run(self.tracker, swept=swept, overrides=overrides, keys=keys,
-                                          command="python -m lrtrack " + " ".join(sys.argv[1:]), launcher=launcher,
-                                          sweep_dir=sweep_dir)
+        run_id = new_run_id()
+        self.run = layout.start_sweep_run(
+            self.tracker, run_id, f"sweep {short_id(run_id)} {redact(' '.join(swept) or '(no swept keys)')}",
+            swept=swept, overrides=overrides, keys=keys, command="python -m lrtrack " + " ".join(sys.argv[1:]),
+            launcher=launcher, sweep_dir=sweep_dir)
         self.context = SweepContext(self.run.run_id, uri, name, tuple(keys))
         os.environ.update({ENV_RUN_ID: self.run.run_id, ENV_TRACKING_URI: uri, ENV_EXPERIMENT: name,
                            ENV_KEYS: ",".join(keys)})
@@ -147,7 +203,7 @@ class SweepCallback(Callback):
         _print_review_hint(ctx)
         if failed and self.exit_on_failure:
             print(f"lrtrack: error: {failed} sweep job(s) failed; see the FAILED runs under sweep run "
-                  f"{ctx.run_id} (their {runlog.ERROR_TAG} tag says why)", file=sys.stderr)
+                  f"{ctx.run_id} (their {layout.ERROR_TAG} tag says why)", file=sys.stderr)
             sys.exit(EXIT_JOBS_FAILED)
 
 
@@ -159,7 +215,7 @@ def _print_review_hint(ctx: SweepContext) -> None:
     client = read_client(ctx.tracking_uri)
     experiment = client.get_experiment_by_name(ctx.experiment_name)
     try:
-        store_id = runlog.get_run(client, ctx.run_id).info.run_id
+        store_id = records.get_run(client, ctx.run_id).info.run_id
     except LookupError:
         store_id = ""
     where = f"#/experiments/{experiment.experiment_id}/runs/{store_id}" if experiment else ""
@@ -183,15 +239,17 @@ def finish_sweep(ctx: SweepContext, tracker: Any, run: Any, *, aggregate_seeds: 
     status = "FAILED"
     failed = 0
     try:
-        jobs = runlog.sweep_jobs(client, ctx.run_id)
-        rows = runlog.log_sweep_summary(client, run, jobs, wall_seconds=wall_seconds)
+        jobs = records.sweep_jobs(client, ctx.run_id)
+        rows = [job_row(job) for job in jobs]
+        layout.log_sweep_summary(run, rows, summary_columns(rows), records.range_test_curves(client, jobs),
+                                 wall_seconds=wall_seconds)
         failed = sum(1 for r in rows if r["status"] != "FINISHED")
         status = "FAILED" if failed else "FINISHED"
         if aggregate_seeds:
             for group, members in _seed_groups(jobs).items():
                 log_seed_aggregate(client, tracker, ctx, group, members)
         for row in rows:
-            loss = row.get(runlog.FINAL_VAL_LOSS)
+            loss = row.get(layout.FINAL_VAL_LOSS)
             log.info("  %-9s %s  val_loss=%s", row["status"], row["job"], "" if loss is None else f"{loss:.4g}")
         log.info("sweep %s: %d job(s), %d failed; summary logged to run %s", status, len(rows), failed, ctx.run_id)
     except Exception:
@@ -202,17 +260,51 @@ def finish_sweep(ctx: SweepContext, tracker: Any, run: Any, *, aggregate_seeds: 
     return failed
 
 
-def _seed_groups(jobs: Sequence[runlog.JobRecord]) -> dict[str, list[runlog.JobRecord]]:
-    """Jobs whose range test finished, grouped by their overrides without ``seed=...``."""
-    groups: dict[str, list[runlog.JobRecord]] = {}
+# --------------------------------------------------------------------------- range tests over seeds
+
+
+def job_seed(job: JobRecord) -> str:
+    """The ``seed`` param of a job (its pipeline run's, else its range test's); "" when unknown."""
+    for run in (job.job_run, job.explore):
+        if run is not None and "seed" in run.data.params:
+            return str(run.data.params["seed"])
+    return ""
+
+
+def seed_group(job: JobRecord) -> str:
+    """A job's overrides without ``seed=...``: jobs of one group differ only in their seed."""
+    run = job.first_run
+    overrides = run.data.tags.get(layout.OVERRIDES_TAG, "").split() if run else []
+    return " ".join(o for o in overrides if override_key(o) != "seed")
+
+
+def _seed_groups(jobs: Sequence[JobRecord]) -> dict[str, list[JobRecord]]:
+    """Jobs whose range test finished, grouped by :func:`seed_group`."""
+    groups: dict[str, list[JobRecord]] = {}
     for job in jobs:
         if job.explore is not None and job.explore.info.status == "FINISHED":
-            groups.setdefault(runlog.seed_group(job), []).append(job)
+            groups.setdefault(seed_group(job), []).append(job)
     return groups
 
 
+def seed_inputs(client: Any, jobs: Sequence[JobRecord]
+                ) -> tuple[dict[str, tuple[list[float], list[float]]], dict[str, dict[str, float | None]]]:
+    """The range tests of ``jobs`` keyed by seed, as :func:`lrtrack.engine.seeds.aggregate_seeds` takes them:
+    ``seed -> (lrs, smoothed losses)`` and ``seed -> rule -> suggested LR``."""
+    curves: dict[str, tuple[list[float], list[float]]] = {}
+    suggestions: dict[str, dict[str, float | None]] = {}
+    for job in jobs:
+        if job.explore is None:
+            continue
+        seed = job_seed(job) or str(len(curves))
+        history = records.read_csv_artifact(client, job.explore.info.run_id, layout.RANGE_TEST_HISTORY)
+        curves[seed] = (history.get("lr"), history.get("loss_smoothed"))
+        suggestions[seed] = {r: job.explore.data.metrics.get(f"{layout.SUGGESTED_LR}/{r}") for r in RULES}
+    return curves, suggestions
+
+
 def log_seed_aggregate(client: Any, tracker: Any, ctx: SweepContext, group: str,
-                       jobs: Sequence[runlog.JobRecord]) -> str | None:
+                       jobs: Sequence[JobRecord]) -> str | None:
     """One ``range_test_seeds`` run under the sweep: median curve, spreads, aggregated suggestions.
 
     Returns:
@@ -221,14 +313,14 @@ def log_seed_aggregate(client: Any, tracker: Any, ctx: SweepContext, group: str,
     from lrtrack.engine.seeds import aggregate_seeds
 
     try:
-        agg = aggregate_seeds(*runlog.seed_inputs(client, jobs))
+        agg = aggregate_seeds(*seed_inputs(client, jobs))
     except ValueError as err:
         log.warning("seed aggregate of %s skipped: %s", group or "the sweep", err)
         return None
-    rule = runlog.suggestion_rule(jobs[0].explore)  # the jobs differ only in seed: one rule
+    rule = records.suggestion_rule(jobs[0].explore)  # the jobs differ only in seed: one rule
     short = " ".join(o for o in group.split() if override_key(o) in ctx.keys and override_key(o) != "seed")
     name = f"range_test_seeds x{len(agg.seeds)}" + (f" {short}" if short else "")
-    run_id = runlog.log_seed_aggregate(
+    run_id = layout.log_seed_aggregate(
         tracker, ctx.run_id, agg, name=name, group=group,
         rule=rule, seed_run_ids=[j.explore.info.run_id for j in jobs if j.explore is not None])
     summary = ", ".join(f"{r} {s['median']:.2e} [{s['min']:.1e}, {s['max']:.1e}]"
@@ -236,6 +328,6 @@ def log_seed_aggregate(client: Any, tracker: Any, ctx: SweepContext, group: str,
     log.info("seeds %s: %s", ",".join(agg.seeds), summary)
     if not agg.rule_stats(rule):
         log.warning("seeds %s: no range test has a %s suggestion, so run %s has no %s; each range test's "
-                    "%s%s tag says why", ",".join(agg.seeds), rule, run_id, runlog.SUGGESTED_LR,
-                    runlog.SUGGESTION_TAG_PREFIX, rule)
+                    "%s%s tag says why", ",".join(agg.seeds), rule, run_id, layout.SUGGESTED_LR,
+                    layout.SUGGESTION_TAG_PREFIX, rule)
     return run_id

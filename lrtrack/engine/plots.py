@@ -3,7 +3,7 @@
 Every figure is a :class:`matplotlib.figure.Figure` built with the object API: nothing here
 imports pyplot or switches the backend, so a notebook keeps its own. Save one with
 ``fig.savefig(path)`` or log it with ``MlflowClient.log_figure``; it needs no ``plt.close``.
-The functions take plain sequences (no MLflow): :mod:`lrtrack.tracking.runlog` reads them back.
+The functions take plain sequences (no MLflow): :mod:`lrtrack.tracking.records` reads them back.
 """
 
 from __future__ import annotations

@@ -1,22 +1,21 @@
 """The job's side of tracking: a :class:`Tracker` starts runs, a :class:`TrackedRun` logs into one.
 
 Neither talks to the store or imports MLflow: every write is appended to the tracker's journal
-(:mod:`lrtrack.tracking.journal`), and the relay process the tracker starts delivers it
-(:mod:`lrtrack.tracking.relay`). One mode for every caller (the CLI, the notebook helpers, the
-library, the sweep callback): nothing is held in memory, so ``kill -9`` of the job loses nothing
-already logged, and the job never waits on the store until :meth:`Tracker.close`, which waits (at
-most ``delivery_timeout_s``) for the relay and raises :class:`DeliveryError` with the
-``python -m lrtrack.deliver`` command when something is still undelivered.
-
-A run's id is lrtrack's own (:func:`~lrtrack.tracking.journal.new_run_id`), known at once; the
-store's id follows on delivery, and every reader accepts either.
+(:mod:`lrtrack.tracking.journal`) and delivered by the relay process the tracker starts
+(:mod:`lrtrack.tracking.relay`). One mode for every caller (CLI, notebook, library, sweep): ``kill -9``
+of the job loses nothing already logged, and the job never waits on the store until
+:meth:`Tracker.close`, which waits at most ``delivery_timeout_s`` and raises :class:`DeliveryError`
+(naming ``python -m lrtrack.deliver``) when something is still undelivered. A run's id is
+lrtrack's own, known at once; the store's follows on delivery, and every reader accepts either.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import csv
 import hashlib
+import io
 import json
 import logging
 import math
@@ -25,7 +24,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,34 +39,18 @@ from lrtrack.tracking.journal import (
     owner_id,
     summary_text,
 )
+from lrtrack.tracking.layout import MAX_PARAM_VALUE, PARENT_TAG, RUN_LINK_TAGS
 from lrtrack.tracking.redact import redact
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from mlflow.tracking import MlflowClient
 
-__all__ = ["DeliveryError", "JournalError", "NullRun", "NullTracker", "TrackedRun", "Tracker", "flatten",
-           "resume_lock"]
+__all__ = ["DeliveryError", "JournalError", "NullRun", "NullTracker", "TrackedRun", "Tracker", "resume_lock"]
 
 log = logging.getLogger(__name__)
 
-MAX_PARAM_VALUE = 6000  # longer values are rejected/truncated by the store
-PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag
-#: Tags whose value is another run's id: written as a reference, resolved to the store's id on delivery.
-RUN_LINK_TAGS = frozenset({PARENT_TAG, "lrtrack.range_test_run_id"})
 RELAY_START_SLACK_S = 30.0  # a relay may still be importing MLflow and opening the store at the end
-
-
-def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Nested mapping -> ``{"a.b.c": "value"}`` with string values (lists kept as text)."""
-    out: dict[str, str] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            out.update(flatten(value, prefix=f"{name}."))
-        else:
-            out[name] = ("null" if value is None else str(value))[:MAX_PARAM_VALUE]
-    return out
 
 
 def safe_key(key: str) -> str:
@@ -88,6 +71,19 @@ def _dump_dict(data: Any, path: Path) -> None:
             yaml.dump(data, fh, indent=2, default_flow_style=False)
         else:
             json.dump(data, fh, indent=2, default=str)
+
+
+def csv_text(rows: Iterable[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """Rows as CSV with a header of ``columns`` (default: the first row's keys, then any new ones;
+    keys not in ``columns`` are left out), None written empty."""
+    rows = list(rows)
+    if columns is None:
+        columns = list(dict.fromkeys(key for row in rows for key in row))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
 
 
 class TrackedRun:
@@ -153,20 +149,10 @@ class TrackedRun:
     def log_text(self, text: str, artifact_file: str) -> None:
         self._log_file(artifact_file, lambda path: path.write_text(text))
 
-    def log_rows_csv(self, rows: Iterable[Mapping[str, Any]], artifact_file: str) -> None:
-        """A list of dicts as CSV (the columns of the first row, then any new ones)."""
-        import csv
-        import io
-
-        rows = list(rows)
-        columns: list[str] = []
-        for row in rows:
-            columns.extend(k for k in row if k not in columns)
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-        self.log_text(buf.getvalue(), artifact_file)
+    def log_rows_csv(self, rows: Iterable[Mapping[str, Any]], artifact_file: str,
+                     columns: Sequence[str] | None = None) -> None:
+        """A list of dicts as CSV (:func:`csv_text`)."""
+        self.log_text(csv_text(rows, columns), artifact_file)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None, *, replaced_not_rewritten: bool = False
                      ) -> None:
@@ -309,6 +295,10 @@ class Tracker:
         self.journal.append("create", run_id, name=name, tags=_tag_values(all_tags), start=int(time.time() * 1000))
         return TrackedRun(self.journal, run_id)
 
+    def run(self, run_id: str) -> TrackedRun:
+        """A run started elsewhere (another job's journal), to log more into through this journal."""
+        return TrackedRun(self.journal, run_id)
+
     def reopen_run(self, run_id: str, store_id: str) -> TrackedRun:
         """An existing run (lrtrack's id and the store's), set RUNNING again to log into (``train.resume``)."""
         self.journal.append("reopen", run_id, store_id=store_id, tags={OWNER_TAG: owner_id()})
@@ -322,8 +312,10 @@ class Tracker:
     @property
     def undelivered(self) -> Path | None:
         """The journal folder while it holds writes not yet delivered, else ``None``."""
-        state = self.journal.load_state()
-        return self.journal.path if self.journal.size() > state["offset"] or state["open"] else None
+        return self.journal.path if self._pending(self.journal.load_state()) else None
+
+    def _pending(self, state: Mapping[str, Any]) -> bool:
+        return self.journal.size() > state["offset"] or bool(state["open"])
 
     def close(self, timeout_s: float | None = None) -> None:
         """Tell the relay the journal is complete and wait (at most ``timeout_s``, default
@@ -343,7 +335,7 @@ class Tracker:
         state = self.journal.load_state()
         self.experiment_id = state.get("experiment_id")
         self._store_ids = dict(state.get("ids", {}))
-        pending = self.journal.size() > state["offset"] or bool(state["open"])
+        pending = self._pending(state)
         rejected = self.journal.rejected() if self.journal.path.exists() else 0
         if not pending and not rejected:
             self.journal.remove()

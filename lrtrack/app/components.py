@@ -1,0 +1,249 @@
+"""The building blocks of a job (:mod:`lrtrack.app.recipe`): its tracker, and the data, model,
+optimizer, loss, step and metric built from the config and checked together on the first batch.
+
+Objects are built with ``hydra.utils.instantiate``, so a user's own ``_target_`` plugs in; a
+component that cannot be built, or data that cannot be had, is a :class:`UserError` (one line).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from omegaconf import DictConfig
+
+from lrtrack.app.config import component_error
+from lrtrack.tracking.layout import ERROR_TAG, DataInfo, error_message
+
+if TYPE_CHECKING:
+    from lrtrack.app.recipe import JobInfo
+
+log = logging.getLogger("lrtrack")
+
+
+class UserError(Exception):
+    """A problem the user can fix, found while running (missing data, a wrong run id): one line."""
+
+
+@dataclass
+class Components:
+    """What set-up builds: data, model, optimizer, loss, step, metric, and where runs go."""
+
+    data: Any
+    model: Any
+    optimizer: Any
+    criterion: Any
+    tracker: Any
+    data_info: DataInfo
+    step: Any = None  # (model, batch) -> loss from the step setting; None: criterion on (inputs, targets)
+    metric: Any = "accuracy"  # the validation metric (lrtrack.engine.tasks.as_metric); None: validation loss only
+
+    def loss_args(self) -> dict[str, Any]:
+        """How the engine computes a batch's loss: ``run_range_test(..., **parts.loss_args())``."""
+        return {"criterion": None, "step_fn": self.step} if self.step is not None else {"criterion": self.criterion}
+
+
+@contextmanager
+def recording_errors(run: Any) -> Iterator[Any]:
+    """Open ``run``; when its work fails, say why on the run (``lrtrack.error``) before it ends FAILED."""
+    with run:
+        try:
+            yield run
+        except Exception as err:
+            run.set_tags({ERROR_TAG: error_message(err)})
+            raise
+
+
+def store_client(tracker: Any) -> Any:
+    """The tracking store's client, to read runs back."""
+    from lrtrack.tracking.store import TrackingUnavailable
+
+    try:
+        return tracker.client
+    except TrackingUnavailable as err:
+        raise UserError(str(err)) from err
+
+
+class ComponentBuilder:
+    """Builds a job's tracker and components from its config.
+
+    Args:
+        cfg: the composed, validated config.
+        job: where the job runs.
+    """
+
+    def __init__(self, cfg: DictConfig, job: JobInfo) -> None:
+        self.cfg = cfg
+        self.job = job
+
+    def device(self) -> str | None:
+        return None if self.cfg.device == "auto" else str(self.cfg.device)
+
+    def open_tracker(self) -> Any:
+        """Check the tracking store at once (one line, seconds at most, before any data is
+        loaded), then start the tracker's relay process (:mod:`lrtrack.tracking.relay`), which imports
+        MLflow and opens the store while this process imports torch; every write waits in the
+        journal until the relay has delivered it."""
+        from lrtrack.engine.launcher_env import launch_rank
+        from lrtrack.tracking.runs import JournalError, NullTracker, Tracker
+        from lrtrack.tracking.store import TrackingUnavailable, preflight, resolve_tracking_uri
+
+        t = self.cfg.tracking
+        if not t.enabled or launch_rank() != 0:  # torchrun: rank 0 alone opens the store and logs
+            return NullTracker()
+        uri = resolve_tracking_uri(t.tracking_uri, self.job.launch_dir)
+        name = t.experiment_name or f"lrtrack-{self.job.model_name(self.cfg)}"
+        if self.job.sweep is not None:  # the sweep's store and experiment, created before any job started
+            uri, name = self.job.sweep.tracking_uri, self.job.sweep.experiment_name
+        try:
+            preflight(uri)
+        except TrackingUnavailable as err:
+            raise UserError(str(err)) from err
+        for noisy in ("mlflow.store.db.utils", "alembic.runtime.migration"):  # "Creating tables ...": not news
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+        spool = Path(t.spool_dir) if t.spool_dir else self.job.output_dir / "tracking-spool"
+        try:
+            return Tracker(uri, name, spool_dir=spool, delivery_timeout_s=t.delivery_timeout_s)
+        except JournalError as err:
+            raise UserError(str(err)) from err
+
+    def build(self, tracker: Any) -> Components:
+        """Seed, then build the data, model, optimizer, loss, step and metric, and check that they
+        fit on the first batch (:meth:`check_first_batch`)."""
+        from lrtrack.engine.steps import seed_everything
+
+        self._import_from_launch_dir()
+        seed_everything(self.cfg.seed)
+        data = self._data()
+        model = self._build("model", lambda built: built)
+        optimizer = self._build("optimizer", lambda partial: partial(model.parameters()))
+        criterion = self._build("criterion", lambda built: built)
+        step, metric = self._step(), self._metric()
+        self.check_first_batch(data, model, criterion, step)
+        info = DataInfo(data.name, data.source, data.fell_back)
+        return Components(data, model, optimizer, criterion, tracker, info, step=step, metric=metric)
+
+    def check_first_batch(self, data: Any, model: Any, criterion: Any, step: Any) -> None:
+        """Run the model once on the first training batch (eval mode, no gradients, data order and
+        RNG untouched) and stop before any run starts when model, loss and data cannot train
+        together: logits given to ``nll``, probabilities to ``cross_entropy``, class counts or
+        shapes that cannot match, dict batches without a ``step``, a loss that is not a scalar."""
+        from lrtrack.data import peek
+        from lrtrack.engine.steps import move_to_device, resolve_device
+        from lrtrack.engine.tasks import first_batch_problem
+
+        device = resolve_device(self.device(), model)
+        try:
+            batch = move_to_device(peek(data.train), device)
+        except ValueError as err:
+            raise UserError(f"data ({self.cfg.data.get('_target_')}): {err}") from err
+        model.to(device)
+        problem = first_batch_problem(model, batch, criterion=None if step is not None else criterion, step=step,
+                                      num_classes=data.num_classes)
+        if problem is not None:
+            raise UserError(f"first batch: {problem}")
+
+    def distribute(self, parts: Components) -> Components:
+        """torchrun: the model in DistributedDataParallel, each rank on its shard of the data
+        (:func:`lrtrack.data.shard_bundle`), and the other ranks' log lines at WARNING only."""
+        from lrtrack.data import shard_bundle
+        from lrtrack.engine.distributed import is_distributed, is_main, rank, world_size, wrap_model
+        from lrtrack.engine.steps import resolve_device
+
+        if not is_distributed():
+            return parts
+        if not is_main():
+            logging.getLogger("lrtrack").setLevel(logging.WARNING)
+        log.info("torchrun: %d ranks, DistributedDataParallel; data.batch_size=%s per rank", world_size(),
+                 self.cfg.data.get("batch_size", "?"))
+        parts.model = wrap_model(parts.model, resolve_device(self.device(), parts.model))
+        parts.data = shard_bundle(parts.data, rank(), world_size())
+        return parts
+
+    def _data(self) -> Any:
+        """The ``data`` node built: lrtrack's builders get the seed and paths from the launch folder;
+        a user's own ``_target_`` gets its settings as written and may return loaders or a bundle."""
+        from hydra.errors import InstantiationException
+        from hydra.utils import instantiate
+
+        from lrtrack.data import BUILTINS, DataUnavailableError, as_bundle
+
+        node = self.cfg.data
+        target = str(node.get("_target_"))
+        settings: dict[str, Any] = {}
+        if target in BUILTINS:
+            settings["seed"] = self.cfg.seed
+            for key in ("root", "path"):
+                if node.get(key) is not None and not Path(str(node[key])).is_absolute():
+                    settings[key] = str(self.job.launch_dir / str(node[key]))
+        try:
+            return as_bundle(instantiate(node, **settings), self.job.choices.get("data") or target.rsplit(".", 1)[-1])
+        except DataUnavailableError as err:
+            raise UserError(str(err)) from err
+        except (InstantiationException, ValueError, TypeError) as err:
+            if isinstance(err.__cause__, DataUnavailableError):
+                raise UserError(str(err.__cause__)) from err
+            raise UserError(component_error("data", node, err)) from err
+
+    def _step(self) -> Any:
+        """The ``step`` setting: None (the criterion on (inputs, targets)) or a (model, batch) -> loss."""
+        node = self.cfg.get("step")
+        return self._callable("step", node) if node else None
+
+    def _metric(self) -> Any:
+        """The ``metric`` setting as a validation metric (:func:`lrtrack.engine.tasks.as_metric`); None: loss only."""
+        from lrtrack.engine.tasks import as_metric
+
+        node = self.cfg.get("metric")
+        if not node:
+            return None
+        built = self._callable("metric", node)
+        name = None if hasattr(built, "name") else self.job.choices.get("metric")
+        try:
+            return as_metric(built, name=name)
+        except TypeError as err:
+            raise UserError(f"metric ({node.get('_target_')}): {err}") from err
+
+    def _callable(self, group: str, node: DictConfig) -> Any:
+        """A ``_target_`` that is called per batch: a class is instantiated with its settings; a
+        function is bound to them (``_partial_``), unless the node says otherwise."""
+        import inspect
+
+        from hydra.errors import InstantiationException
+        from hydra.utils import get_object, instantiate
+
+        from lrtrack.app.config import import_hint
+
+        target = str(node.get("_target_"))
+        hint = import_hint(target)
+        if hint is not None:
+            raise UserError(f"{group} ({target}): {hint}")
+        partial = node.get("_partial_", not inspect.isclass(get_object(target)))
+        try:
+            return instantiate(node, _partial_=partial)
+        except (InstantiationException, ValueError, TypeError) as err:
+            raise UserError(component_error(group, node, err)) from err
+
+    def _import_from_launch_dir(self) -> None:
+        """Make modules in the launch folder importable by ``_target_`` (``python -m`` puts the
+        working folder on ``sys.path``; a launcher's worker process may not)."""
+        import sys
+
+        folder = str(self.job.launch_dir)
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+
+    def _build(self, group: str, finish: Any) -> Any:
+        """Instantiate the ``group`` component; a constructor's complaint becomes one line."""
+        from hydra.errors import InstantiationException
+        from hydra.utils import instantiate
+
+        node = self.cfg[group]
+        try:
+            return finish(instantiate(node))
+        except (InstantiationException, ValueError, TypeError) as err:
+            raise UserError(component_error(group, node, err)) from err
