@@ -1,9 +1,7 @@
-"""lrtrack's runs read back through ``MlflowClient``: a range test for ``train.lr_from``, a training
-run for ``train.resume``, and the jobs, histories and seed aggregates of a sweep or an experiment
-for the sweep summary and the report. The names are :mod:`lrtrack.tracking.layout`'s.
-
-Every reader takes lrtrack's run id (what lrtrack prints) or the store's.
-"""
+"""lrtrack's runs read back through ``MlflowClient`` (in :mod:`lrtrack.tracking.layout`'s names): a
+range test for ``train.lr_from``, a training run for ``train.resume``, and the jobs, histories and
+seed aggregates of a sweep or an experiment for the sweep summary and the report. A run id may be
+lrtrack's (what lrtrack prints) or the store's."""
 
 from __future__ import annotations
 
@@ -18,28 +16,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from lrtrack.engine.suggest import DEFAULT_RULE, RULES
+from lrtrack.tracking import layout
 from lrtrack.tracking.journal import OWNER_TAG, RUN_ID_TAG
-from lrtrack.tracking.layout import (
-    BASE_LR_PARAM,
-    CHECKPOINT_DIR,
-    JOB_NUM_TAG,
-    MAX_LR_PARAM,
-    PARENT_TAG,
-    RANGE_TEST_HISTORY,
-    RANGE_TEST_LINK_TAG,
-    SEED_COLUMN_PREFIX,
-    SEEDS_HISTORY,
-    SEEDS_SUGGESTIONS,
-    STAGE_EXPLORE,
-    STAGE_FINAL,
-    STAGE_PIPELINE,
-    STAGE_SEEDS,
-    STAGE_TAG,
-    STOP_REASON_TAG,
-    SUGGESTED_LR,
-    SUGGESTION_RULE_TAG,
-    SUGGESTION_TAG_PREFIX,
-)
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -59,11 +37,7 @@ class RunLookupError(ValueError):
 
 
 def get_run(client: MlflowClient, run_id: str) -> Run:
-    """A run named by lrtrack's id (the ``lrtrack.run_id`` tag) or the store's.
-
-    Raises:
-        LookupError: no run has that id.
-    """
+    """A run named by lrtrack's id (its ``lrtrack.run_id`` tag) or the store's; LookupError when none is."""
     from lrtrack.tracking.drain import find_run_id
 
     store_id = find_run_id(client, run_id)
@@ -79,15 +53,12 @@ def _run_of_stage(client: MlflowClient, run_id: str, stage: str, setting: str, h
     except Exception as err:
         raise RunLookupError(f"{setting}={run_id!r}: no such MLflow run in {where} ({type(err).__name__}); "
                              f"pass {hint}") from err
-    found = run.data.tags.get(STAGE_TAG)
+    found = run.data.tags.get(layout.STAGE_TAG)
     if found != stage:
-        what = "range-test" if stage == STAGE_EXPLORE else "training"
-        raise RunLookupError(f"{setting}={run_id!r} is not a {what} run (its {STAGE_TAG} tag is {found!r}, "
+        what = "range-test" if stage == layout.STAGE_EXPLORE else "training"
+        raise RunLookupError(f"{setting}={run_id!r} is not a {what} run (its {layout.STAGE_TAG} tag is {found!r}, "
                              f"expected {stage!r})")
     return run
-
-
-# --------------------------------------------------------------------------- a range test (train.lr_from)
 
 
 @dataclass
@@ -101,7 +72,6 @@ class RangeCurve:
     min_loss_lr: float | None
     run_id: str | None = None
     stop_reason: str = "completed"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_result(cls, result: RangeTestResult, run_id: str | None) -> RangeCurve:
@@ -110,29 +80,23 @@ class RangeCurve:
 
 
 def read_range_test(client: MlflowClient, run_id: str, *, where: str) -> RangeCurve:
-    """A logged range test (``train.lr_from``); ``where`` (the store's URI) is for the message.
-
-    Raises:
-        RunLookupError: no such run, or not a range test.
-    """
+    """A logged range test (``train.lr_from``); :class:`RunLookupError` when ``run_id`` names none
+    in the store at ``where``."""
     from lrtrack.engine.suggest import Suggestion
 
-    run = _run_of_stage(client, run_id, STAGE_EXPLORE, "train.lr_from", "the run id of a range test (shown in "
+    run = _run_of_stage(client, run_id, layout.STAGE_EXPLORE, "train.lr_from", "the run id of a range test (shown in "
                         "the MLflow UI and logged at the end of a range test)", where)
     tags, metrics = run.data.tags, run.data.metrics
     suggestions = {}
     for rule in RULES:
-        lr = metrics.get(f"{SUGGESTED_LR}/{rule}")
-        reason = "" if lr is not None else tags.get(f"{SUGGESTION_TAG_PREFIX}{rule}", "not logged")
+        lr = metrics.get(f"{layout.SUGGESTED_LR}/{rule}")
+        reason = "" if lr is not None else tags.get(f"{layout.SUGGESTION_TAG_PREFIX}{rule}", "not logged")
         suggestions[rule] = Suggestion(rule, lr, None, reason)
-    history = read_csv_artifact(client, run.info.run_id, RANGE_TEST_HISTORY)
+    history = read_csv_artifact(client, run.info.run_id, layout.RANGE_TEST_HISTORY)
     if not history:
         log.warning("could not read the range-test history of run %s; no overlay figure", run_id)
     return RangeCurve(history.get("lr"), history.get("loss"), history.get("loss_smoothed"),
-                      suggestions, metrics.get("min_loss_lr"), run_id, tags.get(STOP_REASON_TAG, "completed"))
-
-
-# --------------------------------------------------------------------------- a training run (train.resume)
+                      suggestions, metrics.get("min_loss_lr"), run_id, tags.get(layout.STOP_REASON_TAG, "completed"))
 
 
 @dataclass
@@ -154,24 +118,24 @@ class TrainingRecord:
 
 def read_training_run(client: MlflowClient, run_id: str, *, where: str) -> TrainingRecord:
     """A final run, for ``train.resume``; raises :class:`RunLookupError` when it is not one."""
-    run = _run_of_stage(client, run_id, STAGE_FINAL, "train.resume", "the id of the training run to continue "
+    run = _run_of_stage(client, run_id, layout.STAGE_FINAL, "train.resume", "the id of the training run to continue "
                         "(printed when it started)", where)
     tags, params = run.data.tags, run.data.params
-    if MAX_LR_PARAM not in params:
-        raise RunLookupError(f"train.resume={run_id!r}: the run has no {MAX_LR_PARAM} param (it stopped before "
+    if layout.MAX_LR_PARAM not in params:
+        raise RunLookupError(f"train.resume={run_id!r}: the run has no {layout.MAX_LR_PARAM} param (it stopped before "
                              "training started); start a new run instead")
-    parent = tags.get(PARENT_TAG)
+    parent = tags.get(layout.PARENT_TAG)
     parent_tags = client.get_run(parent).data.tags if parent else {}
     return TrainingRecord(run.info.run_id, tags.get(RUN_ID_TAG, run.info.run_id), parent,
                           parent_tags.get(RUN_ID_TAG, parent), run.info.status, tags.get(OWNER_TAG),
-                          float(params[MAX_LR_PARAM]), float(params[BASE_LR_PARAM]),
-                          params.get("bounds.rule_used", ""), tags.get(RANGE_TEST_LINK_TAG), dict(params))
+                          float(params[layout.MAX_LR_PARAM]), float(params[layout.BASE_LR_PARAM]),
+                          params.get("bounds.rule_used", ""), tags.get(layout.RANGE_TEST_LINK_TAG), dict(params))
 
 
 def download_checkpoint(client: MlflowClient, run_id: str, folder: str) -> str | None:
     """The run's last uploaded checkpoint, downloaded into ``folder`` (None when it has none)."""
     try:
-        return client.download_artifacts(run_id, f"{CHECKPOINT_DIR}/last.pt", folder)
+        return client.download_artifacts(run_id, f"{layout.CHECKPOINT_DIR}/last.pt", folder)
     except Exception as err:  # no checkpoint was uploaded (killed in the first epoch)
         log.debug("run %s has no checkpoint (%s)", run_id, err)
         return None
@@ -183,13 +147,10 @@ def last_logged_steps(client: MlflowClient, run_id: str) -> dict[str, int]:
     return {key: max(m.step for m in client.get_metric_history(run_id, key)) for key in run.data.metrics}
 
 
-# --------------------------------------------------------------------------- the jobs of a sweep or an experiment
-
-
 def suggestion_rule(run: Run) -> str:
     """The rule a range test (or a ``range_test_seeds`` run) chose: its ``lrtrack.suggestion_rule``
     tag, else the library's default (a run without it ended before its range test was logged)."""
-    return run.data.tags.get(SUGGESTION_RULE_TAG) or DEFAULT_RULE
+    return run.data.tags.get(layout.SUGGESTION_RULE_TAG) or DEFAULT_RULE
 
 
 @dataclass
@@ -219,41 +180,41 @@ class JobRecord:
         rule found none."""
         if self.explore is None:
             return None
-        return self.explore.data.metrics.get(f"{SUGGESTED_LR}/{suggestion_rule(self.explore)}")
+        return self.explore.data.metrics.get(f"{layout.SUGGESTED_LR}/{suggestion_rule(self.explore)}")
 
 
 def child_runs(client: MlflowClient, run: Run) -> list[Run]:
     """Runs whose ``mlflow.parentRunId`` is ``run``, oldest first."""
     return list(client.search_runs(
-        [run.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{run.info.run_id}'",
+        [run.info.experiment_id], filter_string=f"tags.`{layout.PARENT_TAG}` = '{run.info.run_id}'",
         order_by=["attributes.start_time ASC"], max_results=_ALL_RUNS))
 
 
 def _by_stage(runs: Iterable[Run], stage: str) -> Run | None:
-    return next((r for r in runs if r.data.tags.get(STAGE_TAG) == stage), None)
+    return next((r for r in runs if r.data.tags.get(layout.STAGE_TAG) == stage), None)
 
 
 def job_record(client: MlflowClient, job_run: Run) -> JobRecord:
     """A pipeline (job) run and its explore/final children."""
     kids = child_runs(client, job_run)
-    return JobRecord(job_run, _by_stage(kids, STAGE_EXPLORE), _by_stage(kids, STAGE_FINAL))
+    return JobRecord(job_run, _by_stage(kids, layout.STAGE_EXPLORE), _by_stage(kids, layout.STAGE_FINAL))
 
 
 def _loose(run: Run) -> JobRecord | None:
     """An explore or final run with no pipeline parent as a job of its own (None for other runs)."""
-    stage = run.data.tags.get(STAGE_TAG)
-    if stage not in (STAGE_EXPLORE, STAGE_FINAL):
+    stage = run.data.tags.get(layout.STAGE_TAG)
+    if stage not in (layout.STAGE_EXPLORE, layout.STAGE_FINAL):
         return None
-    return JobRecord(None, run, None) if stage == STAGE_EXPLORE else JobRecord(None, None, run)
+    return JobRecord(None, run, None) if stage == layout.STAGE_EXPLORE else JobRecord(None, None, run)
 
 
 def sweep_jobs(client: MlflowClient, sweep_run_id: str) -> list[JobRecord]:
     """Every job of a sweep with its runs, in job order (Hydra's job number, else start order)."""
-    records = [job_record(client, run) if run.data.tags.get(STAGE_TAG) == STAGE_PIPELINE else _loose(run)
+    records = [job_record(client, run) if run.data.tags.get(layout.STAGE_TAG) == layout.STAGE_PIPELINE else _loose(run)
                for run in child_runs(client, get_run(client, sweep_run_id))]
 
     def job_num(record: JobRecord) -> int:
-        num = record.first_run.data.tags.get(JOB_NUM_TAG, "") if record.first_run else ""
+        num = record.first_run.data.tags.get(layout.JOB_NUM_TAG, "") if record.first_run else ""
         return int(num) if num.isdigit() else 1 << 30
 
     return sorted((r for r in records if r is not None), key=job_num)
@@ -262,23 +223,21 @@ def sweep_jobs(client: MlflowClient, sweep_run_id: str) -> list[JobRecord]:
 def experiment_jobs(client: MlflowClient, experiment_id: str) -> list[JobRecord]:
     """Every pipeline run of an experiment, plus explore/final runs that have no pipeline parent."""
     runs = client.search_runs([experiment_id], order_by=["attributes.start_time ASC"], max_results=_ALL_RUNS)
-    records = {r.info.run_id: JobRecord(r, None, None) for r in runs if r.data.tags.get(STAGE_TAG) == STAGE_PIPELINE}
+    records = {r.info.run_id: JobRecord(r, None, None) for r in runs
+               if r.data.tags.get(layout.STAGE_TAG) == layout.STAGE_PIPELINE}
     loose: list[JobRecord] = []
     for run in runs:
-        stage = run.data.tags.get(STAGE_TAG)
-        if stage not in (STAGE_EXPLORE, STAGE_FINAL):
+        stage = run.data.tags.get(layout.STAGE_TAG)
+        if stage not in (layout.STAGE_EXPLORE, layout.STAGE_FINAL):
             continue
-        record = records.get(run.data.tags.get(PARENT_TAG, ""))
+        record = records.get(run.data.tags.get(layout.PARENT_TAG, ""))
         if record is None:
             loose.append(_loose(run))  # type: ignore[arg-type]
-        elif stage == STAGE_EXPLORE:
+        elif stage == layout.STAGE_EXPLORE:
             record.explore = run
         else:
             record.final = run
     return list(records.values()) + loose
-
-
-# --------------------------------------------------------------------------- histories and metrics
 
 
 def as_float(value: Any) -> float | None:
@@ -352,19 +311,16 @@ def range_test_curves(client: MlflowClient, jobs: Sequence[JobRecord]
     curves = []
     for job in jobs:
         if job.explore is not None:
-            history = read_csv_artifact(client, job.explore.info.run_id, RANGE_TEST_HISTORY)
+            history = read_csv_artifact(client, job.explore.info.run_id, layout.RANGE_TEST_HISTORY)
             curves.append((job.name, history.get("lr"), history.get("loss_smoothed"), job.chosen_lr()))
     return curves
 
 
-# --------------------------------------------------------------------------- seed aggregates
-
-
 def seed_runs(client: MlflowClient, experiment_id: str, sweep_run_id: str | None = None) -> list[Run]:
     """The ``range_test_seeds`` runs of an experiment (of one sweep when ``sweep_run_id`` is given)."""
-    query = f"tags.`{STAGE_TAG}` = '{STAGE_SEEDS}'"
+    query = f"tags.`{layout.STAGE_TAG}` = '{layout.STAGE_SEEDS}'"
     if sweep_run_id is not None:
-        query += f" and tags.`{PARENT_TAG}` = '{sweep_run_id}'"
+        query += f" and tags.`{layout.PARENT_TAG}` = '{sweep_run_id}'"
     return list(client.search_runs([experiment_id], filter_string=query, max_results=100))
 
 
@@ -372,12 +328,12 @@ def read_seed_aggregate(client: MlflowClient, run: Run) -> SeedAggregate | None:
     """Rebuild a ``range_test_seeds`` run's aggregate from its logged CSVs (None without them)."""
     from lrtrack.engine.seeds import aggregate_seeds
 
-    per_seed = read_csv_artifact(client, run.info.run_id, SEEDS_HISTORY)
+    per_seed = read_csv_artifact(client, run.info.run_id, layout.SEEDS_HISTORY)
     if not per_seed:
         return None
-    table = read_csv_artifact(client, run.info.run_id, SEEDS_SUGGESTIONS)
-    seeds = sorted({c.split("/", 1)[1] for c in per_seed.columns if c.startswith(SEED_COLUMN_PREFIX)})
-    curves = {s: (per_seed.get("lr"), per_seed.get(f"{SEED_COLUMN_PREFIX}{s}")) for s in seeds}
+    table = read_csv_artifact(client, run.info.run_id, layout.SEEDS_SUGGESTIONS)
+    seeds = sorted({c.split("/", 1)[1] for c in per_seed.columns if c.startswith(layout.SEED_COLUMN_PREFIX)})
+    curves = {s: (per_seed.get("lr"), per_seed.get(f"{layout.SEED_COLUMN_PREFIX}{s}")) for s in seeds}
 
     def finite_at(values: Sequence[float], i: int) -> float | None:
         return values[i] if i < len(values) and math.isfinite(values[i]) else None
