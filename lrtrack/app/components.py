@@ -88,9 +88,10 @@ class ComponentBuilder:
         loaded), then start the tracker's relay process (:mod:`lrtrack.tracking.relay`), which imports
         MLflow and opens the store while this process imports torch; every write waits in the
         journal until the relay has delivered it."""
+        from lrtrack.app.where import resolve_tracking_uri
         from lrtrack.engine.launcher_env import launch_rank
         from lrtrack.tracking.runs import JournalError, NullTracker, Tracker
-        from lrtrack.tracking.store import TrackingUnavailable, preflight, resolve_tracking_uri
+        from lrtrack.tracking.store import TrackingUnavailable, preflight
 
         t = self.cfg.tracking
         if not t.enabled or launch_rank() != 0:  # torchrun: rank 0 alone opens the store and logs

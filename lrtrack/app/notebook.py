@@ -29,6 +29,7 @@ from typing import Any
 
 from torch import nn
 
+from lrtrack.app.where import ui_hint
 from lrtrack.engine.suggest import DEFAULT_RULE
 from lrtrack.tracking import layout
 from lrtrack.tracking.records import RangeCurve
@@ -87,11 +88,15 @@ class TrackedTraining:
 
 
 def _tracker(tracking_uri: str | None, experiment: str | None, model: nn.Module) -> Any:
+    from lrtrack.app.where import resolve_tracking_uri
     from lrtrack.tracking.runs import Tracker
-    from lrtrack.tracking.store import resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri, Path.cwd())
     return Tracker(uri, experiment or f"lrtrack-{type(model).__name__}")
+
+
+def _hint(tracker: Any, run: Any) -> str:
+    return ui_hint(tracker.tracking_uri, tracker.experiment_id, tracker.store_id(run.run_id))
 
 
 def _qualname(obj: Any) -> str:
@@ -177,7 +182,7 @@ def tracked_range_test(
                                 val_loader=val_loader, observer=run, progress=settings.pop("progress", False),
                                 **settings)
         layout.log_range_test(run, result, chosen_rule=suggestion, title=name)
-    log.info("range test logged: %s", tracker.ui_hint(tracker.store_id(run.run_id)))
+    log.info("range test logged: %s", _hint(tracker, run))
     return TrackedRangeTest(result, tracker.store_id(run.run_id), tracker.tracking_uri, tracker.experiment_name, suggestion)
 
 
@@ -257,7 +262,7 @@ def tracked_training(
                        progress=settings.pop("progress", False), **settings)
         curve = RangeCurve.from_result(range_test.result, range_test.run_id) if range_test else None
         layout.log_training(run, result, bounds=bounds, steps_per_epoch=steps_per_epoch, curve=curve, title=name)
-    log.info("training run logged: %s", tracker.ui_hint(tracker.store_id(run.run_id)))
+    log.info("training run logged: %s", _hint(tracker, run))
     return TrackedTraining(result, bounds, tracker.store_id(run.run_id), tracker.tracking_uri, tracker.experiment_name,
                            layout.final_metrics(result))
 

@@ -32,6 +32,7 @@ from lrtrack.app.components import (
     store_client,
 )
 from lrtrack.app.config import ConfigError, dry_run, validate
+from lrtrack.app.where import ui_hint
 from lrtrack.tracking import layout
 from lrtrack.tracking.records import RangeCurve, RunLookupError, read_range_test
 from lrtrack.tracking.redact import redact, redact_tree
@@ -135,7 +136,7 @@ class RangeTestRecipe:
                 outcome = self.train(parts, bounds, curve, pipeline.run_id)
                 pipeline.log_summary({"final_val_loss": outcome} if outcome is not None else {})
         if parts.tracker.enabled and self.job.sweep is None:
-            log.info("MLflow: %s", redact(parts.tracker.ui_hint()))
+            log.info("MLflow: %s", redact(ui_hint(parts.tracker.tracking_uri, parts.tracker.experiment_id)))
         return outcome
 
     def setup(self, tracker: Any = None) -> Components:

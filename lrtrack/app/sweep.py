@@ -158,10 +158,11 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not OmegaConf.select(config, "tracking.enabled", default=True):
             return
+        from lrtrack.app.where import resolve_tracking_uri
         from lrtrack.tracking.journal import new_run_id
         from lrtrack.tracking.redact import redact
         from lrtrack.tracking.runs import Tracker
-        from lrtrack.tracking.store import open_store, resolve_tracking_uri
+        from lrtrack.tracking.store import open_store
 
         self.started = time.monotonic()
         launch_dir = OmegaConf.select(config, "hydra.runtime.cwd") or os.getcwd()
@@ -200,28 +201,21 @@ class SweepCallback(Callback):
             failed = finish_sweep(ctx, self.tracker, self.run, aggregate_seeds=self.aggregate_seeds,
                                   wall_seconds=time.monotonic() - self.started)
         self.context = None
-        _print_review_hint(ctx)
+        _print_review_hint(ctx, self.tracker)
         if failed and self.exit_on_failure:
             print(f"lrtrack: error: {failed} sweep job(s) failed; see the FAILED runs under sweep run "
                   f"{ctx.run_id} (their {layout.ERROR_TAG} tag says why)", file=sys.stderr)
             sys.exit(EXIT_JOBS_FAILED)
 
 
-def _print_review_hint(ctx: SweepContext) -> None:
-    """The one review hint of a sweep (its jobs print none): the report command and the UI."""
+def _print_review_hint(ctx: SweepContext, tracker: Any) -> None:
+    """The one review hint of a sweep (its jobs print none): the report command and the UI (the
+    sweep's tracker, closed, knows the experiment's and the sweep run's ids in the store)."""
+    from lrtrack.app.where import ui_hint
     from lrtrack.tracking.redact import redact
-    from lrtrack.tracking.store import read_client
 
-    client = read_client(ctx.tracking_uri)
-    experiment = client.get_experiment_by_name(ctx.experiment_name)
-    try:
-        store_id = records.get_run(client, ctx.run_id).info.run_id
-    except LookupError:
-        store_id = ""
-    where = f"#/experiments/{experiment.experiment_id}/runs/{store_id}" if experiment else ""
     uri = ctx.tracking_uri
-    ui = (f"open {uri.rstrip('/')}/{where}" if uri.startswith(("http://", "https://"))
-          else f"mlflow ui --backend-store-uri {uri}\n  then open http://127.0.0.1:5000/{where}")
+    ui = ui_hint(uri, tracker.experiment_id, tracker.store_id(ctx.run_id))
     report = "python -m lrtrack.report" + ("" if uri.endswith("/mlflow.db") and "sqlite" in uri else
                                            f" --tracking-uri {uri}")
     log.info("sweep %s done. Compare its jobs on one page: %s %s --out report/\n"

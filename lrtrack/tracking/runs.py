@@ -264,7 +264,7 @@ class Tracker:
         self.experiment_name = experiment_name
         self.delivery_timeout_s = float(delivery_timeout_s)
         self.journal = Journal.create(spool_dir or Path.cwd() / "lrtrack-spool", tracking_uri, experiment_name)
-        self.experiment_id: str | None = None  # known once the relay has opened the store
+        self._experiment_id: str | None = None
         self._client: MlflowClient | None = None
         self._store_ids: dict[str, str] = {}
         self._closed = False
@@ -274,6 +274,11 @@ class Tracker:
         except OSError as err:  # cannot start a process: the journal waits for python -m lrtrack.deliver
             log.error("the tracking relay could not start (%s): tracking writes are kept in %s", err, self.journal.path)
         atexit.register(self._close_at_exit)
+
+    @property
+    def experiment_id(self) -> str | None:
+        """The experiment's id in the store, once the relay has opened it."""
+        return self._experiment_id or self.journal.load_state().get("experiment_id")
 
     @property
     def client(self) -> MlflowClient:
@@ -333,7 +338,7 @@ class Tracker:
         if relay is not None:
             self._stop_relay(relay, timeout_s)
         state = self.journal.load_state()
-        self.experiment_id = state.get("experiment_id")
+        self._experiment_id = state.get("experiment_id")
         self._store_ids = dict(state.get("ids", {}))
         pending = self._pending(state)
         rejected = self.journal.rejected() if self.journal.path.exists() else 0
@@ -398,18 +403,6 @@ class Tracker:
             if exc_type is None:
                 raise
             log.error("%s", err)  # do not hide the error that is already on its way
-
-    def ui_hint(self, run_id: str | None = None) -> str:
-        """The command that opens these runs, and the URL of the runs table (MLflow 3.x)."""
-        if self.tracking_uri.startswith(("http://", "https://")):
-            base, command = self.tracking_uri.rstrip("/"), ""
-        else:
-            base, command = "http://127.0.0.1:5000", f"mlflow ui --backend-store-uri {self.tracking_uri}"
-        experiment = self.experiment_id or self.journal.load_state().get("experiment_id")
-        url = f"{base}/#/experiments/{experiment}/runs" if experiment else f"{base}/#/experiments"
-        if run_id and experiment:
-            url += f"/{run_id}"
-        return f"{command}\n  then open {url}" if command else f"open {url}"
 
 
 @contextlib.contextmanager

@@ -1,20 +1,14 @@
 """The tracking store: check it before anything runs, open (or create) it, find the experiment.
 
-- :func:`preflight` checks the store before anything is loaded (a writable sqlite folder, an
-  MLflow server that answers within a short timeout, a supported URI) and raises
-  :class:`TrackingUnavailable`, one line naming the URI, the problem and the fix. MLflow is not
-  imported, so the job pays nothing for it.
-- :func:`open_store` creates a fresh sqlite store under a file lock (``<db>.lock``), so plain runs,
-  sweep jobs and torchrun ranks may start at once on a new file; a fresh store is a copy of an
-  empty template when this machine has one (MLflow's migrations take seconds; see
-  :func:`copy_template`).
+- :func:`preflight` checks the store without importing MLflow, and raises :class:`TrackingUnavailable`:
+  one line naming the URI, the problem and the fix.
+- :func:`open_store` creates a fresh sqlite store under a file lock, so jobs and torchrun ranks may
+  start at once on a new file, from an empty template when this machine has one (see below).
 - :func:`is_transient` tells "the store is away, try again later" from "this write is wrong".
 
-MLflow's own HTTP retries are unbounded in practice (7 retries with a backoff factor of 2: about
-4 minutes a call against a dead server). :func:`open_store` for an ``http(s)`` URI therefore sets
-``MLFLOW_HTTP_REQUEST_MAX_RETRIES=2``, ``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR=1`` and
-``MLFLOW_HTTP_REQUEST_TIMEOUT=10`` in the process environment unless they are already set (a value
-the user set wins); importing this module changes nothing. Delivery's own backoff does the rest.
+MLflow's own HTTP retries take about 4 minutes a call against a dead server, so a client on an
+``http(s)`` store bounds them (:data:`HTTP_LIMITS`, set in the process environment then, unless the
+user set them; importing this module changes nothing). Delivery's own backoff does the rest.
 """
 
 from __future__ import annotations
@@ -45,9 +39,6 @@ PERMANENT_CODES = frozenset({
     "INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS", "INVALID_STATE",
     "BAD_REQUEST", "ENDPOINT_NOT_FOUND", "MALFORMED_REQUEST", "NOT_IMPLEMENTED",
 })
-
-
-
 HTTP_LIMITS = {  # set (unless already set) when an http(s) store is opened
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -66,34 +57,14 @@ class TrackingUnavailable(ValueError):
     """The tracking store cannot be used; the message names the URI, the problem and the fix."""
 
 
-def resolve_tracking_uri(configured: str | None, launch_dir: str | Path) -> str:
-    """``MLFLOW_TRACKING_URI`` when set, else the configured URI, else ``<launch_dir>/mlflow.db``.
-
-    A relative sqlite path would land in Hydra's per-run output folder, so the default is an
-    absolute path in the folder the command was started from.
-    """
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
-        return env
-    if configured:
-        return configured
-    return f"sqlite:///{Path(launch_dir).resolve() / 'mlflow.db'}"
-
-
 # ---------------------------------------------------------------------- pre-flight
 
 
 def preflight(uri: str, timeout_s: float = 10.0) -> None:
-    """Check that the tracking store at ``uri`` can be used, within about ``timeout_s`` seconds.
-
-    sqlite: the folder exists and is writable, the disk is not full, an existing file is
-    writable and is an SQLite database. http(s): an MLflow server answers its REST API (one
-    request with a short connect timeout, no retries). Database URIs: the host accepts a TCP
-    connection. Nothing is created and MLflow is not imported.
-
-    Raises:
-        TrackingUnavailable: one line naming the URI (credentials masked), the problem and the fix.
-    """
+    """Check that the tracking store at ``uri`` can be used, within about ``timeout_s`` seconds:
+    sqlite, a writable folder with free space and no other kind of file there; http(s), an MLflow
+    server answering its REST API (no retries); a database URI, a host that accepts a connection.
+    Nothing is created. Raises :class:`TrackingUnavailable` (credentials masked in its message)."""
     scheme = uri.split(":", 1)[0].lower() if ":" in uri else ""
     base = scheme.split("+", 1)[0]
     if base == "sqlite":
@@ -294,26 +265,25 @@ def store_lock(uri: str, timeout_s: float = 120.0) -> Iterator[None]:
 
 
 def open_store(uri: str) -> MlflowClient:
-    """An ``MlflowClient`` for ``uri`` whose store exists.
+    """A client for ``uri`` whose store exists: a fresh sqlite file is created under
+    :func:`store_lock`, so several processes may open the same new store at once."""
+    path = sqlite_path(uri)
+    with store_lock(uri):
+        fresh = path is not None and not path.exists()
+        copied = fresh and copy_template(path)  # type: ignore[arg-type]
+        client = read_client(uri)  # an sqlite store creates its tables here (unless copied)
+        if fresh and not copied:
+            save_template(path)  # type: ignore[arg-type]
+    return client
 
-    A fresh sqlite file is created under :func:`store_lock`, so several processes may open the
-    same new store at once: copied from an empty template when this machine has one for this
-    MLflow version, else by MLflow's migrations (and then saved as that template; see
-    :func:`copy_template`). For ``http(s)`` the process's MLflow HTTP retries are bounded
-    first (:func:`bound_http_retries`).
-    """
+
+def read_client(uri: str) -> MlflowClient:
+    """A client for ``uri`` (HTTP retries bounded), to read a store that exists: the report, a sweep's summary."""
     from mlflow.tracking import MlflowClient
 
     if uri.lower().startswith(("http://", "https://")):
         bound_http_retries()
-    path = sqlite_path(uri)
-    with store_lock(uri):
-        fresh = path is not None and not path.exists()
-        copied = fresh and path is not None and copy_template(path)
-        client = MlflowClient(tracking_uri=uri)  # an sqlite store creates its tables here (unless copied)
-        if fresh and not copied and path is not None:
-            save_template(path)
-    return client
+    return MlflowClient(tracking_uri=uri)
 
 
 
@@ -368,7 +338,6 @@ def describe(err: BaseException) -> str:
             return f"HTTP {code}"
     first = text.splitlines()[0] if text else type(err).__name__
     return redact(first)[:160]
-
 
 
 # ---------------------------------------------------------------------- fresh sqlite stores from a template
@@ -446,12 +415,3 @@ def save_template(fresh_store: Path) -> None:
         log.debug("no store template saved (%s)", err)
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
-
-
-def read_client(uri: str) -> MlflowClient:
-    """A client to read an existing store (the report, a sweep's summary); creates nothing."""
-    from mlflow.tracking import MlflowClient
-
-    if uri.lower().startswith(("http://", "https://")):
-        bound_http_retries()
-    return MlflowClient(tracking_uri=uri)
