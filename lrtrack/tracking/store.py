@@ -222,12 +222,6 @@ def http_answers(uri: str, timeout_s: float = 3.0) -> bool:
 # ---------------------------------------------------------------------- the store
 
 
-def bound_http_retries() -> None:
-    """Bound MLflow's HTTP retries for this process (see the module docstring); user values win."""
-    for name, value in HTTP_LIMITS.items():
-        os.environ.setdefault(name, value)
-
-
 @contextlib.contextmanager
 def store_lock(uri: str, timeout_s: float = 120.0) -> Iterator[None]:
     """Hold ``<db>.lock`` (``fcntl.flock``) for an sqlite store; nothing for other stores.
@@ -270,21 +264,22 @@ def open_store(uri: str) -> MlflowClient:
     path = sqlite_path(uri)
     with store_lock(uri):
         fresh = path is not None and not path.exists()
-        copied = fresh and copy_template(path)  # type: ignore[arg-type]
+        copied = fresh and path is not None and copy_template(path)
         client = read_client(uri)  # an sqlite store creates its tables here (unless copied)
-        if fresh and not copied:
-            save_template(path)  # type: ignore[arg-type]
+        if fresh and not copied and path is not None:
+            save_template(path)
     return client
 
 
 def read_client(uri: str) -> MlflowClient:
-    """A client for ``uri`` (HTTP retries bounded), to read a store that exists: the report, a sweep's summary."""
+    """A client for ``uri``, to read a store that exists (the report, a sweep's summary); for an
+    ``http(s)`` store, this process's MLflow HTTP retries are bounded first (user values win)."""
     from mlflow.tracking import MlflowClient
 
     if uri.lower().startswith(("http://", "https://")):
-        bound_http_retries()
+        for name, value in HTTP_LIMITS.items():
+            os.environ.setdefault(name, value)
     return MlflowClient(tracking_uri=uri)
-
 
 
 def ensure_experiment(client: MlflowClient, name: str) -> str:
