@@ -29,6 +29,43 @@ class UserError(Exception):
     """A problem the user can fix, found while running (missing data, a wrong run id): one line."""
 
 
+class NullRun:
+    """A run that records nothing: what the recipe uses with ``tracking.enabled=false``."""
+
+    run_id: str | None = None
+    enabled = False
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith(("log_", "set_", "on_")) or name == "end":
+            return lambda *args, **kwargs: None
+        raise AttributeError(name)
+
+    def __enter__(self) -> NullRun:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+
+class NullTracker:
+    """No tracking (``tracking.enabled=false``): its runs record nothing."""
+
+    enabled = False
+    undelivered: Path | None = None
+
+    def start_run(self, name: str, **kwargs: Any) -> NullRun:
+        return NullRun()
+
+    def close(self, timeout_s: float | None = None) -> None:
+        pass
+
+    def __enter__(self) -> NullTracker:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+
 @dataclass
 class Components:
     """What set-up builds: data, model, optimizer, loss, step, metric, and where runs go."""
@@ -90,7 +127,7 @@ class ComponentBuilder:
         journal until the relay has delivered it."""
         from lrtrack.app.where import resolve_tracking_uri
         from lrtrack.engine.launcher_env import launch_rank
-        from lrtrack.tracking.runs import JournalError, NullTracker, Tracker
+        from lrtrack.tracking.runs import JournalError, Tracker
         from lrtrack.tracking.store import TrackingUnavailable, preflight
 
         t = self.cfg.tracking

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from lrtrack.app.components import (
     ComponentBuilder,
     Components,
+    NullRun,
     UserError,
     recording_errors,
     store_client,
@@ -268,8 +269,6 @@ class RangeTestRecipe:
     @contextmanager
     def _pipeline_run(self, parts: Components) -> Iterator[Any]:
         """The job's parent run (only when it has two stages, or belongs to a sweep)."""
-        from lrtrack.tracking.runs import NullRun
-
         sweep = self.job.sweep
         if not parts.tracker.enabled or (self.cfg.stage != "all" and sweep is None):
             yield NullRun()

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from lrtrack.app.components import Components, UserError, recording_errors, store_client
+from lrtrack.app.components import Components, NullRun, UserError, recording_errors, store_client
 from lrtrack.tracking import records
 from lrtrack.tracking.layout import flatten
 from lrtrack.tracking.redact import redact
@@ -64,8 +64,6 @@ def resume(recipe: RangeTestRecipe, parts: Components) -> float | None:
 def _resume(recipe: RangeTestRecipe, parts: Components, run_id: str) -> float | None:
     from lrtrack.engine.schedules import Bounds
     from lrtrack.tracking.journal import owner_alive
-    from lrtrack.tracking.runs import NullRun
-
     tracker = parts.tracker
     client = store_client(tracker)
     try:

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from mlflow.tracking import MlflowClient
 
-__all__ = ["DeliveryError", "JournalError", "NullRun", "NullTracker", "TrackedRun", "Tracker", "resume_lock"]
+__all__ = ["DeliveryError", "JournalError", "TrackedRun", "Tracker", "resume_lock"]
 
 log = logging.getLogger(__name__)
 
@@ -200,43 +200,6 @@ class TrackedRun:
             self.end("KILLED")
         else:
             self.end("FAILED")
-
-
-class NullRun:
-    """A run that records nothing: what the recipe uses with ``tracking.enabled=false``."""
-
-    run_id: str | None = None
-    enabled = False
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith(("log_", "set_", "on_")) or name == "end":
-            return lambda *args, **kwargs: None
-        raise AttributeError(name)
-
-    def __enter__(self) -> NullRun:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        pass
-
-
-class NullTracker:
-    """No tracking (``tracking.enabled=false``): its runs record nothing."""
-
-    enabled = False
-    undelivered: Path | None = None
-
-    def start_run(self, name: str, **kwargs: Any) -> NullRun:
-        return NullRun()
-
-    def close(self, timeout_s: float | None = None) -> None:
-        pass
-
-    def __enter__(self) -> NullTracker:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        pass
 
 
 class Tracker:
