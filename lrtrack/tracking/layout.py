@@ -296,18 +296,11 @@ def log_sweep_summary(run: Any, rows: Sequence[Mapping[str, Any]], columns: Sequ
 
 def log_seed_aggregate(tracker: Any, parent_run_id: str, agg: SeedAggregate, *,
                        name: str, group: str, rule: str, seed_run_ids: Sequence[str]) -> str:
-    """Log a ``range_test_seeds`` run under ``parent_run_id``: each rule's suggestion over the seeds
-    (``suggested_lr/<rule>`` the median, plus ``/min``, ``/max``, ``/log10_iqr``, ``/n``), the median
-    curve as its range-test history, each seed's curve and suggestions, and the figure.
-
-    The suggestions are each seed's *logged* ones (``agg.per_seed``), not re-read from the median
-    curve: ``confirmed`` comes from each seed's probes and has no curve to be computed from. The
-    chosen ``rule``'s median is also ``suggested_lr``; the ``lrtrack.suggestion.<rule>`` tags hold
-    each median, or why there is none.
-
-    Returns:
-        The run's id (lrtrack's); the run ends FINISHED, or FAILED (re-raising) when logging fails.
-    """
+    """Log a ``range_test_seeds`` run under ``parent_run_id``; returns its id (lrtrack's). It holds
+    each rule's suggestion over the seeds (``suggested_lr/<rule>`` the median, plus ``/min``, ``/max``,
+    ``/log10_iqr``, ``/n``; the chosen ``rule``'s median is also ``suggested_lr``), the median curve
+    as its range-test history, each seed's curve and suggestions, and the figure. The suggestions
+    are each seed's *logged* ones: ``confirmed`` comes from each seed's probes, not from a curve."""
     from lrtrack.engine.plots import seeds_figure
     from lrtrack.engine.seeds import HISTORY_COLUMNS
 

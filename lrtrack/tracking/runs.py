@@ -206,10 +206,8 @@ class Tracker:
     """A journal for one job, the relay that delivers it, and the runs logged into it.
 
     Args:
-        tracking_uri: e.g. ``sqlite:////abs/path/mlflow.db`` or ``http://127.0.0.1:5000``.
-        experiment_name: created when missing (by the relay).
-        spool_dir: the folder the journal is made in (a sub-folder per tracker); default
-            ``./lrtrack-spool``. The recipe passes the job's output folder.
+        tracking_uri, experiment_name: the store, and the experiment (created when missing).
+        spool_dir: the folder the journal is made in (a sub-folder per tracker; default ``./lrtrack-spool``).
         delivery_timeout_s: how long :meth:`close` (or the relay, when the job died) waits for a
             store that is away.
 
@@ -287,12 +285,9 @@ class Tracker:
 
     def close(self, timeout_s: float | None = None) -> None:
         """Tell the relay the journal is complete and wait (at most ``timeout_s``, default
-        ``delivery_timeout_s``) until it is delivered; then remove the journal. Idempotent.
-
-        Raises:
-            DeliveryError: something was not delivered; ``str(err)`` is the line to show (it names
-                the journal and the ``python -m lrtrack.deliver`` command). Exit non-zero.
-        """
+        ``delivery_timeout_s``) until it is delivered; then remove the journal. Idempotent. Raises
+        :class:`DeliveryError` when something was not delivered: its message, the line to show, names
+        the journal and the ``python -m lrtrack.deliver`` command."""
         if self._closed:
             return
         self._closed = True
@@ -370,12 +365,8 @@ class Tracker:
 
 @contextlib.contextmanager
 def resume_lock(tracking_uri: str, run_id: str) -> Iterator[None]:
-    """Hold this host's lock on resuming ``run_id`` of ``tracking_uri``, so a second ``train.resume``
-    of the same run is refused instead of training into it at the same time.
-
-    Raises:
-        RuntimeError: another process holds it (the message names it).
-    """
+    """Hold this host's lock on resuming ``run_id`` of ``tracking_uri``: a second ``train.resume`` of
+    the same run gets a RuntimeError naming the holder instead of training into it at the same time."""
     import fcntl
 
     key = hashlib.sha1(f"{tracking_uri}\n{run_id}".encode()).hexdigest()[:20]

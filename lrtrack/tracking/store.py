@@ -224,11 +224,8 @@ def http_answers(uri: str, timeout_s: float = 3.0) -> bool:
 
 @contextlib.contextmanager
 def store_lock(uri: str, timeout_s: float = 120.0) -> Iterator[None]:
-    """Hold ``<db>.lock`` (``fcntl.flock``) for an sqlite store; nothing for other stores.
-
-    Raises:
-        TrackingUnavailable: the lock could not be taken within ``timeout_s``.
-    """
+    """Hold ``<db>.lock`` (``fcntl.flock``) for an sqlite store, nothing for other stores;
+    :class:`TrackingUnavailable` when it cannot be had within ``timeout_s``."""
     path = sqlite_path(uri)
     if path is None:
         yield
@@ -302,13 +299,10 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
 
 
 def is_transient(err: BaseException) -> bool:
-    """True when ``err`` means the store is unreachable or unwell, so the write may succeed later.
-
-    MLflow reports a refused connection, a timeout and a 5xx reply as ``MlflowException``
-    (``INTERNAL_ERROR``, ``TEMPORARILY_UNAVAILABLE``); a locked, read-only or full sqlite file
-    as ``TEMPORARILY_UNAVAILABLE``; file and socket errors are ``OSError`` (``requests``'
-    errors included). A write the store rejects (``INVALID_PARAMETER_VALUE``...) is permanent.
-    """
+    """True when ``err`` means the store is unreachable or unwell, so the write may succeed later:
+    MLflow reports a refused connection, a timeout, a 5xx reply or a locked, read-only or full sqlite
+    file as an ``MlflowException`` with a code not in :data:`PERMANENT_CODES`; file and socket errors
+    are ``OSError`` (``requests``' included)."""
     from mlflow.exceptions import MlflowException
 
     if isinstance(err, MlflowException):
