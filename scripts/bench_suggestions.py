@@ -57,6 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_tasks import CALIBRATION, HELD_OUT, Task, all_tasks  # noqa: E402
 
+from lrtrack.engine import probes as probes_module  # noqa: E402
 from lrtrack.engine.finder import RangeTestResult  # noqa: E402
 from lrtrack.engine.suggest import CONFIRMED_MARGIN, DEFAULT_RULE, RULES  # noqa: E402
 
@@ -102,7 +103,39 @@ def test_row(r: RangeTestResult, num_iter: int) -> dict[str, Any]:
             "reasons": list(r.confidence_reasons), "extra_steps": r.extra_steps, "actions": list(r.extra_actions),
             "steps": r.total_steps, "cost": r.total_steps / num_iter, "tests": max(1, len(r.repeats)),
             "edge": r.edge_lr, "rules": {rule: s.lr for rule, s in r.suggestions.items()},
-            "probes": [[p.lr, p.score] for p in r.probes]}
+            "probes": [[p.lr, p.score] for p in r.probes], "first_lr": _first_answer(r),
+            "probe_progress": _probe_progress(r)}
+
+
+def _probe_progress(r: RangeTestResult) -> float | None:
+    """The best probe's progress as a share of the start loss (the smallest over the repeats)."""
+    shares = []
+    for x in r.repeats or (r,):
+        finite = [p.score for p in x.probes if math.isfinite(p.score)]
+        if finite:
+            start = x.probes[0].losses[0]
+            shares.append((start - min(finite)) / max(abs(start), 1e-12))
+    return min(shares) if shares else None
+
+
+def _first_answer(r: RangeTestResult) -> float | None:
+    """The answer before the extra tests of a low verdict (the geometric median of the planned tests)."""
+    if not r.extra_steps or not r.repeats:
+        return r.suggestions[DEFAULT_RULE].lr
+    planned = [x for x in r.repeats if x.steps + x.probe_steps][: len(r.repeats) - _extra_count(r)]
+    lrs = [x.suggestions[DEFAULT_RULE].lr for x in planned if x.suggestions[DEFAULT_RULE].lr]
+    return geo_median(lrs) if lrs else None
+
+
+def _extra_count(r: RangeTestResult) -> int:
+    """How many of ``r.repeats`` were extra tests (from their steps: the extra ones are the last)."""
+    n, steps = 0, 0
+    for x in reversed(r.repeats):
+        if steps >= r.extra_steps:
+            break
+        steps += x.steps + x.probe_steps
+        n += 1
+    return n
 
 
 def evaluate_task(task: Task, rt_seeds: Sequence[int], log: Callable[[str], None],
@@ -140,6 +173,7 @@ def evaluate_task(task: Task, rt_seeds: Sequence[int], log: Callable[[str], None
                       for v in task.lr_free}
     for t in tests:
         t["regret_interp"] = grid[oracle_lr] - interpolate(grid, t["lr"]) if t["lr"] else None
+        t["regret_first"] = grid[oracle_lr] - interpolate(grid, t["first_lr"]) if t["first_lr"] else None
     out["seconds"] = {"grid": t1 - t0, "range_tests": t2 - t1, "all": time.perf_counter() - t0}
     low = sum(t["confidence"] == "low" for t in tests)
     log(f"{task.name} [{task.half}]: oracle {grid[oracle_lr]:.4g} at {oracle_lr:.3g}; {DEFAULT_RULE} "
@@ -396,6 +430,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--check", action="store_true", help="exit 1 when a held-out target fails")
     p.add_argument("--calibrate", action="store_true", help="print the margin's calibration on the calibration half")
     p.add_argument("--probe-steps", type=int, default=None, help="finder probe_steps (default: the engine's)")
+    p.add_argument("--probe-budget", type=float, default=None,
+                   help="the probes' budget as a share of num_iter (default: the engine's PROBE_BUDGET)")
+    p.add_argument("--extra-repeats", type=int, default=None, help="extra tests on a low verdict (default: the engine's)")
+    p.add_argument("--max-up", type=int, default=None, help="half-octave rungs the probes climb above the edge "
+                   "(default: the engine's MAX_UP; calibration only)")
+    p.add_argument("--probe-tol", type=float, default=None, help="a good probe's share of the best progress "
+                   "(default: the engine's TOLERANCE; calibration only)")
     p.add_argument("--no-cache", action="store_true", help="train the grids again (ignore grid_cache.json)")
     return p.parse_args(argv)
 
@@ -422,7 +463,12 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cache = out / "grid_cache.json"
-    settings = {} if args.probe_steps is None else {"probe_steps": args.probe_steps}
+    settings = {k: v for k, v in (("probe_steps", args.probe_steps), ("probe_budget", args.probe_budget),
+                                  ("extra_repeats", args.extra_repeats)) if v is not None}
+    if args.max_up is not None:
+        probes_module.MAX_UP = args.max_up
+    if args.probe_tol is not None:
+        probes_module.TOLERANCE = args.probe_tol
     tasks = all_tasks(Path(args.mnist_root), quick=args.quick)
     tasks = [t for t in tasks if (not args.tasks or any(t.name.startswith(p) for p in args.tasks))
              and (args.half is None or t.half == args.half)]

@@ -208,19 +208,29 @@ def test_repeats_that_disagree_give_a_low_verdict() -> None:
     assert not any(r.startswith("repeats disagree") for r in agree.confidence_reasons)
 
 
-def test_a_low_verdict_runs_extra_tests_and_says_what_it_did(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Two Adam repeats that disagree spend EXTRA_REPEATS more tests; the answer is the median of all."""
+def _fake_tests(monkeypatch: pytest.MonkeyPatch, answers: list[float | None]) -> None:
+    """run_range_test replaced by hand-made 50-step results with these answers, in turn."""
     import lrtrack.engine.repeats as repeats_mod
 
-    answers = iter([0.01, 0.1, 0.03, 0.03])
+    left = iter(answers)
     curve = [3.0 - 0.02 * i for i in range(40)] + [2.2 + 0.5 * i for i in range(10)]
 
     def fake(*args: object, **kwargs: object) -> RangeTestResult:
-        r = _result(curve, {"confirmed": next(answers)}, edge=None)
+        answer = next(left)
+        r = _result(curve, {"confirmed": answer}, edge=None)
+        reasons = [] if answer else ["no confirmed answer: no probe lowered the loss"]
         return RangeTestResult(**{**r.__dict__, "lrs": [10 ** (i / 10 - 3) for i in range(50)],
-                                  "group_lrs": [[10 ** (i / 10 - 3)] for i in range(50)]})
+                                  "group_lrs": [[10 ** (i / 10 - 3)] for i in range(50)],
+                                  "confidence": "low" if reasons else "high", "confidence_reasons": reasons})
 
     monkeypatch.setattr(repeats_mod, "run_range_test", fake)
+
+
+def test_a_low_verdict_without_an_answer_runs_extra_tests_and_says_what_it_did(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two Adam repeats without an answer spend EXTRA_REPEATS more tests; the answer is the median of all."""
+    import lrtrack.engine.repeats as repeats_mod
+
+    _fake_tests(monkeypatch, [None, None, 0.03, 0.03])
     model, x, y = _task()
     result = run_repeated_range_test(model, torch.optim.Adam(model.parameters()), InMemoryLoader(x, y, 32),
                                      criterion=nn.CrossEntropyLoss())
@@ -228,6 +238,14 @@ def test_a_low_verdict_runs_extra_tests_and_says_what_it_did(monkeypatch: pytest
     assert result.suggestions["confirmed"].lr == pytest.approx(0.03)
     assert result.extra_steps == 2 * 50
     assert result.total_steps == 4 * 50
-    assert "repeats disagree" in result.extra_actions[0] and "ran 2 more range tests" in result.extra_actions[0]
-    # four answers 0.01, 0.1, 0.03, 0.03: the median 0.03; they still spread 10x, so the verdict stays low
+    assert "no confirmed answer" in result.extra_actions[0] and "ran 2 more range tests" in result.extra_actions[0]
+
+
+def test_repeats_that_disagree_are_a_low_verdict_but_spend_no_extra_tests(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the calibration half more tests left such answers' regret where it was (confidence.FIXABLE)."""
+    _fake_tests(monkeypatch, [0.01, 0.1, 0.03, 0.03])
+    model, x, y = _task()
+    result = run_repeated_range_test(model, torch.optim.Adam(model.parameters()), InMemoryLoader(x, y, 32),
+                                     criterion=nn.CrossEntropyLoss())
+    assert len(result.repeats) == 2 and result.extra_steps == 0 and result.extra_actions == []
     assert result.confidence == "low" and result.confidence_reasons[0].startswith("repeats disagree")

@@ -43,6 +43,11 @@ from lrtrack.engine.suggest import DEFAULT_RULE, Edge, Suggestion, find_edge, su
 
 log = logging.getLogger(__name__)
 
+#: Each probe's steps at most (``probe_steps=None``: ``min(PROBE_STEPS, max(4, num_iter // 5))``).
+PROBE_STEPS = 20
+#: The probes' step budget, as a share of ``num_iter`` (``probe_budget=None``).
+PROBE_BUDGET = 1.0
+
 STEP_MODES: tuple[str, ...] = ("exp", "linear")
 
 STOP_COMPLETED = "completed"
@@ -606,6 +611,7 @@ def run_range_test(
     progress: bool = True,
     restore: bool = True,
     probe_steps: int | None = None,
+    probe_budget: float | None = None,
     policy: RangeTestPolicy | None = None,
 ) -> RangeTestResult:
     """Run the learning-rate range test and return what it measured.
@@ -649,9 +655,10 @@ def run_range_test(
         progress: show a tqdm bar (only on a terminal).
         restore: put the model, optimizer and RNG state back afterwards (:class:`StateSnapshot`).
         probe_steps: steps of each fixed-LR probe of the confirmation stage (the ``confirmed``
-            suggestion); None: ``min(20, max(4, num_iter // 5))``; 0: no probes. The probes
-            start from the restored state (so they need ``restore=True``), run on the same
-            batches, and take at most ``num_iter`` steps in all (``result.probe_steps``).
+            suggestion); None: ``min(PROBE_STEPS, max(4, num_iter // 5))``; 0: no probes. The
+            probes start from the restored state (so they need ``restore=True``), run on the same
+            batches, and take at most ``probe_budget * num_iter`` steps in all (``result.probe_steps``).
+        probe_budget: the probes' step budget as a share of ``num_iter``; None: :data:`PROBE_BUDGET`.
         policy: torch-lr-finder 0.2.2's behaviour for lrtrack.compat; leave None.
 
     Returns:
@@ -662,6 +669,9 @@ def run_range_test(
     policy = policy if policy is not None else RangeTestPolicy()
     _check_settings(criterion, step_fn, smoothing, diverge_th, accumulation_steps, policy)
     steps = _probe_steps(probe_steps, num_iter)
+    share = PROBE_BUDGET if probe_budget is None else float(probe_budget)
+    if not (math.isfinite(share) and share > 0):
+        raise ValueError(f"probe_budget must be a share of num_iter > 0 or None (auto); got {probe_budget!r}")
     base_lrs = [float(g["lr"]) for g in optimizer.param_groups]
     starts = base_lrs if start_lr is None else _per_group(start_lr, base_lrs, "start_lr")
     ends = _per_group(end_lr, base_lrs, "end_lr")
@@ -677,13 +687,13 @@ def run_range_test(
         observer=observer if observer is not None else NullObserver(),
     )
     probes, notes = _execute(test, StateSnapshot(model, optimizer) if restore else None, train_loader, val_loader,
-                             val_batches, progress, steps)
+                             val_batches, progress, steps, max(steps, round(share * num_iter)))
     return test.result(step_mode, starts[0], ends[0], probes, notes)
 
 
 def _execute(test: _RangeTest, snapshot: StateSnapshot | None, train_loader: Iterable[Any],
              val_loader: Iterable[Any] | None, val_batches: int | None, progress: bool,
-             probe_steps: int) -> tuple[list[Probe], list[str] | None]:
+             probe_steps: int, budget: int) -> tuple[list[Probe], list[str] | None]:
     """The sweep, then the confirmation probes (with a snapshot); the state restored whatever happens.
 
     Returns the probes and their confidence reasons (None when no probes were run)."""
@@ -693,7 +703,7 @@ def _execute(test: _RangeTest, snapshot: StateSnapshot | None, train_loader: Ite
         batches = _cycle(train_loader)
         test.run(batches, progress)
         if snapshot is not None and probe_steps and test.stop_reason != STOP_INTERRUPTED:
-            probes = _confirm(test, snapshot, batches, probe_steps, budget=len(test.grids[0]))
+            probes = _confirm(test, snapshot, batches, probe_steps, budget=budget)
     finally:
         if snapshot is not None:
             snapshot.restore()
@@ -702,7 +712,7 @@ def _execute(test: _RangeTest, snapshot: StateSnapshot | None, train_loader: Ite
 
 def _probe_steps(probe_steps: int | None, num_iter: int) -> int:
     if probe_steps is None:
-        return min(20, max(4, num_iter // 5))
+        return min(PROBE_STEPS, max(4, num_iter // 5))
     if isinstance(probe_steps, bool) or not isinstance(probe_steps, int) or probe_steps < 0:
         raise ValueError(f"probe_steps must be an integer >= 0 (0: no probes) or None (auto); got {probe_steps!r}")
     return probe_steps

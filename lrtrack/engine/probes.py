@@ -69,14 +69,15 @@ class Probe:
                 "diverged": self.diverged}
 
 
-def good_probes(probes: Sequence[Probe], tol: float = TOLERANCE) -> tuple[list[Probe], float, float]:
-    """The probes that train about as well as the best one.
+def good_probes(probes: Sequence[Probe], tol: float | None = None) -> tuple[list[Probe], float, float]:
+    """The probes that train about as well as the best one (``tol`` None: :data:`TOLERANCE`).
 
     Returns:
         ``(good, best_score, threshold)``: ``good`` holds every probe whose score is at most
         ``best + tol * (start - best)``, where ``start`` is the loss at the start weights (every
         probe's first loss). Empty when no probe lowered the loss.
     """
+    tol = TOLERANCE if tol is None else tol
     finite = [p for p in probes if math.isfinite(p.score)]
     if not finite:
         return [], math.inf, math.inf
@@ -112,16 +113,18 @@ class ProbeSearch:
             down: a probe that diverged or ended above the start says nothing about the LRs
             below it (stopping there left ``confirmed`` without an answer).
         tol: see :func:`good_probes`.
-        max_up: half-octave rungs above ``top_lr`` at most (4: up to 4x the edge).
+        max_up: half-octave rungs above ``top_lr`` at most (None: :data:`MAX_UP`).
     """
 
     def __init__(self, top_lr: float, *, lowest_lr: float, max_probes: int = MAX_PROBES,
-                 patience: int = PATIENCE, tol: float = TOLERANCE, max_up: int = MAX_UP) -> None:
+                 patience: int = PATIENCE, tol: float | None = None, max_up: int | None = None) -> None:
         if not (math.isfinite(top_lr) and top_lr > 0):
             raise ValueError(f"top_lr must be a finite positive LR; got {top_lr!r}")
         self.top = float(top_lr)
         self.lowest = lowest_lr
-        self.max_probes, self.patience, self.tol, self.max_up = max_probes, patience, tol, max_up
+        self.max_probes, self.patience = max_probes, patience
+        self.tol = TOLERANCE if tol is None else tol
+        self.max_up = MAX_UP if max_up is None else max_up
         self.probes: list[Probe] = []
         self._rungs: list[int | None] = []  # the rung of every probe (None: the refinement)
         self._phase = "up"
@@ -212,7 +215,7 @@ class ProbeSearch:
         return choose(self.probes, self.tol)
 
 
-def choose(probes: Sequence[Probe], tol: float = TOLERANCE) -> tuple[Probe | None, str]:
+def choose(probes: Sequence[Probe], tol: float | None = None) -> tuple[Probe | None, str]:
     """The largest probed LR that trains about as well as the best probe (see :func:`good_probes`).
 
     Returns:
@@ -231,11 +234,11 @@ def choose(probes: Sequence[Probe], tol: float = TOLERANCE) -> tuple[Probe | Non
                       f"{lowest:.3g}); the loss may be flat, or the probes too short (probe_steps)")
     chosen = max(good, key=lambda p: p.lr)
     return chosen, (f"{len(probes)} fixed-LR probes of {probes[0].planned} steps from the start: lr "
-                    f"{chosen.lr:.3g} is the largest within {tol:g} of the best progress "
+                    f"{chosen.lr:.3g} is the largest within {TOLERANCE if tol is None else tol:g} of the best progress "
                     f"(loss {chosen.score:.4g}; best {best:.4g})")
 
 
-def good_limit(probes: Sequence[Probe], tol: float = TOLERANCE) -> tuple[float | None, str]:
+def good_limit(probes: Sequence[Probe], tol: float | None = None) -> tuple[float | None, str]:
     """The largest LR that trains about as well as the best probe, between the probed LRs.
 
     From the largest good probe (:func:`choose`) towards the next probe above it, the loss is
