@@ -150,11 +150,19 @@ def test_range_test_run_is_tracked(tmp_path: Path) -> None:  # in an empty folde
     assert {"min_loss", "min_loss_lr", "steps"} <= set(run.data.metrics)
     # Summary values are one point at step 0 (MLflow's chart view draws those as bars, not as
     # one-dot line charts among the step series); log10_lr is per step, the x for loss vs LR.
-    per_step = {"lr", "loss", "loss_smoothed", "log10_lr"}
+    # A low-confidence verdict runs extra range tests, each logged per step under repeat_<i>/.
+    per_step = {"lr", "loss", "loss_smoothed", "log10_lr"} | {k for k in run.data.metrics if k.startswith("repeat_")}
     summary = set(run.data.metrics) - per_step
-    assert {"min_loss", "min_loss_lr", "steps", "probe_steps", "probes", "repeats"} <= summary
+    assert {"min_loss", "min_loss_lr", "steps", "probe_steps", "probes", "repeats", "total_steps",
+            "extra_steps"} <= summary
     assert summary <= {"suggested_lr", "edge_lr", "min_loss", "min_loss_lr", "steps", "probe_steps", "probes",
-                       "repeats", *(f"suggested_lr/{rule}" for rule in ("confirmed", *rules))}, summary
+                       "repeats", "total_steps", "extra_steps",
+                       *(f"suggested_lr/{rule}" for rule in ("confirmed", *rules))}, summary
+    # The confidence verdict: a tag, its reasons (or what the extra budget did), printed with the suggestion.
+    assert tags["lrtrack.confidence"] in ("high", "low")
+    assert (tags["lrtrack.confidence_reasons"] == "none") == (tags["lrtrack.confidence"] == "high"
+                                                               and run.data.metrics["extra_steps"] == 0)
+    assert f"confidence in the suggestion: {tags['lrtrack.confidence']}" in proc.stdout + proc.stderr
     assert {key: _steps(client, run.info.run_id, key) for key in summary} == {key: [0] for key in summary}
     log10_lr = sorted(client.get_metric_history(run.info.run_id, "log10_lr"), key=lambda m: m.step)
     assert [m.step for m in log10_lr] == list(range(steps))

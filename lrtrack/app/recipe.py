@@ -340,3 +340,7 @@ def _log_suggestions(result: Any) -> None:
     for rule, s in result.suggestions.items():
         shown = f"{s.lr:.3e}" if s.lr is not None and math.isfinite(s.lr) else f"no suggestion: {s.reason}"
         log.info("  %-8s %s", rule, shown)
+    why = f": {'; '.join(result.confidence_reasons)}" if result.confidence_reasons else ""
+    log.info("confidence in the suggestion: %s%s", result.confidence, why)
+    for action in result.extra_actions:  # what a low verdict spent before answering
+        log.info("  %s", action)

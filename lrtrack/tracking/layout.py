@@ -47,6 +47,8 @@ JOB_NUM_TAG = "lrtrack.job_num"
 STOP_REASON_TAG = "lrtrack.stop_reason"
 STOP_DETAIL_TAG = "lrtrack.stop_detail"
 SUGGESTION_RULE_TAG = "lrtrack.suggestion_rule"
+CONFIDENCE_TAG = "lrtrack.confidence"  # on a range test: high or low, and why (lrtrack.engine.confidence)
+CONFIDENCE_REASONS_TAG = "lrtrack.confidence_reasons"
 SUGGESTION_TAG_PREFIX = "lrtrack.suggestion."  # + rule: the LR, or why there is none
 DATA_TAG = "lrtrack.data"
 DATA_SOURCE_TAG = "lrtrack.data_source"
@@ -175,6 +177,8 @@ def range_test_summary(result: RangeTestResult, chosen_rule: str) -> dict[str, f
     out["probe_steps"] = float(result.probe_steps)
     out["probes"] = float(len(result.probes))
     out["repeats"] = float(max(1, len(result.repeats)))
+    out["total_steps"] = float(result.total_steps)  # sweeps + probes + the extra tests a low verdict ran
+    out["extra_steps"] = float(result.extra_steps)
     return out
 
 
@@ -190,7 +194,8 @@ def log_range_test(run: Any, result: RangeTestResult, *, chosen_rule: str, title
             run.on_step(step, {LOG10_LR: math.log10(lr)})
     edge = result.edge
     run.set_tags({STOP_REASON_TAG: result.stop_reason, STOP_DETAIL_TAG: result.stop_detail,
-                  SUGGESTION_RULE_TAG: chosen_rule,
+                  SUGGESTION_RULE_TAG: chosen_rule, CONFIDENCE_TAG: result.confidence,
+                  CONFIDENCE_REASONS_TAG: "; ".join(result.confidence_reasons + result.extra_actions) or "none",
                   "lrtrack.edge": edge.reason if edge.lr is None else f"{edge.lr:.6g}",  # the divergence edge
                   **{f"{SUGGESTION_TAG_PREFIX}{rule}": (s.reason if s.lr is None else f"{s.lr:.6g}")
                      for rule, s in result.suggestions.items()}})
