@@ -484,8 +484,10 @@ def main(argv: list[str] | None = None) -> int:
     print(report)
     if args.calibrate:
         print("\n".join(calibrate(results, (1.5, 2.0, 2.5, 3.0, 4.0, 5.0))))
-    missed = failures(results) if any(r["half"] == HELD_OUT for r in results) else []
-    print(f"held-out targets: {'all met' if not missed else 'MISSED on ' + str(len(missed))}; "
+    held = any(r["half"] == HELD_OUT for r in results)
+    missed = failures(results) if held else []
+    verdict = "not run" if not held else "all met" if not missed else f"MISSED on {len(missed)}"
+    print(f"held-out targets: {verdict}; "
           f"{wall / 60:.1f} min; wrote {out}/suggestions.md, .json, .png")
     return 1 if args.check and missed else 0
 

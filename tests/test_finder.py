@@ -453,7 +453,9 @@ def test_least_squares_confirmed_lr_within_the_known_range() -> None:
                             end_lr=100.0, num_iter=100, device="cpu", progress=False)
     best = 2 / (1 + 0.01)
     assert result.edge_lr is not None and result.edge_lr > 2 * 2  # the sweep overshoots the real edge
-    assert 0.3 * best <= result.suggested_lr() <= 1.0 * best
+    # 0.28x since issue 19's 30-step probes (0.32x with 20): six diverged probes above the edge and
+    # two good ones fill the budget of num_iter steps, so the quarter-octave refinement is left out.
+    assert 0.25 * best <= result.suggested_lr() <= 1.0 * best
     assert result.suggested_lr("minimum") < result.edge_lr  # every rule below the edge
     assert all(s.lr is None or s.lr <= result.edge_lr for s in result.suggestions.values())
     assert 0 < result.probe_steps <= result.num_iter
@@ -483,7 +485,7 @@ def test_probe_settings() -> None:
     opt = torch.optim.SGD(model.parameters(), lr=1e-4)
     args = dict(criterion=nn.CrossEntropyLoss(), num_iter=20, progress=False)
     auto = run_range_test(model, opt, loader, **args)
-    assert {p.planned for p in auto.probes} == {4}  # min(20, max(4, 20 // 5))
+    assert {p.planned for p in auto.probes} == {6}  # min(30, max(4, 3 * 20 // 10))
     assert auto.probe_steps <= 20  # the probes never take more steps than the sweep
     off = run_range_test(model, opt, loader, probe_steps=0, **args)
     assert off.probes == () and off.suggestions["confirmed"].lr is None

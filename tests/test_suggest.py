@@ -615,5 +615,8 @@ def test_probe_reasons_name_what_disagrees() -> None:
     assert probe_reasons(good, edge_lr=0.3, cut=True)[0].startswith("too few steps")
     flat = [Probe(0.1, (2.0, 1.99, 1.99, 1.99), 4)]
     assert probe_reasons(flat, edge_lr=0.1)[0].startswith("flat loss")
+    slow = [Probe(0.1, (2.0, 1.5, 1.4, 1.4), 4)]  # 30% of the start loss: the probes barely tell LRs apart
+    assert probe_reasons(slow, edge_lr=0.1) == ["slow probes: the best probe lowered the loss by 30% of its start "
+                                                "in 4 steps (under 50%)"]
     none = [Probe(0.1, (2.0, 50.0, 90.0), 4)]
     assert probe_reasons(none, edge_lr=0.1)[0].startswith("no confirmed answer")

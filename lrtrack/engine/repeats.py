@@ -243,10 +243,13 @@ def combine(results: Sequence[RangeTestResult]) -> RangeTestResult:
 
 
 def _verdict(results: Sequence[RangeTestResult], lrs: Sequence[float], losses: Sequence[float]) -> Verdict:
-    """The verdict on the median answer: the median curve's reasons, whether the repeats' answers
-    agree, and every other reason that more than half of the repeats share."""
+    """The verdict on the median answer: the median curve's reasons and every other reason that more
+    than half of the repeats share. Whether the repeats' answers agree is no part of it: on the
+    benchmark's calibration half the tests whose repeats disagreed had no regret (issue 19, round 2;
+    :func:`~lrtrack.engine.confidence.repeat_reasons` says so in the log)."""
     reasons = curve_reasons(lrs, losses) if len(results) > 1 else list(results[0].confidence_reasons)
-    reasons += repeat_reasons([r.suggestions[DEFAULT_RULE].lr for r in results if DEFAULT_RULE in r.suggestions])
+    for note in repeat_reasons([r.suggestions[DEFAULT_RULE].lr for r in results if DEFAULT_RULE in r.suggestions]):
+        log.info("%s (no part of the confidence verdict)", note)
     if len(results) > 1:
         for name in REASONS:
             having = [t for r in results for t in r.confidence_reasons if t.split(":")[0] == name]
