@@ -292,7 +292,12 @@ def test_two_ranks_give_the_range_test_of_one_process(two_ranks, one_process, mo
         assert got["lrs"] == ref["lrs"]  # the same LR grid, and the same stop
         assert got["stop"] == ref["stop"]
         assert _close(got["losses"], ref["losses"]), (got["losses"][:5], ref["losses"][:5])
-        assert got["suggestions"] == pytest.approx(ref["suggestions"], rel=1e-9)
+        # The rules read the losses, which agree to float rounding (the all-reduce sums in another
+        # order); the upward probes' refinement places confirmed from those losses too.
+        assert set(got["suggestions"]) == set(ref["suggestions"])
+        for rule, lr in ref["suggestions"].items():
+            assert (got["suggestions"][rule] is None) == (lr is None), rule
+            assert lr is None or math.isclose(got["suggestions"][rule], lr, rel_tol=1e-4), rule
         assert [lr for lr, _ in got["probes"]] == [lr for lr, _ in ref["probes"]]
     assert two_ranks[0][mode]["losses"] == two_ranks[1][mode]["losses"]  # bit for bit: one decision
 
