@@ -89,8 +89,8 @@ CASES: list[tuple[list[str], str, str | None]] = [
     (["tracking.tracking_uri=garbage://x"], "garbage://x", None),
     (["tracking.tracking_uri=http://127.0.0.1:9"], "127.0.0.1:9", None),
     (["tracking.tracking_uri=sqlite:////nonexistent-folder/x.db"], "nonexistent-folder", None),
-    (["tracking.flush_every=0"], "tracking.flush_every", None),
-    (["tracking.flush_seconds=0"], "tracking.flush_seconds", None),
+    (["tracking.flush_every=0"], "tracking.flush_every", None),  # a setting that no longer exists
+    (["tracking.spool_dir=/etc/hostname"], "tracking.spool_dir", None),  # a file, not a folder
     (["tracking.delivery_timeout_s=-1"], "tracking.delivery_timeout_s", None),
     (["criterion=mse"], "criterion", None),
     (["criterion=cross_entropy", "model._target_=lrtrack.engine.models.MLP", "+model.in_features=10"], "model", None),
