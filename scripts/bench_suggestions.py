@@ -14,7 +14,7 @@ For every task:
 * an **oracle grid** of 1cycle ``max_lr`` values (doubling, 8-21 points, 2 seeds; wide enough to
   reach divergence), cached in ``<out>/grid_cache.json`` (the grids do not depend on the rule,
   so a rerun after a change to the rule trains nothing there again);
-* **range tests** with lrtrack's defaults (3 seeds; ``repeats=None``: 3 tests for Adam-like
+* **range tests** with lrtrack's defaults (3 seeds; ``repeats=None``: 2 tests for Adam-like
   optimizers; the confidence verdict and its extra tests), the default's median LR, its ratio to
   the grid's best, the seed spread, the verdict per seed, and the cost (sweeps + probes + extra
   tests, in units of ``num_iter``);
@@ -27,9 +27,12 @@ For every task:
     .venv/bin/python scripts/bench_suggestions.py                  # full: both tables, the targets
     .venv/bin/python scripts/bench_suggestions.py --quick --check  # CI (< 2 min)
     .venv/bin/python scripts/bench_suggestions.py --calibrate      # the margin on the calibration half
+    .venv/bin/python scripts/bench_suggestions.py --half calibration --probe-steps 20 --probe-tol 0.1
+                     # a candidate's calibration (also --probe-budget, --extra-repeats, --max-up)
 
-Writes ``<out>/suggestions.md``, ``.json`` and ``.png``; exits 1 with ``--check`` when a held-out
-target fails (the full run always reports which).
+Writes ``<out>/suggestions.md``, ``.json`` and ``.png``; exits 1 with ``--check`` exactly when a
+held-out target fails (the printed verdict, ``**Held-out targets**: MISSED: ...``; without
+``--check`` it exits 0 and still reports which).
 """
 
 from __future__ import annotations

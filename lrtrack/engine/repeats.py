@@ -96,7 +96,7 @@ def run_repeated_range_test(
     Args:
         model, optimizer, train_loader: as for ``run_range_test``.
         repeats: how many tests (>= 1; 1 is a plain ``run_range_test``); ``None`` (the default):
-            :func:`auto_repeats` (3 for Adam-like optimizers, else 1).
+            :func:`auto_repeats` (:data:`ADAPTIVE_REPEATS` for Adam-like optimizers, else 1).
         extra_repeats: more tests on a ``low`` verdict (0: none; needs ``restore=True``).
         observer: gets each repeat's steps under ``repeat_<i>/`` and then the median curve
             (``lr``, ``loss``, ``loss_smoothed``, ``loss_smoothed_q25``/``_q75``) at steps 0..n-1;
