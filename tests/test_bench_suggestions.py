@@ -109,8 +109,10 @@ def test_failures_counts_the_share_within_tolerance_and_the_lr_free_medians(benc
 
 
 def test_main_exits_non_zero_with_check_exactly_when_a_target_fails(bench: ModuleType, monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    regret = {"now": 0.2}
+
     def fake_evaluate(task: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        return _task(bench, task.name, task.half, regret=regret)
+        return _task(bench, task.name, task.half, regret=regret["now"])
 
     class FakeTask:
         def __init__(self, name: str, half: str) -> None:
@@ -119,7 +121,7 @@ def test_main_exits_non_zero_with_check_exactly_when_a_target_fails(bench: Modul
     monkeypatch.setattr(bench, "all_tasks", lambda *a, **k: [FakeTask(f"t{i}", bench.HELD_OUT) for i in range(3)])
     monkeypatch.setattr(bench, "evaluate_task", fake_evaluate)
     monkeypatch.setattr(bench, "figure", lambda results: (_ for _ in ()).throw(RuntimeError("no figure")))
-    for regret, code in ((0.2, 0), (3.0, 1)):
+    for regret["now"], code in ((0.2, 0), (3.0, 1)):
         args = ["--out", str(tmp_path), "--check"]
         assert bench.main(args) == code
         assert bench.main(args[:-1]) == 0  # without --check the verdict is printed, never the exit status

@@ -673,9 +673,6 @@ def run_range_test(
     policy = policy if policy is not None else RangeTestPolicy()
     _check_settings(criterion, step_fn, smoothing, diverge_th, accumulation_steps, policy)
     steps = _probe_steps(probe_steps, num_iter)
-    share = PROBE_BUDGET if probe_budget is None else float(probe_budget)
-    if not (math.isfinite(share) and share > 0):
-        raise ValueError(f"probe_budget must be a share of num_iter > 0 or None (auto); got {probe_budget!r}")
     base_lrs = [float(g["lr"]) for g in optimizer.param_groups]
     starts = base_lrs if start_lr is None else _per_group(start_lr, base_lrs, "start_lr")
     ends = _per_group(end_lr, base_lrs, "end_lr")
@@ -691,7 +688,7 @@ def run_range_test(
         observer=observer if observer is not None else NullObserver(),
     )
     probes, notes = _execute(test, StateSnapshot(model, optimizer) if restore else None, train_loader, val_loader,
-                             val_batches, progress, steps, max(steps, round(share * num_iter)))
+                             val_batches, progress, steps, _probe_budget(probe_budget, steps, num_iter))
     return test.result(step_mode, starts[0], ends[0], probes, notes)
 
 
@@ -712,6 +709,14 @@ def _execute(test: _RangeTest, snapshot: StateSnapshot | None, train_loader: Ite
         if snapshot is not None:
             snapshot.restore()
     return probes
+
+
+def _probe_budget(probe_budget: float | None, steps: int, num_iter: int) -> int:
+    """The probes' steps in all: ``probe_budget`` (a share of ``num_iter``; None: :data:`PROBE_BUDGET`)."""
+    share = PROBE_BUDGET if probe_budget is None else float(probe_budget)
+    if not (math.isfinite(share) and share > 0):
+        raise ValueError(f"probe_budget must be a share of num_iter > 0 or None (auto); got {probe_budget!r}")
+    return max(steps, round(share * num_iter))
 
 
 def _probe_steps(probe_steps: int | None, num_iter: int) -> int:
