@@ -727,6 +727,9 @@ def _probe_steps(probe_steps: int | None, num_iter: int) -> int:
     return probe_steps
 
 
+MIN_PROBE_SWEEP = 5  # the fewest sweep points probes are placed from (find_edge's minimum)
+
+
 def _confirm(test: _RangeTest, snapshot: StateSnapshot, batches: Iterator[Any], steps: int,
              budget: int) -> tuple[list[Probe], list[str]]:
     """The confirmation stage: fixed-LR probes from the start state, from the divergence edge.
@@ -738,7 +741,7 @@ def _confirm(test: _RangeTest, snapshot: StateSnapshot, batches: Iterator[Any], 
 
     Returns the probes and their confidence reasons (:func:`lrtrack.engine.confidence.probe_reasons`).
     """
-    if len(test.lrs) < 2:
+    if len(test.lrs) < MIN_PROBE_SWEEP:  # nothing to confirm: the edge needs that many points
         return [], probe_reasons([], None)
     edge = test.edge()
     search = ProbeSearch(edge.lr if edge.lr is not None else test.lrs[-1], lowest_lr=test.grids[0][0])

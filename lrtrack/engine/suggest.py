@@ -592,7 +592,8 @@ def _confirmed(lrs: np.ndarray, probes: Sequence[Probe] | None, margin: float = 
     """The default rule: the largest good probe LR (:func:`lrtrack.engine.probes.good_limit`) / ``margin``."""
     if not probes:
         return Suggestion("confirmed", None, None, (
-            "no fixed-LR probes were run (run_range_test runs them when probe_steps > 0 and restore=True); "
+            "no fixed-LR probes were run (run_range_test runs them when probe_steps > 0, restore=True and the "
+            "sweep has at least 5 points); "
             f"choose a curve rule instead ({', '.join(CURVE_RULES)})"))
     limit, why = good_limit(probes)
     if limit is None:
