@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -257,18 +258,24 @@ def test_two_processes_start_at_once_on_a_fresh_sqlite_store(tmp_path: Path) -> 
     assert all(len(client.get_metric_history(r.info.run_id, "loss")) == 20 for r in runs)
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 1.2 MB tmpfs (root only): room for an MLflow store and little else."""
-    mount = tmp_path / "small-disk"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(mount)],
+@contextmanager
+def _tmpfs(folder: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``folder`` (root only; the test skips where it cannot mount)."""
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
                       capture_output=True).returncode != 0:
         pytest.skip("cannot mount a small tmpfs here (needs root): no disk-full test")
     try:
-        yield mount
+        yield folder
     finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1.2 MB tmpfs: room for an MLflow store and little else."""
+    with _tmpfs(tmp_path / "small-disk", "1200k") as mount:
+        yield mount
 
 
 def test_a_full_disk_under_the_store_loses_nothing(tmp_path: Path, small_disk: Path, premade_store) -> None:
@@ -311,16 +318,9 @@ def test_a_full_disk_under_the_store_loses_nothing(tmp_path: Path, small_disk: P
 
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 256 kB tmpfs (root only): a tracking journal that runs out of room mid-job."""
-    mount = tmp_path / "tiny-disk"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a small tmpfs here (needs root): no disk-full test")
-    try:
+    """A 256 kB tmpfs: a tracking journal that runs out of room mid-job."""
+    with _tmpfs(tmp_path / "tiny-disk", "256k") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_a_full_disk_under_the_journal_stops_the_job_in_one_line_and_ends_its_runs(
