@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lrtrack.tracking.journal import OWNER_TAG, RUN_ID_TAG, Journal, owner_alive
+from lrtrack.tracking.layout import STOP_REASON_TAG
 from lrtrack.tracking.redact import redact
 from lrtrack.tracking.store import (
     TrackingUnavailable,
@@ -39,7 +40,6 @@ log = logging.getLogger(__name__)
 BATCH_LIMITS = {"metrics": 1000, "params": 100, "tags": 100}  # MLflow's log_batch limits
 POLL_S = 0.25  # how often a growing journal is looked at
 MAX_BACKOFF_S = 5.0
-STOP_REASON_TAG = "lrtrack.stop_reason"
 
 
 class NotYetThere(RuntimeError):
@@ -53,16 +53,23 @@ def log_batch(client: Any, run_id: str, kind: str, items: list[Any]) -> None:
         client.log_batch(run_id, **{kind: items[lo:lo + size]}, synchronous=True)
 
 
+def _tagged_run(client: Any, run_id: str, experiment_ids: list[str]) -> str | None:
+    """The store's id of the run tagged with lrtrack's id ``run_id`` in these experiments."""
+    if not experiment_ids:
+        return None
+    found = client.search_runs(experiment_ids, filter_string=f"tags.`{RUN_ID_TAG}` = '{run_id}'", max_results=1)
+    return str(found[0].info.run_id) if found else None
+
+
 def find_run_id(client: Any, run_id: str, experiment_ids: list[str] | None = None) -> str | None:
     """The store's id of a run named by lrtrack's id (or by the store's own id); None when absent."""
     from mlflow.exceptions import MlflowException
 
     if experiment_ids is None:
         experiment_ids = [e.experiment_id for e in client.search_experiments()]
-    if experiment_ids:
-        found = client.search_runs(experiment_ids, filter_string=f"tags.`{RUN_ID_TAG}` = '{run_id}'", max_results=1)
-        if found:
-            return str(found[0].info.run_id)
+    found = _tagged_run(client, run_id, experiment_ids)
+    if found is not None:
+        return found
     try:
         return str(client.get_run(run_id).info.run_id)
     except MlflowException as err:
@@ -240,10 +247,9 @@ class Delivery:
         run = op["run"]
         if run not in self.state["ids"]:
             experiment_id = self.state["experiment_id"]
-            found = self.client.search_runs([experiment_id], filter_string=f"tags.`{RUN_ID_TAG}` = '{run}'",
-                                            max_results=1)
-            if found:  # created before, its reply (or our record of it) lost
-                self.state["ids"][run] = found[0].info.run_id
+            found = _tagged_run(self.client, run, [experiment_id])
+            if found is not None:  # created before, its reply (or our record of it) lost
+                self.state["ids"][run] = found
             else:
                 tags = {**self._tags(op.get("tags", {})), RUN_ID_TAG: run}
                 created = self.client.create_run(experiment_id, start_time=op.get("start"), tags=tags,
