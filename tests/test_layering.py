@@ -4,6 +4,7 @@ cycle, no private reach-ins, short functions and classes.
 DESIGN.md's layering is the point of the module map; these checks keep it from eroding.
 
     app/       the application (Hydra, the recipe, sweep, report, notebook)   -> tracking, engine, data
+    integrations/  Lightning and Hugging Face (optional extras)               -> tracking, engine, data
     tracking/  the only package that imports MLflow                            -> engine, data
     engine/    the library: no Hydra, no MLflow                                -> data
     data/      data sets and loaders                                           -> nothing of lrtrack
@@ -29,6 +30,7 @@ ALLOWED = {
     "engine": {"data"},
     "tracking": {"engine", "data"},
     "app": {"tracking", "engine", "data"},
+    "integrations": {"tracking", "engine", "data"},  # not app: a framework's script is the application
     "compat": {"engine"},
 }
 THIRD_PARTY_BANNED = {
@@ -37,6 +39,8 @@ THIRD_PARTY_BANNED = {
     "compat": ("hydra", "omegaconf", "mlflow"),
     "tracking": ("hydra", "omegaconf"),
     "app": ("mlflow",),  # the application reaches MLflow only through lrtrack.tracking
+    # The frameworks' own MLflow loggers hold the final run; lrtrack.tracking.link tags it.
+    "integrations": ("hydra", "omegaconf", "mlflow"),
 }
 
 
