@@ -128,7 +128,7 @@ class ComponentBuilder:
         from lrtrack.app.where import resolve_tracking_uri
         from lrtrack.engine.launcher_env import launch_rank
         from lrtrack.tracking.runs import JournalError, Tracker
-        from lrtrack.tracking.store import TrackingUnavailable, preflight
+        from lrtrack.tracking.store import DeletedExperiment, TrackingUnavailable, check_experiment, preflight
 
         t = self.cfg.tracking
         if not t.enabled or launch_rank() != 0:  # torchrun: rank 0 alone opens the store and logs
@@ -139,7 +139,8 @@ class ComponentBuilder:
             uri, name = self.job.sweep.tracking_uri, self.job.sweep.experiment_name
         try:
             preflight(uri)
-        except TrackingUnavailable as err:
+            check_experiment(uri, name)  # MLflow's name limits; a deleted experiment is refused, not restored
+        except (TrackingUnavailable, DeletedExperiment) as err:
             raise UserError(str(err)) from err
         for noisy in ("mlflow.store.db.utils", "alembic.runtime.migration"):  # "Creating tables ...": not news
             logging.getLogger(noisy).setLevel(logging.WARNING)

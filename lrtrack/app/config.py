@@ -14,57 +14,86 @@ import difflib
 import functools
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 STAGES = ("all", "range_test", "train")
 STEP_MODES = ("exp", "linear")  # mirrors lrtrack.engine.finder.STEP_MODES without importing torch
 SUGGESTION_RULES = ("confirmed", "steepest", "valley", "minimum", "slide")  # mirrors lrtrack.engine.suggest.RULES
 MAX_LR_RULES = SUGGESTION_RULES + ("min_loss_div10",)
 DATA_FALLBACKS = (None, "digits", "fake")
-# Settings of the data builders (lrtrack.data) that must be whole numbers >= 1.
-DATA_COUNTS = ("batch_size", "val_batch_size", "fake_size")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a numeric setting allows, kept on its schema field (``metadata={"rule": ...}``), so
+    :func:`check_numbers` checks every setting the same way: finite (floats: NaN passes ``x > 1``),
+    inside ``[lo, hi]`` (``lo_open``/``hi_open``: the end itself excluded), an integer in
+    ``[lo, hi]`` with ``hi`` at most int64's; ``allowed`` is the phrase the error line shows."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    allowed: str = ""
+    cost: str | None = None  # a count whose upper bound is an estimate (check_costs): "steps" | "memory"
+
+    def admits(self, value: float) -> bool:
+        if self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo):
+            return False
+        return self.hi is None or not (value >= self.hi if self.hi_open else value > self.hi)
+
+
+def rule(**kw: Any) -> Any:
+    """A schema field with a :class:`Rule` (its default stays in the YAML)."""
+    return field(default=MISSING, metadata={"rule": Rule(**kw)})
+
+
+INT64_MAX = 2**63 - 1  # torch's and numpy's integers: a larger one overflows with a traceback
+SEED_MAX = 2**32 - 1  # numpy.random.seed's range
 
 
 @dataclass
 class FinderConfig:
-    start_lr: Optional[float] = MISSING
-    end_lr: float = MISSING
-    num_iter: int = MISSING
+    start_lr: Optional[float] = rule(lo=0, allowed="a positive LR (or null: the optimizer's LR)")
+    end_lr: float = rule(lo=0, lo_open=True, allowed="a positive LR")
+    num_iter: int = rule(lo=2, allowed=">= 2 (a curve needs two points)", cost="steps")
     step_mode: str = MISSING
-    smoothing: float = MISSING
-    diverge_th: float = MISSING
-    accumulation_steps: int = MISSING
-    val_batches: int = MISSING
+    smoothing: float = rule(lo=0, hi=1, hi_open=True, allowed="in [0, 1) (EMA decay; 0 = no smoothing)")
+    diverge_th: float = rule(lo=1, lo_open=True, allowed="> 1 (stop when the loss exceeds this x the best)")
+    accumulation_steps: int = rule(lo=1, allowed=">= 1", cost="steps")
+    val_batches: int = rule(lo=0, allowed=">= 0 (0 = training loss, no validation)", cost="steps")
     amp: bool = MISSING
     suggestion: str = MISSING
-    probe_steps: Optional[int] = MISSING
-    repeats: Optional[int] = MISSING
+    probe_steps: Optional[int] = rule(lo=0, allowed=">= 0 (0: no confirmation probes) or null (auto)", cost="steps")
+    repeats: Optional[int] = rule(lo=1, allowed=">= 1 (the number of range tests to take the median of) or null "
+                                  "(auto: 3 for Adam-like optimizers, else 1)", cost="steps")
 
 
 @dataclass
 class BoundsConfig:
-    max_lr: Optional[float] = MISSING
+    max_lr: Optional[float] = rule(lo=0, lo_open=True, allowed="a positive LR or null (from the range test)")
     max_lr_rule: str = MISSING
-    base_divisor: float = MISSING
+    base_divisor: float = rule(lo=1, allowed="a number >= 1 (Smith: 3-4)")
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = MISSING
+    epochs: int = rule(lo=1, allowed=">= 1", cost="steps")
     lr_from: Optional[str] = MISSING
-    accumulation_steps: int = MISSING
-    grad_clip_norm: Optional[float] = MISSING
-    smoothing: float = MISSING
+    accumulation_steps: int = rule(lo=1, allowed=">= 1", cost="steps")
+    grad_clip_norm: Optional[float] = rule(lo=0, lo_open=True, allowed="> 0 or null (no clipping)")
+    smoothing: float = rule(lo=0, hi=1, hi_open=True, allowed="in [0, 1)")
     amp: bool = MISSING
     checkpoint: bool = MISSING
     resume: Optional[str] = MISSING
     allow_partial: bool = MISSING
+    allow_other_setup: bool = MISSING
 
 
 @dataclass
@@ -72,8 +101,16 @@ class TrackingConfig:
     enabled: bool = MISSING
     tracking_uri: Optional[str] = MISSING
     experiment_name: Optional[str] = MISSING
-    delivery_timeout_s: float = MISSING
+    delivery_timeout_s: float = rule(lo=0, hi=7 * 86400, allowed="seconds in [0, 604800] (a week) to wait at the "
+                                     "end for a tracking store that went away")
     spool_dir: Optional[str] = MISSING
+
+
+@dataclass
+class LimitsConfig:
+    max_hours: float = rule(lo=0, lo_open=True, allowed="a positive number of hours")
+    max_memory_gb: Optional[float] = rule(lo=0, lo_open=True, allowed="a positive number of GB or null "
+                                          "(this machine's memory)")
 
 
 @dataclass
@@ -89,10 +126,21 @@ class LRTrackConfig:
     bounds: BoundsConfig = field(default_factory=BoundsConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     stage: str = MISSING
-    seed: int = MISSING
+    seed: int = rule(lo=0, hi=SEED_MAX, allowed=f"a whole number in [0, {SEED_MAX}] (numpy's seed range)")
     device: str = MISSING
     progress: bool = MISSING
+
+
+# The numeric settings of lrtrack's data builders (the data node is a _target_, not a typed node).
+DATA_RULES: dict[str, tuple[type, Rule]] = {
+    "batch_size": (int, Rule(lo=1, allowed="a whole number >= 1", cost="memory")),
+    "val_batch_size": (int, Rule(lo=1, allowed="a whole number >= 1", cost="memory")),
+    "fake_size": (int, Rule(lo=1, allowed="a whole number >= 1", cost="memory")),
+    "num_workers": (int, Rule(lo=0, allowed="a whole number >= 0 (0: load in the main process)", cost="memory")),
+    "max_memory_mb": (float, Rule(lo=0, lo_open=True, allowed="a positive number of MiB", cost="memory")),
+}
 
 
 def register_configs() -> None:
@@ -150,14 +198,15 @@ def validate(cfg: DictConfig, conf_dir: str | Path | None = None) -> None:
     _check_choices(cfg, errors, conf_dir)
     if cfg.stage not in STAGES:
         errors.bad("stage", cfg.stage, f"allowed: {', '.join(STAGES)}")
-    for check in (_check_finder, _check_data, _check_train, _check_bounds, _check_tracking):
+    check_numbers(cfg, errors)
+    for check in (_check_finder, _check_data, _check_train, _check_bounds, _check_tracking, check_costs):
         check(cfg, errors)
     if errors.lines:
         raise ConfigError(errors.lines)
 
 
 _TYPED_NODES = {"finder": FinderConfig, "bounds": BoundsConfig, "train": TrainConfig,
-                "tracking": TrackingConfig}
+                "tracking": TrackingConfig, "limits": LimitsConfig}
 
 
 def _check_unknown_keys(cfg: DictConfig, errors: _Errors) -> None:
@@ -169,6 +218,215 @@ def _check_unknown_keys(cfg: DictConfig, errors: _Errors) -> None:
         for key in cfg[node].keys() if cfg.get(node) is not None else []:
             if key not in known and not str(key).startswith("_"):
                 errors.unknown(node, str(key), cfg[node][key], node, known)
+
+
+def check_numbers(cfg: DictConfig, errors: _Errors) -> None:
+    """Every number in the config, from the schema: each typed setting by its field's :class:`Rule`
+    (finite, in range, an integer within its bounds), and every other number anywhere in the
+    config (optimizer, schedule, model, data, a user's own nodes) finite and within int64."""
+    import typing
+    from dataclasses import fields
+
+    checked: set[str] = set()
+    for node, schema in (("", LRTrackConfig), *_TYPED_NODES.items()):
+        hints = typing.get_type_hints(schema)
+        section = cfg if not node else cfg.get(node)
+        for f in fields(schema):
+            kind = _scalar_type(hints[f.name])
+            if kind in (int, float) and section is not None and section.get(f.name) is not None:
+                setting = f"{node}.{f.name}" if node else f.name
+                checked.add(setting)
+                _check_value(setting, section.get(f.name), kind, f.metadata.get("rule", Rule()), errors)
+    if isinstance(cfg.get("data"), DictConfig):
+        checked.update(f"data.{key}" for key in DATA_RULES)
+    for setting, value in _leaves(cfg):
+        if setting not in checked and setting.split(".", 1)[0] not in _TYPED_NODES:
+            _check_value(setting, value, float if isinstance(value, float) else int, Rule(), errors)
+
+
+def _scalar_type(hint: Any) -> type | None:
+    """``int`` for ``int`` and ``Optional[int]``, likewise float; None for anything else."""
+    import typing
+
+    options = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    return options[0] if len(options) == 1 and options[0] in (int, float) else None
+
+
+def _check_value(setting: str, value: Any, kind: type, limits: Rule, errors: _Errors) -> None:
+    """One number against its rule: type, finiteness, range (integers: at most int64's)."""
+    allowed = f"must be {limits.allowed}" if limits.allowed else ""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and isinstance(value, float)):
+        what = "a whole number" if kind is int else "a number"
+        errors.bad(setting, _shown(value), f"must be {what}" + (f"; {allowed}" if allowed else ""))
+    elif not math.isfinite(value):
+        errors.bad(setting, value, f"must be finite and {limits.allowed}" if limits.allowed else "must be finite",
+                   "NaN and infinity are never valid here: set a number")
+    elif isinstance(value, int) and not -INT64_MAX - 1 <= value <= INT64_MAX:
+        errors.bad(setting, _shown(value), allowed or "must fit in a 64-bit integer (torch and numpy refuse larger)",
+                   f"use a whole number between {-INT64_MAX - 1} and {INT64_MAX}" if not allowed else "")
+    elif not limits.admits(value):
+        errors.bad(setting, _shown(value), allowed)
+
+
+def _shown(value: Any) -> Any:
+    """A value for an error line: a huge integer or a long string shortened, so the line stays one line."""
+    text = repr(value)
+    if len(text) <= 80:
+        return value
+    return _Short(f"{text[:40]}...{text[-20:]} ({len(text)} characters)")
+
+
+class _Short(str):
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def _leaves(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """``("optimizer.betas[0]", 0.9)``: every number in the config (interpolations resolved;
+    one that cannot be resolved is skipped: it is reported when it is used)."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    items = node.items_ex(resolve=False) if isinstance(node, DictConfig) else enumerate(node)
+    for key, _ in items:
+        name = f"{prefix}[{key}]" if not isinstance(node, DictConfig) else (f"{prefix}.{key}" if prefix else str(key))
+        try:
+            value = node[key]
+        except (OmegaConfBaseException, ValueError):
+            continue
+        if isinstance(value, (DictConfig, ListConfig)):
+            yield from _leaves(value, name)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            yield name, value
+
+
+# What the upper bounds of the counts (Rule.cost) are derived from: a floor on the time of one
+# batch and what each step, sample and worker costs in memory. A setting past the limits.* budget
+# with these optimistic figures cannot be meant; limits.max_hours / limits.max_memory_gb raise it.
+MIN_BATCH_SECONDS = 1e-4  # a tiny model's forward, backward and step on a GPU: no batch runs faster
+STEP_RECORD_BYTES = 256  # what each step keeps: its LR, losses, smoothed loss, metrics on the way to MLflow
+WORKER_BYTES = 256 * 2**20  # one DataLoader worker process (Python, torch)
+SAMPLE_BYTES = {f"lrtrack.data.{name}": 28 * 28 * 4 + 8 for name in ("mnist", "digits", "fake")}  # 1x28x28 + label
+TRAIN_SIZE = {"lrtrack.data.mnist": 60000, "lrtrack.data.digits": 1438}  # fake: data.fake_size
+
+
+def check_costs(cfg: DictConfig, errors: _Errors) -> None:
+    """The upper bound of every count: the time and memory the settings imply, at the optimistic
+    figures above, against ``limits.max_hours`` and ``limits.max_memory_gb`` (this machine's
+    memory by default). Settings already reported out of range are left out."""
+    reported = {line.split("=", 1)[0] for line in errors.lines}
+    budget = _Budget.of(cfg)
+    if budget is None:
+        return
+    counts = {name: value for name, value in _counts(cfg).items() if name not in reported}
+    f, d = counts.get, cfg.data if isinstance(cfg.data, DictConfig) else {}
+    if cfg.stage in ("all", "range_test") and all(f(k) is not None for k in ("finder.num_iter", "finder.repeats",
+                                                                             "finder.accumulation_steps",
+                                                                             "finder.val_batches")):
+        probes = f("finder.probe_steps")
+        per_repeat = f("finder.num_iter") + (0 if probes == 0 else max(probes or 30, f("finder.num_iter")))
+        steps = f("finder.repeats") * per_repeat
+        batches = steps * f("finder.accumulation_steps") * (1 + f("finder.val_batches"))
+        factors = {k: counts[k] for k in ("finder.num_iter", "finder.repeats", "finder.accumulation_steps",
+                                          "finder.val_batches", "finder.probe_steps") if counts.get(k)}
+        budget.steps(errors, "the range test", batches, steps, factors)
+    target = str(d.get("_target_", ""))
+    if cfg.stage in ("all", "train") and f("train.epochs") is not None and f("data.batch_size") is not None:
+        size = TRAIN_SIZE.get(target) or f("data.fake_size") or 1
+        batches = f("train.epochs") * max(1, -(-size // f("data.batch_size")))
+        budget.steps(errors, "the training run", batches, batches, {"train.epochs": f("train.epochs")})
+    sample = SAMPLE_BYTES.get(target, 12)  # else at least a float32 input and an int64 label
+    for key, each, what in (("data.batch_size", sample, "a batch"), ("data.val_batch_size", sample, "a batch"),
+                            ("data.fake_size", sample * 5 // 4, "the data set (training and validation)"),
+                            ("data.num_workers", WORKER_BYTES, "the worker processes"),
+                            ("data.max_memory_mb", 2**20, "the decoded images it allows")):
+        if f(key) is not None:
+            budget.memory(errors, key, f(key), f(key) * each, what)
+
+
+def _counts(cfg: DictConfig) -> dict[str, Any]:
+    """The counts an estimate multiplies, valid ones only (``finder.repeats`` null: 3, the most auto takes)."""
+    out: dict[str, Any] = {}
+    for node, schema in _TYPED_NODES.items():
+        from dataclasses import fields
+
+        for fld in fields(schema):
+            value = cfg[node].get(fld.name) if cfg.get(node) is not None else None
+            if fld.metadata.get("rule") and fld.metadata["rule"].cost and _int(value):
+                out[f"{node}.{fld.name}"] = value
+    if "finder.repeats" not in out and cfg.finder.get("repeats") is None:
+        out["finder.repeats"] = 3
+    if cfg.finder.get("probe_steps") is None:
+        out["finder.probe_steps"] = None
+    d = cfg.get("data")
+    for key, (_, data_rule) in DATA_RULES.items():
+        value = d.get(key) if isinstance(d, DictConfig) else None
+        if _num(value) and not isinstance(value, bool) and data_rule.admits(value):
+            out[f"data.{key}"] = value
+    return out
+
+
+@dataclass
+class _Budget:
+    seconds: float
+    bytes: float
+    memory_from: str  # where the memory limit comes from, for the message
+
+    @classmethod
+    def of(cls, cfg: DictConfig) -> _Budget | None:
+        lim = cfg.get("limits")
+        hours, gb = (lim.get("max_hours"), lim.get("max_memory_gb")) if lim is not None else (24.0, None)
+        if not (_num(hours) and hours > 0) or (gb is not None and not (_num(gb) and gb > 0)):
+            return None  # reported by check_numbers
+        if gb is None:
+            return cls(hours * 3600, _machine_memory(), "this machine's memory; limits.max_memory_gb=<GB> raises it")
+        return cls(hours * 3600, gb * 1e9, f"limits.max_memory_gb={gb:g}")
+
+    def steps(self, errors: _Errors, stage: str, batches: float, steps: float, factors: dict[str, int]) -> None:
+        """Too long (at MIN_BATCH_SECONDS a batch) or too much history: name the largest factor."""
+        seconds, memory = batches * MIN_BATCH_SECONDS, steps * STEP_RECORD_BYTES
+        if not factors or (seconds <= self.seconds and memory <= self.bytes):
+            return
+        setting = max(factors, key=lambda k: factors[k] / _TYPICAL.get(k, 1))
+        if seconds > self.seconds:
+            errors.bad(setting, _shown(factors[setting]),
+                       f"{stage} would take at least {_duration(seconds)} ({batches:.3g} batches at >= "
+                       f"{MIN_BATCH_SECONDS * 1e3:g} ms each), more than limits.max_hours={self.seconds / 3600:g}",
+                       "lower it, or raise limits.max_hours if you really mean it")
+        else:
+            errors.bad(setting, _shown(factors[setting]),
+                       f"{stage} would keep at least {_size(memory)} of history ({steps:.3g} steps), more than "
+                       f"{_size(self.bytes)} ({self.memory_from})", "lower it")
+
+    def memory(self, errors: _Errors, setting: str, value: Any, need: float, what: str) -> None:
+        if need > self.bytes:
+            errors.bad(setting, _shown(value), f"{what} would need at least {_size(need)} of memory, more than "
+                       f"{_size(self.bytes)} ({self.memory_from})", "lower it")
+
+
+_TYPICAL = {"finder.num_iter": 100, "finder.repeats": 3, "finder.probe_steps": 30, "train.epochs": 10}
+
+
+def _machine_memory() -> float:
+    import os
+
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 1e12
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("years", 365 * 86400), ("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.3g} {unit}"
+    return f"{seconds:.3g} s"
+
+
+def _size(nbytes: float) -> str:
+    for unit, size in (("PB", 1e15), ("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
+        if nbytes >= size:
+            return f"{nbytes / size:.3g} {unit}"
+    return f"{nbytes:.3g} bytes"
 
 
 def _check_choices(cfg: DictConfig, errors: _Errors, conf_dir: str | Path | None) -> None:
@@ -196,15 +454,9 @@ def _check_finder(cfg: DictConfig, errors: _Errors) -> None:
     f = cfg.finder
     if f.step_mode not in STEP_MODES:
         errors.bad("finder.step_mode", f.step_mode, f"allowed: {', '.join(STEP_MODES)}")
-    if f.num_iter < 2:
-        errors.bad("finder.num_iter", f.num_iter, "must be >= 2 (a curve needs two points)")
-    if f.end_lr <= 0 or not math.isfinite(f.end_lr):
-        errors.bad("finder.end_lr", f.end_lr, "must be a positive LR")
     start, setting = _start_lr(cfg), "finder.start_lr" if f.start_lr is not None else "optimizer.lr"
-    end_ok = _num(f.end_lr) and f.end_lr > 0  # else reported above, once
-    if f.start_lr is not None and (not _num(f.start_lr) or f.start_lr < 0):
-        errors.bad("finder.start_lr", f.start_lr, "must be a positive LR (or null: the optimizer's LR)")
-    elif _num(start) and start >= 0:
+    end_ok = _num(f.end_lr) and f.end_lr > 0  # else reported by check_numbers, once
+    if _num(start) and start >= 0:  # else reported by check_numbers (finder.start_lr) or _check_choices
         if f.step_mode == "exp" and start == 0:
             errors.bad(setting, start, "must be > 0 for finder.step_mode=exp (a log-spaced grid cannot start at 0)",
                        "set finder.start_lr=1e-7, or use finder=linear")
@@ -213,27 +465,14 @@ def _check_finder(cfg: DictConfig, errors: _Errors) -> None:
         elif end_ok and start >= f.end_lr:
             errors.bad("finder.end_lr", f.end_lr, f"must be larger than the start LR (optimizer.lr={start!r})",
                        "raise finder.end_lr or set finder.start_lr")
-    if not 0 <= f.smoothing < 1:
-        errors.bad("finder.smoothing", f.smoothing, "must be in [0, 1) (EMA decay; 0 = no smoothing)")
-    if f.diverge_th <= 1:
-        errors.bad("finder.diverge_th", f.diverge_th, "must be > 1")
-    if f.accumulation_steps < 1:
-        errors.bad("finder.accumulation_steps", f.accumulation_steps, "must be >= 1")
-    if f.val_batches < 0:
-        errors.bad("finder.val_batches", f.val_batches, "must be >= 0 (0 = training loss, no validation)")
     if f.suggestion not in SUGGESTION_RULES:
         errors.bad("finder.suggestion", f.suggestion, f"allowed: {', '.join(SUGGESTION_RULES)}")
-    if f.probe_steps is not None and f.probe_steps < 0:
-        errors.bad("finder.probe_steps", f.probe_steps, "must be >= 0 (0: no confirmation probes) or null (auto)")
-    elif f.probe_steps == 0:
-        for setting, rule in (("finder.suggestion", f.suggestion), ("bounds.max_lr_rule", cfg.bounds.max_lr_rule)):
-            if rule == "confirmed":
-                errors.bad(setting, rule, "needs the confirmation probes, but finder.probe_steps=0",
+    if f.probe_steps == 0:
+        for setting, chosen in (("finder.suggestion", f.suggestion), ("bounds.max_lr_rule", cfg.bounds.max_lr_rule)):
+            if chosen == "confirmed":
+                errors.bad(setting, chosen, "needs the confirmation probes, but finder.probe_steps=0",
                            "set finder.probe_steps=null (auto) or choose a curve rule (steepest, valley, minimum, "
                            "slide)")
-    if f.repeats is not None and f.repeats < 1:
-        errors.bad("finder.repeats", f.repeats, "must be >= 1 (the number of range tests to take the median of) "
-                   "or null (auto: 3 for Adam-like optimizers, else 1)")
 
 
 def _check_data(cfg: DictConfig, errors: _Errors) -> None:
@@ -259,12 +498,9 @@ def _check_data(cfg: DictConfig, errors: _Errors) -> None:
 
 
 def _check_data_values(d: DictConfig, errors: _Errors) -> None:
-    for key in DATA_COUNTS:
-        value = d.get(key)
-        if value is not None and (not _int(value) or value < 1):
-            errors.bad(f"data.{key}", value, "must be a whole number >= 1")
-    if d.get("num_workers") is not None and (not _int(d.num_workers) or d.num_workers < 0):
-        errors.bad("data.num_workers", d.num_workers, "must be a whole number >= 0 (0: load in the main process)")
+    for key, (kind, data_rule) in DATA_RULES.items():
+        if d.get(key) is not None:
+            _check_value(f"data.{key}", d.get(key), kind, data_rule, errors)
     if "fallback" in d and d.fallback not in DATA_FALLBACKS:
         errors.bad("data.fallback", d.fallback, "allowed: digits, fake, null (no fallback)")
     if d.get("channels") is not None and d.channels not in (1, 3):
@@ -273,8 +509,6 @@ def _check_data_values(d: DictConfig, errors: _Errors) -> None:
     if size is not None and not ((_int(size) and size > 0) or (OmegaConf.is_list(size) and len(size) == 2
                                                                and all(_int(v) and v > 0 for v in size))):
         errors.bad("data.size", size, "must be a side in pixels, [height, width], or null (keep the images' size)")
-    if d.get("max_memory_mb") is not None and (not _num(d.max_memory_mb) or d.max_memory_mb <= 0):
-        errors.bad("data.max_memory_mb", d.max_memory_mb, "must be a positive number of MiB")
 
 
 def builtin_data_settings(target: str) -> list[str] | None:
@@ -336,14 +570,6 @@ def import_hint(target: str) -> str | None:
 
 def _check_train(cfg: DictConfig, errors: _Errors) -> None:
     t = cfg.train
-    if t.epochs < 1:
-        errors.bad("train.epochs", t.epochs, "must be >= 1")
-    if t.accumulation_steps < 1:
-        errors.bad("train.accumulation_steps", t.accumulation_steps, "must be >= 1")
-    if t.grad_clip_norm is not None and t.grad_clip_norm <= 0:
-        errors.bad("train.grad_clip_norm", t.grad_clip_norm, "must be > 0 or null (no clipping)")
-    if not 0 <= t.smoothing < 1:
-        errors.bad("train.smoothing", t.smoothing, "must be in [0, 1)")
     if t.resume is not None and cfg.stage == "range_test":
         errors.bad("train.resume", t.resume, "continues a training run, so it needs stage=all or stage=train")
     if t.resume is not None and not t.checkpoint:
@@ -352,21 +578,20 @@ def _check_train(cfg: DictConfig, errors: _Errors) -> None:
 
 def _check_bounds(cfg: DictConfig, errors: _Errors) -> None:
     b = cfg.bounds
-    if b.max_lr is not None and (not _num(b.max_lr) or b.max_lr <= 0):
-        errors.bad("bounds.max_lr", b.max_lr, "must be a positive LR or null (from the range test)")
     if b.max_lr_rule not in MAX_LR_RULES:
         errors.bad("bounds.max_lr_rule", b.max_lr_rule, f"allowed: {', '.join(MAX_LR_RULES)}")
-    if not b.base_divisor >= 1:
-        errors.bad("bounds.base_divisor", b.base_divisor, "must be a number >= 1 (Smith: 3-4)")
     if cfg.stage == "train" and cfg.train.lr_from is None and b.max_lr is None:
         errors.add("stage=train needs an LR: set bounds.max_lr=<lr> or train.lr_from=<range-test run id>")
 
 
 def _check_tracking(cfg: DictConfig, errors: _Errors) -> None:
-    tr = cfg.tracking
-    if tr.delivery_timeout_s < 0:
-        errors.bad("tracking.delivery_timeout_s", tr.delivery_timeout_s,
-                   "must be >= 0 (seconds to wait at the end for a tracking store that went away)")
+    name = cfg.tracking.experiment_name
+    if name is not None:
+        from lrtrack.tracking.store import experiment_name_problem
+
+        problem = experiment_name_problem(str(name))
+        if problem:
+            errors.bad("tracking.experiment_name", _shown(name), problem, "choose a shorter name")
 
 
 def check_config(cfg: DictConfig) -> None:

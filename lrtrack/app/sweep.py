@@ -162,7 +162,7 @@ class SweepCallback(Callback):
         from lrtrack.tracking.journal import new_run_id
         from lrtrack.tracking.redact import redact
         from lrtrack.tracking.runs import Tracker
-        from lrtrack.tracking.store import open_store
+        from lrtrack.tracking.store import DeletedExperiment, TrackingUnavailable, check_experiment, open_store
 
         self.started = time.monotonic()
         launch_dir = OmegaConf.select(config, "hydra.runtime.cwd") or os.getcwd()
@@ -174,8 +174,13 @@ class SweepCallback(Callback):
             for key, value in params.items():
                 keys.append(override_key(str(key)))
                 overrides.append(f"{key}={value}")
-        open_store(uri)  # a fresh sqlite store is created under a file lock, before any job starts
         name = _experiment_name(config)
+        try:  # MLflow's name limits; a deleted experiment is refused (one line), not restored
+            check_experiment(uri, name)
+        except (TrackingUnavailable, DeletedExperiment) as err:
+            print(f"lrtrack: error: {err}", file=sys.stderr)
+            sys.exit(2)
+        open_store(uri)  # a fresh sqlite store is created under a file lock, before any job starts
         launcher = str(OmegaConf.select(config, "hydra.runtime.choices.hydra/launcher") or "basic")
         swept = [o for o in overrides if override_key(o) in keys]
         sweep_dir = str(OmegaConf.select(config, "hydra.sweep.dir"))

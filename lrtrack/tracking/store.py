@@ -51,6 +51,7 @@ DB_SCHEMES = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
 ALLOWED_FORMS = ("sqlite:////absolute/path/mlflow.db, http://host:port or https://host (an MLflow server), "
                  "or a database URI (postgresql://, mysql://, mssql://)")
 SQLITE_HEADER = b"SQLite format 3\x00"
+MAX_EXPERIMENT_NAME = 500  # mlflow.utils.validation.MAX_EXPERIMENT_NAME_LENGTH (tests/test_validation.py pins it)
 
 
 class TrackingUnavailable(ValueError):
@@ -279,12 +280,71 @@ def read_client(uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=uri)
 
 
+class DeletedExperiment(ValueError):
+    """The experiment exists but was deleted: lrtrack does not undo the user's decision."""
+
+
+def deleted_experiment_message(name: str, experiment_id: str, uri: str) -> str:
+    """The one line for a deleted experiment: the two ways out."""
+    return (f"tracking.experiment_name={name!r}: the experiment (id {experiment_id}) was deleted in "
+            f"{redact(uri)}; restore it (mlflow experiments restore --experiment-id {experiment_id}, with "
+            f"MLFLOW_TRACKING_URI={redact(uri)}) or choose another name with tracking.experiment_name=<name>")
+
+
+def experiment_name_problem(name: str) -> str | None:
+    """What MLflow would refuse in an experiment name (checked before any run); None when it is fine."""
+    if not name.strip():
+        return "an experiment name cannot be empty"
+    if len(name) > MAX_EXPERIMENT_NAME:
+        return f"MLflow allows at most {MAX_EXPERIMENT_NAME} characters in an experiment name, this has {len(name)}"
+    return None
+
+
+def check_experiment(uri: str, name: str, timeout_s: float = 10.0) -> None:
+    """Pre-flight for the experiment, without MLflow: its name within MLflow's limits, and not a
+    deleted experiment (:class:`DeletedExperiment`; ``ensure_experiment`` refuses it too, so a
+    race cannot restore it). A store that cannot be read here is left to :func:`preflight` and delivery."""
+    problem = experiment_name_problem(name)
+    if problem:
+        raise TrackingUnavailable(f"tracking.experiment_name={name[:60]!r}...: {problem}; choose a shorter name")
+    found = _find_experiment(uri, name, timeout_s)
+    if found is not None and found[1] == "deleted":
+        raise DeletedExperiment(deleted_experiment_message(name, found[0], uri))
+
+
+def _find_experiment(uri: str, name: str, timeout_s: float) -> tuple[str, str] | None:
+    """``(id, lifecycle_stage)`` of the experiment called ``name``, None when absent or unreadable."""
+    path = sqlite_path(uri)
+    if path is not None:
+        if not path.is_file():
+            return None
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout_s)) as con:
+                row = con.execute("select experiment_id, lifecycle_stage from experiments where name = ?",
+                                  (name,)).fetchone()
+        except sqlite3.Error:
+            return None
+        return (str(row[0]), str(row[1])) if row else None
+    if uri.lower().startswith(("http://", "https://")):
+        import requests
+
+        try:
+            reply = requests.get(f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/get-by-name",
+                                 params={"experiment_name": name}, timeout=(3.0, timeout_s), **_http_options())
+            exp = reply.json().get("experiment") if reply.status_code == 200 else None
+        except (requests.exceptions.RequestException, ValueError):
+            return None
+        return (str(exp["experiment_id"]), str(exp.get("lifecycle_stage"))) if exp else None
+    return None
+
+
 def ensure_experiment(client: MlflowClient, name: str) -> str:
-    """The experiment's id, creating it when missing (tolerating a concurrent creator)."""
+    """The experiment's id, creating it when missing (tolerating a concurrent creator); a deleted
+    one is refused (:class:`DeletedExperiment`), never restored behind the user's back."""
     found = client.get_experiment_by_name(name)
     if found is not None:
         if found.lifecycle_stage == "deleted":
-            client.restore_experiment(found.experiment_id)
+            raise DeletedExperiment(deleted_experiment_message(name, found.experiment_id, client.tracking_uri))
         return found.experiment_id
     try:
         return client.create_experiment(name)
