@@ -131,15 +131,19 @@ def main() -> None:
     """``python -m lrtrack``: the Hydra application; a composition error is one line, exit 2."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
+    from yaml import YAMLError
 
     register_configs()
     signal.signal(signal.SIGTERM, _terminate)  # a cluster's preemption: stop as Ctrl-C does
     # Let composition errors reach us as exceptions (Hydra would print them over many lines).
     os.environ["HYDRA_FULL_ERROR"] = "1"
     app = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")(task)
+    from lrtrack.app.conffiles import config_file_problems  # YAML errors and alias bombs, before Hydra parses
+
+    (problems := config_file_problems(sys.argv[1:])) and fail(problems)
     try:
         app()
-    except (HydraException, OmegaConfBaseException) as err:
+    except (HydraException, OmegaConfBaseException, YAMLError) as err:
         if _job_started:
             raise  # raised while a job ran: a bug, keep the traceback
         fail(condensed(err))
