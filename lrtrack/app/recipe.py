@@ -35,7 +35,7 @@ from lrtrack.app.components import (
 from lrtrack.app.config import ConfigError, dry_run, validate
 from lrtrack.app.where import ui_hint
 from lrtrack.tracking import layout
-from lrtrack.tracking.records import RangeCurve, RunLookupError, read_range_test
+from lrtrack.tracking.records import RangeCurve, RunLookupError, read_range_test, setup_differences
 from lrtrack.tracking.redact import redact, redact_tree
 
 __all__ = ["JobInfo", "RangeTestRecipe", "RunFailure", "UserError", "run_sweep_job"]
@@ -191,6 +191,15 @@ class RangeTestRecipe:
                                     where=redact(parts.tracker.tracking_uri))
         except RunLookupError as err:
             raise UserError(str(err)) from err
+        differences = setup_differences(curve.setup, self.context.config)
+        if differences and not self.cfg.train.get("allow_other_setup", False):
+            more = f" (and {len(differences) - 3} more)" if len(differences) > 3 else ""
+            raise UserError(f"train.lr_from={curve.run_id!r} is a range test of another setup ("
+                            f"{'; '.join(differences[:3])}{more}), so its LR may not suit this one; run a range "
+                            "test for this setup, or set train.allow_other_setup=true to use it anyway")
+        if differences:
+            log.warning("train.lr_from=%s is a range test of another setup (%s); used as train.allow_other_setup=true "
+                        "asks", curve.run_id, "; ".join(differences))
         if curve.stop_reason == "interrupted" and not self.cfg.train.allow_partial:
             raise UserError(f"train.lr_from={curve.run_id!r} names a range test that was interrupted after "
                             f"{len(curve.lrs)} steps, so its suggestions come from a partial curve; run the "

@@ -72,6 +72,7 @@ class RangeCurve:
     min_loss_lr: float | None
     run_id: str | None = None
     stop_reason: str = "completed"
+    setup: dict[str, str] = field(default_factory=dict)  # a logged one's model.* and optimizer.* params
 
     @classmethod
     def from_result(cls, result: RangeTestResult, run_id: str | None) -> RangeCurve:
@@ -95,8 +96,30 @@ def read_range_test(client: MlflowClient, run_id: str, *, where: str) -> RangeCu
     history = read_csv_artifact(client, run.info.run_id, layout.RANGE_TEST_HISTORY)
     if not history:
         log.warning("could not read the range-test history of run %s; no overlay figure", run_id)
+    setup = {k: v for k, v in run.data.params.items() if k.split(".", 1)[0] in SETUP_NODES}
     return RangeCurve(history.get("lr"), history.get("loss"), history.get("loss_smoothed"),
-                      suggestions, metrics.get("min_loss_lr"), run_id, tags.get(layout.STOP_REASON_TAG, "completed"))
+                      suggestions, metrics.get("min_loss_lr"), run_id, tags.get(layout.STOP_REASON_TAG, "completed"),
+                      setup)
+
+
+SETUP_NODES = ("model", "optimizer")  # what a range test's LR belongs to (train.lr_from compares them)
+SETUP_IGNORED = ("optimizer.lr",)  # the range test's start LR: the training run's LR comes from the curve
+
+
+def setup_differences(logged: dict[str, str], config: dict[str, Any]) -> list[str]:
+    """``model._target_: A there, B here``: where this config's model and optimizer differ from those a
+    logged range test was run with (params as :func:`layout.flatten` writes them; none logged: none)."""
+    if not logged:
+        return []
+    from lrtrack.tracking.redact import redact_tree
+
+    here = redact_tree(layout.flatten({n: config[n] for n in SETUP_NODES if isinstance(config.get(n), dict)}))
+    keys = sorted((set(logged) | set(here)) - set(SETUP_IGNORED))
+    def shown(value: str | None) -> str:
+        return "(unset)" if value is None else value if len(value) <= 60 else f"{value[:45]}...({len(value)} chars)"
+
+    return [f"{k}: {shown(logged.get(k))} there, {shown(here.get(k))} here" for k in keys
+            if logged.get(k) != here.get(k)]
 
 
 @dataclass
