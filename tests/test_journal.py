@@ -87,7 +87,7 @@ def _history(client: Any, run_id: str, key: str) -> list[int]:
 def test_journal_json_records_the_format_the_store_and_the_owner(tmp_path: Path) -> None:
     journal = _journal(tmp_path, "sqlite:////data/mlflow.db", "lr-tests")
     meta = json.loads((journal.path / META).read_text())
-    assert meta["format"] == FORMAT == 1
+    assert meta["format"] == FORMAT == 2  # 2: the log_model operation (issue 22)
     assert meta["tracking_uri"] == "sqlite:////data/mlflow.db" and meta["experiment_name"] == "lr-tests"
     assert meta["owner"] == owner_id() and owner_alive(meta["owner"]) is True
     assert journal.path.parent == tmp_path / "spool" and (journal.path.stat().st_mode & 0o777) == 0o700
@@ -103,12 +103,14 @@ def test_a_journal_of_another_format_or_no_journal_is_refused_clearly(tmp_path: 
     _create(journal, "a" * 16, "explore")
     journal.close()
     meta = json.loads((journal.path / META).read_text())
-    (journal.path / META).write_text(json.dumps({**meta, "format": 2}))
-    with pytest.raises(ValueError, match=r"is a tracking journal of format 2; this lrtrack reads format 1: "
+    (journal.path / META).write_text(json.dumps({**meta, "format": 1}))  # before log_model: still delivered
+    Journal.open(journal.path).close()
+    (journal.path / META).write_text(json.dumps({**meta, "format": 3}))
+    with pytest.raises(ValueError, match=r"is a tracking journal of format 3; this lrtrack reads formats 1, 2: "
                                          r"deliver it with the lrtrack version that wrote it"):
         Journal.open(journal.path)
     assert main([str(journal.path)]) == 2
-    assert "format 2" in capsys.readouterr().err
+    assert "format 3" in capsys.readouterr().err
     (tmp_path / "plain").mkdir()
     with pytest.raises(ValueError, match=f"is not an lrtrack tracking journal \\(no {META} in it\\)"):
         Journal.open(tmp_path / "plain")
@@ -374,9 +376,9 @@ def test_deliver_journal_refuses_a_busy_journal_and_counts_what_it_delivered(tmp
     with pytest.raises(JournalBusy):
         deliver_journal(journal.path)
     journal.close()
-    assert deliver_journal(journal.path) == {"metric values": 14, "params": 1, "tags": 0, "artifacts": 0,
+    assert deliver_journal(journal.path) == {"metric values": 14, "params": 1, "tags": 0, "artifacts": 0, "models": 0,
                                              "runs to create": 1, "run endings": 1}
-    assert deliver_journal(journal.path) == {"metric values": 0, "params": 0, "tags": 0, "artifacts": 0,
+    assert deliver_journal(journal.path) == {"metric values": 0, "params": 0, "tags": 0, "artifacts": 0, "models": 0,
                                              "runs to create": 0, "run endings": 0}
     assert not (journal.path / OPS).exists() and (journal.path / STATE).is_file()  # the record stays
     assert _run(client, "counts", run).info.status == "KILLED"

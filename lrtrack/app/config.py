@@ -104,6 +104,8 @@ class TrackingConfig:
     delivery_timeout_s: float = rule(lo=0, hi=7 * 86400, allowed="seconds in [0, 604800] (a week) to wait at the "
                                      "end for a tracking store that went away")
     spool_dir: Optional[str] = MISSING
+    log_model: bool = MISSING
+    register_model: Optional[str] = MISSING
 
 
 @dataclass
@@ -199,7 +201,8 @@ def validate(cfg: DictConfig, conf_dir: str | Path | None = None) -> None:
     if cfg.stage not in STAGES:
         errors.bad("stage", cfg.stage, f"allowed: {', '.join(STAGES)}")
     check_numbers(cfg, errors)
-    for check in (_check_finder, _check_data, _check_train, _check_bounds, _check_tracking, check_costs):
+    for check in (_check_finder, _check_data, _check_train, _check_bounds, _check_tracking, check_costs,
+                  check_param_names):
         check(cfg, errors)
     if errors.lines:
         raise ConfigError(errors.lines)
@@ -273,7 +276,8 @@ def _shown(value: Any) -> Any:
     text = repr(value)
     if len(text) <= 80:
         return value
-    return _Short(f"{text[:40]}...{text[-20:]} ({len(text)} characters)")
+    count = f"{len(value)} characters" if isinstance(value, str) else f"{len(text)} digits"
+    return _Short(f"{text[:40]}...{text[-20:]} ({count})")
 
 
 class _Short(str):
@@ -427,6 +431,34 @@ def _size(nbytes: float) -> str:
         if nbytes >= size:
             return f"{nbytes / size:.3g} {unit}"
     return f"{nbytes:.3g} bytes"
+
+
+MAX_PARAM_KEY = 250  # mlflow.utils.validation.MAX_ENTITY_KEY_LENGTH
+_PARAM_KEY = re.compile(r"^[/\w.\- :]*$")  # mlflow.utils.validation.validate_param_and_metric_name (POSIX)
+
+
+def check_param_names(cfg: DictConfig, errors: _Errors) -> None:
+    """Every setting becomes an MLflow param named by its path (``model.hidden``): a name MLflow
+    would refuse (too long, other characters, a path that normalises to another) is reported now,
+    not after the range test as a delivery failure."""
+    import posixpath
+
+    def keys(node: Any, prefix: str) -> Iterator[str]:
+        for key in node.keys() if isinstance(node, DictConfig) else []:
+            name = f"{prefix}{key}"
+            value = node._get_node(key)
+            if isinstance(value, DictConfig) and not value._is_missing() and not value._is_none() and len(value):
+                yield from keys(value, f"{name}.")
+            else:
+                yield name
+
+    for name in keys(cfg, ""):
+        if len(name) > MAX_PARAM_KEY:
+            errors.bad(_Short(name[:60] + "..."), _Short(f"({len(name)} characters)"), f"MLflow allows at most "
+                       f"{MAX_PARAM_KEY} characters in a param name (each setting's path)", "use shorter keys")
+        elif not _PARAM_KEY.match(name) or posixpath.normpath(name) != name or name.startswith("/"):
+            errors.add(f"setting {name!r} is invalid: MLflow logs each setting as a param named by its path, and "
+                       "allows only letters, digits, _ - . / : and spaces there (and no '//' or '..'); rename the key")
 
 
 def _check_choices(cfg: DictConfig, errors: _Errors, conf_dir: str | Path | None) -> None:

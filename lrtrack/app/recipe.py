@@ -260,7 +260,29 @@ class RangeTestRecipe:
         if run.enabled:
             layout.log_training(run, result, bounds=bounds, steps_per_epoch=steps_per_epoch, curve=curve,
                                 title=title)
+            self._log_model(parts, run)
         return result.final_val_loss
+
+    def _log_model(self, parts: Components, run: Any) -> None:
+        """The trained model as the final run's MLflow logged model (``tracking.log_model``), registered
+        as ``tracking.register_model`` when set; a model that cannot be saved is a warning (the
+        checkpoint stays the way to resume it)."""
+        import pickle
+
+        from lrtrack.data import peek
+        from lrtrack.tracking.journal import JournalError
+
+        tr = self.cfg.tracking
+        if not tr.log_model:
+            return
+        try:
+            layout.log_trained_model(run, parts.model, peek(parts.data.train), name=self.model_name,
+                                     registered_model_name=tr.register_model)
+        except JournalError:
+            raise
+        except (pickle.PicklingError, TypeError, AttributeError, RuntimeError, ValueError) as err:  # a user's module
+            log.warning("the trained model could not be saved for MLflow (%s: %s); it is not logged as a model "
+                        "(set tracking.log_model=false to skip it)", type(err).__name__, err)
 
     def _train(self, parts: Components, schedule: Any, observer: Any, resume_from: str | None) -> Any:
         from lrtrack.engine.train import train

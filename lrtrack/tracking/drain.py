@@ -167,8 +167,8 @@ class Delivery:
             self._apply_one(op)
             self.state["offset"] = offset
             self.journal.save_state(self.state)
-            if op is not None and op.get("op") == "artifact":
-                self.journal.discard(op["file"])  # a long run's checkpoints do not pile up
+            if op is not None and op.get("op") in ("artifact", "log_model"):
+                self.journal.discard(op["file"] if op["op"] == "artifact" else op["folder"])  # no pile-up
         self._apply_rows(rows_run, rows, rows_end)
 
     def _apply_rows(self, run: str | None, rows: list[list[Any]], offset: int) -> None:
@@ -236,12 +236,23 @@ class Delivery:
                 self.client.log_artifacts(run_id, str(local), op.get("path"))
             else:
                 self.client.log_artifact(run_id, str(local), op.get("path"))
+        elif kind == "log_model":
+            self._log_model(run_id, op)
         elif kind == "end":
             self.client.set_terminated(run_id, status=op["status"], end_time=op.get("end"))
             if run in self.state["open"]:
                 self.state["open"].remove(run)
         else:
             raise ValueError(f"unknown journal operation {kind!r}")
+
+    def _log_model(self, run_id: str, op: Mapping[str, Any]) -> None:
+        from lrtrack.tracking.models import deliver_model
+
+        folder = self.journal.path / op["folder"]
+        if not folder.exists():  # delivered before, as an artifact's copy (see _apply)
+            log.info("lrtrack: model %s was logged before (its copy is gone): skipped", op["folder"])
+            return
+        deliver_model(self.tracking_uri, self.state["experiment_id"], run_id, op, folder)
 
     def _create(self, op: Mapping[str, Any]) -> None:
         run = op["run"]

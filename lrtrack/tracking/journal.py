@@ -13,7 +13,8 @@ A journal is a folder::
     ops.jsonl        one operation per line, in order (see :data:`OPS`)
     delivered.json   how far delivery got: the byte offset, lrtrack id -> the store's run id, the
                      experiment's id, the runs still open (written by the deliverer only)
-    files/NNNNNN/    artifact files waiting to be delivered (a hard link for a checkpoint)
+    files/NNNNNN/    artifact files waiting to be delivered (a hard link for a checkpoint), or a
+                     trained model waiting to be logged (``log_model``)
     rejected.jsonl   operations the store refused for good (a deleted run, a changed param)
     lock             flock'ed by the job, and by the relay it started, which inherits the lock
 
@@ -38,7 +39,11 @@ from typing import Any
 
 from lrtrack.tracking.redact import MASK, redact
 
-FORMAT = 1  # the journal's format version: a deliverer refuses a journal it does not know
+FORMAT = 2  # the journal's format version, written in journal.json: a deliverer refuses a journal it does not know
+#: The formats this lrtrack delivers: 2 added the ``log_model`` operation, so every format-1 journal
+#: is a valid format-2 one; an older lrtrack refuses a format-2 journal at once (it names the format)
+#: instead of rejecting its model.
+READS = (1, 2)
 META = "journal.json"
 OPS = "ops.jsonl"
 STATE = "delivered.json"
@@ -56,6 +61,11 @@ KINDS = {
     "params": ("params",),
     "tags": ("tags",),
     "artifact": ("file", "path"),  # file: relative to the journal folder; path: the artifact folder
+    # folder: relative to the journal folder, holding model.pt (the whole module, torch.save) and
+    # input_example.pt; delivered with mlflow.pytorch.log_model as a logged model of the run
+    # (lrtrack.tracking.models), registered as registered_model_name unless it is null; paths: the
+    # job's sys.path, where the model's class is imported from.
+    "log_model": ("folder", "name", "registered_model_name", "paths"),
     "end": ("status", "end"),
 }
 FULL_DISK = {errno.ENOSPC, errno.EDQUOT}
@@ -192,9 +202,9 @@ class Journal:
         if not (path / META).is_file():
             raise ValueError(f"{path} is not an lrtrack tracking journal (no {META} in it)")
         version = json.loads((path / META).read_text()).get("format")
-        if version != FORMAT:
-            raise ValueError(f"{path} is a tracking journal of format {version!r}; this lrtrack reads format "
-                             f"{FORMAT}: deliver it with the lrtrack version that wrote it")
+        if version not in READS:
+            raise ValueError(f"{path} is a tracking journal of format {version!r}; this lrtrack reads formats "
+                             f"{', '.join(map(str, READS))}: deliver it with the lrtrack version that wrote it")
         if lock_fd is None:
             try:
                 lock_fd = _lock(path, blocking=False)
@@ -338,7 +348,7 @@ class Journal:
 
     def summary(self, offset: int) -> dict[str, int]:
         """What is still undelivered past ``offset``: counts by kind."""
-        counts = {"metric values": 0, "params": 0, "tags": 0, "artifacts": 0, "runs to create": 0,
+        counts = {"metric values": 0, "params": 0, "tags": 0, "artifacts": 0, "models": 0, "runs to create": 0,
                   "run endings": 0}
         for _, op in self.read(offset):
             kind = op.get("op") if op else None
@@ -346,12 +356,13 @@ class Journal:
                 counts["metric values"] += len(op["rows"])  # type: ignore[index]
             elif kind in ("params", "tags"):
                 counts[kind] += len(op[kind])  # type: ignore[index]
-            elif kind in ("artifact", "create", "end"):
-                counts[{"artifact": "artifacts", "create": "runs to create", "end": "run endings"}[kind]] += 1
+            elif kind in ("artifact", "log_model", "create", "end"):
+                counts[{"artifact": "artifacts", "log_model": "models", "create": "runs to create",
+                        "end": "run endings"}[kind]] += 1
         return counts
 
 
-SINGULAR = {"metric values": "metric value", "params": "param", "tags": "tag", "artifacts": "artifact",
+SINGULAR = {"metric values": "metric value", "params": "param", "tags": "tag", "artifacts": "artifact", "models": "model",
             "runs to create": "run to create", "run endings": "run ending"}
 
 

@@ -243,6 +243,18 @@ def log_training(run: Any, result: TrainResult, *, bounds: Bounds, steps_per_epo
                       in enumerate(zip(result.lrs, result.losses, result.smoothed_losses))], TRAIN_HISTORY)
 
 
+def log_trained_model(run: Any, model: Any, first_batch: Any, *, name: str,
+                      registered_model_name: str | None = None) -> None:
+    """The trained model as the final run's MLflow logged model (``mlflow.pytorch.log_model`` on
+    delivery), named ``name`` (MLflow's characters only), with the first rows of ``first_batch`` as
+    its input example; registered as ``registered_model_name`` when given."""
+    from lrtrack.tracking.models import input_example
+
+    safe = "".join(c if c.isalnum() or c in "_-." else "_" for c in name) or "model"
+    run.log_model(model, name=safe, input_example=input_example(first_batch),
+                  registered_model_name=registered_model_name)
+
+
 # --------------------------------------------------------------------------- a sweep's own runs
 
 

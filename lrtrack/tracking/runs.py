@@ -174,7 +174,26 @@ class TrackedRun:
                     shutil.copy2(source, target)
             else:  # it may change in place before it is delivered
                 shutil.copy2(source, target)
+            if target.is_file():
+                target.chmod(PRIVATE_FILE)  # readable by this user only, as everything in the journal
         self._append("artifact", file=relative, path=artifact_path)
+
+    def log_model(self, model: Any, *, name: str, input_example: Any = None,
+                  registered_model_name: str | None = None) -> None:
+        """The trained ``model`` as an MLflow logged model of this run (with ``input_example`` and a
+        signature inferred from it), registered as ``registered_model_name`` when given. The job
+        writes the module into the journal; the deliverer calls ``mlflow.pytorch.log_model``
+        (:mod:`lrtrack.tracking.models`)."""
+        import sys
+
+        from lrtrack.tracking.models import save_model
+
+        with self._full_disk_is_journal_error():
+            target, relative = self.journal.stash("model")
+            target.mkdir()
+            save_model(model, input_example, target)
+        self._append("log_model", folder=relative, name=name, registered_model_name=registered_model_name,
+                     paths=[p for p in sys.path if p])
 
     def on_checkpoint(self, path: str | Path, step: int) -> None:
         """A checkpoint was written at ``step``; every metric before it is already journaled."""
