@@ -41,9 +41,19 @@ def config_folders(argv: list[str]) -> list[Path]:
     return [Path(f).expanduser() for f in folders if f and not f.startswith("pkg://")]
 
 
+MAX_KEY = 250  # MLflow's longest param name (mlflow.utils.validation.MAX_ENTITY_KEY_LENGTH); each setting is one
+
+
 def config_file_problems(argv: list[str]) -> list[str]:
-    """One line per YAML file of the user's config folders that Hydra should not be given."""
+    """One line per YAML file of the user's config folders that Hydra should not be given, and per
+    override whose key no config can hold (Hydra would look for a file of that name: OSError)."""
     problems = []
+    for arg in argv:
+        key = arg.split("=", 1)[0].lstrip("+~") if "=" in arg and not arg.startswith("-") else ""
+        if len(key) > MAX_KEY:
+            problems.append(f"override {key[:50]}...={arg.split('=', 1)[1][:20]!r}: the key has {len(key)} "
+                            f"characters, more than the {MAX_KEY} MLflow allows in a param name (each setting is "
+                            "logged as one): use a shorter key")
     for folder in config_folders(argv):
         if folder.is_dir():
             problems += [p for p in (yaml_problem(path) for path in _yaml_files(folder)) if p]

@@ -335,7 +335,7 @@ class RangeTestRecipe:
         name = " ".join([stage, self.model_name, *[p for p in parts if p], where])
         if self.job.sweep is not None and stage != "lrtrack":  # a sweep's runs: which job, which sweep
             name += f", {self.job.sweep.job_name(self.job.overrides)}"
-        return name
+        return name if len(name) <= layout.MAX_RUN_NAME else name[:layout.MAX_RUN_NAME - 3] + "..."
 
 
 def run_sweep_job(cfg: DictConfig, job: JobInfo) -> float:

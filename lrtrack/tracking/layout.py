@@ -98,6 +98,8 @@ FINAL_VAL_ACCURACY = "final_val_accuracy"
 MAX_LR_PARAM = "bounds.max_lr_used"
 BASE_LR_PARAM = "bounds.base_lr_used"
 MAX_PARAM_VALUE = 6000  # longer param values are rejected/truncated by the store
+MAX_TAG_VALUE = 8000  # mlflow.utils.validation.MAX_TAG_VAL_LENGTH: a longer tag (a long command line) is refused
+MAX_RUN_NAME = 250  # the runs table's name column (String(250); enforced by postgres and mysql)
 
 
 # --------------------------------------------------------------------------- every job's runs
@@ -117,7 +119,7 @@ class RunContext:
                 if not group.startswith("hydra/") and choice is not None}
         tags.update({STAGE_TAG: stage, COMMAND_TAG: self.command, OVERRIDES_TAG: " ".join(self.overrides)})
         tags.update(extra)
-        return redact_tree(tags)
+        return {key: value[:MAX_TAG_VALUE] for key, value in redact_tree(tags).items()}
 
 
 @dataclass(frozen=True)
