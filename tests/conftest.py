@@ -134,7 +134,7 @@ def run_cli_here(args: list[str], cwd: Path) -> CliRun:
     default filters, printed on stderr); a Ctrl-C that lrtrack does not handle stops pytest, as it
     would stop both processes. Everything the run changes in this process is put back:
     working folder, ``sys.argv``, ``sys.path``, modules imported from the launch folder, the
-    environment, logging handlers, the SIGTERM handler and Hydra's global state.
+    environment, logging handlers, the SIGTERM and SIGINT handlers and Hydra's global state.
     """
     import contextlib
     import io
@@ -152,7 +152,7 @@ def run_cli_here(args: list[str], cwd: Path) -> CliRun:
     saved_modules = set(sys.modules)
     root = logging.getLogger()
     saved_handlers, saved_level = root.handlers[:], root.level
-    saved_term = signal.getsignal(signal.SIGTERM)
+    saved_term, saved_int = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     out, err = io.StringIO(), io.StringIO()
     code = 0
 
@@ -202,6 +202,7 @@ def run_cli_here(args: list[str], cwd: Path) -> CliRun:
         root.handlers[:] = saved_handlers
         root.setLevel(saved_level)
         signal.signal(signal.SIGTERM, saved_term)
+        signal.signal(signal.SIGINT, saved_int)
         GlobalHydra.instance().clear()
     return CliRun(list(args), code, out.getvalue(), err.getvalue())
 

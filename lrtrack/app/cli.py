@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -22,6 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from lrtrack.app.config import ConfigError, config_dir, register_configs, validate
+from lrtrack.app.guard import protect, stop_on_signals
 from lrtrack.tracking.redact import redact
 
 log = logging.getLogger("lrtrack")
@@ -34,7 +34,7 @@ EXIT_INTERRUPTED = 130
 def fail(lines: str | list[str], code: int = EXIT_BAD_INPUT) -> NoReturn:
     """Print one line per problem to stderr and exit without a traceback."""
     for problem in [lines] if isinstance(lines, str) else lines:
-        line = " ".join(part.strip() for part in str(problem).splitlines() if part.strip())
+        line = redact(" ".join(part.strip() for part in str(problem).splitlines() if part.strip()))
         print(f"lrtrack: error: {line}", file=sys.stderr)
     sys.exit(code)
 
@@ -62,6 +62,7 @@ def task(cfg: DictConfig) -> float | None:
     from lrtrack.tracking.journal import DeliveryError, JournalError
 
     job = job_info()
+    protect(cfg, job.output_dir)
     if job.sweep is not None or HydraConfig.get().mode == RunMode.MULTIRUN:
         return run_sweep_job(cfg, job)
     try:
@@ -77,7 +78,6 @@ def task(cfg: DictConfig) -> float | None:
         fail(str(err), EXIT_FAILED)
     except KeyboardInterrupt:
         resume = f"; continue training with: {job.command} train.resume={job.final_run_id}" if job.final_run_id else ""
-        resume = redact(resume)
         fail(f"interrupted; the runs so far are kept in MLflow (status KILLED){resume}", EXIT_INTERRUPTED)
 
 
@@ -106,10 +106,6 @@ def condensed(error: BaseException) -> str:
 _job_started = False
 
 
-def _terminate(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def exit_without_teardown(code: int) -> None:
     """End the process after a finished command, skipping the interpreter's module teardown:
     with torch loaded it takes about a second, spent after everything was written. atexit
@@ -134,7 +130,7 @@ def main() -> None:
     from yaml import YAMLError
 
     register_configs()
-    signal.signal(signal.SIGTERM, _terminate)  # a cluster's preemption: stop as Ctrl-C does
+    stop_on_signals()  # SIGTERM (a cluster's preemption) as Ctrl-C: KeyboardInterrupt once, then exit 130
     # Let composition errors reach us as exceptions (Hydra would print them over many lines).
     os.environ["HYDRA_FULL_ERROR"] = "1"
     app = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")(task)
@@ -143,6 +139,10 @@ def main() -> None:
     (problems := config_file_problems(sys.argv[1:])) and fail(problems)
     try:
         app()
+    except KeyboardInterrupt:  # a sweep stopped (a single job ends in task(), with its resume command)
+        from lrtrack.app.sweep import interrupt_sweep
+
+        fail(interrupt_sweep(), EXIT_INTERRUPTED)
     except (HydraException, OmegaConfBaseException, YAMLError) as err:
         if _job_started:
             raise  # raised while a job ran: a bug, keep the traceback

@@ -191,6 +191,7 @@ class SweepCallback(Callback):
             swept=swept, overrides=overrides, keys=keys, command="python -m lrtrack " + " ".join(sys.argv[1:]),
             launcher=launcher, sweep_dir=sweep_dir)
         self.context = SweepContext(self.run.run_id, uri, name, tuple(keys))
+        _ACTIVE[:] = [self]  # Ctrl-C or SIGTERM mid-sweep: :func:`interrupt_sweep` ends its run KILLED
         os.environ.update({ENV_RUN_ID: self.run.run_id, ENV_TRACKING_URI: uri, ENV_EXPERIMENT: name,
                            ENV_KEYS: ",".join(keys)})
         log.info("sweep run %s in experiment %s (%s launcher): %s", self.run.run_id, name, launcher, " ".join(swept))
@@ -211,6 +212,28 @@ class SweepCallback(Callback):
             print(f"lrtrack: error: {failed} sweep job(s) failed; see the FAILED runs under sweep run "
                   f"{ctx.run_id} (their {layout.ERROR_TAG} tag says why)", file=sys.stderr)
             sys.exit(EXIT_JOBS_FAILED)
+
+    def interrupted(self) -> str | None:
+        """Ctrl-C or SIGTERM stopped the sweep (inside a job or between jobs): its run ends KILLED and
+        its journal goes to the relay; returns the sweep run's id (None when none was started)."""
+        ctx = self.context
+        if ctx is None:
+            return None
+        self.context = None
+        for var in ENV_VARS:
+            os.environ.pop(var, None)
+        self.run.end("KILLED")
+        self.tracker.hand_over()
+        return ctx.run_id
+
+
+_ACTIVE: list[SweepCallback] = []  # the sweep this process started, while it runs
+
+
+def interrupt_sweep() -> str:
+    """End the running sweep of this process KILLED (see :meth:`SweepCallback.interrupted`); the line to show."""
+    run_id = _ACTIVE.pop().interrupted() if _ACTIVE else None
+    return f"interrupted; the sweep run {run_id} and its jobs' runs end KILLED in MLflow" if run_id else "interrupted"
 
 
 def _print_review_hint(ctx: SweepContext, tracker: Any) -> None:

@@ -666,7 +666,8 @@ def run_range_test(
         policy: torch-lr-finder 0.2.2's behaviour for lrtrack.compat; leave None.
 
     Returns:
-        A :class:`RangeTestResult`; ``stop_reason`` is ``interrupted`` after Ctrl-C. Its
+        A :class:`RangeTestResult`; ``stop_reason`` is ``interrupted`` after Ctrl-C (or SIGTERM, in
+        the sweep or the probes: the caller decides whether to stop, as the recipe does). Its
         ``suggestions`` hold every rule (the default ``confirmed`` included) and ``edge`` the
         divergence edge.
     """
@@ -748,6 +749,7 @@ def _confirm(test: _RangeTest, snapshot: StateSnapshot, batches: Iterator[Any], 
     fixed = [move_to_device(next(batches), test.device, test.non_blocking)
              for _ in range(steps * test.accumulation_steps)]
     used, cut = 0, False
+    log.info("confirmation probes: %d steps each, at most %d steps in all", steps, budget)
     try:
         while (lr := search.next_lr()) is not None:
             if used + steps > budget:
@@ -757,8 +759,10 @@ def _confirm(test: _RangeTest, snapshot: StateSnapshot, batches: Iterator[Any], 
             probe = test.probe(lr, fixed, steps)
             used += probe.steps
             search.add(probe)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # the test is interrupted: the caller sees it in stop_reason, as for the sweep
         log.warning("confirmation probes interrupted after %d probes", len(search.probes))
+        test.stop_reason = STOP_INTERRUPTED
+        test.stop_detail = f"interrupted during the confirmation probes after {len(search.probes)} probes"
     log.info("confirmation: %d fixed-LR probes, %d steps", len(search.probes), used)
     return search.probes, probe_reasons(search.probes, edge.lr, climbed_out=search.climbed_out, cut=cut)
 

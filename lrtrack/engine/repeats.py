@@ -232,7 +232,8 @@ def combine(results: Sequence[RangeTestResult]) -> RangeTestResult:
         lrs=list(longest.lrs), group_lrs=[list(g) for g in longest.group_lrs], losses=losses,
         smoothed_losses=_median_rows([r.smoothed_losses for r in results], n),
         train_losses=_median_rows([r.train_losses for r in results], n) if validated else losses,
-        stop_reason=longest.stop_reason,
+        # Any repeat interrupted (Ctrl-C, SIGTERM): the whole test was, whichever repeat is longest.
+        stop_reason=STOP_INTERRUPTED if STOP_INTERRUPTED in reasons else longest.stop_reason,
         stop_detail=f"{len(results)} repeats ({', '.join(reasons)}); longest: {longest.stop_detail}",
         suggestions={rule: _median_suggestion(rule, results, longest.lrs, edge) for rule in longest.suggestions},
         num_iter=longest.num_iter, step_mode=longest.step_mode, start_lr=longest.start_lr, end_lr=longest.end_lr,

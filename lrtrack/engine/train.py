@@ -173,7 +173,9 @@ def set_optimizer_mode(optimizer: torch.optim.Optimizer, *, training: bool) -> N
 def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
+    # Created readable by this user only (the model and optimizer state are the user's work).
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
+        torch.save(payload, fh)
     # replace in one move so an interrupted save never leaves a truncated last.pt
     os.replace(tmp, path)
 

@@ -133,8 +133,25 @@ def full_disk_message(folder: Path, err: OSError) -> str:
 
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
+    with private_open(tmp, "w") as fh:
+        fh.write(text)
     os.replace(tmp, path)
+
+
+PRIVATE_FILE = 0o600  # the journal's files: params, tags, checkpoints (readable by this user only)
+PRIVATE_DIR = 0o700
+
+
+def private_open(path: Path, mode: str, **kwargs: Any) -> Any:
+    """``open(path, mode)``, a new file created readable by this user only (whatever the umask)."""
+    flags = os.O_CREAT | (os.O_RDWR if "+" in mode else os.O_WRONLY)
+    flags |= os.O_APPEND if "a" in mode else (os.O_TRUNC if "w" in mode else 0)
+    fd = os.open(path, flags, PRIVATE_FILE)
+    try:
+        return os.fdopen(fd, mode, **kwargs)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _lock(path: Path, *, blocking: bool) -> int:
@@ -177,7 +194,9 @@ class Journal:
                 "owner": owner_id(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "made_parent": made_parent}  # whoever removes the journal removes an emptied parent too
         try:
-            path.mkdir(parents=True, mode=0o700)
+            if made_parent:  # the spool folder: private too (a user's existing folder is left as it is)
+                parent.mkdir(parents=True, mode=PRIVATE_DIR)
+            path.mkdir(parents=True, mode=PRIVATE_DIR)
             fd = _lock(path, blocking=True)
             _write_atomic(path / META, json.dumps(meta, indent=1))
         except OSError as err:
@@ -253,7 +272,7 @@ class Journal:
         written = 0
         try:
             if self._fh is None:
-                self._fh = open(self._ops, "ab", buffering=0)  # noqa: SIM115 - held for the job's life
+                self._fh = private_open(self._ops, "ab", buffering=0)  # held for the job's life
             # An unbuffered write may be short (a disk that fills up takes what fits and says so only
             # on the next write): write the rest, and on an error take back the part that was written,
             # or the next line would be glued to half a line and both be lost to the deliverer.
@@ -281,7 +300,7 @@ class Journal:
             folder = self.path / FILES / f"{self._files:06d}"
             if not folder.exists():
                 break
-        folder.mkdir(parents=True)
+        folder.mkdir(parents=True, mode=PRIVATE_DIR)
         target = folder / (Path(name).name or "artifact")
         return target, str(target.relative_to(self.path))
 
@@ -324,7 +343,7 @@ class Journal:
             pass
 
     def reject(self, op: Mapping[str, Any] | None, reason: str) -> None:
-        with open(self.path / REJECTED, "a") as fh:
+        with private_open(self.path / REJECTED, "a") as fh:
             fh.write(json.dumps({"error": reason, "op": op}) + "\n")
 
     def rejected(self) -> int:

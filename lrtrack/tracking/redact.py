@@ -1,33 +1,122 @@
 """Credentials never leave the process: ``scheme://user:secret@host`` becomes ``scheme://***@host``.
 
-A tracking URI may carry a user and password (``http://user:pass@host:5000``), and it reaches
-params, tags, config artifacts, Hydra's saved config, log lines and the report. Everything
-lrtrack writes or prints about a URI or a command line passes through :func:`redact` first.
+A tracking URI may carry a user and password (``http://user:pass@host:5000``), a user config may
+hold a token (``api_key: ...``, ``${oc.env:MY_TOKEN}``), and they reach params, tags, config
+artifacts, Hydra's saved config, log lines and the report. Everything lrtrack writes or prints
+passes through :func:`redact` (text) or :func:`redact_tree` (a config) first, which mask:
+
+- the whole userinfo of every URL (``scheme://<anything up to the host's @>@host``), found by
+  parsing the URL's authority, so a password holding ``@``, ``:`` or ``/`` is masked whole;
+- the value of every setting whose name says it is secret (``*password*``, ``*token*``,
+  ``*secret*``, ``*api_key*``): as a key of a config, as ``key=value`` in a command line or an
+  override, as ``?key=value`` in a query string;
+- every value registered with :func:`register_secret` (the app registers what a user config takes
+  from the environment with ``${oc.env:...}``), wherever it appears.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from typing import Any
 
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^/@\s]+)@")
-_SECRET_QUERY = re.compile(r"(?i)(?P<key>[?&](?:password|passwd|token|secret|access_token|api_key)=)[^&\s#]*")
 MASK = "***"
+_WORDS = r"passw(?:or)?d|pwd|token(?!iz)|secret|api[_-]?key|access[_-]?key|credential"
+_SECRET_NAME = re.compile(rf"(?i)(?:{_WORDS})")
+_SECRET_NAME_END = re.compile(rf"(?i)(?:{_WORDS})$")
+_URL = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<rest>[^\s'\"<>]*)")
+# user:pa/ss@host: a colon not followed by a port ends the user; the password runs to the last @.
+_USER_COLON = re.compile(r"^[^/?#@]*:(?!\d*(?:[/?#]|$))")
+_QUERY = re.compile(rf"(?i)(?P<key>[?&;][^=&\s#]*(?:{_WORDS})[^=&\s#]*=)(?P<value>[^&\s#]*)")
+_KEYED = re.compile(rf"(?i)(?P<key>(?<![\w?&;])[\w.\-+~/]*(?:{_WORDS})[\w.\-]*(?P<q>['\"]?)(?:=|:[ \t]+))"
+                    rf"(?P<value>'[^']*'|\"[^\"]*\"|[^\s,;}}\]]+)")
+_NUMBER = re.compile(r"^[+-]?\d+(?:\.\d*)?(?:e[+-]?\d+)?$", re.IGNORECASE)
+_LITERALS: set[str] = set()
+MIN_SECRET_LENGTH = 4  # shorter registered values would mask common words
+
+
+def register_secret(value: Any) -> None:
+    """Mask ``value`` wherever :func:`redact` sees it from now on (in this process)."""
+    text = str(value) if value is not None else ""
+    if len(text) >= MIN_SECRET_LENGTH and text != MASK:
+        _LITERALS.add(text)
+
+
+def is_secret_name(key: str) -> bool:
+    """A setting whose name says it holds a credential (``db.password``, ``hf_token``, ``api_key``)."""
+    return bool(_SECRET_NAME.search(str(key)))
+
+
+def _mask_url(m: re.Match[str]) -> str:
+    rest = m["rest"]
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    if "@" in authority:
+        at = authority.rfind("@")
+    elif "@" in rest and _USER_COLON.match(rest):
+        at = rest.rfind("@")
+    else:
+        return m.group(0)
+    return f"{m['scheme']}{MASK}{rest[at:]}"
+
+
+def _mask_keyed(m: re.Match[str]) -> str:
+    value = m["value"]
+    if value in (MASK, f"'{MASK}'", f'"{MASK}"') or value.startswith("${"):
+        return m.group(0)
+    key = m["key"].rstrip("=: \t'\"")
+    if _NUMBER.match(value) and not _SECRET_NAME_END.search(key):  # max_tokens=512 is no secret
+        return m.group(0)
+    quote = value[0] if value[:1] in ("'", '"') else ""
+    return f"{m['key']}{quote}{MASK}{quote}"
 
 
 def redact(text: str) -> str:
-    """``text`` with the user:password part of every URL and secret query values masked."""
-    text = _USERINFO.sub(lambda m: f"{m['scheme']}{MASK}@", text)
-    return _SECRET_QUERY.sub(lambda m: f"{m['key']}{MASK}", text)
+    """``text`` with URL userinfo, secret settings' values and registered secrets masked."""
+    for literal in sorted(_LITERALS, key=len, reverse=True):
+        text = text.replace(literal, MASK)
+    text = _URL.sub(_mask_url, text)
+    text = _QUERY.sub(lambda m: f"{m['key']}{MASK}", text)
+    return _KEYED.sub(_mask_keyed, text)
 
 
-def redact_tree(value: Any) -> Any:
-    """:func:`redact` applied to every string inside nested dicts and lists."""
+def redact_tree(value: Any, key: str = "") -> Any:
+    """:func:`redact` applied to every string inside nested dicts and lists; the value of a key whose
+    name says it is secret (:func:`is_secret_name`) is masked whole (a number only when the name ends
+    with the word: ``api_key: 123`` but not ``max_tokens: 512``)."""
+    if isinstance(value, Mapping):
+        return {k: redact_tree(v, str(k)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(redact_tree(v, key) for v in value)
+    if key and value is not None and not isinstance(value, bool) and is_secret_name(key):
+        if isinstance(value, str) or _SECRET_NAME_END.search(key):
+            return MASK if value != "" else value
     if isinstance(value, str):
         return redact(value)
-    if isinstance(value, Mapping):
-        return {k: redact_tree(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(redact_tree(v) for v in value)
     return value
+
+
+class _RedactingFactory:
+    """A log record factory that masks (:func:`redact`) every message before any handler sees it."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __call__(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = self.inner(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed call: leave it to logging's own error report
+            return record
+        masked = redact(message)
+        if masked != message:
+            record.msg, record.args = masked, ()
+        return record
+
+
+def install_log_redaction() -> None:
+    """Mask credentials in every log line of this process, in every handler (console, Hydra's job
+    log file, tqdm's): idempotent."""
+    factory = logging.getLogRecordFactory()
+    if not isinstance(factory, _RedactingFactory):
+        logging.setLogRecordFactory(_RedactingFactory(factory))

@@ -117,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
             log.error("lrtrack relay: tracking store %s still unavailable (%s): the writes wait in %s; deliver "
                       "them with: %s %s", redact(uri), delivery.last_error, journal.path, DELIVER_COMMAND, journal.path)
         return 1
-    if control.parent_gone and not journal.rejected():  # nobody else will: the journal's work is done
+    job_gone = control.parent_gone or os.getppid() != args.parent  # also a job stopped while it waited for us
+    if job_gone and not journal.rejected():  # nobody else will: the journal's work is done
         journal.remove()
     return 0
 

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from lrtrack.tracking.journal import (
     DELIVER_COMMAND,
     OWNER_TAG,
+    PRIVATE_FILE,
     REJECTED,
     DeliveryError,
     Journal,
@@ -40,7 +41,7 @@ from lrtrack.tracking.journal import (
     summary_text,
 )
 from lrtrack.tracking.layout import MAX_PARAM_VALUE, PARENT_TAG, RUN_LINK_TAGS
-from lrtrack.tracking.redact import redact
+from lrtrack.tracking.redact import redact, redact_tree
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -51,6 +52,7 @@ __all__ = ["DeliveryError", "JournalError", "TrackedRun", "Tracker", "resume_loc
 log = logging.getLogger(__name__)
 
 RELAY_START_SLACK_S = 30.0  # a relay may still be importing MLflow and opening the store at the end
+INTERRUPT_WAIT_S = 2.5  # a stopped job (Ctrl-C, SIGTERM) waits this long for its relay, then leaves it to deliver
 
 
 def safe_key(key: str) -> str:
@@ -112,19 +114,22 @@ class TrackedRun:
         if finite:
             self.on_step(step, finite)
 
+    # Every value written passes redact_tree (credentials masked, lrtrack.tracking.redact); metrics are numbers.
     def log_params(self, params: Mapping[str, Any]) -> None:
         if params:
+            params = redact_tree(dict(params))
             self._append("params", params={safe_key(k): str(v)[:MAX_PARAM_VALUE] for k, v in params.items()})
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         if tags:
-            self._append("tags", tags=_tag_values(tags))
+            self._append("tags", tags=_tag_values(redact_tree(dict(tags))))
 
     def _log_file(self, artifact_file: str, write: Any) -> None:
         folder, _, name = artifact_file.replace("\\", "/").rpartition("/")
         with self._full_disk_is_journal_error():
             target, relative = self.journal.stash(name)
             write(target)
+            target.chmod(PRIVATE_FILE)
         self._append("artifact", file=relative, path=folder or None)
 
     @contextlib.contextmanager
@@ -144,10 +149,10 @@ class TrackedRun:
         self._log_file(artifact_file, lambda path: figure.savefig(path))
 
     def log_dict(self, data: Any, artifact_file: str) -> None:
-        self._log_file(artifact_file, lambda path: _dump_dict(data, path))
+        self._log_file(artifact_file, lambda path: _dump_dict(redact_tree(data), path))
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        self._log_file(artifact_file, lambda path: path.write_text(text))
+        self._log_file(artifact_file, lambda path: path.write_text(redact(text)))
 
     def log_rows_csv(self, rows: Iterable[Mapping[str, Any]], artifact_file: str,
                      columns: Sequence[str] | None = None) -> None:
@@ -277,7 +282,8 @@ class Tracker:
         if parent_run_id:
             all_tags[PARENT_TAG] = parent_run_id
         run_id = run_id or new_run_id()
-        self.journal.append("create", run_id, name=name, tags=_tag_values(all_tags), start=int(time.time() * 1000))
+        self.journal.append("create", run_id, name=redact(name), tags=_tag_values(redact_tree(all_tags)),
+                            start=int(time.time() * 1000))
         return TrackedRun(self.journal, run_id)
 
     def run(self, run_id: str) -> TrackedRun:
@@ -313,7 +319,11 @@ class Tracker:
         timeout_s = self.delivery_timeout_s if timeout_s is None else float(timeout_s)
         relay = self._relay
         if relay is not None:
-            self._stop_relay(relay, timeout_s)
+            try:
+                self._stop_relay(relay, timeout_s)
+            except KeyboardInterrupt:  # stopped while waiting: the relay delivers on, then removes the journal
+                self.journal.close()
+                raise
         state = self.journal.load_state()
         self._experiment_id = state.get("experiment_id")
         self._store_ids = dict(state.get("ids", {}))
@@ -373,7 +383,38 @@ class Tracker:
     def __enter__(self) -> Tracker:
         return self
 
+    def hand_over(self, wait_s: float = INTERRUPT_WAIT_S) -> None:
+        """The job stops now (Ctrl-C, SIGTERM): leave what it journaled to the relay, waiting at most
+        ``wait_s`` for it. The relay, told the job is gone (end of its input), delivers everything,
+        ends the runs left open KILLED and removes the journal, after this process has exited if
+        need be (it runs in its own session, so the signal that stopped the job does not reach it)."""
+        if self._closed:
+            return
+        self._closed = True
+        relay = self._relay
+        if not self.journal.started:  # nothing was logged: nothing to deliver
+            if relay is not None:
+                relay.kill()
+                relay.wait()
+            self.journal.remove()
+            return
+        if relay is None:
+            self.journal.close()
+            log.error("tracking writes kept in %s; deliver them with: %s %s", self.journal.path, DELIVER_COMMAND,
+                      self.journal.path)
+            return
+        with contextlib.suppress(OSError):
+            relay.stdin.close()  # type: ignore[union-attr]
+        try:
+            relay.wait(timeout=wait_s)
+        except subprocess.TimeoutExpired:
+            log.info("the tracking relay (pid %d) goes on delivering the runs in the background", relay.pid)
+        self.journal.close()
+
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            self.hand_over()  # stop within seconds: the relay delivers on
+            return
         try:
             self.close()
         except DeliveryError as err:

@@ -1,0 +1,96 @@
+"""What guards a job from its first line: signals and secrets.
+
+- :func:`stop_on_signals`: SIGTERM (a cluster's preemption) and SIGINT (Ctrl-C) raise one
+  ``KeyboardInterrupt`` in the job, whatever stage it is in; every stage (the range test's sweep,
+  repeats and probes, training, the final delivery, a sweep's jobs) lets it through to the CLI,
+  which ends the job with exit 130 and the runs KILLED. A second signal during that clean-up is
+  not raised into it; one that comes after :data:`HARD_STOP_AFTER_S` ends the process at once.
+- :func:`protect`: credentials masked in every log line, the values a config takes from the
+  environment (``${oc.env:NAME}``) registered as secrets, and the job's log file and Hydra's
+  saved config made readable by this user only, with credentials masked in them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+EXIT_INTERRUPTED = 130
+#: A signal that comes this long after the first, while the job still stops, ends the process at
+#: once (the relay, in its own session, still delivers what was journaled and ends open runs KILLED).
+HARD_STOP_AFTER_S = 4.0
+_stopping_since: float | None = None
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    """SIGTERM and SIGINT: stop the job (one KeyboardInterrupt), exit 130."""
+    global _stopping_since
+    if _stopping_since is None:
+        _stopping_since = time.monotonic()
+        raise KeyboardInterrupt(f"signal {signum}")
+    if time.monotonic() - _stopping_since > HARD_STOP_AFTER_S:
+        print("lrtrack: error: interrupted again while stopping; exiting now (the tracking relay delivers "
+              "what was logged)", file=sys.stderr, flush=True)
+        logging.shutdown()
+        os._exit(EXIT_INTERRUPTED)
+
+
+def stop_on_signals() -> None:
+    """Install the handler for SIGTERM and SIGINT (see the module docstring); main thread only."""
+    global _stopping_since
+    _stopping_since = None
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _terminate)
+
+
+_ENV_REF = re.compile(r"\$\{oc\.env:\s*([^,}\s]+)")
+#: Environment variables a config may interpolate that hold no credential (masking them would mask paths).
+PLAIN_ENV = frozenset({"HOME", "USER", "LOGNAME", "PWD", "TMPDIR", "TMP", "TEMP", "SHELL", "HOSTNAME", "SCRATCH"})
+
+
+def protect(cfg: DictConfig, output_dir: Path) -> None:
+    """Before the job writes anything: mask credentials in every log line, register the values the
+    config takes from the environment (``${oc.env:NAME}``) as secrets
+    (:func:`lrtrack.tracking.redact.register_secret`), and make the job's log file and Hydra's saved
+    config readable by this user only, credentials masked in them."""
+    from lrtrack.tracking.redact import install_log_redaction, register_secret
+
+    install_log_redaction()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, (dict, list)):
+            for value in node.values() if isinstance(node, dict) else node:
+                walk(value)
+        elif isinstance(node, str) and "oc.env" in node:
+            for name in _ENV_REF.findall(node):
+                if name not in PLAIN_ENV and not name.startswith(("SLURM_", "PBS_")):
+                    register_secret(os.environ.get(name))
+
+    walk(OmegaConf.to_container(cfg, resolve=False))
+    private = [Path(h.baseFilename) for h in logging.getLogger().handlers if hasattr(h, "baseFilename")]
+    for path in [*private, *(output_dir / ".hydra").glob("*.yaml")]:
+        with contextlib.suppress(OSError):
+            path.chmod(0o600)
+            if path.suffix == ".yaml":  # Hydra saved the config and the overrides as given
+                _redact_yaml(path)
+
+
+def _redact_yaml(path: Path) -> None:
+    import yaml
+
+    from lrtrack.tracking.redact import redact, redact_tree
+
+    text = path.read_text()
+    loaded = yaml.safe_load(text)
+    masked = yaml.safe_dump(redact_tree(loaded), sort_keys=False)
+    if redact(text) != text or masked != yaml.safe_dump(loaded, sort_keys=False):
+        path.write_text(masked)

@@ -1,0 +1,92 @@
+"""SIGTERM (a cluster's preemption) and SIGINT (Ctrl-C) in every stage of a real ``python -m lrtrack``:
+exit 130 within 5 s, the runs KILLED in the store (read back with MlflowClient), the resume command
+printed once a training run exists. Each case waits for its stage's marker in the job's output,
+then sends the signal; nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.test_faults import _Process
+
+pytestmark = pytest.mark.slow
+
+SMOKE = ["+model=mnist_cnn", "+experiment=smoke"]
+STOP_WITHIN_S = 5.0
+
+
+def _runs_ended(folder: Path, timeout: float = 60) -> list[Any]:
+    """Every run of the store once none is RUNNING (the relay may deliver after the job exited)."""
+    client = MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        if runs and all(r.info.status != "RUNNING" for r in runs):
+            return runs
+        assert time.monotonic() < deadline, [(r.info.run_name, r.info.status) for r in runs]
+        time.sleep(0.2)
+
+
+def _stop(proc: _Process, signum: int) -> tuple[int, str, float]:
+    start = time.monotonic()
+    proc.signal(signum)
+    code, out = proc.finish(timeout=30)
+    return code, out, time.monotonic() - start
+
+
+CASES = {
+    # stage: (extra overrides, the marker that says the stage is running, seconds to wait after it, signal)
+    "sweep": (["finder.num_iter=100000", "finder.end_lr=0.002"], r"range test: \d+ steps from", 0.5,
+              signal.SIGTERM),
+    "repeats": (["optimizer=adam", "finder.num_iter=400", "finder.end_lr=0.01", "finder.probe_steps=4"],
+                r"repeat 1: ", 0.0, signal.SIGTERM),
+    "probes": (["finder.num_iter=60", "finder.end_lr=1", "finder.probe_steps=5000"],
+               r"confirmation probes: ", 0.3, signal.SIGINT),
+    "training": (["stage=train", "bounds.max_lr=0.05", "train.epochs=50", "data.fake_size=2048"],
+                 r"epoch 1/50: ", 0.0, signal.SIGINT),
+}
+
+
+@pytest.mark.parametrize("stage", list(CASES))
+def test_a_signal_in_each_stage_ends_the_job_with_130_and_its_runs_killed(stage: str, tmp_path: Path,
+                                                                          premade_store) -> None:
+    extra, marker, delay, signum = CASES[stage]
+    premade_store(tmp_path)
+    proc = _Process([*SMOKE, *extra], tmp_path)
+    proc.read_until(marker)
+    time.sleep(delay)
+    code, out, took = _stop(proc, signum)
+    assert code == 130, out[-3000:]
+    assert took < STOP_WITHIN_S, f"{took:.1f} s to stop"
+    assert "Traceback" not in out, out[-3000:]
+    assert "lrtrack: error: interrupted" in out
+    assert "training done" not in out  # the job did not go on to train
+    runs = _runs_ended(tmp_path)
+    assert runs and {r.info.status for r in runs} == {"KILLED"}, [(r.info.run_name, r.info.status) for r in runs]
+    if stage == "training":
+        assert "continue training with: " in out and "train.resume=" in out.split("continue training with: ")[-1]
+    assert not list(tmp_path.glob("outputs/*/*/tracking-spool/*"))  # the relay delivered and removed the journal
+
+
+def test_a_signal_in_a_sweeps_job_ends_the_sweep_with_130_and_every_run_killed(tmp_path: Path,
+                                                                              premade_store) -> None:
+    premade_store(tmp_path)
+    proc = _Process(["-m", *SMOKE, "finder.num_iter=100000", "finder.end_lr=0.002", "seed=0,1"], tmp_path)
+    proc.read_until(r"range test: \d+ steps from")
+    time.sleep(0.5)
+    code, out, took = _stop(proc, signal.SIGTERM)
+    assert code == 130, out[-3000:]
+    assert took < STOP_WITHIN_S, f"{took:.1f} s to stop"
+    assert "Traceback" not in out and "lrtrack: error: interrupted" in out, out[-3000:]
+    runs = _runs_ended(tmp_path)
+    stages = sorted(r.data.tags.get("lrtrack.stage", "") for r in runs)
+    assert "sweep" in stages and "explore" in stages, stages
+    assert {r.info.status for r in runs} == {"KILLED"}, [(r.info.run_name, r.info.status) for r in runs]
+    assert "seed=1" not in " ".join(r.info.run_name for r in runs)  # the second job never started
