@@ -93,7 +93,8 @@ class LRRangeTest(Callback):
                 pl_module, optimizer, loader, framework="lightning", step_fn=_training_step(trainer),
                 tracking_uri=uri, experiment=experiment, run_name=self.run_name, base_divisor=self.base_divisor,
                 settings=self.settings, engine=engine,
-                extra={"schedule": self.schedule or "module", "precision": str(trainer.precision)})
+                extra={"schedule": self.schedule or "module", "precision": str(trainer.precision),
+                       "accumulation_steps": trainer.accumulate_grad_batches, "world_size": trainer.world_size})
         bounds = self.range_test.bounds
         if self.schedule == "onecycle":
             _add_onecycle(trainer, optimizer, bounds, int(trainer.estimated_stepping_batches))

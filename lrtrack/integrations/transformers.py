@@ -83,7 +83,8 @@ def range_test(trainer: Trainer, *, base_divisor: float = 4.0, tracking_uri: str
             run_name=run_name, base_divisor=base_divisor, settings=settings,
             engine={"device": args.device, "accumulation_steps": args.gradient_accumulation_steps,
                     "amp": bool(args.fp16)},
-            extra={"fp16": bool(args.fp16), "bf16": bool(args.bf16), "param_groups": len(optimizer.param_groups)})
+            extra={"fp16": bool(args.fp16), "bf16": bool(args.bf16), "world_size": dist.world_size(),
+                   "accumulation_steps": args.gradient_accumulation_steps})
     finally:
         trainer.optimizer = None  # train() builds it again, at the new learning_rate
     args.learning_rate = found.bounds.max_lr
