@@ -393,10 +393,10 @@ def _fixed_batches(
 
 
 def _progress_bar(total: int, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
+    """A tqdm bar on a terminal, else a log line every 10% or 30 s (:mod:`lrtrack.engine.progress`)."""
+    from lrtrack.engine.progress import progress_bar
 
-    show = enabled and sys.stderr.isatty()
-    return tqdm(total=total, desc="range test", unit="step", disable=not show, leave=False)
+    return progress_bar(total, "range test", enabled, leave=False)
 
 
 # --------------------------------------------------------------------------- the engine
@@ -466,7 +466,7 @@ class _RangeTest:
                 step_lrs, value, train_value = self.step(i, batches.__next__)
                 smoothed = self.record(i, step_lrs, value, train_value)
                 bar.update(1)
-                bar.set_postfix(lr=f"{step_lrs[0]:.2e}", loss=f"{smoothed:.4f}", refresh=False)
+                bar.set_postfix(lr=f"{step_lrs[0]:.2e}", smoothed_loss=f"{smoothed:.4f}", refresh=False)
                 stop = self.stop_rule(i, step_lrs[0], value, smoothed)
                 if stop is not None:
                     self.stop_reason, self.stop_detail = stop
@@ -656,7 +656,7 @@ def run_range_test(
         device: where to run; None picks CUDA when present.
         non_blocking: non-blocking host-to-device copies.
         observer: receives ``on_step(step, metrics)`` every step.
-        progress: show a tqdm bar (only on a terminal).
+        progress: show a tqdm bar on a terminal, else a log line every 10% or 30 s.
         restore: put the model, optimizer and RNG state back afterwards (:class:`StateSnapshot`).
         probe_steps: steps of each fixed-LR probe of the confirmation stage (the ``confirmed``
             suggestion); None: ``min(PROBE_STEPS, max(4, 3 * num_iter // 10))``; 0: no probes. The

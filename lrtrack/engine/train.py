@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from lrtrack.engine.distributed import (
     is_distributed,
@@ -34,6 +32,7 @@ from lrtrack.engine.distributed import (
     weighted_mean_over_ranks,
 )
 from lrtrack.engine.observers import NullObserver, StepObserver
+from lrtrack.engine.progress import progress_bar
 from lrtrack.engine.schedules import BatchSchedule, current_momentum, optimizer_steps_per_epoch
 from lrtrack.engine.smoothing import EmaSmoother, check_smoothing
 from lrtrack.engine.steps import (
@@ -296,12 +295,8 @@ def _planned_steps(
 
 
 def _progress_bar(total: int | None, progress: bool) -> Any:
-    return tqdm(
-        total=total,
-        disable=not progress or not sys.stderr.isatty(),
-        unit="step",
-        dynamic_ncols=True,
-    )
+    """A tqdm bar on a terminal, else a log line every 10% or 30 s (:mod:`lrtrack.engine.progress`)."""
+    return progress_bar(total, "training", progress)
 
 
 class _Trainer:
@@ -591,7 +586,7 @@ def train(
         seed: seeds Python, torch and numpy first (shuffling, dropout). On CPU two runs with the
             same seed and the same initial model give identical losses; on CUDA some kernels
             are nondeterministic unless ``torch.use_deterministic_algorithms(True)`` is set.
-        progress: a tqdm bar (only when stderr is a terminal).
+        progress: a tqdm bar when stderr is a terminal, else a log line every 10% or 30 s.
         amp: mixed precision: float16 with a GradScaler on CUDA, bfloat16 autocast on CPU.
             The loop itself synchronizes once per optimizer step (reading the loss); on CUDA
             the GradScaler adds its own inf check when it steps.
