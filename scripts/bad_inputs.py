@@ -1,29 +1,48 @@
 """A battery of bad inputs: does each end in one clear line, with nothing started?
 
 Each case runs ``python -m lrtrack +model=mnist_cnn +experiment=smoke <bad override>`` in a fresh
-folder (some cases prepare a broken file first). A case passes when the process exits 2, prints
-no traceback, its stderr holds ``lrtrack: error:`` lines only (one per problem; one problem per
-case here), the line names the setting or file, and no MLflow run exists afterwards.
+folder (some cases prepare a broken file, a store or an earlier run first). A case passes when the
+process exits 2 within a minute, prints no traceback, its stderr holds one ``lrtrack: error:`` line
+(one problem per case here), the line names the setting or file (and the bad value, for the
+generated cases), and no MLflow run was created by it.
 
-    .venv/bin/python scripts/bad_inputs.py            # ~5 min on 2 cores; prints a table, exits 1 on a miss
-    .venv/bin/python scripts/bad_inputs.py --jobs 2   # two cases at a time
+The hand-written cases come first; then cases GENERATED FROM THE SCHEMA (:func:`schema_cases`):
+every numeric setting of lrtrack's typed config (its field's ``Rule`` in lrtrack/app/config.py)
+and of the data builders, with each of nan, inf, -inf, 0, -1, a huge count and a value past int64
+that its rule refuses (a value the rule allows is never listed as bad), and every number in the
+smoke run's optimizer, schedule and model YAML with nan, inf and -inf; then config files (YAML
+errors and alias bombs in a --config-dir), MLflow state (a deleted experiment, names past MLflow's
+limits) and ``train.lr_from`` a range test of another model or optimizer.
+
+    .venv/bin/python scripts/bad_inputs.py --jobs 2        # about 4 min on 2 cores; exits 1 on a miss
+    .venv/bin/python scripts/bad_inputs.py -k diverge_th    # only the cases whose overrides contain it
+    .venv/bin/python scripts/bad_inputs.py --list           # the cases, without running them
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import re
 import sqlite3
 import subprocess
 import sys
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-BASE = ["+model=mnist_cnn", "+experiment=smoke"]
+import yaml
 
-# (overrides, a word the error line must contain, what to prepare in the folder)
-CASES: list[tuple[list[str], str, str | None]] = [
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+BASE = ["+model=mnist_cnn", "+experiment=smoke"]
+CASE_SECONDS = 60  # a bad input is refused at once: a case that takes longer is not clean
+
+# (overrides, the words the error line must contain, what to prepare in the folder)
+Case = tuple[list[str], "str | tuple[str, ...]", "str | None"]
+CASES: list[Case] = [
     ([], "+model", "no-model"),
     (["+model=nope"], "model", "no-base"),
     (["optimizer=nope"], "optimizer", None),
@@ -98,10 +117,99 @@ CASES: list[tuple[list[str], str, str | None]] = [
     (["model.num_classes=abc"], "model", None),
     (["seed=abc"], "seed", None),
     (["progress=maybe"], "progress", None),
+    # config files in the user's --config-dir: one line naming the file (and the line), at once
+    (["--config-dir", "conf", "+model=broken"], ("broken.yaml", "line 3"), "yaml-syntax"),
+    (["--config-dir", "conf", "+model=tabs"], ("tabs.yaml", "line 2"), "yaml-tabs"),
+    (["--config-dir", "conf", "+model=bomb"], ("bomb.yaml", "aliases"), "yaml-bomb"),
+    (["--config-dir", "conf", "+model=loop"], ("loop.yaml", "refers to itself"), "yaml-loop"),
+    (["--config-dir", "conf", "+experiment=mine"], ("mine.yaml", "invalid YAML"), "yaml-experiment"),
+    (["--config-dir", "conf", "+model=huge"], ("huge.yaml", "MiB"), "yaml-huge"),
+    (["--config-dir", "conf", "+model=oddkey"], "model.a!b", "yaml-oddkey"),
+    (["--config-dir", "conf", "+model=nanlayer"], ("model.dropout", "nan"), "yaml-nan"),
+    (["hydra.searchpath=[file://conf]", "+model=broken"], ("broken.yaml", "line 3"), "yaml-syntax"),
+    # MLflow: its state and its limits, checked before any run
+    ([], ("deleted", "mlflow experiments restore", "tracking.experiment_name"), "deleted-experiment"),
+    (["tracking.experiment_name=gone"], ("'gone'", "deleted", "restore"), "deleted-named"),
+    (["tracking.experiment_name=" + "e" * 501], ("tracking.experiment_name", "500 characters"), None),
+    (["tracking.experiment_name=' '"], ("tracking.experiment_name", "empty"), None),
+    (["+model." + "k" * 300 + "=1"], ("override", "250"), None),
+    # train.lr_from: a range test of another model or optimizer (a real one, run first in the folder)
+    (["stage=train"], ("train.lr_from", "another setup", "model._target_", "train.allow_other_setup=true"),
+     "range-test-mlp"),
+    (["stage=train"], ("train.lr_from", "another setup", "optimizer._target_"), "range-test-adam"),
+    (["stage=train", "optimizer.momentum=0.9"], ("train.lr_from", "optimizer.momentum"), "range-test-sgd"),
 ]
 
+HUGE_COUNT = 10**12  # within int64: refused by the time or memory estimate (or the setting's own range)
+PAST_INT64 = 10**20  # refused for every integer (torch and numpy overflow)
+FLOAT_TRIALS = ("nan", "inf", "-inf", 0.0, -1.0, 1e300)
 
-def _prepare(folder: Path, what: str | None) -> None:
+
+def schema_cases() -> list[Case]:
+    """Cases generated from the schema: each numeric setting with each value its rule refuses."""
+    import typing
+    from dataclasses import fields
+
+    from lrtrack.app.config import _TYPED_NODES, DATA_RULES, LRTrackConfig, Rule, _scalar_type
+
+    settings: list[tuple[str, type, Rule]] = []
+    for node, schema in (("", LRTrackConfig), *_TYPED_NODES.items()):
+        hints = typing.get_type_hints(schema)
+        for f in fields(schema):
+            kind = _scalar_type(hints[f.name])
+            if kind is not None:
+                settings.append((f"{node}.{f.name}" if node else f.name, kind, f.metadata.get("rule", Rule())))
+    smoke_data = yaml.safe_load((ROOT / "conf" / "data" / "fake.yaml").read_text())
+    settings += [(f"data.{key}", kind, r) for key, (kind, r) in DATA_RULES.items() if key in smoke_data]
+    cases: list[Case] = []
+    for setting, kind, r in settings:
+        for value in _refused_values(kind, r):
+            text = value if isinstance(value, str) else repr(value)
+            cases.append(([f"{setting}={text}"], (setting, text), None))
+    for group, option in (("optimizer", "sgd"), ("schedule", "onecycle"), ("model", "mnist_cnn")):
+        for key, value in yaml.safe_load((ROOT / "conf" / group / f"{option}.yaml").read_text()).items():
+            if isinstance(value, float):  # untyped nodes: every float finite
+                cases += [([f"{group}.{key}={v}"], (f"{group}.{key}", v), None) for v in ("nan", "inf", "-inf")]
+            elif isinstance(value, int) and not isinstance(value, bool):  # every integer within int64
+                cases.append(([f"{group}.{key}={PAST_INT64}"], f"{group}.{key}", None))
+    return cases
+
+
+def _refused_values(kind: type, r: object) -> list[object]:
+    """The trial values the setting's rule refuses (its type, finiteness, range, int64, cost bound)."""
+    out: list[object] = []
+    for value in FLOAT_TRIALS if kind is float else ("nan", "inf", 0, -1, HUGE_COUNT, PAST_INT64):
+        number = float(value) if isinstance(value, str) else value
+        refused = (not math.isfinite(number) or not r.admits(number)  # type: ignore[attr-defined]
+                   or (kind is int and getattr(r, "cost", None) is not None and number == HUGE_COUNT)
+                   or (kind is int and abs(number) > 2**63 - 1))
+        if refused:
+            out.append(value)
+    return out
+
+
+CASES += schema_cases()
+
+
+BOMB = "".join(f"{a}: &{a} [{', '.join([f'*{p}'] * 10)}]\n" for p, a in zip("abcdefgh", "bcdefghi"))
+YAML_FILES = {  # prepare name -> (path under the folder, content)
+    "yaml-syntax": ("conf/model/broken.yaml", "_target_: lrtrack.engine.models.MLP\nin_features: 784\n"
+                    "  hidden: [128\nnum_classes: 10\n"),
+    "yaml-tabs": ("conf/model/tabs.yaml", "_target_: lrtrack.engine.models.MnistCNN\n\tnum_classes: 10\n"),
+    "yaml-bomb": ("conf/model/bomb.yaml", "_target_: lrtrack.engine.models.MnistCNN\na: &a [x, x, x, x, x, x, x, x, x, x]\n"
+                  + BOMB),
+    "yaml-loop": ("conf/model/loop.yaml", "_target_: lrtrack.engine.models.MnistCNN\nlayers: &a [1, *a]\n"),
+    "yaml-experiment": ("conf/experiment/mine.yaml", "# @package _global_\nfinder:\n  num_iter: [1, 2\n"),
+    "yaml-huge": ("conf/model/huge.yaml", "_target_: lrtrack.engine.models.MnistCNN\n" + "# padding\n" * 1_200_000),
+    "yaml-oddkey": ("conf/model/oddkey.yaml", "_target_: lrtrack.engine.models.MnistCNN\n'a!b': 1\n"),
+    "yaml-nan": ("conf/model/nanlayer.yaml", "_target_: lrtrack.engine.models.MnistCNN\ndropout: .nan\n"),
+}
+RANGE_TESTS = {"range-test-mlp": ["+model=mlp"], "range-test-adam": ["+model=mnist_cnn", "optimizer=adam"],
+               "range-test-sgd": ["+model=mnist_cnn"]}
+
+
+def _prepare(folder: Path, what: str | None, env: dict[str, str]) -> list[str]:
+    """Set up the folder for a case; returns overrides the case needs (the id of a run made here)."""
     if what == "broken-mnist":  # real file names, a header that is not MNIST's
         raw = folder / "broken-mnist" / "MNIST" / "raw"
         raw.mkdir(parents=True)
@@ -110,6 +218,24 @@ def _prepare(folder: Path, what: str | None) -> None:
             (raw / name).write_bytes(b"\x00\x00\x08\x03" + b"\x01" * 64)
     elif what == "corrupt-tensors":
         (folder / "corrupt.pt").write_bytes(b"this is not a torch file")
+    elif what in YAML_FILES:
+        path, text = YAML_FILES[what]
+        (folder / path).parent.mkdir(parents=True, exist_ok=True)
+        (folder / path).write_text(text)
+    elif what in ("deleted-experiment", "deleted-named"):  # a store holding a deleted experiment (MLflow's own API)
+        name = "lrtrack-mnist_cnn" if what == "deleted-experiment" else "gone"
+        code = ("import sys; from mlflow.tracking import MlflowClient; c = MlflowClient(sys.argv[1]); "
+                "c.delete_experiment(c.create_experiment(sys.argv[2]))")
+        subprocess.run([sys.executable, "-c", code, f"sqlite:///{folder / 'mlflow.db'}", name], cwd=folder, env=env,
+                       check=True, capture_output=True, timeout=120)
+    elif what in RANGE_TESTS:  # a real range test of another setup, in this folder's store
+        proc = subprocess.run([sys.executable, "-m", "lrtrack", *RANGE_TESTS[what], "+experiment=smoke",
+                               "stage=range_test"], cwd=folder, env=env, capture_output=True, text=True, timeout=300)
+        found = re.search(r"range-test run: (\w+)", proc.stdout + proc.stderr)
+        if found is None:
+            raise RuntimeError(f"preparing {what}: the range test failed:\n{proc.stderr[-2000:]}")
+        return ["stage=train", f"train.lr_from={found.group(1)}"]
+    return []
 
 
 def _runs_created(folder: Path) -> int:
@@ -123,34 +249,61 @@ def _runs_created(folder: Path) -> int:
         return 0
 
 
-def run_case(case: tuple[list[str], str, str | None]) -> dict[str, object]:
-    overrides, word, prep = case
-    args = list(overrides) if prep in ("no-model", "no-base") else [*BASE, *overrides]
+def _command(overrides: list[str], extra: list[str]) -> list[str]:
+    """Hydra's flags first (``--config-dir conf``), then BASE (less the keys a case sets), then the rest."""
+    flags = [a for i, a in enumerate(overrides) if a.startswith("-") or (i and overrides[i - 1].startswith("-"))]
+    rest = [a for a in [*extra, *overrides] if a not in flags]
+    keys = {a.split("=", 1)[0] for a in rest}
+    return [*flags, *[b for b in BASE if b.split("=", 1)[0] not in keys], *dict.fromkeys(rest)]
+
+
+def run_case(case: Case) -> dict[str, object]:
+    overrides, words, prep = case
+    words = (words,) if isinstance(words, str) else words
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        _prepare(folder, prep)
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        extra = _prepare(folder, prep, env)
+        args = list(overrides) if prep in ("no-model", "no-base") else _command(overrides, extra)
         if prep == "no-cuda":
             env["CUDA_VISIBLE_DEVICES"] = ""
-        proc = subprocess.run([sys.executable, "-m", "lrtrack", *args], cwd=folder, env=env,
-                              capture_output=True, text=True, timeout=300)
-        lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-        runs = _runs_created(folder)
-    clear = (proc.returncode == 2 and "Traceback" not in proc.stderr and len(lines) == 1
-             and lines[0].startswith("lrtrack: error: ") and word in lines[0] and runs == 0)
-    return {"case": " ".join(overrides) or "(no model)", "ok": clear, "code": proc.returncode, "runs": runs,
-            "line": lines[-1] if lines else "", "lines": len(lines)}
+        before = _runs_created(folder)
+        started = time.monotonic()
+        try:
+            proc = subprocess.run([sys.executable, "-m", "lrtrack", *args], cwd=folder, env=env,
+                                  capture_output=True, text=True, timeout=CASE_SECONDS)
+            code, stderr = proc.returncode, proc.stderr
+        except subprocess.TimeoutExpired as err:
+            code, stderr = "timeout", (err.stderr or b"").decode() if isinstance(err.stderr, bytes) else str(err.stderr)
+        seconds = time.monotonic() - started
+        lines = [line for line in stderr.strip().splitlines() if line.strip()]
+        runs = _runs_created(folder) - before
+    clear = (code == 2 and "Traceback" not in stderr and len(lines) == 1
+             and lines[0].startswith("lrtrack: error: ") and all(w in lines[0] for w in words) and runs == 0)
+    shown = " ".join(o if len(o) <= 80 else o[:60] + f"...({len(o)} chars)" for o in overrides)
+    return {"case": (shown or "(no overrides)") + (f"  [{prep}]" if prep else ""), "ok": clear, "code": code,
+            "runs": runs, "line": lines[-1] if lines else "", "lines": len(lines), "seconds": seconds}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("-k", dest="keyword", default=None,
+                        help="only the cases whose overrides or preparation contain this substring")
+    parser.add_argument("--list", action="store_true", help="list the cases without running them")
     args = parser.parse_args(argv)
+    cases = [c for c in CASES if args.keyword is None or args.keyword in " ".join(c[0]) + f" {c[2] or ''}"]
+    if args.list:
+        for overrides, words, prep in cases:
+            print(" ".join(overrides)[:120], "|", words, "|", prep or "")
+        print(f"{len(cases)} cases")
+        return 0
     with ThreadPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(run_case, CASES))
+        results = list(pool.map(run_case, cases))
     for r in results:
         mark = "ok  " if r["ok"] else "MISS"
-        print(f"{mark} exit {r['code']} runs {r['runs']} lines {r['lines']}  {r['case']}\n       {str(r['line'])[:220]}")
+        print(f"{mark} exit {r['code']} runs {r['runs']} lines {r['lines']} {r['seconds']:.1f}s  {r['case']}\n"
+              f"       {str(r['line'])[:300]}")
     good = sum(1 for r in results if r["ok"])
     print(f"\n{good} of {len(results)} bad inputs end in one clear line with nothing started")
     return 0 if good == len(results) else 1

@@ -623,7 +623,8 @@ def _check_tracking(cfg: DictConfig, errors: _Errors) -> None:
 
         problem = experiment_name_problem(str(name))
         if problem:
-            errors.bad("tracking.experiment_name", _shown(name), problem, "choose a shorter name")
+            errors.bad("tracking.experiment_name", _shown(name), problem,
+                       "choose another name (tracking.experiment_name=<name>, or null: lrtrack-<model>)")
 
 
 def check_config(cfg: DictConfig) -> None:

@@ -306,7 +306,9 @@ def check_experiment(uri: str, name: str, timeout_s: float = 10.0) -> None:
     race cannot restore it). A store that cannot be read here is left to :func:`preflight` and delivery."""
     problem = experiment_name_problem(name)
     if problem:
-        raise TrackingUnavailable(f"tracking.experiment_name={name[:60]!r}...: {problem}; choose a shorter name")
+        shown = repr(name[:60]) + ("..." if len(name) > 60 else "")
+        raise TrackingUnavailable(f"tracking.experiment_name={shown}: {problem}; choose another name with "
+                                  "tracking.experiment_name=<name>")
     found = _find_experiment(uri, name, timeout_s)
     if found is not None and found[1] == "deleted":
         raise DeletedExperiment(deleted_experiment_message(name, found[0], uri))
