@@ -34,7 +34,7 @@ def test_the_defaults_are_the_seed_example() -> None:
     assert cfg.optimizer._target_ == "torch.optim.SGD" and cfg.optimizer.lr == 0.001 and cfg.optimizer.momentum == 0.5
     assert cfg.data.batch_size == 256 and cfg.criterion._target_ == "torch.nn.NLLLoss"
     assert (cfg.finder.end_lr, cfg.finder.num_iter, cfg.finder.step_mode) == (10.0, 100, "exp")
-    assert (cfg.bounds.max_lr, cfg.bounds.max_lr_rule, cfg.bounds.base_divisor) == (None, "confirmed", 4.0)
+    assert (cfg.bounds.max_lr, cfg.bounds.max_lr_rule, cfg.bounds.base_divisor) == (None, None, 4.0)  # finder.suggestion's
     assert cfg.finder.suggestion == "confirmed"  # the rule the suggestion benchmark chose (docs/suggestions.md)
 
 
@@ -73,7 +73,8 @@ def test_range_errors_are_collected_and_name_setting_value_and_what_is_allowed()
         "finder.start_lr=20.0 is invalid: must be smaller than finder.end_lr=10.0",
         "finder.smoothing=1.5 is invalid: must be in [0, 1) (EMA decay; 0 = no smoothing)",
         "train.epochs=0 is invalid: must be >= 1",
-        "bounds.max_lr_rule='best' is invalid: allowed: confirmed, steepest, valley, minimum, slide, min_loss_div10",
+        "bounds.max_lr_rule='best' is invalid: allowed: null (finder.suggestion's rule), confirmed, steepest, valley, "
+        "minimum, slide, min_loss_div10",
         "bounds.base_divisor=0.5 is invalid: must be a number >= 1 (Smith: 3-4)",
     ])
 

@@ -26,6 +26,9 @@ STAGES = ("all", "range_test", "train")
 STEP_MODES = ("exp", "linear")  # mirrors lrtrack.engine.finder.STEP_MODES without importing torch
 SUGGESTION_RULES = ("confirmed", "steepest", "valley", "minimum", "slide")  # mirrors lrtrack.engine.suggest.RULES
 MAX_LR_RULES = SUGGESTION_RULES + ("min_loss_div10",)
+#: The curve rule ``finder.probe_steps=0`` uses in place of ``confirmed`` (which needs the probes):
+#: the curve rule closest to the best fixed LR on the suggestion benchmark (docs/suggestions.md).
+NO_PROBES_RULE = "minimum"
 DATA_FALLBACKS = (None, "digits", "fake")
 
 
@@ -78,7 +81,7 @@ class FinderConfig:
 @dataclass
 class BoundsConfig:
     max_lr: Optional[float] = rule(lo=0, lo_open=True, allowed="a positive LR or null (from the range test)")
-    max_lr_rule: str = MISSING
+    max_lr_rule: Optional[str] = MISSING
     base_divisor: float = rule(lo=1, allowed="a number >= 1 (Smith: 3-4)")
 
 
@@ -499,12 +502,28 @@ def _check_finder(cfg: DictConfig, errors: _Errors) -> None:
                        "raise finder.end_lr or set finder.start_lr")
     if f.suggestion not in SUGGESTION_RULES:
         errors.bad("finder.suggestion", f.suggestion, f"allowed: {', '.join(SUGGESTION_RULES)}")
-    if f.probe_steps == 0:
-        for setting, chosen in (("finder.suggestion", f.suggestion), ("bounds.max_lr_rule", cfg.bounds.max_lr_rule)):
-            if chosen == "confirmed":
-                errors.bad(setting, chosen, "needs the confirmation probes, but finder.probe_steps=0",
-                           "set finder.probe_steps=null (auto) or choose a curve rule (steepest, valley, minimum, "
-                           "slide)")
+    if f.probe_steps == 0 and cfg.bounds.max_lr_rule == "confirmed":  # finder.suggestion: see suggestion_rule
+        errors.bad("bounds.max_lr_rule", "confirmed", "needs the confirmation probes, but finder.probe_steps=0",
+                   "set finder.probe_steps=null (auto), or bounds.max_lr_rule=null (finder.suggestion's rule) or a "
+                   "curve rule (steepest, valley, minimum, slide)")
+
+
+def suggestion_rule(cfg: DictConfig) -> tuple[str, str | None]:
+    """The rule the range test chooses: ``finder.suggestion``, but with ``finder.probe_steps=0``
+    (no probes) ``confirmed`` becomes :data:`NO_PROBES_RULE`; returns the rule and the one-line
+    notice to show when it was replaced (else None)."""
+    f = cfg.finder
+    if f.suggestion == "confirmed" and f.probe_steps == 0:
+        return NO_PROBES_RULE, (f"finder.probe_steps=0: no confirmation probes, so the suggestion is the "
+                                f"{NO_PROBES_RULE!r} curve rule (set finder.suggestion to choose another)")
+    return str(f.suggestion), None
+
+
+def max_lr_rule(cfg: DictConfig) -> str:
+    """The rule the training bounds use: ``bounds.max_lr_rule`` when set, else the range test's
+    (:func:`suggestion_rule`)."""
+    chosen = cfg.bounds.max_lr_rule
+    return str(chosen) if chosen is not None else suggestion_rule(cfg)[0]
 
 
 def _check_data(cfg: DictConfig, errors: _Errors) -> None:
@@ -610,8 +629,9 @@ def _check_train(cfg: DictConfig, errors: _Errors) -> None:
 
 def _check_bounds(cfg: DictConfig, errors: _Errors) -> None:
     b = cfg.bounds
-    if b.max_lr_rule not in MAX_LR_RULES:
-        errors.bad("bounds.max_lr_rule", b.max_lr_rule, f"allowed: {', '.join(MAX_LR_RULES)}")
+    if b.max_lr_rule is not None and b.max_lr_rule not in MAX_LR_RULES:
+        errors.bad("bounds.max_lr_rule", b.max_lr_rule, f"allowed: null (finder.suggestion's rule), "
+                   f"{', '.join(MAX_LR_RULES)}")
     if cfg.stage == "train" and cfg.train.lr_from is None and b.max_lr is None:
         errors.add("stage=train needs an LR: set bounds.max_lr=<lr> or train.lr_from=<range-test run id>")
 

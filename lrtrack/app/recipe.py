@@ -32,7 +32,7 @@ from lrtrack.app.components import (
     recording_errors,
     store_client,
 )
-from lrtrack.app.config import ConfigError, dry_run, validate
+from lrtrack.app.config import ConfigError, dry_run, max_lr_rule, suggestion_rule, validate
 from lrtrack.app.where import ui_hint
 from lrtrack.tracking import layout
 from lrtrack.tracking.records import RangeCurve, RunLookupError, read_range_test, setup_differences
@@ -175,8 +175,11 @@ class RangeTestRecipe:
                 smoothing=f.smoothing, diverge_th=f.diverge_th, accumulation_steps=f.accumulation_steps,
                 amp=f.amp, device=self.builder.device(), observer=run, progress=self.cfg.progress)
             _log_suggestions(result)
+            rule, notice = suggestion_rule(self.cfg)
+            if notice:
+                log.info("%s", notice)
             if run.enabled:
-                layout.log_range_test(run, result, chosen_rule=f.suggestion, title=name)
+                layout.log_range_test(run, result, chosen_rule=rule, title=name)
                 log.info("range-test run: %s", run.run_id)
             if result.stop_reason == STOP_INTERRUPTED:
                 raise KeyboardInterrupt  # the run ends KILLED with the partial curve logged
@@ -216,7 +219,7 @@ class RangeTestRecipe:
                 return bounds_from_config(b.max_lr, b.base_divisor)
             if curve is None:
                 raise UserError("stage=train needs bounds.max_lr=<lr> or train.lr_from=<range-test run id>")
-            return bounds_from_suggestions(curve.suggestions, max_lr_rule=b.max_lr_rule,
+            return bounds_from_suggestions(curve.suggestions, max_lr_rule=max_lr_rule(self.cfg),
                                            base_divisor=b.base_divisor, min_loss_lr=curve.min_loss_lr)
         except ValueError as err:  # e.g. the chosen rule had no suggestion on this curve
             raise UserError(str(err)) from err

@@ -446,8 +446,12 @@ def _load_arrays(path: Path) -> Mapping[str, Any]:
 
 
 def _as_input(x: Any) -> torch.Tensor:
+    """Floating inputs as float32 (float64 halves the speed for nothing); integer inputs keep their
+    dtype (token ids for an ``nn.Embedding``), bools become float32 (a mask as 0/1 features)."""
     x = torch.as_tensor(x)
-    return x.float() if not x.is_floating_point() or x.dtype == torch.float64 else x
+    if x.dtype == torch.float64 or x.dtype == torch.bool:
+        return x.float()
+    return x
 
 
 def _as_target(y: Any) -> torch.Tensor:
@@ -462,8 +466,9 @@ def tensors(path: str | Path, *, batch_size: int = 64, val_batch_size: int = 256
     """Arrays from one file (``data=tensors data.path=FILE``): ``x_train``, ``y_train``, ``x_val``, ``y_val``.
 
     ``.pt``: a dict saved with ``torch.save`` (loaded with ``weights_only=True``); ``.npz``: numpy's
-    ``savez``. Inputs become float32; targets stay integer (as int64: class indices) or float
-    (float32: regression or multi-label). The batches are ``(x, y)`` pairs.
+    ``savez``. Floating inputs become float32, integer inputs keep their dtype (token ids for an
+    ``nn.Embedding``; store images as floats); targets stay integer (as int64: class indices) or
+    float (float32: regression or multi-label). The batches are ``(x, y)`` pairs.
 
     Raises:
         DataUnavailableError: the file is missing, of another kind, or lacks a key.

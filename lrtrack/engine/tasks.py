@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -265,8 +266,8 @@ def _check_supervised(model: nn.Module, batch: Any, criterion: Any, num_classes:
     try:
         outputs = model(inputs)
     except Exception as err:  # the user's model: one line
-        return (f"the model cannot take the data's inputs {_shape(inputs)}: {_error(err)}; make the model.* "
-                "settings fit the data (input size, channels)")
+        fix = _dtype_fix(model, inputs, err) or "make the model.* settings fit the data (input size, channels)"
+        return f"the model cannot take the data's inputs {_shape(inputs)}: {_error(err)}; {fix}"
     if not isinstance(outputs, torch.Tensor):
         extra = " (it has .loss: set step=model_loss)" if hasattr(outputs, "loss") else ""
         return f"the model returns {type(outputs).__name__}, not a tensor the criterion can take{extra}"
@@ -279,6 +280,30 @@ def _check_supervised(model: nn.Module, batch: Any, criterion: Any, num_classes:
         return (f"{_criterion_name(criterion)} cannot take the model's outputs {_shape(outputs)} and the targets "
                 f"{_shape(targets)}: {_error(err)}; choose the criterion that fits the task")
     return _check_loss(loss, _criterion_name(criterion))
+
+
+_DTYPE_ERROR = re.compile(r"dtype|scalar type|Long|Int|Float|Double|Half|Byte|unsigned char|indices")
+
+
+def _dtype_fix(model: nn.Module, inputs: Any, err: BaseException) -> str | None:
+    """What to change when the model's error is about the inputs' dtype (token ids stored as
+    floats, images stored as integers), else None."""
+    if not isinstance(inputs, torch.Tensor) or not _DTYPE_ERROR.search(str(err)):
+        return None
+    dtype = str(inputs.dtype).replace("torch.", "")
+    if inputs.is_floating_point() and any(isinstance(m, nn.Embedding) for m in model.modules()):
+        return (f"the inputs are {dtype} but the model's nn.Embedding takes integer ids: store the ids as "
+                "integers (int64) in the data (data=tensors keeps integer inputs as they are)")
+    param = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    if param is None:
+        return None
+    wanted = str(param).replace("torch.", "")
+    if not inputs.is_floating_point():
+        return (f"the inputs are {dtype} (integers) but the model computes in {wanted}: store the inputs as "
+                f"floats (images: x.float() / 255), or start the model with nn.Embedding for token ids")
+    if inputs.dtype != param:
+        return f"the inputs are {dtype} but the model's parameters are {wanted}: store the inputs as {wanted}"
+    return None
 
 
 def _check_outputs(outputs: torch.Tensor, targets: Any, criterion: Any, num_classes: int | None) -> str | None:
