@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -78,6 +78,7 @@ class Components:
     data_info: DataInfo
     step: Any = None  # (model, batch) -> loss from the step setting; None: criterion on (inputs, targets)
     metric: Any = "accuracy"  # the validation metric (lrtrack.engine.tasks.as_metric); None: validation loss only
+    data_notes: list[str] = field(default_factory=list)  # what a range test's curve may be blamed on (the data's scale)
 
     def loss_args(self) -> dict[str, Any]:
         """How the engine computes a batch's loss: ``run_range_test(..., **parts.loss_args())``."""
@@ -162,15 +163,18 @@ class ComponentBuilder:
         optimizer = self._build("optimizer", lambda partial: partial(model.parameters()))
         criterion = self._build("criterion", lambda built: built)
         step, metric = self._step(), self._metric()
-        self.check_first_batch(data, model, criterion, step)
+        notes = self.check_first_batch(data, model, criterion, step)
         info = DataInfo(data.name, data.source, data.fell_back)
-        return Components(data, model, optimizer, criterion, tracker, info, step=step, metric=metric)
+        return Components(data, model, optimizer, criterion, tracker, info, step=step, metric=metric,
+                          data_notes=notes)
 
-    def check_first_batch(self, data: Any, model: Any, criterion: Any, step: Any) -> None:
+    def check_first_batch(self, data: Any, model: Any, criterion: Any, step: Any) -> list[str]:
         """Run the model once on the first training batch (eval mode, no gradients, data order and
         RNG untouched) and stop before any run starts when model, loss and data cannot train
         together: logits given to ``nll``, probabilities to ``cross_entropy``, class counts or
-        shapes that cannot match, dict batches without a ``step``, a loss that is not a scalar."""
+        shapes that cannot match, dict batches without a ``step``, a loss that is not a scalar.
+        The whole data is checked where that is cheap (:func:`lrtrack.data.checks.check_data`):
+        returns its notes (what a range test's curve may be blamed on)."""
         from lrtrack.data import peek
         from lrtrack.engine.steps import move_to_device, resolve_device
         from lrtrack.engine.tasks import first_batch_problem
@@ -181,10 +185,48 @@ class ComponentBuilder:
         except ValueError as err:
             raise UserError(f"data ({self.cfg.data.get('_target_')}): {err}") from err
         model.to(device)
+        notes = self._check_data(data, model, batch, None if step is not None else criterion)
         problem = first_batch_problem(model, batch, criterion=None if step is not None else criterion, step=step,
                                       num_classes=data.num_classes)
         if problem is not None:
             raise UserError(f"first batch: {problem}")
+        return notes
+
+    def _check_data(self, data: Any, model: Any, batch: Any, criterion: Any) -> list[str]:
+        """The data past its first batch (:mod:`lrtrack.data.checks`): errors stop the job in one line,
+        warnings are logged; returns the notes."""
+        import torch
+        from torch import nn
+
+        from lrtrack.data import peek
+        from lrtrack.data.checks import check_data
+
+        classification = isinstance(criterion, (nn.NLLLoss, nn.CrossEntropyLoss))
+        first_val, classes = None, None
+        if data.val is not None:
+            try:
+                first_val = peek(data.val)
+            except ValueError:
+                raise UserError(f"data ({self.cfg.data.get('_target_')}): the validation data yields no batches; "
+                                "check its size and val_batch_size") from None
+        if classification and isinstance(batch, (list, tuple)) and len(batch) >= 2:
+            was_training = model.training
+            try:
+                with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                    outputs = model.eval()(batch[0])
+                classes = int(outputs.shape[1]) if isinstance(outputs, torch.Tensor) and outputs.dim() >= 2 else None
+            except Exception:  # the first-batch check says what is wrong, in one line
+                classes = None
+            finally:
+                model.train(was_training)
+        report = check_data(data.train, data.val, first_train=batch, first_val=first_val, classes=classes,
+                            classification=classification, ignore_index=getattr(criterion, "ignore_index", None),
+                            num_train=data.num_train)
+        if report.errors:
+            raise UserError(f"data ({self.cfg.data.get('_target_')}): {'; '.join(report.errors)}")
+        for warning in report.warnings:
+            log.warning("data: %s", warning)
+        return report.notes
 
     def distribute(self, parts: Components) -> Components:
         """torchrun: the model in DistributedDataParallel, each rank on its shard of the data

@@ -83,6 +83,7 @@ class RangeTestRecipe:
         self.job = job
         self.model_name = job.model_name(cfg)
         self.builder = ComponentBuilder(cfg, job)
+        self.data_notes: list[str] = []  # what the data checks noted (lrtrack.data.checks), for a failed suggestion
         self.context = layout.RunContext(
             config=OmegaConf.to_container(cfg, resolve=True),  # type: ignore[arg-type]
             choices=job.choices, overrides=job.overrides, command=job.command)
@@ -175,6 +176,7 @@ class RangeTestRecipe:
                 smoothing=f.smoothing, diverge_th=f.diverge_th, accumulation_steps=f.accumulation_steps,
                 amp=f.amp, device=self.builder.device(), observer=run, progress=self.cfg.progress)
             _log_suggestions(result)
+            self.data_notes = list(parts.data_notes)
             rule, notice = suggestion_rule(self.cfg)
             if notice:
                 log.info("%s", notice)
@@ -221,7 +223,11 @@ class RangeTestRecipe:
                 raise UserError("stage=train needs bounds.max_lr=<lr> or train.lr_from=<range-test run id>")
             return bounds_from_suggestions(curve.suggestions, max_lr_rule=max_lr_rule(self.cfg),
                                            base_divisor=b.base_divisor, min_loss_lr=curve.min_loss_lr)
-        except ValueError as err:  # e.g. the chosen rule had no suggestion on this curve
+        except ValueError as err:  # e.g. the chosen rule had no suggestion on this curve: say what the curve showed
+            if curve is not None and b.max_lr is None and "has no suggestion" in str(err):
+                from lrtrack.engine.diagnosis import no_suggestion_message
+
+                raise UserError(no_suggestion_message(str(err), curve.lrs, curve.losses, self.data_notes)) from err
             raise UserError(str(err)) from err
 
     def train(self, parts: Components, bounds: Any, curve: RangeCurve | None,
@@ -370,7 +376,12 @@ def run_sweep_job(cfg: DictConfig, job: JobInfo) -> float:
 
 
 def _log_suggestions(result: Any) -> None:
+    from lrtrack.engine.diagnosis import curve_diagnosis
+
     log.info("range test: %d steps, %s (%s)", result.steps, result.stop_reason, result.stop_detail)
+    shown = curve_diagnosis(result.lrs, result.losses)
+    if shown is not None:
+        log.warning("range test: %s", shown)
     for rule, s in result.suggestions.items():
         shown = f"{s.lr:.3e}" if s.lr is not None and math.isfinite(s.lr) else f"no suggestion: {s.reason}"
         log.info("  %-8s %s", rule, shown)

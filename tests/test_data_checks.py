@@ -1,0 +1,163 @@
+"""Data checks past the first batch (lrtrack.data.checks), the loop-safe image folder walk, and what
+the CLI says when the curve, not the rule, explains a missing suggestion (lrtrack.engine.diagnosis)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from lrtrack.data import InMemoryLoader, peek
+from lrtrack.data.checks import check_data
+from lrtrack.engine.diagnosis import curve_diagnosis, no_suggestion_message
+from tests.conftest import run_cli_here
+
+
+def _loaders(x: torch.Tensor, y: torch.Tensor, xv: torch.Tensor, yv: torch.Tensor) -> tuple[InMemoryLoader, ...]:
+    return InMemoryLoader(x, y, 16, seed=0), InMemoryLoader(xv, yv, 16, shuffle=False)
+
+
+def _check(x: torch.Tensor, y: torch.Tensor, xv: torch.Tensor | None = None, yv: torch.Tensor | None = None,
+           classes: int = 10) -> object:
+    xv = x[:32] if xv is None else xv
+    yv = y[:32] if yv is None else yv
+    train, val = _loaders(x, y, xv, yv)
+    return check_data(train, val, first_train=peek(train), first_val=peek(val), classes=classes,
+                      classification=True, ignore_index=-100)
+
+
+def _data(n: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(n, 1, 8, 8, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def test_clean_data_has_no_finding() -> None:
+    x, y = _data()
+    report = _check(x, y)
+    assert (report.errors, report.warnings, report.notes) == ([], [], [])
+
+
+def test_a_bad_label_deep_in_the_data_is_found() -> None:
+    x, y = _data()
+    y[250] = -3
+    (error,) = _check(x, y).errors
+    assert "1 negative class labels in the training data (the lowest: -3)" in error
+    y[250] = 12  # beyond the model's 10 classes
+    (error,) = _check(x, y).errors
+    assert "labels >= 10" in error and "model.num_classes=13" in error
+    y[250] = -100  # the loss's ignore_index is allowed
+    assert _check(x, y).errors == []
+
+
+def test_inf_in_one_row_and_nan_validation_are_found_with_the_row() -> None:
+    x, y = _data()
+    x[200, 0, 1, 1] = float("inf")
+    (error,) = _check(x, y, x[:32].clone(), y[:32]).errors
+    assert "inf or NaN in 1 of 256 rows of the training inputs (the first: row 200, inf)" in error
+    x, y = _data()
+    (error,) = _check(x, y, torch.full((32, 1, 8, 8), float("nan")), y[:32]).errors
+    assert "32 of 32 rows of the validation inputs" in error
+
+
+def test_validation_of_another_shape_or_kind_is_found_before_training() -> None:
+    x, y = _data()
+    (error,) = _check(x, y, torch.randn(32, 1, 9, 9), y[:32]).errors
+    assert "validation inputs are (1, 9, 9) float32 per sample but the training inputs (1, 8, 8) float32" in error
+    (error,) = _check(x, y, x[:32], y[:32].float()).errors
+    assert "validation targets" in error and "same kind" in error
+
+
+def test_complex_inputs_are_refused() -> None:
+    x, y = _data()
+    errors = _check(torch.complex(x, x), y, torch.complex(x[:32], x[:32]), y[:32]).errors
+    assert errors and all("complex" in e and "imaginary part" in e for e in errors)
+
+
+def test_degenerate_data_and_unnormalised_inputs_are_warnings_with_a_note() -> None:
+    x, y = _data()
+    one = _check(x[:1], y[:1], x[:4], y[:4])
+    assert one.errors == [] and any("one sample" in w for w in one.warnings)
+    single = _check(x, torch.zeros_like(y), x[:32], y[:32])
+    assert any("a single class" in w for w in single.warnings)
+    pixels = (x.abs() * 80).round().clamp(0, 255)
+    scaled = _check(pixels, y, pixels[:32], y[:32])
+    assert scaled.errors == [] and scaled.notes and "0-255 pixel values?" in scaled.notes[0]
+    huge = _check(x * 1e30, y, x[:32] * 1e30, y[:32])
+    assert huge.errors == [] and "far from normalised" in huge.notes[0]
+
+
+def test_integer_inputs_are_legal_token_ids() -> None:
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 5000, (128, 12), generator=g)
+    y = torch.randint(0, 10, (128,), generator=g)
+    report = _check(ids, y, ids[:32], y[:32])
+    assert (report.errors, report.notes) == ([], [])
+
+
+def test_a_symlink_loop_in_an_image_folder_does_not_multiply_images(tmp_path: Path) -> None:
+    from lrtrack.data.folders import make_dataset_once
+
+    for cls in ("a", "b"):
+        folder = tmp_path / "train" / cls
+        folder.mkdir(parents=True)
+        for i in range(8):
+            (folder / f"{i}.png").write_bytes(b"")
+    os.symlink("..", tmp_path / "train" / "a" / "loop")  # a link to its parent: a cycle
+    os.symlink(tmp_path / "train" / "b", tmp_path / "train" / "a" / "b_again")  # another class's folder
+    samples = make_dataset_once(tmp_path / "train", {"a": 0, "b": 1}, extensions=(".png",))
+    assert len(samples) == 16 + 8  # b's 8 images once more, under a (a link, not a loop), and no more
+    os.remove(tmp_path / "train" / "a" / "b_again")
+    assert len(make_dataset_once(tmp_path / "train", {"a": 0, "b": 1}, extensions=(".png",))) == 16
+    assert len({p for p, _ in samples}) == len(samples)
+
+
+def test_the_curve_not_the_rule_is_named_when_nothing_can_be_suggested() -> None:
+    lrs = [1e-3 * 1.5**i for i in range(20)]
+    assert "not finite from step 0" in curve_diagnosis(lrs, [float("nan")] * 20)
+    assert "never moved" in curve_diagnosis(lrs, [2.3] * 20)
+    assert curve_diagnosis(lrs, [2.3 - 0.05 * i for i in range(20)]) is None
+    rule = "bounds.max_lr_rule='confirmed' has no suggestion: no fixed-LR probe lowered the loss"
+    assert no_suggestion_message(rule, lrs, [2.3 - 0.05 * i for i in range(20)]) == rule
+    line = no_suggestion_message(rule, lrs, [2.3] * 20, ["inputs far from normalised (mean 64)"])
+    assert "no fixed-LR probe" not in line and "never moved" in line and "inputs far from normalised" in line
+
+
+def _save(path: Path, x: torch.Tensor, y: torch.Tensor, xv: torch.Tensor, yv: torch.Tensor) -> Path:
+    torch.save({"x_train": x, "y_train": y, "x_val": xv, "y_val": yv}, path)
+    return path
+
+
+@pytest.mark.slow
+def test_the_cli_stops_bad_data_in_one_line_before_any_run(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(256, 1, 28, 28, generator=g), torch.randint(0, 10, (256,), generator=g)
+    y_bad = y.clone()
+    y_bad[255] = -1
+    cases = {
+        "neg": (_save(tmp_path / "neg.pt", x, y_bad, x[:64], y[:64]), "negative class labels"),
+        "shape": (_save(tmp_path / "shape.pt", x, y, torch.randn(64, 1, 32, 32), y[:64]), "validation inputs are"),
+        "complex": (_save(tmp_path / "c.pt", torch.complex(x, x), y, torch.complex(x[:64], x[:64]), y[:64]),
+                    "complex numbers"),
+    }
+    for name, (path, expected) in cases.items():
+        proc = run_cli_here(["+model=mnist_cnn", "+experiment=smoke", "data=tensors", f"data.path={path}"], tmp_path)
+        assert proc.returncode == 2, (name, proc.stderr[-2000:])
+        lines = [line for line in proc.stderr.splitlines() if line.startswith("lrtrack: error:")]
+        assert len(lines) == 1 and expected in lines[0] and "Traceback" not in proc.stderr, (name, proc.stderr)
+        assert "range test:" not in proc.stdout  # nothing started
+
+
+@pytest.mark.slow
+def test_inputs_x_1e30_are_blamed_not_the_rule(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(256, 1, 28, 28, generator=g) * 1e30, torch.randint(0, 10, (256,), generator=g)
+    path = _save(tmp_path / "big.pt", x, y, x[:64], y[:64])
+    proc = run_cli_here(["+model=mnist_cnn", "+experiment=smoke", "data=tensors", f"data.path={path}",
+                         "tracking.enabled=false"], tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("lrtrack: error: no learning rate can be suggested: the loss was not finite from step")
+    assert "inputs far from normalised" in last and "no fixed-LR probe" not in last
+    assert "far from normalised" in proc.stdout  # the warning, before the range test
