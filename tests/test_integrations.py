@@ -124,7 +124,8 @@ def fit(tmp_path: Path, module: pl.LightningModule, finder: LRRangeTest, *, epoc
     return trainer, before, after
 
 
-def test_lightning_range_test_sets_the_modules_schedule_and_links_the_final_run(tmp_path: Path) -> None:
+def test_lightning_range_test_sets_the_modules_schedule_and_links_the_final_run(tmp_path: Path, premade_store) -> None:
+    premade_store(tmp_path)  # creating a store is the examples' tests' business
     module = Blobs()
     finder = LRRangeTest(start_lr=1e-4, end_lr=10.0, num_iter=40)
     trainer, before, after = fit(tmp_path, module, finder)
@@ -145,7 +146,8 @@ def test_lightning_range_test_sets_the_modules_schedule_and_links_the_final_run(
     assert "train_loss" in runs["final"].data.metrics  # the module's own self.log still reaches its run
 
 
-def test_lightning_adds_a_onecycle_on_request_to_a_module_without_an_lr(tmp_path: Path) -> None:
+def test_lightning_adds_a_onecycle_on_request_to_a_module_without_an_lr(tmp_path: Path, premade_store) -> None:
+    premade_store(tmp_path)
     module = Blobs(own_schedule=False, with_lr=False)
     finder = LRRangeTest(schedule="onecycle", start_lr=1e-4, end_lr=10.0, num_iter=30, base_divisor=5)
     trainer, _, after = fit(tmp_path, module, finder)
@@ -212,9 +214,10 @@ def tiny_bert_trainer(tmp_path: Path, **overrides: Any) -> Any:
 
 
 def test_transformers_range_test_sets_learning_rate_and_links_the_final_run(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fluent_mlflow_restored: Any) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fluent_mlflow_restored: Any, premade_store) -> None:
     from lrtrack.integrations.transformers import range_test
 
+    premade_store(tmp_path)
     for key in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID", "MLFLOW_TAGS"):
         monkeypatch.delenv(key, raising=False)
     trainer = tiny_bert_trainer(tmp_path)
@@ -286,3 +289,17 @@ def test_transformers_example_runs_from_a_copy_of_its_folder(tmp_path: Path) -> 
     assert f"learning_rate now {used:.4g}" in proc.stdout
     accuracy = re.search(r"eval accuracy (\S+);", proc.stdout)
     assert accuracy and float(accuracy.group(1)) > 0.8, proc.stdout  # two classes: chance is 0.5
+
+
+@pytest.mark.slow
+def test_lightning_example_under_ddp_on_two_processes_logs_once(tmp_path: Path) -> None:
+    """Lightning's DDP strategy on 2 CPU processes: every rank runs the range test on its shard with the
+    loss averaged over the ranks (so both stop at the same step), rank 0 alone logs."""
+    proc, folder = run_example("lightning", tmp_path, "--devices", "2")
+    client, runs = runs_by_stage(folder / "mlflow.db", "lrtrack-lightning-digits")
+    check_linked(client, runs, "lr", "lightning")
+    assert runs["explore"].data.params["integration.world_size"] == "2"
+    stops = re.findall(r"range test stopped: (.*)", proc.stderr)
+    assert len(stops) == 2 and stops[0] == stops[1], stops  # one curve, one decision on both ranks
+    # 1,400 samples, 64 per rank and step, 3 epochs: 11 steps an epoch on 2 ranks (22 on one).
+    assert len(client.get_metric_history(runs["final"].info.run_id, "lr")) == 33

@@ -1,4 +1,4 @@
-"""python train.py [--compare-tuner]
+"""python train.py [--compare-tuner] [--devices 2]
 
 A Lightning training script with lrtrack's range test added (the three lines marked ``# lrtrack``):
 a small MLP on scikit-learn's 8x8 digits (bundled, no download), SGD with momentum and the
@@ -6,7 +6,8 @@ module's own 1cycle schedule, logged by Lightning's MLFlowLogger to ./mlflow.db.
 runs when fit starts and lands in the same experiment as an ``explore`` run; the training run is
 tagged ``lrtrack.stage=final`` and linked to it. About 15 s on 2 CPU cores.
 
---compare-tuner also runs Lightning's own ``Tuner.lr_find`` on a fresh copy of the module and
+--devices 2 trains with Lightning's DDP strategy on 2 CPU processes (each range test step's loss is
+the mean over the processes; rank 0 logs). --compare-tuner also runs Lightning's own ``Tuner.lr_find`` on a fresh copy of the module and
 prints its suggestion next to lrtrack's.
 """
 
@@ -77,8 +78,9 @@ class DigitsModule(pl.LightningModule):
         return DataLoader(self.val_set, batch_size=256)
 
 
-def trainer_for(logger=None, callbacks=(), epochs: int = 3) -> pl.Trainer:
-    return pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=logger or False,
+def trainer_for(logger=None, callbacks=(), epochs: int = 3, devices: int = 1) -> pl.Trainer:
+    strategy = "ddp" if devices > 1 else "auto"  # DDP: Lightning starts the other processes itself
+    return pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=devices, strategy=strategy, logger=logger or False,
                       callbacks=list(callbacks), log_every_n_steps=1, enable_progress_bar=False,
                       enable_checkpointing=False, enable_model_summary=False)
 
@@ -96,6 +98,7 @@ def tuner_suggestion() -> float | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--compare-tuner", action="store_true", help="also run Lightning's Tuner.lr_find")
+    parser.add_argument("--devices", type=int, default=1, help="CPU processes (2 or more: Lightning's DDP)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("lrtrack").setLevel(logging.INFO)
@@ -108,8 +111,11 @@ def main() -> None:
     logger = MLFlowLogger(experiment_name=EXPERIMENT, run_name="train digits mlp",
                           tracking_uri=f"sqlite:///{Path('mlflow.db').resolve()}")
     finder = LRRangeTest(start_lr=1e-4, end_lr=10.0, num_iter=60)  # lrtrack
-    trainer = trainer_for(logger, [finder, LearningRateMonitor(logging_interval="step")])  # lrtrack: the callback
+    trainer = trainer_for(logger, [finder, LearningRateMonitor(logging_interval="step")],  # lrtrack: the callback
+                          devices=args.devices)
     trainer.fit(module)
+    if not trainer.is_global_zero:
+        return
 
     rt = finder.range_test
     print(f"lrtrack suggestion (confirmed): {rt.suggestion:.4g}  (range test run {rt.run_id}, "
