@@ -2,11 +2,11 @@
 
 A Hugging Face Trainer script with lrtrack's range test added (the lines marked ``# lrtrack``): a
 tiny BERT built from a config (no download, no tokenizer) learns to tell whether a marker token
-occurs in a sequence of random token ids, with AdamW (weight decay, none on biases and
+occurs in the first quarter of a sequence of random token ids, with AdamW (weight decay, none on biases and
 LayerNorms), linear warm-up and decay, logged by Hugging Face's MLflowCallback to ./mlflow.db.
 The range test lands in the same experiment as an ``explore`` run; the training run is tagged
 ``lrtrack.stage=final`` and linked to it, its ``learning_rate`` peaking at the suggestion. About
-20 s on 2 CPU cores.
+15 s on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ VOCAB, LENGTH, MARKER, SEED = 64, 16, 7, 0
 
 
 class MarkerTokens(torch.utils.data.Dataset):
-    """Random token ids; the label says whether the marker token occurs (about half do)."""
+    """Random token ids; the label says whether the marker token occurs (in the first quarter; about half do)."""
 
     def __init__(self, size: int, seed: int) -> None:
         gen = torch.Generator().manual_seed(seed)
         self.ids = torch.randint(MARKER + 1, VOCAB, (size, LENGTH), generator=gen)
         self.labels = torch.randint(0, 2, (size,), generator=gen)
-        where = torch.randint(0, LENGTH, (size,), generator=gen)
+        where = torch.randint(0, LENGTH // 4, (size,), generator=gen)
         rows = self.labels.nonzero().squeeze(1)
         self.ids[rows, where[rows]] = MARKER
 
@@ -59,12 +59,12 @@ def main() -> None:
     model = BertForSequenceClassification(config)
     args = TrainingArguments(
         output_dir=tempfile.mkdtemp(prefix="hf-out-"), learning_rate=1e-5, weight_decay=0.01,
-        per_device_train_batch_size=32, num_train_epochs=3, warmup_steps=10, lr_scheduler_type="linear",
+        per_device_train_batch_size=64, num_train_epochs=3, warmup_steps=10, lr_scheduler_type="linear",
         logging_steps=1, save_strategy="no", report_to=["mlflow"], run_name="train tiny bert", seed=SEED,
         use_cpu=True, disable_tqdm=True, dataloader_num_workers=0)
-    trainer = Trainer(model=model, args=args, train_dataset=MarkerTokens(1024, SEED),
+    trainer = Trainer(model=model, args=args, train_dataset=MarkerTokens(2048, SEED),
                       eval_dataset=MarkerTokens(256, SEED + 1))
-    rt = range_test(trainer, start_lr=1e-5, end_lr=1.0, num_iter=60)  # lrtrack: sets args.learning_rate
+    rt = range_test(trainer, start_lr=1e-4, end_lr=10.0, num_iter=60)  # lrtrack: sets args.learning_rate
     trainer.train()
     accuracy = _accuracy(trainer)
 
