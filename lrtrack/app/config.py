@@ -337,17 +337,31 @@ def check_costs(cfg: DictConfig, errors: _Errors) -> None:
                                           "finder.val_batches", "finder.probe_steps") if counts.get(k)}
         budget.steps(errors, "the range test", batches, steps, factors)
     target = str(d.get("_target_", ""))
-    if cfg.stage in ("all", "train") and f("train.epochs") is not None and f("data.batch_size") is not None:
-        size = TRAIN_SIZE.get(target) or f("data.fake_size") or 1
-        batches = f("train.epochs") * max(1, -(-size // f("data.batch_size")))
-        budget.steps(errors, "the training run", batches, batches, {"train.epochs": f("train.epochs")})
     sample = SAMPLE_BYTES.get(target, 12)  # else at least a float32 input and an int64 label
     for key, each, what in (("data.batch_size", sample, "a batch"), ("data.val_batch_size", sample, "a batch"),
                             ("data.fake_size", sample * 5 // 4, "the data set (training and validation)"),
                             ("data.num_workers", WORKER_BYTES, "the worker processes"),
                             ("data.max_memory_mb", 2**20, "the decoded images it allows")):
-        if f(key) is not None:
-            budget.memory(errors, key, f(key), f(key) * each, what)
+        if f(key) is not None and budget.memory(errors, key, f(key), f(key) * each, what):
+            counts.pop(key)
+    if cfg.stage in ("all", "train") and all(f(k) is not None for k in ("train.epochs", "train.accumulation_steps",
+                                                                         "data.batch_size")):
+        _check_training_cost(errors, budget, counts, TRAIN_SIZE.get(target) or f("data.fake_size"))
+
+
+def _check_training_cost(errors: _Errors, budget: _Budget, counts: dict[str, Any], size: int | None) -> None:
+    """The training run: epochs x batches per epoch (known for lrtrack's data sets), and at least one
+    optimizer step's worth of batches (``train.accumulation_steps``) however small the data."""
+    epochs, accumulation = counts["train.epochs"], counts["train.accumulation_steps"]
+    per_epoch = -(-size // counts["data.batch_size"]) if size else 1
+    if size and accumulation > epochs * per_epoch:
+        errors.bad("train.accumulation_steps", _shown(accumulation), f"must be at most the {epochs * per_epoch} "
+                   f"batches of the whole training run (train.epochs={epochs} x {per_epoch} per epoch), else no "
+                   "optimizer step is taken", "lower it")
+        return
+    batches = max(epochs * per_epoch, accumulation)
+    factors = {k: counts[k] for k in ("train.epochs", "train.accumulation_steps", "data.fake_size") if k in counts}
+    budget.steps(errors, "the training run", batches, batches // accumulation or 1, factors)
 
 
 def _counts(cfg: DictConfig) -> dict[str, Any]:
@@ -404,13 +418,16 @@ class _Budget:
                        f"{stage} would keep at least {_size(memory)} of history ({steps:.3g} steps), more than "
                        f"{_size(self.bytes)} ({self.memory_from})", "lower it")
 
-    def memory(self, errors: _Errors, setting: str, value: Any, need: float, what: str) -> None:
+    def memory(self, errors: _Errors, setting: str, value: Any, need: float, what: str) -> bool:
+        """Report ``setting`` when ``need`` bytes exceed the memory limit; True when it did."""
         if need > self.bytes:
             errors.bad(setting, _shown(value), f"{what} would need at least {_size(need)} of memory, more than "
                        f"{_size(self.bytes)} ({self.memory_from})", "lower it")
+        return need > self.bytes
 
 
-_TYPICAL = {"finder.num_iter": 100, "finder.repeats": 3, "finder.probe_steps": 30, "train.epochs": 10}
+_TYPICAL = {"finder.num_iter": 100, "finder.repeats": 3, "finder.probe_steps": 30, "train.epochs": 10,
+            "data.fake_size": 60000}
 
 
 def _machine_memory() -> float:
