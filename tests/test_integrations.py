@@ -255,6 +255,26 @@ def test_transformers_refuses_in_one_line_what_cannot_work(tmp_path: Path) -> No
     assert not (tmp_path / "mlflow.db").exists()
 
 
+# ---------------------------------------------------------------------- packaging
+
+
+def test_the_integrations_are_optional_extras_that_ship_in_the_wheel() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    extras = project["project"]["optional-dependencies"]
+    assert extras["lightning"] == ["lightning>=2.4"]
+    assert any(d.startswith("transformers>=") for d in extras["transformers"])
+    assert "lrtrack[lightning,transformers]" in extras["dev"]  # CI (make test) installs and tests both
+    core = " ".join(project["project"]["dependencies"])
+    assert "lightning" not in core and "transformers" not in core and "accelerate" not in core
+    assert "lrtrack.integrations" in project["tool"]["setuptools"]["packages"]
+    code = ("import sys, lrtrack.integrations, lrtrack.integrations.common\n"
+            "print(sorted(m for m in ('lightning', 'transformers', 'mlflow') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stderr  # neither framework, nor MLflow
+
+
 # ---------------------------------------------------------------------- the examples, as processes
 
 
