@@ -65,6 +65,7 @@ def protect(cfg: DictConfig, output_dir: Path) -> None:
     from lrtrack.tracking.redact import install_log_redaction, register_secret
 
     install_log_redaction()
+    logging.raiseExceptions = False  # a log file on a full disk: no "--- Logging error ---" traceback per line
 
     def walk(node: Any) -> None:
         if isinstance(node, (dict, list)):

@@ -241,13 +241,13 @@ class RangeTestRecipe:
             return self.fit(parts, bounds, curve, run, run, name)
 
     def fit(self, parts: Components, bounds: Any, curve: RangeCurve | None, run: Any, observer: Any,
-            title: str, resume_from: str | None = None) -> float | None:
+            title: str, resume_from: Any = None) -> float | None:
         """Build the schedule, train (or continue training, from the checkpoint ``resume_from``) into
         ``run`` with ``observer`` taking the steps, and log what the run produced."""
         from hydra.utils import instantiate
 
         from lrtrack.engine.schedules import optimizer_steps_per_epoch
-        from lrtrack.engine.train import NonFiniteLossError
+        from lrtrack.engine.train import DiskFullError, NonFiniteLossError
 
         t = self.cfg.train
         steps_per_epoch = optimizer_steps_per_epoch(len(parts.data.train), t.accumulation_steps)
@@ -263,9 +263,10 @@ class RangeTestRecipe:
                      self.job.final_run_id, redact(self.job.command), self.job.final_run_id)
         try:
             result = self._train(parts, schedule, observer, resume_from)
-        except NonFiniteLossError as err:
+        except (NonFiniteLossError, DiskFullError) as err:  # a full disk: the checkpoint could not be written
             raise RunFailure(f"{err}; the run ends FAILED with the steps before it logged") from err
-        log.info("training done: %s", ", ".join(f"{k}={v:.4g}" for k, v in layout.final_metrics(result).items()))
+        self.summary["final"] = layout.final_metrics(result)
+        log.info("training done: %s", ", ".join(f"{k}={v:.4g}" for k, v in self.summary["final"].items()))
         if run.enabled:
             layout.log_training(run, result, bounds=bounds, steps_per_epoch=steps_per_epoch, curve=curve,
                                 title=title)
@@ -293,7 +294,7 @@ class RangeTestRecipe:
             log.warning("the trained model could not be saved for MLflow (%s: %s); it is not logged as a model "
                         "(set tracking.log_model=false to skip it)", type(err).__name__, err)
 
-    def _train(self, parts: Components, schedule: Any, observer: Any, resume_from: str | None) -> Any:
+    def _train(self, parts: Components, schedule: Any, observer: Any, resume_from: Any) -> Any:
         from lrtrack.engine.train import train
 
         t = self.cfg.train

@@ -228,10 +228,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from lrtrack.tracking.store import read_client
 
+    out = Path(args.out)
+    taken = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if taken is not None:
+        print(f"lrtrack.report: error: --out {args.out!r}: {taken} is a file, not a folder; name a folder to write "
+              "the report into (it is created)", file=sys.stderr)
+        return 2
     try:
         page = write_report(read_client(uri), args.target, args.out)
     except ValueError as err:
         print(f"lrtrack.report: error: {redact(str(err))}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a folder that cannot be written (read-only, a full disk)
+        print(f"lrtrack.report: error: --out {args.out!r}: cannot write the report there ({err.strerror or err}); "
+              "name a writable folder", file=sys.stderr)
         return 2
     print(f"wrote {page}")
     return 0

@@ -80,6 +80,7 @@ def _resume(recipe: RangeTestRecipe, parts: Components, run_id: str) -> float | 
     if checkpoint is None:
         raise UserError(f"train.resume={run_id!r}: the run has no checkpoint yet (it stopped in its first "
                         "epoch); start it again without train.resume")
+    checkpoint = _loaded_checkpoint(run_id, checkpoint, parts.model)  # before the runs are reopened: statuses kept
     curve = None
     if record.range_test_run_id:
         curve = records.read_range_test(client, record.range_test_run_id, where=redact(tracker.tracking_uri))
@@ -93,6 +94,24 @@ def _resume(recipe: RangeTestRecipe, parts: Components, run_id: str) -> float | 
         outcome = recipe.fit(parts, bounds, curve, run, SkipLogged(run, logged), title, checkpoint)
         parent.log_summary({"final_val_loss": outcome} if outcome is not None else {})
     return outcome
+
+
+def _loaded_checkpoint(run_id: str, path: str, model: Any) -> dict[str, Any]:
+    """The run's checkpoint, loaded and checked against the model; a UserError (one line) when it cannot
+    continue the training (truncated, another format, another model)."""
+    from pathlib import Path
+
+    from lrtrack.engine.train import checkpoint_problem, load_checkpoint
+
+    try:
+        state = load_checkpoint(path)
+        problem = checkpoint_problem(state, model)
+    except Exception as err:  # torch.load fails in many ways on a damaged file (EOFError, RuntimeError, ...)
+        problem = f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
+    if problem is not None:
+        raise UserError(f"train.resume={run_id!r}: its checkpoint {Path(path).name} cannot be loaded ({problem}); "
+                        "the run is left as it was: start the training again without train.resume")
+    return state
 
 
 def check_same_config(config: Mapping[str, Any], record: records.TrainingRecord) -> None:

@@ -169,12 +169,40 @@ def set_optimizer_mode(optimizer: torch.optim.Optimizer, *, training: bool) -> N
         switch()
 
 
+class DiskFullError(RuntimeError):
+    """A file of the run could not be written: the disk holding its folder is full (the message names it)."""
+
+
+#: Less free space than this under a folder whose write failed: the failure is a full disk (torch's
+#: zip writer reports ENOSPC as "unexpected pos" or "file write failed", not as an OSError).
+FULL_BELOW_BYTES = 16 * 2**20
+
+
+def _disk_full(err: BaseException, folder: Path) -> bool:
+    import errno
+    import shutil
+
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    try:
+        return shutil.disk_usage(folder).free < FULL_BELOW_BYTES
+    except OSError:
+        return False
+
+
 def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    # Created readable by this user only (the model and optimizer state are the user's work).
-    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
-        torch.save(payload, fh)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Created readable by this user only (the model and optimizer state are the user's work).
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
+            torch.save(payload, fh)
+    except (OSError, RuntimeError) as err:
+        if not _disk_full(err, path.parent):
+            raise
+        tmp.unlink(missing_ok=True)
+        raise DiskFullError(f"the disk holding the output folder {path.parent} is full: the checkpoint could not "
+                            "be written; free some space, or run with hydra.run.dir=<a folder on another disk>") from err
     # replace in one move so an interrupted save never leaves a truncated last.pt
     os.replace(tmp, path)
 
@@ -524,6 +552,25 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+CHECKPOINT_KEYS = ("model", "optimizer", "rng", "smoother", "history", "global_step", "epoch")
+
+
+def checkpoint_problem(state: Any, model: nn.Module) -> str | None:
+    """Why ``state`` (a loaded checkpoint) cannot continue training ``model``, or None when it can:
+    not a checkpoint of :func:`train`, or parameters of other names or shapes."""
+    if not isinstance(state, dict):
+        return f"it holds a {type(state).__name__}, not a checkpoint of lrtrack's training"
+    missing = [k for k in CHECKPOINT_KEYS if k not in state]
+    if missing:
+        return f"it lacks {', '.join(missing)} (not a checkpoint of lrtrack's training)"
+    own = {k: tuple(v.shape) for k, v in unwrap(model).state_dict().items()}
+    saved = {k: tuple(v.shape) for k, v in state["model"].items() if isinstance(v, torch.Tensor)}
+    if own != saved:
+        other = sorted(set(own) ^ set(saved)) or [k for k in own if own[k] != saved.get(k)]
+        return f"its model does not fit this one ({', '.join(other[:3])}{', ...' if len(other) > 3 else ''})"
+    return None
+
+
 def train(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -623,4 +670,4 @@ def train(
         logger.info("resuming after epoch %d (global step %d)", start_epoch, trainer.global_step)
     return trainer.fit(train_loader, epochs, val_loader, criterion, step_fn, checkpoint, start_epoch)
 
-__all__ = ["NonFiniteLossError", "TrainResult", "evaluate", "load_checkpoint", "train"]
+__all__ = ["DiskFullError", "NonFiniteLossError", "TrainResult", "checkpoint_problem", "evaluate", "load_checkpoint", "train"]

@@ -17,6 +17,9 @@ A journal is a folder::
                      trained model waiting to be logged (``log_model``)
     rejected.jsonl   operations the store refused for good (a deleted run, a changed param)
     lock             flock'ed by the job, and by the relay it started, which inherits the lock
+    reserve          room kept for the end of a job on a disk that fills up (:data:`RESERVE_BYTES`):
+                     released on the first full-disk write, so the runs' error tag and FAILED still
+                     fit in the journal
 
 Runs are named by lrtrack's own ids (16 hex digits, :func:`new_run_id`), known at once and tagged
 on the run (:data:`RUN_ID_TAG`), so the job never waits for the store to learn an id and a user is
@@ -69,6 +72,10 @@ KINDS = {
     "end": ("status", "end"),
 }
 FULL_DISK = {errno.ENOSPC, errno.EDQUOT}
+RESERVE = "reserve"
+RESERVE_BYTES = 32 * 1024
+#: What may still be journaled in the reserve once the disk is full: how the runs end and why.
+ENDINGS = ("tags", "end", "params")
 
 
 class JournalError(RuntimeError):
@@ -154,6 +161,15 @@ def private_open(path: Path, mode: str, **kwargs: Any) -> Any:
         raise
 
 
+def _reserve(path: Path) -> None:
+    """Keep :data:`RESERVE_BYTES` on the journal's disk for the job's last writes (none when it is full already)."""
+    try:
+        with private_open(path, "wb") as fh:
+            fh.write(b"\0" * RESERVE_BYTES)
+    except OSError:
+        path.unlink(missing_ok=True)
+
+
 def _lock(path: Path, *, blocking: bool) -> int:
     import fcntl  # POSIX; imported here so that importing lrtrack never needs it
 
@@ -199,6 +215,7 @@ class Journal:
             path.mkdir(parents=True, mode=PRIVATE_DIR)
             fd = _lock(path, blocking=True)
             _write_atomic(path / META, json.dumps(meta, indent=1))
+            _reserve(path / RESERVE)
         except OSError as err:
             where = parent if not parent.is_dir() or not os.access(parent, os.W_OK) else path
             if err.errno in FULL_DISK:
@@ -282,8 +299,19 @@ class Journal:
             if written:
                 self._take_back(written)
             if err.errno in FULL_DISK:
+                released = self._release_reserve()
+                if released and op in ENDINGS:  # how the runs end, and why, into the room kept for it
+                    return self.append(op, run, **fields)
                 raise JournalError(full_disk_message(self.path, err)) from err
             raise
+
+    def _release_reserve(self) -> bool:
+        """Free the room kept for the job's last writes; True when there was some."""
+        try:
+            (self.path / RESERVE).unlink()
+            return True
+        except OSError:
+            return False
 
     def _take_back(self, written: int) -> None:
         """Cut the last ``written`` bytes (half a line) off the operations file."""
