@@ -173,6 +173,15 @@ def test_lightning_refuses_in_one_line_what_cannot_work(tmp_path: Path) -> None:
                          enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)
     with pytest.raises(ValueError, match=r"no lr or learning_rate attribute .*schedule='onecycle'"):
         trainer.fit(Blobs(own_schedule=False, with_lr=False))
+
+    class TwoLoaders(Blobs):
+        def train_dataloader(self) -> Any:
+            return [super().train_dataloader(), super().train_dataloader()]
+
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, callbacks=[LRRangeTest(num_iter=10)],
+                         enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)
+    with pytest.raises(ValueError, match=r"^LRRangeTest needs one train dataloader; got 2 \(a list\)$"):
+        trainer.fit(TwoLoaders(own_schedule=False))
     assert not (tmp_path / "mlflow.db").exists()
 
 

@@ -21,6 +21,8 @@ a 1cycle schedule (stepped every optimizer step, peak ``max_lr``) instead. The `
 run becomes lrtrack's ``final`` run: tagged ``lrtrack.stage=final`` and
 ``lrtrack.range_test_run_id=<explore run>``, with ``bounds.max_lr_used`` and ``bounds.base_lr_used``
 as params; ``LearningRateMonitor`` logs its per-step ``lr`` (the scheduler is named ``lr``).
+
+Not carried into the range test: ``gradient_clip_val`` (the sweep's steps are not clipped).
 """
 
 from __future__ import annotations
@@ -85,9 +87,13 @@ class LRRangeTest(Callback):
         optimizer = trainer.optimizers[0]
         trainer.fit_loop.setup_data()  # what fit does next; the loop keeps the loader
         loader = trainer.train_dataloader
+        if isinstance(loader, (Mapping, list, tuple)):
+            raise ValueError(f"LRRangeTest needs one train dataloader; got {len(loader)} (a {type(loader).__name__})")
         loggers = [lg for lg in trainer.loggers if isinstance(lg, MLFlowLogger)]
         uri, experiment = self._store(trainer, pl_module, loggers)
-        engine = {"device": pl_module.device, "accumulation_steps": trainer.accumulate_grad_batches}
+        # float16 on CUDA: the engine's GradScaler (the precision plugin's would only act in Lightning's own step)
+        fp16 = pl_module.device.type == "cuda" and str(trainer.precision) in ("16-mixed", "16")
+        engine = {"device": pl_module.device, "accumulation_steps": trainer.accumulate_grad_batches, "amp": fp16}
         with _logging_muted(pl_module):
             self.range_test = explore(
                 pl_module, optimizer, loader, framework="lightning", step_fn=_training_step(trainer),
