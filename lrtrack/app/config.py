@@ -199,6 +199,10 @@ class _Errors:
 def validate(cfg: DictConfig, conf_dir: str | Path | None = None) -> None:
     """Check every setting a user can get wrong; raise :class:`ConfigError` listing them all."""
     errors = _Errors()
+    for first in (_check_resolvable, _check_component_nodes):  # the checks below read these nodes
+        first(cfg, errors)
+        if errors.lines:
+            raise ConfigError(errors.lines)
     _check_unknown_keys(cfg, errors)
     _check_choices(cfg, errors, conf_dir)
     if cfg.stage not in STAGES:
@@ -479,6 +483,41 @@ def check_param_names(cfg: DictConfig, errors: _Errors) -> None:
         elif not _PARAM_KEY.match(name) or posixpath.normpath(name) != name or name.startswith("/"):
             errors.add(f"setting {name!r} is invalid: MLflow logs each setting as a param named by its path, and "
                        "allows only letters, digits, _ - . / : and spaces there (and no '//' or '..'); rename the key")
+
+
+def _check_resolvable(cfg: DictConfig, errors: _Errors, node: Any = None, prefix: str = "") -> None:
+    """Every ``${...}`` resolves (an unset ``${oc.env:NAME}``, a key that does not exist), one line each."""
+    from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue, OmegaConfBaseException
+
+    node = cfg if node is None else node
+    keys = node.keys() if isinstance(node, DictConfig) else range(len(node))
+    for key in keys:
+        name = f"{prefix}[{key}]" if isinstance(node, ListConfig) else f"{prefix}{'.' if prefix else ''}{key}"
+        try:
+            value = node[key]
+        except MissingMandatoryValue:
+            continue  # ??? : the checks that need it say what to choose
+        except (InterpolationResolutionError, OmegaConfBaseException, ValueError) as err:
+            raw = node._get_node(key)._value() if isinstance(node, (DictConfig, ListConfig)) else "?"
+            cause = " ".join(str(err).split("\n")[0].split()) or type(err).__name__
+            errors.add(f"{name}={raw!r} cannot be resolved: {cause}; set what it refers to (an environment "
+                       "variable: export it) or write the value")
+            continue
+        if isinstance(value, (DictConfig, ListConfig)):
+            _check_resolvable(cfg, errors, value, name)
+
+
+def _check_component_nodes(cfg: DictConfig, errors: _Errors) -> None:
+    """model, optimizer, criterion (and schedule, when set) are nodes with a ``_target_`` (a config
+    file of a group may hold anything: a list, nothing at all)."""
+    for group in ("model", "optimizer", "criterion", "schedule"):
+        if OmegaConf.is_missing(cfg, group) or (group == "schedule" and cfg.get(group) is None):
+            continue
+        value = cfg.get(group)
+        if not isinstance(value, DictConfig) or not value.get("_target_"):
+            shown = _shown(OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value)
+            errors.bad(group, shown, f"must be a node with _target_ (the class or factory to build; see conf/{group}/)",
+                       f"write _target_: <module.Name> in your conf/{group}/<name>.yaml")
 
 
 def _check_choices(cfg: DictConfig, errors: _Errors, conf_dir: str | Path | None) -> None:
