@@ -348,9 +348,22 @@ def check_costs(cfg: DictConfig, errors: _Errors) -> None:
                             ("data.max_memory_mb", 2**20, "the decoded images it allows")):
         if f(key) is not None and budget.memory(errors, key, f(key), f(key) * each, what):
             counts.pop(key)
+    pixels = _image_pixels(d.get("size"))
+    if pixels and "data.size" not in reported:  # a resized image: channels x height x width float32, a batch of them at once
+        budget.memory(errors, "data.size", d.get("size"), pixels * (d.get("channels") or 3) * 4
+                      * (f("data.batch_size") or 1), "a batch of images resized to it")
     if cfg.stage in ("all", "train") and all(f(k) is not None for k in ("train.epochs", "train.accumulation_steps",
                                                                          "data.batch_size")):
         _check_training_cost(errors, budget, counts, TRAIN_SIZE.get(target) or f("data.fake_size"))
+
+
+def _image_pixels(size: Any) -> int:
+    """Pixels of an image resized to ``data.size`` (a side: at least side x side), 0 when not valid."""
+    if _int(size) and size > 0:
+        return size * size
+    if OmegaConf.is_list(size) and len(size) == 2 and all(_int(v) and v > 0 for v in size):
+        return int(size[0]) * int(size[1])
+    return 0
 
 
 def _check_training_cost(errors: _Errors, budget: _Budget, counts: dict[str, Any], size: int | None) -> None:
@@ -616,6 +629,11 @@ def _check_data_values(d: DictConfig, errors: _Errors) -> None:
     if size is not None and not ((_int(size) and size > 0) or (OmegaConf.is_list(size) and len(size) == 2
                                                                and all(_int(v) and v > 0 for v in size))):
         errors.bad("data.size", size, "must be a side in pixels, [height, width], or null (keep the images' size)")
+    std = d.get("std")
+    for i, value in enumerate(std if OmegaConf.is_list(std) else [] if std is None else [std]):
+        if _num(value) and value <= 0:
+            setting = f"data.std[{i}]" if OmegaConf.is_list(std) else "data.std"
+            errors.bad(setting, value, "must be > 0 (the inputs are divided by it)", "or null: measured on the data")
 
 
 def builtin_data_settings(target: str) -> list[str] | None:
