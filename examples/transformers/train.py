@@ -1,4 +1,4 @@
-"""python train.py
+"""python train.py   (or: torchrun --standalone --nproc-per-node=2 train.py)
 
 A Hugging Face Trainer script with lrtrack's range test added (the lines marked ``# lrtrack``): a
 tiny BERT built from a config (no download, no tokenizer) learns to tell whether a marker token
@@ -67,6 +67,8 @@ def main() -> None:
     rt = range_test(trainer, start_lr=1e-4, end_lr=10.0, num_iter=60)  # lrtrack: sets args.learning_rate
     trainer.train()
     accuracy = _accuracy(trainer)
+    if not trainer.is_world_process_zero():  # under torchrun: rank 0 reports
+        return
 
     print(f"lrtrack suggestion (confirmed): {rt.suggestion:.4g}  (range test run {rt.run_id}, "
           f"{rt.result.steps} sweep steps + {rt.result.probe_steps} probe steps); learning_rate now "

@@ -74,7 +74,7 @@ class ExploreRun:
 
 def _config(model: nn.Module, optimizer: Any, loader: Any, framework: str, settings: Mapping[str, Any],
             extra: Mapping[str, Any]) -> dict[str, Any]:
-    kind = type(model)
+    kind = type(dist.unwrap(model))
     group = {k: v for k, v in optimizer.defaults.items() if isinstance(v, (int, float, str, bool, tuple))}
     return {
         "model": {"_target_": f"{kind.__module__}.{kind.__qualname__}"},
@@ -101,7 +101,7 @@ def explore(model: nn.Module, optimizer: Any, loader: Iterable[Any], *, framewor
     """
     from lrtrack.engine.finder import run_range_test
 
-    name = run_name or f"range_test {type(model).__name__} {type(optimizer).__name__.lower()} {framework}"
+    name = run_name or f"range_test {type(dist.unwrap(model)).__name__} {type(optimizer).__name__.lower()} {framework}"
     config = _config(model, optimizer, loader, framework, settings, extra)
     if not dist.is_main():
         result = run_range_test(model, optimizer, loader, step_fn=step_fn, observer=NullObserver(), progress=False,
