@@ -149,8 +149,11 @@ DATA_RULES: dict[str, tuple[type, Rule]] = {
 
 
 def register_configs() -> None:
-    """Register the schema as ``lrtrack_schema`` (config.yaml puts it first in its defaults)."""
+    """Register the schema as ``lrtrack_schema`` (config.yaml puts it first in its defaults), and the
+    ``lrtrack_conf_dir`` resolver (``--help`` names the real folder of the YAML files)."""
     ConfigStore.instance().store(name="lrtrack_schema", node=LRTrackConfig)
+    if not OmegaConf.has_resolver("lrtrack_conf_dir"):
+        OmegaConf.register_new_resolver("lrtrack_conf_dir", lambda: str(config_dir()))
 
 
 def config_dir() -> Path:

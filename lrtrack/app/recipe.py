@@ -33,7 +33,7 @@ from lrtrack.app.components import (
     store_client,
 )
 from lrtrack.app.config import ConfigError, dry_run, max_lr_rule, suggestion_rule, validate
-from lrtrack.app.where import ui_hint
+from lrtrack.app.where import review_hint
 from lrtrack.tracking import layout
 from lrtrack.tracking.records import RangeCurve, RunLookupError, read_range_test, setup_differences
 from lrtrack.tracking.redact import redact, redact_tree
@@ -87,6 +87,7 @@ class RangeTestRecipe:
         self.context = layout.RunContext(
             config=OmegaConf.to_container(cfg, resolve=True),  # type: ignore[arg-type]
             choices=job.choices, overrides=job.overrides, command=job.command)
+        self.summary: dict[str, Any] = {}  # what the pipeline run's note and the review line show
 
     # ------------------------------------------------------------------ the pipeline
 
@@ -115,7 +116,17 @@ class RangeTestRecipe:
             # Log lines go through tqdm while a progress bar is drawn, so neither overwrites the other.
             with process_group(self.builder.device()), logging_redirect_tqdm(loggers=[logging.getLogger()]):
                 self._redact_saved_config()
-                return self._stages(self.builder.distribute(self.setup(tracker)))
+                outcome = self._stages(self.builder.distribute(self.setup(tracker)))
+        self._print_review(tracker)  # delivered: the store's ids are known
+        return outcome
+
+    def _print_review(self, tracker: Any) -> None:
+        """The last line of a command: the MLflow UI command and one URL that opens its range test
+        and training run side by side (a sweep prints its own, once)."""
+        runs = [r for r in (self.summary.get("explore"), self.job.final_run_id) if r]
+        if tracker.enabled and self.job.sweep is None and runs:
+            log.info("review in MLflow: %s", redact(review_hint(tracker.tracking_uri, tracker.experiment_id,
+                                                                [tracker.store_id(r) for r in runs])))
 
     def _stages(self, parts: Components) -> float | None:
         from lrtrack.app.resume import resume
@@ -137,9 +148,18 @@ class RangeTestRecipe:
                 bounds = broadcast_object(self.choose_bounds(curve))  # torchrun: rank 0's decision everywhere
                 outcome = self.train(parts, bounds, curve, pipeline.run_id)
                 pipeline.log_summary({"final_val_loss": outcome} if outcome is not None else {})
-        if parts.tracker.enabled and self.job.sweep is None:
-            log.info("MLflow: %s", redact(ui_hint(parts.tracker.tracking_uri, parts.tracker.experiment_id)))
+                self.summary["bounds"] = bounds
+            pipeline.set_tags({layout.NOTE_TAG: self._note()})
         return outcome
+
+    def _note(self) -> Any:
+        """The pipeline run's description: what the range test suggested, how sure it is, the bounds,
+        the final metrics and links to both runs (:func:`lrtrack.tracking.layout.pipeline_note`)."""
+        s = self.summary
+        return layout.pipeline_note(command=redact(self.job.command), explore_run=s.get("explore"),
+                                    final_run=self.job.final_run_id, rule=s.get("rule"),
+                                    suggestion=s.get("suggestion"), confidence=s.get("confidence"),
+                                    reasons=s.get("reasons", ()), bounds=s.get("bounds"), final=s.get("final"))
 
     def setup(self, tracker: Any = None) -> Components:
         """Seed, then build the data, model, optimizer, loss, step and metric, check that they fit
@@ -180,6 +200,9 @@ class RangeTestRecipe:
             rule, notice = suggestion_rule(self.cfg)
             if notice:
                 log.info("%s", notice)
+            self.summary.update(explore=run.run_id if run.enabled else None, rule=rule,
+                                suggestion=result.suggestions.get(rule), confidence=result.confidence,
+                                reasons=list(result.confidence_reasons))
             if run.enabled:
                 layout.log_range_test(run, result, chosen_rule=rule, title=name)
                 log.info("range-test run: %s", run.run_id)

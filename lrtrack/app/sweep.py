@@ -236,18 +236,39 @@ def interrupt_sweep() -> str:
     return f"interrupted; the sweep run {run_id} and its jobs' runs end KILLED in MLflow" if run_id else "interrupted"
 
 
+REVIEW_MAX_RUNS = 20  # the compare page of a larger sweep is unreadable: its sweep run's page instead
+
+
 def _print_review_hint(ctx: SweepContext, tracker: Any) -> None:
-    """The one review hint of a sweep (its jobs print none): the report command and the UI (the
-    sweep's tracker, closed, knows the experiment's and the sweep run's ids in the store)."""
-    from lrtrack.app.where import ui_hint
+    """The one review hint of a sweep (its jobs print none): the report command, with
+    ``--tracking-uri`` unless the store is the report's default (./mlflow.db), so that it works as
+    printed; and the UI with every job's range test and training run side by side (the sweep's
+    tracker, closed, knows the experiment's and the sweep run's ids in the store)."""
+    import shlex
+
+    from lrtrack.app.where import review_hint, ui_hint
     from lrtrack.tracking.redact import redact
 
     uri = ctx.tracking_uri
-    ui = ui_hint(uri, tracker.experiment_id, tracker.store_id(ctx.run_id))
-    report = "python -m lrtrack.report" + ("" if uri.endswith("/mlflow.db") and "sqlite" in uri else
-                                           f" --tracking-uri {uri}")
+    runs = _review_runs(ctx)
+    ui = review_hint(uri, tracker.experiment_id, runs) if 2 <= len(runs) <= REVIEW_MAX_RUNS else \
+        ui_hint(uri, tracker.experiment_id, tracker.store_id(ctx.run_id))
+    default = f"sqlite:///{Path.cwd() / 'mlflow.db'}"  # what python -m lrtrack.report reads unless told
+    report = "python -m lrtrack.report" + ("" if uri == default else f" --tracking-uri {shlex.quote(uri)}")
     log.info("sweep %s done. Compare its jobs on one page: %s %s --out report/\n"
-             "MLflow: %s", ctx.run_id, redact(report), ctx.run_id, redact(ui))
+             "review in MLflow: %s", ctx.run_id, redact(report), ctx.run_id, redact(ui))
+
+
+def _review_runs(ctx: SweepContext) -> list[str]:
+    """The store ids of the sweep's range tests and training runs, job by job ([] when unreadable)."""
+    from lrtrack.tracking.store import read_client
+
+    try:
+        jobs = records.sweep_jobs(read_client(ctx.tracking_uri), ctx.run_id)
+    except Exception:  # the hint is a convenience: never fail the sweep over it
+        log.debug("could not read the sweep's runs for the review URL", exc_info=True)
+        return []
+    return [run.info.run_id for job in jobs for run in (job.explore, job.final) if run is not None]
 
 
 def finish_sweep(ctx: SweepContext, tracker: Any, run: Any, *, aggregate_seeds: bool = False,

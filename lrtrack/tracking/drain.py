@@ -24,8 +24,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from lrtrack.tracking.journal import OWNER_TAG, RUN_ID_TAG, Journal, owner_alive
-from lrtrack.tracking.layout import STOP_REASON_TAG
+from lrtrack.tracking.journal import EXPERIMENT_REF, OWNER_TAG, RUN_ID_TAG, Journal, owner_alive
+from lrtrack.tracking.layout import STAGE_FINAL, STAGE_TAG, STOP_REASON_TAG
 from lrtrack.tracking.redact import redact
 from lrtrack.tracking.store import (
     TrackingUnavailable,
@@ -203,7 +203,19 @@ class Delivery:
         return found
 
     def _tags(self, tags: Mapping[str, Any]) -> dict[str, str]:
-        return {k: self._store_id(v["ref"]) if isinstance(v, dict) else str(v) for k, v in tags.items()}
+        return {k: self._tag_value(v) for k, v in tags.items()}
+
+    def _tag_value(self, value: Any) -> str:
+        """A tag value from the journal: a run link becomes the store's id; a text naming runs gets
+        their store ids (and the experiment's, ``EXPERIMENT_REF``) in place of its placeholders."""
+        if not isinstance(value, dict):
+            return str(value)
+        if "ref" in value:
+            return self._store_id(value["ref"])
+        text = str(value["text"]).replace(EXPERIMENT_REF, str(self.state["experiment_id"]))
+        for placeholder, run in value.get("refs", {}).items():
+            text = text.replace(placeholder, self._store_id(run))
+        return text
 
     def _apply(self, op: Mapping[str, Any]) -> None:
         from mlflow.entities import Metric, Param, RunTag
@@ -256,6 +268,10 @@ class Delivery:
 
     def _create(self, op: Mapping[str, Any]) -> None:
         run = op["run"]
+        if op.get("tags", {}).get(STAGE_TAG) == STAGE_FINAL:  # a training run: its model comes at the end
+            from lrtrack.tracking.models import preload
+
+            preload()
         if run not in self.state["ids"]:
             experiment_id = self.state["experiment_id"]
             found = _tagged_run(self.client, run, [experiment_id])

@@ -56,6 +56,9 @@ LOCK = "lock"
 RUN_ID_TAG = "lrtrack.run_id"  # on every run: lrtrack's id for it
 OWNER_TAG = "lrtrack.owner"  # on every open run: host:pid:start of the process writing it
 DELIVER_COMMAND = "python -m lrtrack.deliver"
+#: In a tag value ``{"text": ..., "refs": {placeholder: run}}`` (format 2): replaced by the
+#: experiment's id in the store, as each placeholder by its run's store id, on delivery.
+EXPERIMENT_REF = "@experiment@"
 #: The operations and their fields (besides ``op`` and ``run``).
 KINDS = {
     "create": ("name", "tags", "start"),  # a new run (tags may hold {"ref": id})

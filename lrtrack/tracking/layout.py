@@ -7,6 +7,7 @@ The recipe, the notebook helpers and the sweep write runs only through the funct
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -243,6 +244,67 @@ def log_training(run: Any, result: TrainResult, *, bounds: Bounds, steps_per_epo
             title=f"{title}: LRs on the range test"), TRAIN_ON_RANGE_TEST_PLOT)
     run.log_rows_csv([{"step": i, "lr": lr, "loss": loss, "loss_smoothed": sm} for i, (lr, loss, sm)
                       in enumerate(zip(result.lrs, result.losses, result.smoothed_losses))], TRAIN_HISTORY)
+
+
+#: MLflow's own tag for a run's description (the UI shows and edits it as markdown).
+NOTE_TAG = "mlflow.note.content"
+
+
+def compare_fragment(run_ids: Sequence[str], experiment_ids: Sequence[str]) -> str:
+    """The MLflow UI's page that shows runs side by side (3.x: ``#/compare-runs``), as a URL fragment."""
+    from urllib.parse import quote
+
+    def listed(ids: Sequence[str]) -> str:
+        return quote(json.dumps(list(ids), separators=(",", ":")), safe="@")
+
+    return f"#/compare-runs?runs={listed(run_ids)}&experiments={listed(experiment_ids)}"
+
+
+@dataclass(frozen=True)
+class RunText:
+    """A tag value that names runs by lrtrack's ids: each placeholder in ``text`` becomes its run's
+    store id on delivery (and ``@experiment@`` the experiment's), so links in a note work."""
+
+    text: str
+    refs: Mapping[str, str]
+
+    def as_journal(self) -> dict[str, Any]:
+        return {"text": self.text, "refs": dict(self.refs)}
+
+
+def _cell(text: Any) -> str:
+    """Text for one cell of a markdown table."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def pipeline_note(*, command: str, explore_run: str | None, final_run: str | None, rule: str | None,
+                  suggestion: Any = None, confidence: str | None = None, reasons: Sequence[str] = (),
+                  bounds: Any = None, final: Mapping[str, float] | None = None) -> RunText:
+    """The pipeline run's description (:data:`NOTE_TAG`, markdown): the suggestion, the confidence,
+    the bounds, the final metrics and links to the range test, the training run and both side by side."""
+    refs = {k: v for k, v in (("@explore@", explore_run), ("@final@", final_run)) if v}
+    rows = []
+    if rule is not None:
+        lr = getattr(suggestion, "lr", None)
+        shown = f"{lr:.3e}" if lr is not None else f"none ({getattr(suggestion, 'reason', '') or 'no answer'})"
+        rows.append(("suggestion", f"{rule}: {shown}"))
+    if confidence is not None:
+        rows.append(("confidence", confidence + (f" ({'; '.join(reasons)})" if reasons else "")))
+    if bounds is not None:
+        rows.append(("bounds", f"max_lr {bounds.max_lr:.3e}, base_lr {bounds.base_lr:.3e} ({bounds.rule})"))
+    rows += [(k, f"{v:.4g}") for k, v in (final or {}).items()]
+    lines = ["**lrtrack pipeline**: `" + _cell(command) + "`", "", "| | |", "|---|---|"]
+    lines += [f"| {_cell(k)} | {_cell(v)} |" for k, v in rows]
+    links = []
+    if "@explore@" in refs:
+        links.append("[range test](#/experiments/@experiment@/runs/@explore@)")
+    if "@final@" in refs:
+        links.append("[training run](#/experiments/@experiment@/runs/@final@)")
+    if len(refs) == 2:
+        links.append(f"[side by side]({compare_fragment(['@explore@', '@final@'], ['@experiment@'])})")
+    if links:
+        lines += ["", "Runs: " + " · ".join(links)]
+    return RunText("\n".join(lines), refs)
 
 
 def log_trained_model(run: Any, model: Any, first_batch: Any, *, name: str,

@@ -29,6 +29,24 @@ EXAMPLE_ROWS = 5  # rows of the first batch kept as the input example
 SERIALIZATION_FORMAT = "pickle"
 
 
+_preloading: list[Any] = []
+
+
+def preload() -> None:
+    """Import ``mlflow.pytorch`` (and torch, seconds) in a background thread of the deliverer, once:
+    called when a training run is created, so the import overlaps the training instead of
+    delaying the model's delivery at the end."""
+    if _preloading:
+        return
+    import importlib
+    import threading
+
+    thread = threading.Thread(target=importlib.import_module, args=("mlflow.pytorch",), daemon=True,
+                              name="lrtrack-preload-mlflow.pytorch")
+    _preloading.append(thread)
+    thread.start()
+
+
 def bare_module(model: Any) -> Any:
     """The module under a DistributedDataParallel / DataParallel wrapper (``.module``)."""
     from torch import nn
@@ -139,7 +157,11 @@ def deliver_model(tracking_uri: str, experiment_id: str, run_id: str, op: Mappin
     kwargs: dict[str, Any] = {}
     if example is not None:
         kwargs = {"input_example": example.numpy(), "signature": _signature(model, example)}
-    with _fluent(tracking_uri, experiment_id):
+    quiet = logging.getLogger("mlflow.pytorch")  # its warning on "pickle": chosen above, on purpose
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    with _fluent(tracking_uri, experiment_id), contextlib.ExitStack() as restore:
+        restore.callback(quiet.setLevel, level)
         info = mlflow.pytorch.log_model(
             model, name=op.get("name") or "model", run_id=run_id,
             registered_model_name=op.get("registered_model_name") or None,

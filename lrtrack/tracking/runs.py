@@ -61,7 +61,10 @@ def safe_key(key: str) -> str:
 
 
 def _tag_values(tags: Mapping[str, Any]) -> dict[str, Any]:
-    return {safe_key(k): {"ref": str(v)} if k in RUN_LINK_TAGS else str(v) for k, v in tags.items()}
+    """Tag values as the journal holds them: a run link as ``{"ref": id}``, a text naming runs as
+    ``{"text": ..., "refs": {placeholder: id}}`` (:class:`~lrtrack.tracking.layout.RunText`), else text."""
+    return {safe_key(k): {"ref": str(v)} if k in RUN_LINK_TAGS else
+            v.as_journal() if hasattr(v, "as_journal") else str(v) for k, v in tags.items()}
 
 
 def _dump_dict(data: Any, path: Path) -> None:
