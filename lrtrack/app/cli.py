@@ -135,9 +135,9 @@ def main() -> None:
     # Let composition errors reach us as exceptions (Hydra would print them over many lines).
     os.environ["HYDRA_FULL_ERROR"] = "1"
     app = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")(task)
-    from lrtrack.app.conffiles import config_file_problems  # YAML errors and alias bombs, before Hydra parses
+    from lrtrack.app.conffiles import config_file_problems
 
-    (problems := config_file_problems(sys.argv[1:])) and fail(problems)
+    (problems := config_file_problems(sys.argv[1:])) and fail(problems)  # YAML errors, alias bombs: before Hydra
     try:
         app()
     except KeyboardInterrupt:  # a sweep stopped (a single job ends in task(), with its resume command)

@@ -129,7 +129,12 @@ class ComponentBuilder:
         from lrtrack.app.where import resolve_tracking_uri
         from lrtrack.engine.launcher_env import launch_rank
         from lrtrack.tracking.runs import JournalError, Tracker
-        from lrtrack.tracking.store import DeletedExperiment, TrackingUnavailable, check_experiment, preflight
+        from lrtrack.tracking.store import (
+            DeletedExperiment,
+            TrackingUnavailable,
+            check_experiment,
+            preflight,
+        )
 
         t = self.cfg.tracking
         if not t.enabled or launch_rank() != 0:  # torchrun: rank 0 alone opens the store and logs

@@ -503,7 +503,7 @@ def check_param_names(cfg: DictConfig, errors: _Errors) -> None:
 
 def _check_resolvable(cfg: DictConfig, errors: _Errors, node: Any = None, prefix: str = "") -> None:
     """Every ``${...}`` resolves (an unset ``${oc.env:NAME}``, a key that does not exist), one line each."""
-    from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue, OmegaConfBaseException
+    from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
     node = cfg if node is None else node
     keys = node.keys() if isinstance(node, DictConfig) else range(len(node))
@@ -513,7 +513,7 @@ def _check_resolvable(cfg: DictConfig, errors: _Errors, node: Any = None, prefix
             value = node[key]
         except MissingMandatoryValue:
             continue  # ??? : the checks that need it say what to choose
-        except (InterpolationResolutionError, OmegaConfBaseException, ValueError) as err:
+        except (OmegaConfBaseException, ValueError) as err:  # InterpolationResolutionError and kin
             raw = node._get_node(key)._value() if isinstance(node, (DictConfig, ListConfig)) else "?"
             cause = " ".join(str(err).split("\n")[0].split()) or type(err).__name__
             errors.add(f"{name}={raw!r} cannot be resolved: {cause}; set what it refers to (an environment "

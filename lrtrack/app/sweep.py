@@ -162,7 +162,12 @@ class SweepCallback(Callback):
         from lrtrack.tracking.journal import new_run_id
         from lrtrack.tracking.redact import redact
         from lrtrack.tracking.runs import Tracker
-        from lrtrack.tracking.store import DeletedExperiment, TrackingUnavailable, check_experiment, open_store
+        from lrtrack.tracking.store import (
+            DeletedExperiment,
+            TrackingUnavailable,
+            check_experiment,
+            open_store,
+        )
 
         self.started = time.monotonic()
         launch_dir = OmegaConf.select(config, "hydra.runtime.cwd") or os.getcwd()
