@@ -29,7 +29,7 @@ from typing import Any
 
 from torch import nn
 
-from lrtrack.app.where import ui_hint
+from lrtrack.app.where import review_hint, ui_hint
 from lrtrack.engine.suggest import DEFAULT_RULE
 from lrtrack.tracking import layout
 from lrtrack.tracking.records import RangeCurve
@@ -220,6 +220,7 @@ def tracked_training(
     run_name: str | None = None,
     data_name: str | None = None,
     params: Mapping[str, Any] | None = None,
+    log_model: bool = True,
     **settings: Any,
 ) -> TrackedTraining:
     """:func:`lrtrack.engine.train.train` with a schedule in bounds from a range test, logged as the CLI's
@@ -234,6 +235,8 @@ def tracked_training(
         schedule: a :mod:`lrtrack.engine.schedules` factory name (onecycle, triangular2, cosine, ...),
             with ``schedule_settings`` for its own settings.
         metric: the validation metric (``"accuracy"``, None, a callable or a torchmetrics-style object).
+        log_model: log the trained model as the run's MLflow logged model (``mlflow.pytorch.log_model``
+            on delivery, the first batch's inputs as its example), as the CLI does.
         **settings: ``train``'s other settings (``accumulation_steps``, ``grad_clip_norm``,
             ``device``, ``amp``, ``seed``, ``checkpoint_dir``, ...).
     """
@@ -262,7 +265,15 @@ def tracked_training(
                        progress=settings.pop("progress", False), **settings)
         curve = RangeCurve.from_result(range_test.result, range_test.run_id) if range_test else None
         layout.log_training(run, result, bounds=bounds, steps_per_epoch=steps_per_epoch, curve=curve, title=name)
-    log.info("training run logged: %s", _hint(tracker, run))
+        if log_model:
+            from lrtrack.data import peek
+
+            layout.log_trained_model(run, model, peek(train_loader), name=type(model).__name__)
+    same = range_test is not None and (range_test.tracking_uri, range_test.experiment) == (tracker.tracking_uri,
+                                                                             tracker.experiment_name)
+    runs = [range_test.run_id] if same else []  # type: ignore[union-attr]
+    log.info("training run logged: %s", review_hint(tracker.tracking_uri, tracker.experiment_id,
+                                                    [*runs, tracker.store_id(run.run_id)]))
     return TrackedTraining(result, bounds, tracker.store_id(run.run_id), tracker.tracking_uri, tracker.experiment_name,
                            layout.final_metrics(result))
 
