@@ -127,6 +127,26 @@ CASES: list[Case] = [
     (["--config-dir", "conf", "+model=oddkey"], "model.a!b", "yaml-oddkey"),
     (["--config-dir", "conf", "+model=nanlayer"], ("model.dropout", "nan"), "yaml-nan"),
     (["hydra.searchpath=[file://conf]", "+model=broken"], ("broken.yaml", "line 3"), "yaml-syntax"),
+    (["--config-dir", "conf", "+model=listed"], ("model=", "_target_"), "yaml-list"),
+    (["--config-dir", "conf", "+model=empty"], ("model=", "_target_"), "yaml-empty"),
+    (["--config-dir", "conf", "+model=envmiss"], ("model.num_classes", "cannot be resolved"), "yaml-envmiss"),
+    (["finder.num_iter=${oc.env:LRTRACK_BATTERY_UNSET}"], ("finder.num_iter", "LRTRACK_BATTERY_UNSET"), None),
+    (["finder.end_lr=${finder.nope}"], ("finder.end_lr", "cannot be resolved"), None),
+    # numbers outside the typed schema, relations the estimates derive, sweeps checked before they start
+    (["optimizer=adam", "optimizer.betas=[0.9,nan]"], ("optimizer.betas[1]", "nan"), None),
+    (["schedule=cosine_restarts", "schedule.T_0=100000000000000000000"], "schedule.T_0", None),
+    (["schedule=step", "schedule.gamma=nan"], ("schedule.gamma", "nan"), None),
+    (["criterion=cross_entropy", "criterion.label_smoothing=nan", "metric=none"],
+     ("criterion.label_smoothing", "nan"), None),
+    (["data=digits", "data.num_workers=1000000"], ("data.num_workers", "memory"), None),
+    (["data=imagefolder", "data.size=1000000"], ("data.size", "memory"), None),
+    (["data=imagefolder", "data.std=0"], ("data.std", "> 0"), None),
+    (["data=imagefolder", "data.mean=nan"], ("data.mean", "nan"), None),
+    (["train.accumulation_steps=100000"], ("train.accumulation_steps", "no optimizer step"), None),
+    (["stage=train", "bounds.max_lr=nan"], ("bounds.max_lr", "nan"), None),
+    (["-m", "finder.diverge_th=nan,2"], ("finder.diverge_th=nan", "sweep job"), None),
+    (["-m", "seed=0,-1", "stage=range_test"], ("seed=-1", "sweep job"), None),
+    (["+experiment=seeds", "finder.num_iter=1000000000000"], ("finder.num_iter", "sweep job"), None),
     # MLflow: its state and its limits, checked before any run
     ([], ("deleted", "mlflow experiments restore", "tracking.experiment_name"), "deleted-experiment"),
     (["tracking.experiment_name=gone"], ("'gone'", "deleted", "restore"), "deleted-named"),
@@ -203,6 +223,10 @@ YAML_FILES = {  # prepare name -> (path under the folder, content)
     "yaml-huge": ("conf/model/huge.yaml", "_target_: lrtrack.engine.models.MnistCNN\n" + "# padding\n" * 1_200_000),
     "yaml-oddkey": ("conf/model/oddkey.yaml", "_target_: lrtrack.engine.models.MnistCNN\n'a!b': 1\n"),
     "yaml-nan": ("conf/model/nanlayer.yaml", "_target_: lrtrack.engine.models.MnistCNN\ndropout: .nan\n"),
+    "yaml-list": ("conf/model/listed.yaml", "- a\n- b\n"),
+    "yaml-empty": ("conf/model/empty.yaml", ""),
+    "yaml-envmiss": ("conf/model/envmiss.yaml", "_target_: lrtrack.engine.models.MnistCNN\n"
+                     "num_classes: ${oc.env:LRTRACK_BATTERY_UNSET}\n"),
 }
 RANGE_TESTS = {"range-test-mlp": ["+model=mlp"], "range-test-adam": ["+model=mnist_cnn", "optimizer=adam"],
                "range-test-sgd": ["+model=mnist_cnn"]}
@@ -251,7 +275,8 @@ def _runs_created(folder: Path) -> int:
 
 def _command(overrides: list[str], extra: list[str]) -> list[str]:
     """Hydra's flags first (``--config-dir conf``), then BASE (less the keys a case sets), then the rest."""
-    flags = [a for i, a in enumerate(overrides) if a.startswith("-") or (i and overrides[i - 1].startswith("-"))]
+    valued = ("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn")
+    flags = [a for i, a in enumerate(overrides) if a.startswith("-") or (i and overrides[i - 1] in valued)]
     rest = [a for a in [*extra, *overrides] if a not in flags]
     keys = {a.split("=", 1)[0] for a in rest}
     return [*flags, *[b for b in BASE if b.split("=", 1)[0] not in keys], *dict.fromkeys(rest)]

@@ -156,6 +156,13 @@ class SweepCallback(Callback):
 
     # ------------------------------------------------------------------ start
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from lrtrack.app.sweepcheck import sweep_job_problems
+
+        problems = sweep_job_problems(config)  # every job's settings, before the sweep's run exists
+        for problem in problems:
+            print(f"lrtrack: error: {problem}", file=sys.stderr)
+        if problems:
+            sys.exit(2)
         if not OmegaConf.select(config, "tracking.enabled", default=True):
             return
         from lrtrack.app.where import resolve_tracking_uri
@@ -228,7 +235,7 @@ class SweepCallback(Callback):
         for var in ENV_VARS:
             os.environ.pop(var, None)
         self.run.end("KILLED")
-        self.tracker.hand_over()
+        self.tracker.hand_over(1.0)  # the job's tracker waited already: within the 5 s a stop may take
         return ctx.run_id
 
 
