@@ -113,11 +113,13 @@ class Weights(Callback):
         self.optimizer = trainer.optimizers[0]
 
 
-def fit(tmp_path: Path, module: pl.LightningModule, finder: LRRangeTest, *, epochs: int = 2) -> tuple[Any, ...]:
+def fit(tmp_path: Path, module: pl.LightningModule, finder: LRRangeTest, *, epochs: int = 2,
+        precision: str = "32-true") -> tuple[Any, ...]:
     torch.manual_seed(0)
     logger = MLFlowLogger(experiment_name="blobs", tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     before, after = Weights(), Weights()
     trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=logger, log_every_n_steps=1,
+                         precision=precision,
                          callbacks=[before, finder, after, LearningRateMonitor(logging_interval="step")],
                          enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)
     trainer.fit(module)
@@ -147,11 +149,16 @@ def test_lightning_range_test_sets_the_modules_schedule_and_links_the_final_run(
 
 
 def test_lightning_adds_a_onecycle_on_request_to_a_module_without_an_lr(tmp_path: Path, premade_store) -> None:
+    """... in bfloat16 mixed precision: the range test's steps run in the precision plugin's autocast."""
     premade_store(tmp_path)
     module = Blobs(own_schedule=False, with_lr=False)
+    autocast: list[bool] = []
+    step = module.training_step
+    module.training_step = lambda *a: (autocast.append(torch.is_autocast_enabled("cpu")), step(*a))[1]
     finder = LRRangeTest(schedule="onecycle", start_lr=1e-4, end_lr=10.0, num_iter=30, base_divisor=5)
-    trainer, _, after = fit(tmp_path, module, finder)
+    trainer, _, after = fit(tmp_path, module, finder, precision="bf16-mixed")
     rt = finder.range_test
+    assert len(autocast) > rt.result.total_steps and all(autocast)
     (config,) = trainer.lr_scheduler_configs
     assert config.name == "lr" and config.interval == "step"
     assert after.optimizer.param_groups[0]["initial_lr"] == pytest.approx(rt.bounds.base_lr)  # starts at base_lr
@@ -229,7 +236,10 @@ def test_transformers_range_test_sets_learning_rate_and_links_the_final_run(
     premade_store(tmp_path)
     for key in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID", "MLFLOW_TAGS"):
         monkeypatch.delenv(key, raising=False)
-    trainer = tiny_bert_trainer(tmp_path)
+    trainer = tiny_bert_trainer(tmp_path, bf16=True)
+    autocast: list[bool] = []
+    loss = trainer.compute_loss
+    trainer.compute_loss = lambda *a, **k: (autocast.append(torch.is_autocast_enabled("cpu")), loss(*a, **k))[1]
     before = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
     rt = range_test(trainer, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="bert",
                     start_lr=1e-4, end_lr=3.0, num_iter=50)
@@ -239,6 +249,8 @@ def test_transformers_range_test_sets_learning_rate_and_links_the_final_run(
     assert trainer.args.learning_rate == rt.suggestion == rt.bounds.max_lr
     # create_optimizer's groups (weight decay, and none on biases/LayerNorm) moved together: ratio 1 kept.
     assert all(len(lrs) == 2 and lrs[0] == lrs[1] for lrs in rt.result.group_lrs)
+    # bf16=True: every forward pass of the test in bfloat16 autocast; 2 batches a step (accumulation).
+    assert len(autocast) == 2 * rt.result.total_steps and all(autocast)
     trainer.train()
     groups = trainer.optimizer.param_groups
     assert sorted(g["weight_decay"] for g in groups) == [0.0, 0.1]
