@@ -192,6 +192,21 @@ def test_lightning_refuses_in_one_line_what_cannot_work(tmp_path: Path) -> None:
     assert not (tmp_path / "mlflow.db").exists()
 
 
+def test_lightning_resuming_from_a_checkpoint_runs_no_range_test(tmp_path: Path) -> None:
+    """The checkpoint's optimizer and schedule are restored after on_fit_start: no new bounds to set."""
+    settings: dict[str, Any] = dict(accelerator="cpu", logger=False, enable_progress_bar=False,
+                                    enable_checkpointing=False, enable_model_summary=False)
+    first = pl.Trainer(max_epochs=1, **settings)
+    first.fit(Blobs(own_schedule=False))
+    first.save_checkpoint(tmp_path / "last.ckpt")
+    finder = LRRangeTest(num_iter=10, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    resumed = pl.Trainer(max_epochs=2, callbacks=[finder], **settings)
+    resumed.fit(Blobs(own_schedule=False), ckpt_path=tmp_path / "last.ckpt")
+    assert finder.range_test is None and resumed.current_epoch == 2
+    assert resumed.optimizers[0].param_groups[0]["lr"] == 0.01  # the checkpoint's, untouched
+    assert not (tmp_path / "mlflow.db").exists()
+
+
 # ---------------------------------------------------------------------- Hugging Face Trainer
 
 

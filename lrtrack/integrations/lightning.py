@@ -83,6 +83,10 @@ class LRRangeTest(Callback):
         self.range_test: ExploreRun | None = None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.ckpt_path is not None:  # the checkpoint's optimizer and schedule are restored after this hook
+            log.warning("LRRangeTest: resuming from %s: no range test (the checkpoint's LRs and schedule go on)",
+                        trainer.ckpt_path)
+            return
         lr_attr = self._check(trainer, pl_module)
         optimizer = trainer.optimizers[0]
         trainer.fit_loop.setup_data()  # what fit does next; the loop keeps the loader
