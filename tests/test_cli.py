@@ -272,7 +272,8 @@ def test_train_stage_from_an_earlier_range_test_run(tmp_path: Path, premade_stor
     assert second.returncode == 0, second.stderr
     final = next(r for r in _runs(client) if r.data.tags["lrtrack.stage"] == "final")
     assert final.data.tags["lrtrack.range_test_run_id"] == explore.info.run_id
-    rule = final.data.params["bounds.max_lr_rule"]  # the default rule
+    assert final.data.params["bounds.max_lr_rule"] == "null"  # the default: finder.suggestion's rule
+    rule = final.data.params["finder.suggestion"]
     assert float(final.data.params["bounds.max_lr_used"]) == pytest.approx(explore.data.metrics[f"suggested_lr/{rule}"])
     assert "train/lr_on_range_test.png" in {a.path for a in client.list_artifacts(final.info.run_id, "train")}
 

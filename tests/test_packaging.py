@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -49,3 +50,8 @@ def test_wheel_carries_the_config_and_runs_from_another_folder(tmp_path: Path) -
     assert "_target_: lrtrack.engine.models.MnistCNN" in proc.stdout and "num_iter: 100" in proc.stdout
     missing = subprocess.run([str(py), "-m", "lrtrack"], cwd=elsewhere, capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "available: mlp, mnist_cnn" in missing.stderr
+    # --help names the folder its YAML files are in: the wheel's lrtrack/conf, which exists there.
+    helped = subprocess.run([str(py), "-m", "lrtrack", "--help"], cwd=elsewhere, capture_output=True, text=True,
+                            timeout=120)
+    (folder,) = re.findall(r"its YAML file under (\S+)\):", helped.stdout)
+    assert folder.startswith(str(venv)) and folder.endswith("lrtrack/conf") and (Path(folder) / "config.yaml").is_file()

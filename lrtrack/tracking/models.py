@@ -156,7 +156,11 @@ def deliver_model(tracking_uri: str, experiment_id: str, run_id: str, op: Mappin
         raise RuntimeError(f"the model saved in {folder} cannot be read ({err})") from err
     kwargs: dict[str, Any] = {}
     if example is not None:
-        kwargs = {"input_example": example.numpy(), "signature": _signature(model, example)}
+        try:
+            kwargs = {"input_example": example.numpy(), "signature": _signature(model, example)}
+        except Exception as err:  # a forward pass the CPU cannot run: the model without its example
+            log.warning("lrtrack: the model's signature cannot be inferred on the CPU (%s: %s); it is logged "
+                        "without an input example", type(err).__name__, err)
     quiet = logging.getLogger("mlflow.pytorch")  # its warning on "pickle": chosen above, on purpose
     level = quiet.level
     quiet.setLevel(logging.ERROR)
