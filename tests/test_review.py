@@ -6,6 +6,7 @@ report command that runs as printed; ``--help`` names real folders; no ``pending
 from __future__ import annotations
 
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -36,19 +37,23 @@ def test_review_hint_is_the_compare_page_or_the_one_run() -> None:
 
 @pytest.mark.slow
 def test_a_job_ends_with_one_url_of_its_two_runs_and_a_note_on_its_pipeline_run(tmp_path: Path) -> None:
-    proc = run_cli_here(["+model=mnist_cnn", *SMOKE], tmp_path)
+    args = ["+model=mnist_cnn", *SMOKE, "tracking.experiment_name=smoke runs"]  # a space: quoted when printed
+    proc = run_cli_here(args, tmp_path)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
+    (resume,) = re.findall(r"continue it with: (python -m lrtrack .*)", proc.stdout)
+    assert shlex.split(resume)[3:-1] == args  # the printed command, split as a shell does, is the one run
     assert lines[-2].endswith(f"review in MLflow: mlflow ui --backend-store-uri sqlite:///{tmp_path / 'mlflow.db'}")
     (url,) = URL.findall(lines[-1])
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("lrtrack-mnist_cnn")
+    exp = client.get_experiment_by_name("smoke runs")
     runs = {r.data.tags["lrtrack.stage"]: r for r in client.search_runs([exp.experiment_id])}
     explore, final, pipeline = runs["explore"], runs["final"], runs["pipeline"]
     assert _compare_ids(url) == ([explore.info.run_id, final.info.run_id], [exp.experiment_id])
 
     note = pipeline.data.tags["mlflow.note.content"]
-    assert note.startswith("**lrtrack pipeline**: `python -m lrtrack +model=mnist_cnn +experiment=smoke`")
+    assert note.startswith("**lrtrack pipeline**: `python -m lrtrack +model=mnist_cnn +experiment=smoke "
+                           "'tracking.experiment_name=smoke runs'`")
     lr = explore.data.metrics["suggested_lr"]
     assert f"| suggestion | confirmed: {lr:.3e} |" in note
     assert f"| confidence | {explore.data.tags['lrtrack.confidence']}" in note

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -48,8 +49,9 @@ def job_info() -> Any:
     choices = {k: v for k, v in OmegaConf.to_container(hc.runtime.choices).items() if v is not None}
     multirun = hc.mode == RunMode.MULTIRUN
     overrides = [str(o) for o in OmegaConf.to_container(hc.overrides.task, resolve=False)]  # ${..} as typed
-    # A sweep job's own command is its overrides (a launcher's worker has another command line).
-    command = "python -m lrtrack " + " ".join(overrides if multirun else sys.argv[1:])
+    # A sweep job's own command is its overrides (a launcher's worker has another command line),
+    # quoted for the shell where needed so that the printed command works as printed.
+    command = "python -m lrtrack " + shlex.join(overrides if multirun else sys.argv[1:])
     return JobInfo(choices, overrides, command,
                    Path(hc.runtime.cwd), Path(hc.runtime.output_dir),
                    sweep=current_sweep() if multirun else None, job_num=hc.job.num if multirun else None)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -200,7 +201,7 @@ class SweepCallback(Callback):
         run_id = new_run_id()
         self.run = layout.start_sweep_run(
             self.tracker, run_id, f"sweep {short_id(run_id)} {redact(' '.join(swept) or '(no swept keys)')}",
-            swept=swept, overrides=overrides, keys=keys, command="python -m lrtrack " + " ".join(sys.argv[1:]),
+            swept=swept, overrides=overrides, keys=keys, command="python -m lrtrack " + shlex.join(sys.argv[1:]),
             launcher=launcher, sweep_dir=sweep_dir)
         self.context = SweepContext(self.run.run_id, uri, name, tuple(keys))
         _ACTIVE[:] = [self]  # Ctrl-C or SIGTERM mid-sweep: :func:`interrupt_sweep` ends its run KILLED
@@ -256,8 +257,6 @@ def _print_review_hint(ctx: SweepContext, tracker: Any) -> None:
     ``--tracking-uri`` unless the store is the report's default (./mlflow.db), so that it works as
     printed; and the UI with every job's range test and training run side by side (the sweep's
     tracker, closed, knows the experiment's and the sweep run's ids in the store)."""
-    import shlex
-
     from lrtrack.app.where import review_hint, ui_hint
     from lrtrack.tracking.redact import redact
 
