@@ -3,5 +3,10 @@
 from lrtrack.app.cli import exit_without_teardown, main
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except SystemExit as stop:  # an error line or an interruption was printed: end as fast as a success
+        if isinstance(stop.code, int):
+            exit_without_teardown(stop.code)
+        raise
     exit_without_teardown(0)

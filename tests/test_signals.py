@@ -37,8 +37,10 @@ def _runs_ended(folder: Path, timeout: float = 60) -> list[Any]:
 def _stop(proc: _Process, signum: int) -> tuple[int, str, float]:
     start = time.monotonic()
     proc.signal(signum)
+    proc.proc.wait(timeout=30)
+    took = time.monotonic() - start  # the job's own exit (its relay may deliver on)
     code, out = proc.finish(timeout=30)
-    return code, out, time.monotonic() - start
+    return code, out, took
 
 
 CASES = {
@@ -90,3 +92,34 @@ def test_a_signal_in_a_sweeps_job_ends_the_sweep_with_130_and_every_run_killed(t
     assert "sweep" in stages and "explore" in stages, stages
     assert {r.info.status for r in runs} == {"KILLED"}, [(r.info.run_name, r.info.status) for r in runs]
     assert "seed=1" not in " ".join(r.info.run_name for r in runs)  # the second job never started
+
+
+def test_a_signal_while_the_job_waits_for_delivery_leaves_the_relay_to_finish(tmp_path: Path, premade_store) -> None:
+    """Ctrl-C in Tracker.close (the job waits for its relay, here still importing MLflow): the job
+    stops at once, the relay delivers everything (the run FINISHED, as the job ended it). (It removes
+    the journal when it ends after the job, as a stopped CLI job does; this test's "job" lives on.)"""
+    from lrtrack.tracking.runs import Tracker
+
+    premade_store(tmp_path)
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "delivery", spool_dir=tmp_path / "spool")
+    with tracker.start_run("train") as run:
+        for i in range(50):
+            run.on_step(i, {"loss": 1.0 / (i + 1)})
+
+    def ctrl_c(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, ctrl_c)
+    start = time.monotonic()
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.1)
+        with pytest.raises(KeyboardInterrupt):
+            tracker.close()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert time.monotonic() - start < 2
+    (stored,) = _runs_ended(tmp_path)
+    assert stored.info.status == "FINISHED"
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert len(client.get_metric_history(stored.info.run_id, "loss")) == 50  # everything delivered

@@ -331,7 +331,8 @@ class Journal:
             folder = self.path / FILES / f"{self._files:06d}"
             if not folder.exists():
                 break
-        folder.mkdir(parents=True, mode=PRIVATE_DIR)
+        (self.path / FILES).mkdir(mode=PRIVATE_DIR, exist_ok=True)
+        folder.mkdir(mode=PRIVATE_DIR)
         target = folder / (Path(name).name or "artifact")
         return target, str(target.relative_to(self.path))
 

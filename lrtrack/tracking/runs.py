@@ -52,7 +52,7 @@ __all__ = ["DeliveryError", "JournalError", "TrackedRun", "Tracker", "resume_loc
 log = logging.getLogger(__name__)
 
 RELAY_START_SLACK_S = 30.0  # a relay may still be importing MLflow and opening the store at the end
-INTERRUPT_WAIT_S = 2.5  # a stopped job (Ctrl-C, SIGTERM) waits this long for its relay, then leaves it to deliver
+INTERRUPT_WAIT_S = 1.5  # a stopped job (Ctrl-C, SIGTERM) waits this long for its relay, then leaves it to deliver
 
 
 def safe_key(key: str) -> str:
