@@ -89,6 +89,7 @@ def test_a_job_with_output_to_a_file_logs_its_progress(tmp_path: Path) -> None:
     assert "\r" not in text  # no bar redrawn in the file
     rt = re.findall(r"range test: step (\d+)/12 \(\d+%\), lr=\S+, smoothed_loss=\S+, elapsed \S+", text)
     assert [int(s) for s in rt] == [2, 3, 4, 5, 6, 8, 9, 10, 11, 12]  # the first step past each 10%
+    assert re.search(r"confirmation probes: step \d+/12 \(\d+%\), probe=1, lr=\S+, loss=\S+, elapsed", text)
     train = re.findall(r"training \(epoch 1/1\): step (\d+)/16 \(\d+%\), lr=\S+, smoothed_loss=\S+, "
                        r"elapsed \S+(?:, ETA \S+)?\n", text)
     assert len(train) == 10 and train[-1] == "16"

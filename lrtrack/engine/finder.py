@@ -392,11 +392,11 @@ def _fixed_batches(
     return batches
 
 
-def _progress_bar(total: int, enabled: bool) -> Any:
+def _progress_bar(total: int, enabled: bool, desc: str = "range test") -> Any:
     """A tqdm bar on a terminal, else a log line every 10% or 30 s (:mod:`lrtrack.engine.progress`)."""
     from lrtrack.engine.progress import progress_bar
 
-    return progress_bar(total, "range test", enabled, leave=False)
+    return progress_bar(total, desc, enabled, leave=False)
 
 
 # --------------------------------------------------------------------------- the engine
@@ -458,6 +458,7 @@ class _RangeTest:
     def run(self, batches: Iterator[Any], progress: bool) -> None:
         """Step through the grid until it ends, the stop rule fires or Ctrl-C."""
         num_iter = len(self.grids[0])
+        self.progress = progress  # the confirmation probes show theirs too
         bar = _progress_bar(num_iter, progress)
         self.model.train()
         _optimizer_train_mode(self.optimizer)
@@ -750,6 +751,7 @@ def _confirm(test: _RangeTest, snapshot: StateSnapshot, batches: Iterator[Any], 
              for _ in range(steps * test.accumulation_steps)]
     used, cut = 0, False
     log.info("confirmation probes: %d steps each, at most %d steps in all", steps, budget)
+    bar = _progress_bar(budget, getattr(test, "progress", False), "confirmation probes")
     try:
         while (lr := search.next_lr()) is not None:
             if used + steps > budget:
@@ -759,10 +761,14 @@ def _confirm(test: _RangeTest, snapshot: StateSnapshot, batches: Iterator[Any], 
             probe = test.probe(lr, fixed, steps)
             used += probe.steps
             search.add(probe)
+            bar.update(probe.steps)
+            bar.set_postfix(probe=len(search.probes), lr=f"{lr:.2e}", loss=f"{probe.losses[-1]:.4f}", refresh=False)
     except KeyboardInterrupt:  # the test is interrupted: the caller sees it in stop_reason, as for the sweep
         log.warning("confirmation probes interrupted after %d probes", len(search.probes))
         test.stop_reason = STOP_INTERRUPTED
         test.stop_detail = f"interrupted during the confirmation probes after {len(search.probes)} probes"
+    finally:
+        bar.close()
     log.info("confirmation: %d fixed-LR probes, %d steps", len(search.probes), used)
     return search.probes, probe_reasons(search.probes, edge.lr, climbed_out=search.climbed_out, cut=cut)
 

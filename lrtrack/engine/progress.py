@@ -70,15 +70,15 @@ class LogProgress:
     def close(self) -> None:
         """The stage is over: a last line unless the last step's was written."""
         if self.n and self._shown_at != self.n:
-            self._emit()
+            self._emit(last=True)
 
-    def _emit(self) -> None:
+    def _emit(self, last: bool = False) -> None:
         now = time.monotonic()
         elapsed = now - self._start
         step = f"step {self.n}/{self.total} ({100 * self.n / self.total:.0f}%)" if self.total else f"step {self.n}"
         values = "".join(f", {k}={v}" for k, v in self.postfix.items())
         eta = ""
-        if self.total and 0 < self.n < self.total:
+        if self.total and 0 < self.n < self.total and not last:  # a stage may end early (the probes)
             eta = f", ETA {_clock(elapsed / self.n * (self.total - self.n))}"
         log.info("%s: %s%s, elapsed %s%s", self.desc, step, values, _clock(elapsed), eta)
         self._last, self._due, self._shown_at = now, False, self.n
