@@ -336,6 +336,24 @@ def full_output(size: str, extra: list[str]) -> Callable[[Path], Result]:
     return check
 
 
+def full_at_start(folder: Path) -> Result:
+    premade(folder)
+    with tmpfs(folder / "full-disk", "8k") as disk:
+        if disk is None:
+            return Result(None, "cannot mount a tmpfs here (needs root)")
+        try:
+            with open(disk / "filler", "wb") as fh:  # fill it
+                while True:
+                    fh.write(b"\0" * 4096)
+                    fh.flush()
+        except OSError:
+            pass
+        code, out, err = run([*BASE, f"hydra.run.dir={disk}/run"], folder)
+    lines = error_lines(err)
+    ok = code == 1 and len(lines) == 1 and str(disk) in lines[0] and "Traceback" not in err
+    return Result(ok, f"exit {code}, {len(lines)} error line(s): {(lines or [''])[-1][:150]}")
+
+
 def bad_checkpoint(folder: Path) -> Result:
     premade(folder)
     code, _, err = run(TRAIN, folder)
@@ -366,6 +384,8 @@ DISK_CASES = [
          full_output("300k", [*TRAIN, "train.epochs=3", "data.fake_size=2048"])),
     Case("disk: output folder full at the range test's plots", "range test + training, hydra.run.dir on a 120 kB tmpfs",
          "exit 1, one line naming the folder, every run FAILED with an lrtrack.error tag", full_output("120k", BASE)),
+    Case("disk: output folder full before the job starts", "hydra.run.dir on a full 8 kB tmpfs (Hydra saves "
+         "the config there first)", "exit 1, one line naming the folder, no traceback", full_at_start),
     Case("disk: resume from a truncated checkpoint", "train, truncate the stored last.pt, train.resume=<run>",
          "exit 2, one line, the run stays FINISHED", bad_checkpoint),
     Case("disk: report --out naming a file", "python -m lrtrack.report lrtrack-mnist_cnn --out <a file>",

@@ -22,7 +22,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from lrtrack.app.config import ConfigError, config_dir, register_configs, validate
-from lrtrack.app.guard import protect, stop_on_signals
+from lrtrack.app.guard import guard_process, protect, stop_line
 from lrtrack.tracking.redact import redact
 
 log = logging.getLogger("lrtrack")
@@ -133,7 +133,7 @@ def main() -> None:
     from yaml import YAMLError
 
     register_configs()
-    stop_on_signals()  # SIGTERM (a cluster's preemption) as Ctrl-C: KeyboardInterrupt once, then exit 130
+    guard_process()  # SIGTERM (a cluster's preemption) as Ctrl-C, exit 130; credentials masked in log lines
     # Let composition errors reach us as exceptions (Hydra would print them over many lines).
     os.environ["HYDRA_FULL_ERROR"] = "1"
     app = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")(task)
@@ -142,10 +142,8 @@ def main() -> None:
     (problems := config_file_problems(sys.argv[1:])) and fail(problems)  # YAML errors, alias bombs: before Hydra
     try:
         app()
-    except KeyboardInterrupt:  # a sweep stopped (a single job ends in task(), with its resume command)
-        from lrtrack.app.sweep import interrupt_sweep
-
-        fail(interrupt_sweep(), EXIT_INTERRUPTED)
+    except (KeyboardInterrupt, OSError) as err:  # a stopped sweep, a full disk: one line (guard.stop_line)
+        fail(*stop_line(err))
     except (HydraException, OmegaConfBaseException, YAMLError) as err:
         if _job_started:
             raise  # raised while a job ran: a bug, keep the traceback

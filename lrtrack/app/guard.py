@@ -52,6 +52,43 @@ def stop_on_signals() -> None:
     signal.signal(signal.SIGINT, _terminate)
 
 
+def guard_process() -> None:
+    """What ``python -m lrtrack`` sets up first: :func:`stop_on_signals`, and credentials masked in every
+    log line (Hydra's own included: a sweep logs each job's overrides before the job starts)."""
+    from lrtrack.tracking.redact import install_log_redaction
+
+    stop_on_signals()
+    install_log_redaction()
+
+
+def stop_line(err: BaseException) -> tuple[str, int]:
+    """The line and exit status for what ended the command outside a job's own handling: a sweep stopped
+    by a signal (its run ends KILLED), or a full disk (Hydra saving the config, a log file). Anything
+    else is raised again (a bug keeps its traceback)."""
+    import errno
+
+    if isinstance(err, KeyboardInterrupt):
+        from lrtrack.app.sweep import interrupt_sweep
+
+        return interrupt_sweep(), EXIT_INTERRUPTED
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = Path(err.filename).parent if err.filename else _folder_of(err) or "the output folder"
+        return (f"the disk holding {where} is full ({err.strerror}): free some space, or run with "
+                "hydra.run.dir=<a folder on another disk>"), 1
+    raise err
+
+
+def _folder_of(err: BaseException) -> str | None:
+    """The folder a failed write went to, when the error does not say (Hydra's ``_save_config(cfg,
+    filename, output_dir)`` fails at write, without a file name): the innermost ``output_dir``."""
+    tb, found = err.__traceback__, None
+    while tb is not None:
+        value = tb.tb_frame.f_locals.get("output_dir")
+        found = str(value) if value is not None else found
+        tb = tb.tb_next
+    return found
+
+
 _ENV_REF = re.compile(r"\$\{oc\.env:\s*([^,}\s]+)")
 #: Environment variables a config may interpolate that hold no credential (masking them would mask paths).
 PLAIN_ENV = frozenset({"HOME", "USER", "LOGNAME", "PWD", "TMPDIR", "TMP", "TEMP", "SHELL", "HOSTNAME", "SCRATCH"})
