@@ -144,6 +144,8 @@ CASES: list[Case] = [
     (["data=imagefolder", "data.mean=nan"], ("data.mean", "nan"), None),
     (["train.accumulation_steps=100000"], ("train.accumulation_steps", "no optimizer step"), None),
     (["stage=train", "bounds.max_lr=nan"], ("bounds.max_lr", "nan"), None),
+    (["+model=mlp", "model.hidden=20000", "limits.max_memory_gb=0.1"], ("model (", "copies"), None),
+    (["+model=mlp", "model.hidden=100000000000"], ("model (", "memory"), None),
     (["-m", "finder.diverge_th=nan,2"], ("finder.diverge_th=nan", "sweep job"), None),
     (["-m", "seed=0,-1", "stage=range_test"], ("seed=-1", "sweep job"), None),
     (["+experiment=seeds", "finder.num_iter=1000000000000"], ("finder.num_iter", "sweep job"), None),

@@ -274,3 +274,20 @@ def test_the_battery_is_generated_from_the_schema_and_lists_at_least_150_cases()
         assert f"{setting}=nan |" in out, setting
     assert "finder.diverge_th=nan" in out and "seed=100000000000000000000" in out
     assert "finder.probe_steps=0 |" not in out and "finder.val_batches=0 |" not in out  # valid: not listed as bad
+
+
+def test_a_model_too_large_to_train_in_memory_is_refused_before_any_run(tmp_path: Path) -> None:
+    proc = run_cli_here(["+model=mlp", "+experiment=smoke", "model.hidden=20000", "limits.max_memory_gb=0.1"],
+                        tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert line == ("lrtrack: error: model (lrtrack.engine.models.MLP): its parameters take 63.6 MB, and training "
+                    "keeps at least 4 copies (254 MB: weights, gradients, optimizer state, the range test's saved "
+                    "copy), more than 100 MB (limits.max_memory_gb=0.1); make it smaller (the model.* settings)")
+    db = tmp_path / "mlflow.db"  # the tracker may have created the store (it starts first): no run in it
+    if db.exists():
+        import sqlite3
+
+        with sqlite3.connect(db) as con:
+            tables = {row[0] for row in con.execute("select name from sqlite_master where type='table'")}
+            assert "runs" not in tables or con.execute("select count(*) from runs").fetchone()[0] == 0

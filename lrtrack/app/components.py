@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
-from lrtrack.app.config import component_error
+from lrtrack.app.config import component_error, model_memory_problem
 from lrtrack.tracking.layout import ERROR_TAG, DataInfo, error_message
 
 if TYPE_CHECKING:
@@ -165,6 +165,9 @@ class ComponentBuilder:
         seed_everything(self.cfg.seed)
         data = self._data()
         model = self._build("model", lambda built: built)
+        problem = model_memory_problem(self.cfg, sum(p.numel() * p.element_size() for p in model.parameters()))
+        if problem:
+            raise UserError(problem)
         optimizer = self._build("optimizer", lambda partial: partial(model.parameters()))
         criterion = self._build("criterion", lambda built: built)
         step, metric = self._step(), self._metric()

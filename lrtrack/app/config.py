@@ -446,6 +446,22 @@ class _Budget:
         return need > self.bytes
 
 
+TRAINING_COPIES = 4  # weights, gradients, one optimizer slot (Adam keeps two), the range test's saved copy
+
+
+def model_memory_problem(cfg: DictConfig, param_bytes: int) -> str | None:
+    """The model's parameters, built: training keeps at least :data:`TRAINING_COPIES` of them; one
+    line when that exceeds the memory limit (``model.*`` sizes a user chose), else None."""
+    budget = _Budget.of(cfg)
+    need = param_bytes * TRAINING_COPIES
+    if budget is None or need <= budget.bytes:
+        return None
+    return (f"model ({cfg.model.get('_target_')}): its parameters take {_size(param_bytes)}, and training keeps at "
+            f"least {TRAINING_COPIES} copies ({_size(need)}: weights, gradients, optimizer state, the range test's "
+            f"saved copy), more than {_size(budget.bytes)} ({budget.memory_from}); make it smaller (the model.* "
+            "settings)")
+
+
 _TYPICAL = {"finder.num_iter": 100, "finder.repeats": 3, "finder.probe_steps": 30, "train.epochs": 10,
             "data.fake_size": 60000}
 
