@@ -66,6 +66,8 @@ def linked_runs(folder: Path, experiment: str) -> dict[str, object]:
     artifacts = {a.path for a in client.list_artifacts(explore.info.run_id, "range_test")}
     assert {"range_test/plot.png", "range_test/history.csv", "range_test/suggestions.json"} <= artifacts
     rule = final.data.params["bounds.max_lr_rule"]  # max_lr = the range test's suggestion by this rule
+    if rule == "null":  # the default: the rule the range test chose (finder.suggestion)
+        rule = explore.data.tags["lrtrack.suggestion_rule"]
     assert float(final.data.params["bounds.max_lr_used"]) == pytest.approx(explore.data.metrics[f"suggested_lr/{rule}"])
     return runs
 
