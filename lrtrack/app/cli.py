@@ -142,9 +142,9 @@ def main() -> None:
     (problems := config_file_problems(sys.argv[1:])) and fail(problems)  # YAML errors, alias bombs: before Hydra
     try:
         app()
-    except (KeyboardInterrupt, OSError) as err:  # a stopped sweep, a full disk: one line (guard.stop_line)
-        fail(*stop_line(err))
-    except (HydraException, OmegaConfBaseException, YAMLError) as err:
+    except (HydraException, OmegaConfBaseException, YAMLError) as err:  # (Hydra's missing config is an OSError)
         if _job_started:
             raise  # raised while a job ran: a bug, keep the traceback
         fail(condensed(err))
+    except (KeyboardInterrupt, OSError) as err:  # a stopped sweep, a full disk: one line (guard.stop_line)
+        fail(*stop_line(err))
