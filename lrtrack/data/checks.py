@@ -70,7 +70,8 @@ def _kind(t: torch.Tensor) -> str:
 
 
 def _desc(t: torch.Tensor) -> str:
-    return f"{tuple(t.shape[1:])} {str(t.dtype).replace('torch.', '')}"
+    shape = f"{tuple(t.shape[1:])}" if t.dim() > 1 else "scalar"
+    return f"{shape} {str(t.dtype).replace('torch.', '')}"
 
 
 def _non_finite(name: str, t: torch.Tensor) -> str | None:
