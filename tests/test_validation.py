@@ -53,8 +53,15 @@ def test_every_float_setting_refuses_nan_and_infinity(value: str) -> None:
 
 def test_a_nan_safety_stop_and_a_nan_timeout_are_refused_with_what_is_allowed() -> None:
     assert errors_of(composed("finder.diverge_th=nan")) == [
-        "finder.diverge_th=nan is invalid: must be finite and > 1 (stop when the loss exceeds this x the best); "
-        "NaN and infinity are never valid here: set a number"]
+        "finder.diverge_th=nan is invalid: must be finite and > 1 and <= 1e6 (stop when the loss exceeds this x "
+        "the best; larger would turn the safety stop off); NaN and infinity are never valid here: set a number"]
+    (line,) = errors_of(composed("finder.diverge_th=1e300"))
+    assert line.startswith("finder.diverge_th=1e+300 is invalid: must be > 1 and <= 1e6")
+    (line,) = errors_of(composed("finder.end_lr=1e300"))
+    assert line == "finder.end_lr=1e+300 is invalid: must be a positive LR up to 1e+06"
+    (line,) = errors_of(composed("finder.start_lr=1e-320", "finder.end_lr=1e5"))
+    assert line == ("finder.start_lr=1e-320 is invalid: must be larger: the ratio of an exponential sweep from it "
+                    "to finder.end_lr=100000.0 overflows; set finder.start_lr=1e-7 or larger")
     (line,) = errors_of(composed("tracking.delivery_timeout_s=nan"))
     assert line.startswith("tracking.delivery_timeout_s=nan is invalid: must be finite and seconds in [0, 604800]")
 

@@ -57,18 +57,21 @@ def rule(**kw: Any) -> Any:
     return field(default=MISSING, metadata={"rule": Rule(**kw)})
 
 
+MAX_LR = 1e6  # no model trains at a larger LR: one step sends the loss to infinity
 INT64_MAX = 2**63 - 1  # torch's and numpy's integers: a larger one overflows with a traceback
 SEED_MAX = 2**32 - 1  # numpy.random.seed's range
 
 
 @dataclass
 class FinderConfig:
-    start_lr: Optional[float] = rule(lo=0, allowed="a positive LR (or null: the optimizer's LR)")
-    end_lr: float = rule(lo=0, lo_open=True, allowed="a positive LR")
+    start_lr: Optional[float] = rule(lo=0, hi=MAX_LR, allowed=f"a positive LR up to {MAX_LR:g} (or null: the "
+                                     "optimizer's LR)")
+    end_lr: float = rule(lo=0, lo_open=True, hi=MAX_LR, allowed=f"a positive LR up to {MAX_LR:g}")
     num_iter: int = rule(lo=2, allowed=">= 2 (a curve needs two points)", cost="steps")
     step_mode: str = MISSING
     smoothing: float = rule(lo=0, hi=1, hi_open=True, allowed="in [0, 1) (EMA decay; 0 = no smoothing)")
-    diverge_th: float = rule(lo=1, lo_open=True, allowed="> 1 (stop when the loss exceeds this x the best)")
+    diverge_th: float = rule(lo=1, lo_open=True, hi=1e6, allowed="> 1 and <= 1e6 (stop when the loss exceeds this "
+                             "x the best; larger would turn the safety stop off)")
     accumulation_steps: int = rule(lo=1, allowed=">= 1", cost="steps")
     val_batches: int = rule(lo=0, allowed=">= 0 (0 = training loss, no validation)", cost="steps")
     amp: bool = MISSING
@@ -80,9 +83,10 @@ class FinderConfig:
 
 @dataclass
 class BoundsConfig:
-    max_lr: Optional[float] = rule(lo=0, lo_open=True, allowed="a positive LR or null (from the range test)")
+    max_lr: Optional[float] = rule(lo=0, lo_open=True, hi=MAX_LR, allowed=f"a positive LR up to {MAX_LR:g} or "
+                                   "null (from the range test)")
     max_lr_rule: Optional[str] = MISSING
-    base_divisor: float = rule(lo=1, allowed="a number >= 1 (Smith: 3-4)")
+    base_divisor: float = rule(lo=1, hi=1e6, allowed="a number in [1, 1e6] (Smith: 3-4)")
 
 
 @dataclass
@@ -561,6 +565,8 @@ def _check_choices(cfg: DictConfig, errors: _Errors, conf_dir: str | Path | None
                    f"{', '.join(available_options('optimizer', conf_dir))})")
     elif _num(cfg.optimizer.get("lr")) and cfg.optimizer.lr < 0:
         errors.bad("optimizer.lr", cfg.optimizer.lr, "must be >= 0")
+    elif _num(cfg.optimizer.get("lr")) and cfg.optimizer.lr > MAX_LR:
+        errors.bad("optimizer.lr", cfg.optimizer.lr, f"must be at most {MAX_LR:g} (the range test's start LR)")
     if cfg.stage in ("all", "train") and cfg.schedule is None:
         errors.add(f"no schedule chosen: add schedule=<name> (available: "
                    f"{', '.join(available_options('schedule', conf_dir))})")
@@ -578,11 +584,14 @@ def _check_finder(cfg: DictConfig, errors: _Errors) -> None:
     if f.step_mode not in STEP_MODES:
         errors.bad("finder.step_mode", f.step_mode, f"allowed: {', '.join(STEP_MODES)}")
     start, setting = _start_lr(cfg), "finder.start_lr" if f.start_lr is not None else "optimizer.lr"
-    end_ok = _num(f.end_lr) and f.end_lr > 0  # else reported by check_numbers, once
-    if _num(start) and start >= 0:  # else reported by check_numbers (finder.start_lr) or _check_choices
+    end_ok = _num(f.end_lr) and 0 < f.end_lr <= MAX_LR  # else reported by check_numbers, once
+    if _num(start) and 0 <= start <= MAX_LR:  # else reported by check_numbers (finder.start_lr) or _check_choices
         if f.step_mode == "exp" and start == 0:
             errors.bad(setting, start, "must be > 0 for finder.step_mode=exp (a log-spaced grid cannot start at 0)",
                        "set finder.start_lr=1e-7, or use finder=linear")
+        elif end_ok and f.step_mode == "exp" and not math.isfinite(f.end_lr / start):
+            errors.bad(setting, start, f"must be larger: the ratio of an exponential sweep from it to "
+                       f"finder.end_lr={f.end_lr!r} overflows", "set finder.start_lr=1e-7 or larger")
         elif end_ok and start >= f.end_lr and setting == "finder.start_lr":
             errors.bad(setting, start, f"must be smaller than finder.end_lr={f.end_lr!r}")
         elif end_ok and start >= f.end_lr:
