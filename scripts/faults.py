@@ -170,7 +170,7 @@ class Case:
 
 
 def signal_case(extra: list[str], marker: str, signum: int, delay: float = 0.0, again: float = 0.0,
-                allow_finished: bool = False) -> Callable[[Path], Result]:
+                allow_finished: bool = False, expect_stages: set[str] | None = None) -> Callable[[Path], Result]:
     def check(folder: Path) -> Result:
         premade(folder)
         flags = [a for a in extra if a == "-m"]  # Hydra's flags before the overrides
@@ -181,9 +181,13 @@ def signal_case(extra: list[str], marker: str, signum: int, delay: float = 0.0, 
         time.sleep(delay)
         code, out, took = job.stop(signum, again)
         runs = runs_ended(folder)
+        if expect_stages and {r.data.tags.get("lrtrack.stage") for r in runs} < expect_stages:
+            time.sleep(15)  # the jobs' journals are delivered after the job exited
+            runs = runs_ended(folder)
         states = {r.info.status for r in runs}
         lines = error_lines(out)
-        killed = bool(runs) and states == {"KILLED"}
+        stages_ok = not expect_stages or {r.data.tags.get("lrtrack.stage") for r in runs} >= expect_stages
+        killed = bool(runs) and states == {"KILLED"} and stages_ok
         finished_ok = allow_finished and code in (0, 130) and states <= {"FINISHED", "KILLED"}
         ok = ((code == 130 and killed) or finished_ok) and took < STOP_WITHIN_S and "Traceback" not in out
         resume = " (resume command printed)" if "train.resume=" in " ".join(lines) else ""
@@ -221,6 +225,12 @@ SIGNAL_CASES = [
          "exit 130 within 5 s; the sweep run and job 0's runs KILLED; job 1 never starts",
          signal_case(["-m", "finder.num_iter=100000", "finder.end_lr=0.002", "seed=0,1"],
                      r"range test: \d+ steps from", signal.SIGTERM, 0.5)),
+    Case("signal: SIGTERM in a joblib sweep", "-m seed=0,1 hydra/launcher=joblib n_jobs=2; SIGTERM 1 s into "
+         "the range tests (joblib SIGKILLs its workers and their relays)",
+         "exit 130 within 5 s; the sweep run and both jobs' runs KILLED (their journals delivered afterwards)",
+         signal_case(["-m", "finder.num_iter=100000", "finder.end_lr=0.002", "seed=0,1", "hydra/launcher=joblib",
+                      "hydra.launcher.n_jobs=2"], r"range test: \d+ steps from", signal.SIGTERM, 1.0,
+                     expect_stages={"sweep", "pipeline", "explore"})),
 ]
 
 

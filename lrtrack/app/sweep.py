@@ -198,6 +198,7 @@ class SweepCallback(Callback):
         swept = [o for o in overrides if override_key(o) in keys]
         sweep_dir = str(OmegaConf.select(config, "hydra.sweep.dir"))
         self.tracker = Tracker(uri, name, spool_dir=Path(sweep_dir).resolve() / "tracking-spool")
+        self.sweep_dir = Path(sweep_dir).resolve()
         run_id = new_run_id()
         self.run = layout.start_sweep_run(
             self.tracker, run_id, f"sweep {short_id(run_id)} {redact(' '.join(swept) or '(no swept keys)')}",
@@ -237,7 +238,28 @@ class SweepCallback(Callback):
             os.environ.pop(var, None)
         self.run.end("KILLED")
         self.tracker.hand_over(1.0)  # the job's tracker waited already: within the 5 s a stop may take
+        _deliver_orphans(self.sweep_dir, ctx.tracking_uri)
         return ctx.run_id
+
+
+def _deliver_orphans(sweep_dir: Path, uri: str) -> None:
+    """A launcher that kills its workers' process trees on a stop (joblib's loky: SIGKILL) kills their
+    relays too: a detached ``python -m lrtrack.deliver <sweep folder>`` delivers the journals they left
+    (their runs end KILLED) after this process exits; journals a live relay still holds are skipped."""
+    import subprocess
+
+    from lrtrack.tracking.journal import needs_uri
+    from lrtrack.tracking.redact import redact
+
+    if needs_uri(redact(uri)):  # credentials are never put on a command line: say what to run instead
+        log.warning("a stopped sweep's jobs may have left journals: deliver them with python -m lrtrack.deliver %s "
+                    "--tracking-uri <the URI>", sweep_dir)
+        return
+    root = str(Path(__file__).resolve().parents[2])
+    subprocess.Popen([sys.executable, "-m", "lrtrack.deliver", str(sweep_dir), "--timeout", "60"],
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                     start_new_session=True,
+                     env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)})
 
 
 _ACTIVE: list[SweepCallback] = []  # the sweep this process started, while it runs
