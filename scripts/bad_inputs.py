@@ -128,6 +128,7 @@ CASES: list[Case] = [
     (["--config-dir", "conf", "+model=nanlayer"], ("model.dropout", "nan"), "yaml-nan"),
     (["hydra.searchpath=[file://conf]", "+model=broken"], ("broken.yaml", "line 3"), "yaml-syntax"),
     (["--config-dir", "conf", "+model=listed"], ("model=", "_target_"), "yaml-list"),
+    (["--config-dir", "conf", "+model=ibomb"], ("model.s", "expands to"), "yaml-interpolation-bomb"),
     (["--config-dir", "conf", "+model=empty"], ("model=", "_target_"), "yaml-empty"),
     (["--config-dir", "conf", "+model=envmiss"], ("model.num_classes", "cannot be resolved"), "yaml-envmiss"),
     (["finder.num_iter=${oc.env:LRTRACK_BATTERY_UNSET}"], ("finder.num_iter", "LRTRACK_BATTERY_UNSET"), None),
@@ -226,6 +227,8 @@ YAML_FILES = {  # prepare name -> (path under the folder, content)
     "yaml-oddkey": ("conf/model/oddkey.yaml", "_target_: lrtrack.engine.models.MnistCNN\n'a!b': 1\n"),
     "yaml-nan": ("conf/model/nanlayer.yaml", "_target_: lrtrack.engine.models.MnistCNN\ndropout: .nan\n"),
     "yaml-list": ("conf/model/listed.yaml", "- a\n- b\n"),
+    "yaml-interpolation-bomb": ("conf/model/ibomb.yaml", "_target_: lrtrack.engine.models.MnistCNN\ns0: xxxxxxxxxx\n"
+                                + "".join(f"s{i}: ${{model.s{i - 1}}}${{model.s{i - 1}}}\n" for i in range(1, 31))),
     "yaml-empty": ("conf/model/empty.yaml", ""),
     "yaml-envmiss": ("conf/model/envmiss.yaml", "_target_: lrtrack.engine.models.MnistCNN\n"
                      "num_classes: ${oc.env:LRTRACK_BATTERY_UNSET}\n"),

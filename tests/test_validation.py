@@ -135,6 +135,18 @@ def test_unresolvable_interpolations_and_nodes_without_target_are_one_line(tmp_p
 
 # ---------------------------------------------------------------------- config files
 
+
+def test_an_interpolation_chain_that_doubles_is_refused_before_anything_resolves_it(tmp_path: Path) -> None:
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "ibomb.yaml").write_text("_target_: lrtrack.engine.models.MnistCNN\ns0: xxxxxxxxxx\n" + "".join(
+        f"s{i}: ${{model.s{i - 1}}}${{model.s{i - 1}}}\n" for i in range(1, 31)))  # 10 x 2**30 characters
+    started = time.monotonic()
+    assert errors_of(composed(model="ibomb", conf=tmp_path)) == [
+        "model.s17='${model.s16}${model.s16}' expands to 1.31e+06 characters through its ${...} references, more "
+        "than the 1000000 a setting may hold: write the value out"]
+    assert time.monotonic() - started < 5
+    assert errors_of(composed("+model.note=${model._target_}-${oc.env:HOME}")) == []  # references are fine
+
 BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
     f"{n}: &{n} [{', '.join([f'*{p}'] * 10)}]\n" for p, n in zip("abcdefgh", "bcdefghi"))
 

@@ -206,7 +206,7 @@ class _Errors:
 def validate(cfg: DictConfig, conf_dir: str | Path | None = None) -> None:
     """Check every setting a user can get wrong; raise :class:`ConfigError` listing them all."""
     errors = _Errors()
-    for first in (_check_resolvable, _check_component_nodes):  # the checks below read these nodes
+    for first in (_check_expansion, _check_resolvable, _check_component_nodes):  # the checks below read these
         first(cfg, errors)
         if errors.lines:
             raise ConfigError(errors.lines)
@@ -519,6 +519,62 @@ def check_param_names(cfg: DictConfig, errors: _Errors) -> None:
         elif not _PARAM_KEY.match(name) or posixpath.normpath(name) != name or name.startswith("/"):
             errors.add(f"setting {name!r} is invalid: MLflow logs each setting as a param named by its path, and "
                        "allows only letters, digits, _ - . / : and spaces there (and no '//' or '..'); rename the key")
+
+
+MAX_RESOLVED_CHARS = 1_000_000  # the text one setting may resolve to (a doubling ${a}${a} chain: gigabytes)
+_REFERENCE = re.compile(r"\$\{([^${}]+)\}")
+
+
+def _check_expansion(cfg: DictConfig, errors: _Errors) -> None:
+    """What each ``${...}`` would expand to, counted on the unresolved config (memoised, so a chain
+    of ``b: ${a}${a}`` that doubles 30 times costs 30 steps, not 2**30 characters): a setting past
+    :data:`MAX_RESOLVED_CHARS` is refused before anything resolves it."""
+    import os
+
+    flat: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else None
+        if items is None:
+            flat[prefix] = node
+            return
+        for key, value in items:
+            walk(value, f"{prefix}[{key}]" if isinstance(node, list) else f"{prefix}.{key}" if prefix else str(key))
+
+    walk(OmegaConf.to_container(cfg, resolve=False), "")
+    sizes: dict[str, float] = {}
+
+    def size(key: str, seen: frozenset[str]) -> float:
+        if key in sizes:
+            return sizes[key]
+        if key in seen:
+            return math.inf  # a cycle: OmegaConf would recurse until it gives up
+        if key not in flat:  # a node: the sum of its leaves
+            return sum(size(k, seen) for k in flat if k.startswith((key + ".", key + "[")))
+        value = flat[key]
+        if not isinstance(value, str) or "${" not in value:
+            return len(str(value))
+        total: float = len(value)
+        for ref in _REFERENCE.finditer(value):
+            inner = ref.group(1).strip()
+            total -= len(ref.group(0))
+            if inner.startswith("oc.env:"):
+                total += len(os.environ.get(inner[len("oc.env:"):].split(",")[0].strip(), ""))
+            elif ":" in inner:
+                total += len(ref.group(0))  # another resolver: its own text, as an estimate
+            else:
+                parent = key.rsplit(".", inner.count(".", 0, len(inner) - len(inner.lstrip("."))))[0]
+                target = f"{parent}.{inner.lstrip('.')}" if inner.startswith(".") else inner
+                total += size(target, seen | {key})
+        sizes[key] = total
+        return total
+
+    for key in flat:
+        if size(key, frozenset()) > MAX_RESOLVED_CHARS:
+            shown = "infinitely many" if math.isinf(sizes.get(key, math.inf)) else f"{sizes[key]:.3g}"
+            errors.add(f"{key}={_shown(flat[key])!r} expands to {shown} characters through its ${{...}} references, "
+                       f"more than the {MAX_RESOLVED_CHARS} a setting may hold: write the value out")
+            return
 
 
 def _check_resolvable(cfg: DictConfig, errors: _Errors, node: Any = None, prefix: str = "") -> None:
