@@ -170,7 +170,8 @@ class Case:
 
 
 def signal_case(extra: list[str], marker: str, signum: int, delay: float = 0.0, again: float = 0.0,
-                allow_finished: bool = False, expect_stages: set[str] | None = None) -> Callable[[Path], Result]:
+                allow_finished: bool = False, expect_stages: set[str] | None = None,
+                children_too: bool = False) -> Callable[[Path], Result]:
     def check(folder: Path) -> Result:
         premade(folder)
         flags = [a for a in extra if a == "-m"]  # Hydra's flags before the overrides
@@ -179,6 +180,9 @@ def signal_case(extra: list[str], marker: str, signum: int, delay: float = 0.0, 
             code, out = job.finish(60)
             return Result(False, f"marker {marker!r} never appeared (exit {code}): {out[-300:]}")
         time.sleep(delay)
+        if children_too:  # as a cluster does: every process of the job (its own-session relay is not one)
+            for pid in Path(f"/proc/{job.proc.pid}/task/{job.proc.pid}/children").read_text().split():
+                os.kill(int(pid), signum)
         code, out, took = job.stop(signum, again)
         runs = runs_ended(folder)
         if expect_stages and {r.data.tags.get("lrtrack.stage") for r in runs} < expect_stages:
@@ -217,6 +221,11 @@ SIGNAL_CASES = [
     Case("signal: Ctrl-C in training", "SIGINT after the first of 50 epochs",
          "exit 130 within 5 s, the run KILLED, the resume command printed",
          signal_case(LONG_TRAIN[2:], r"epoch 1/50: ", signal.SIGINT)),
+    Case("signal: SIGTERM to the job and its DataLoader workers", "SIGTERM to the job and every child (2 "
+         "DataLoader workers, the relay) after epoch 1, as a cluster's preemption does",
+         "exit 130 within 5 s, the run KILLED, no 'worker killed' traceback",
+         signal_case([*LONG_TRAIN[2:], "data.in_memory=false", "+data.num_workers=2"], r"epoch 1/50: ",
+                     signal.SIGTERM, 0.3, children_too=True)),
     Case("signal: SIGTERM in delivery", "SIGTERM as the job logs 'training done' and waits for its runs' delivery",
          "exit 130 (or 0 when delivery was already over) within 5 s; the run KILLED (or FINISHED when it had "
          "ended), none RUNNING",

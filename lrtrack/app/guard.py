@@ -36,6 +36,10 @@ def _terminate(signum: int, frame: Any) -> None:
     global _stopping_since
     if _stopping_since is None:
         _stopping_since = time.monotonic()
+        # A cluster signals every process of the job: DataLoader workers die with it, and torch's SIGCHLD
+        # handler would raise "worker killed" into the stop. Expected now: not an error of the run.
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         raise KeyboardInterrupt(f"signal {signum}")
     if time.monotonic() - _stopping_since > HARD_STOP_AFTER_S:
         print("lrtrack: error: interrupted again while stopping; exiting now (the tracking relay delivers "
