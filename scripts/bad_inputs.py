@@ -173,7 +173,7 @@ def schema_cases() -> list[Case]:
     import typing
     from dataclasses import fields
 
-    from lrtrack.app.config import _TYPED_NODES, DATA_RULES, LRTrackConfig, Rule, _scalar_type
+    from lrtrack.app.config import _TYPED_NODES, DATA_RULES, OPTIMIZER_RULES, LRTrackConfig, Rule, _scalar_type
 
     settings: list[tuple[str, type, Rule]] = []
     for node, schema in (("", LRTrackConfig), *_TYPED_NODES.items()):
@@ -189,13 +189,20 @@ def schema_cases() -> list[Case]:
         for value in _refused_values(kind, r):
             text = value if isinstance(value, str) else repr(value)
             cases.append(([f"{setting}={text}"], (setting, text), None))
-    for group, option in (("optimizer", "sgd"), ("schedule", "onecycle"), ("model", "mnist_cnn")):
+    for group, option in (("optimizer", "sgd"), ("optimizer", "adam"), ("schedule", "onecycle"),
+                          ("model", "mnist_cnn")):
+        chosen = [] if group == "model" else [f"{group}={option}"]
         for key, value in yaml.safe_load((ROOT / "conf" / group / f"{option}.yaml").read_text()).items():
-            if isinstance(value, float):  # untyped nodes: every float finite
-                cases += [([f"{group}.{key}={v}"], (f"{group}.{key}", v), None) for v in ("nan", "inf", "-inf")]
+            known = OPTIMIZER_RULES.get(key) if group == "optimizer" else None
+            if isinstance(value, float) and known is not None:  # the optimizers' hyperparameters by name
+                cases += [([*chosen, f"{group}.{key}={v}"], (f"{group}.{key}", v if isinstance(v, str) else repr(v)),
+                           None) for v in _refused_values(float, known)]
+            elif isinstance(value, float):  # every other number finite and within float32
+                cases += [([*chosen, f"{group}.{key}={v}"], (f"{group}.{key}", v), None)
+                          for v in ("nan", "inf", "-inf", "1e+39")]
             elif isinstance(value, int) and not isinstance(value, bool):  # every integer within int64
-                cases.append(([f"{group}.{key}={PAST_INT64}"], f"{group}.{key}", None))
-    return cases
+                cases.append(([*chosen, f"{group}.{key}={PAST_INT64}"], f"{group}.{key}", None))
+    return list({" ".join(c[0]): c for c in cases}.values())  # sgd and adam share some settings
 
 
 def _refused_values(kind: type, r: object) -> list[object]:

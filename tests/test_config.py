@@ -67,7 +67,7 @@ def test_range_errors_are_collected_and_name_setting_value_and_what_is_allowed()
     cfg = composed("finder.num_iter=1", "finder.step_mode=cubic", "finder.smoothing=1.5", "finder.start_lr=20",
                    "optimizer.lr=-0.1", "bounds.base_divisor=0.5", "bounds.max_lr_rule=best", "train.epochs=0")
     assert sorted(errors_of(cfg)) == sorted([
-        "optimizer.lr=-0.1 is invalid: must be >= 0",
+        "optimizer.lr=-0.1 is invalid: must be >= 0 and at most 1e+06 (the range test's start LR)",
         "finder.step_mode='cubic' is invalid: allowed: exp, linear",
         "finder.num_iter=1 is invalid: must be >= 2 (a curve needs two points)",
         "finder.start_lr=20.0 is invalid: must be smaller than finder.end_lr=10.0",
@@ -90,8 +90,11 @@ def test_exp_grid_from_lr_zero_is_refused_with_the_fix() -> None:
 
 
 def test_dry_run_builds_the_optimizer_and_schedule_before_anything_starts() -> None:
-    assert errors_of(composed("optimizer.momentum=-1")) == [
-        "optimizer (torch.optim.SGD): Invalid momentum value: -1; check the optimizer.* settings"]
+    assert errors_of(composed("optimizer.momentum=-1")) == [  # the optimizers' common hyperparameters, by name
+        "optimizer.momentum=-1 is invalid: must be in [0, 1] (above 1 every step grows)"]
+    assert errors_of(composed("optimizer.nesterov=true", "optimizer.momentum=0")) == [  # what only torch knows
+        "optimizer (torch.optim.SGD): Nesterov momentum requires a momentum and zero dampening; check the "
+        "optimizer.* settings"]
     assert errors_of(composed("schedule.pct_start=1.5")) == [
         "schedule (lrtrack.engine.schedules.onecycle): onecycle pct_start must be in (0, 1), got 1.5; e.g. 0.3.; "
         "check the schedule.* settings"]

@@ -58,6 +58,7 @@ def rule(**kw: Any) -> Any:
 
 
 MAX_LR = 1e6  # no model trains at a larger LR: one step sends the loss to infinity
+FLOAT32_MAX = 3.4028234663852886e38  # torch computes in float32: a larger number overflows (a traceback)
 INT64_MAX = 2**63 - 1  # torch's and numpy's integers: a larger one overflows with a traceback
 SEED_MAX = 2**32 - 1  # numpy.random.seed's range
 
@@ -149,6 +150,19 @@ DATA_RULES: dict[str, tuple[type, Rule]] = {
     "fake_size": (int, Rule(lo=1, allowed="a whole number >= 1", cost="memory")),
     "num_workers": (int, Rule(lo=0, allowed="a whole number >= 0 (0: load in the main process)", cost="memory")),
     "max_memory_mb": (float, Rule(lo=0, lo_open=True, allowed="a positive number of MiB", cost="memory")),
+}
+
+
+# Every number outside the typed schema (optimizer, schedule, model, criterion, data, a user's nodes).
+UNTYPED = Rule(lo=-FLOAT32_MAX, hi=FLOAT32_MAX, allowed=f"within +-{FLOAT32_MAX:.3g} (torch computes in float32)")
+# The optimizer's hyperparameters by name, whatever the optimizer class (torch checks some, not these bounds).
+OPTIMIZER_RULES: dict[str, Rule] = {
+    "lr": Rule(lo=0, hi=MAX_LR, allowed=f">= 0 and at most {MAX_LR:g} (the range test's start LR)"),
+    "momentum": Rule(lo=0, hi=1, allowed="in [0, 1] (above 1 every step grows)"),
+    "dampening": Rule(lo=0, hi=1, allowed="in [0, 1]"),
+    "betas": Rule(lo=0, hi=1, hi_open=True, allowed="in [0, 1) each (moment decays)"),
+    "eps": Rule(lo=0, lo_open=True, hi=1, allowed="in (0, 1] (it keeps a division by a moment finite)"),
+    "weight_decay": Rule(lo=0, hi=FLOAT32_MAX, allowed=f">= 0 and at most {FLOAT32_MAX:.3g} (torch computes in float32)"),
 }
 
 
@@ -258,7 +272,9 @@ def check_numbers(cfg: DictConfig, errors: _Errors) -> None:
         checked.update(f"data.{key}" for key in DATA_RULES)
     for setting, value in _leaves(cfg):
         if setting not in checked and setting.split(".", 1)[0] not in _TYPED_NODES:
-            _check_value(setting, value, float if isinstance(value, float) else int, Rule(), errors)
+            name = re.sub(r"\[\d+\]$", "", setting)  # optimizer.betas[0]: the rule of optimizer.betas
+            known = OPTIMIZER_RULES.get(name.split(".", 1)[1]) if name.startswith("optimizer.") else None
+            _check_value(setting, value, float if isinstance(value, float) else int, known or UNTYPED, errors)
 
 
 def _scalar_type(hint: Any) -> type | None:
@@ -279,8 +295,9 @@ def _check_value(setting: str, value: Any, kind: type, limits: Rule, errors: _Er
         errors.bad(setting, value, f"must be finite and {limits.allowed}" if limits.allowed else "must be finite",
                    "NaN and infinity are never valid here: set a number")
     elif isinstance(value, int) and not -INT64_MAX - 1 <= value <= INT64_MAX:
-        errors.bad(setting, _shown(value), allowed or "must fit in a 64-bit integer (torch and numpy refuse larger)",
-                   f"use a whole number between {-INT64_MAX - 1} and {INT64_MAX}" if not allowed else "")
+        own = allowed if limits.hi is not None and limits.hi < INT64_MAX else ""  # the seed's range, say
+        errors.bad(setting, _shown(value), own or "must fit in a 64-bit integer (torch and numpy refuse larger)",
+                   "" if own else f"use a whole number between {-INT64_MAX - 1} and {INT64_MAX}")
     elif not limits.admits(value):
         errors.bad(setting, _shown(value), allowed)
 
@@ -619,10 +636,6 @@ def _check_choices(cfg: DictConfig, errors: _Errors, conf_dir: str | Path | None
     if OmegaConf.is_missing(cfg, "optimizer"):
         errors.add(f"no optimizer chosen: add optimizer=<name> (available: "
                    f"{', '.join(available_options('optimizer', conf_dir))})")
-    elif _num(cfg.optimizer.get("lr")) and cfg.optimizer.lr < 0:
-        errors.bad("optimizer.lr", cfg.optimizer.lr, "must be >= 0")
-    elif _num(cfg.optimizer.get("lr")) and cfg.optimizer.lr > MAX_LR:
-        errors.bad("optimizer.lr", cfg.optimizer.lr, f"must be at most {MAX_LR:g} (the range test's start LR)")
     if cfg.stage in ("all", "train") and cfg.schedule is None:
         errors.add(f"no schedule chosen: add schedule=<name> (available: "
                    f"{', '.join(available_options('schedule', conf_dir))})")
