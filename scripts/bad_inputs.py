@@ -173,7 +173,14 @@ def schema_cases() -> list[Case]:
     import typing
     from dataclasses import fields
 
-    from lrtrack.app.config import _TYPED_NODES, DATA_RULES, OPTIMIZER_RULES, LRTrackConfig, Rule, _scalar_type
+    from lrtrack.app.config import (
+        _TYPED_NODES,
+        DATA_RULES,
+        OPTIMIZER_RULES,
+        LRTrackConfig,
+        Rule,
+        _scalar_type,
+    )
 
     settings: list[tuple[str, type, Rule]] = []
     for node, schema in (("", LRTrackConfig), *_TYPED_NODES.items()):
