@@ -109,3 +109,29 @@ def test_an_env_token_and_a_secret_setting_reach_no_param_tag_artifact_log_or_fi
     output = max(tmp_path.glob("outputs/*/*"))  # the run that trained
     for path in [*output.glob("*.log"), *output.glob(".hydra/*.yaml"), *output.glob("checkpoints/*.pt")]:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+@pytest.mark.slow
+def test_a_password_with_at_signs_reaches_no_record_of_a_real_server(tmp_path: Path, mlflow_server) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from tests.conftest import run_cli
+
+    password = "p@ss@w0rd-Zq"
+    uri = mlflow_server.uri.replace("http://", f"http://alice:{password}@")
+    proc = run_cli(["+model=mnist_cnn", "+experiment=smoke", "stage=range_test", f"tracking.tracking_uri={uri}"],
+                   tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    pieces = [password, "w0rd-Zq", "ss@w0rd"]
+    assert not any(p in proc.stdout + proc.stderr for p in pieces)
+    client = MlflowClient(tracking_uri=mlflow_server.uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("lrtrack-mnist_cnn").experiment_id])
+    record = json.dumps([run.data.params, run.data.tags, run.info.run_name])
+    assert not any(p in record for p in pieces)
+    assert run.data.params["tracking.tracking_uri"] == mlflow_server.uri.replace("http://", "http://***@")
+    for path in ("config/resolved.yaml", "config/hydra_overrides.yaml"):
+        local = client.download_artifacts(run.info.run_id, path, str(tmp_path / "dl"))
+        assert not any(p in Path(local).read_text() for p in pieces)
+    for path in tmp_path.glob("outputs/**/*"):
+        if path.is_file():
+            assert not any(p.encode() in path.read_bytes() for p in pieces), path
