@@ -103,9 +103,10 @@ def protect(cfg: DictConfig, output_dir: Path) -> None:
     config takes from the environment (``${oc.env:NAME}``) as secrets
     (:func:`lrtrack.tracking.redact.register_secret`), and make the job's log file and Hydra's saved
     config readable by this user only, credentials masked in them."""
-    from lrtrack.tracking.redact import install_log_redaction, register_secret
+    from lrtrack.tracking.redact import clear_secrets, install_log_redaction, register_secret
 
     install_log_redaction()
+    clear_secrets()  # this job's own (a process that runs several jobs, a sweep, a test, does not carry them over)
     logging.raiseExceptions = False  # a log file on a full disk: no "--- Logging error ---" traceback per line
 
     def walk(node: Any) -> None:

@@ -43,6 +43,11 @@ def register_secret(value: Any) -> None:
         _LITERALS.add(text)
 
 
+def clear_secrets() -> None:
+    """Forget every :func:`register_secret` value (a new job registers its own)."""
+    _LITERALS.clear()
+
+
 def is_secret_name(key: str) -> bool:
     """A setting whose name says it holds a credential (``db.password``, ``hf_token``, ``api_key``)."""
     return bool(_SECRET_NAME.search(str(key)))
