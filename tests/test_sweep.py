@@ -46,11 +46,13 @@ def children(client, run) -> list:
 def failing_sweep(tmp_path_factory: pytest.TempPathFactory, premade_store) -> tuple[Path, CliRun]:
     """Four jobs: one good; one failing after its range test (3 steps are too few for the
     confirmation probes, so the default rule has no suggestion and no bounds to train in); two
-    failing validation. In a premade store (the joblib sweep creates its own)."""
+    failing their first-batch check (3 classes for 10 labels: a setting only the data can refute;
+    one that validation refutes stops the whole sweep before it starts, tests/test_validation.py).
+    In a premade store (the joblib sweep creates its own)."""
     folder = premade_store(tmp_path_factory.mktemp("sweep"))
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     fast = [o for o in FAST if not o.startswith("finder.num_iter=")]
-    proc = run_cli_here(["-m", *fast, f"tracking.tracking_uri={uri}", "data.batch_size=64,0", "finder.num_iter=10,3"],
+    proc = run_cli_here(["-m", *fast, f"tracking.tracking_uri={uri}", "model.num_classes=10,3", "finder.num_iter=10,3"],
                         folder)
     return folder, proc
 
@@ -66,22 +68,22 @@ def test_sweep_structure_statuses_and_summary(failing_sweep) -> None:
     assert len(sweeps) == 1
     sweep = sweeps[0]
     assert sweep.info.status == "FAILED"
-    assert sweep.data.tags["lrtrack.sweep_keys"] == "data.batch_size,finder.num_iter"
+    assert sweep.data.tags["lrtrack.sweep_keys"] == "model.num_classes,finder.num_iter"
     assert sweep.data.metrics["jobs"] == 4 and sweep.data.metrics["jobs_failed"] == 3
 
     short = sweep.data.tags["lrtrack.run_id"][:6]  # lrtrack's id: the one the sweep prints
-    assert sweep.info.run_name == f"sweep {short} data.batch_size=64,0 finder.num_iter=10,3"
+    assert sweep.info.run_name == f"sweep {short} model.num_classes=10,3 finder.num_iter=10,3"
     jobs = {r.info.run_name.removesuffix(f" (sweep {short})"): r for r in children(client, sweep)}
-    assert set(jobs) == {f"data.batch_size={b} finder.num_iter={n}" for b in (64, 0) for n in (10, 3)}
+    assert set(jobs) == {f"model.num_classes={b} finder.num_iter={n}" for b in (10, 3) for n in (10, 3)}
     assert all(r.data.tags["lrtrack.stage"] == "pipeline" for r in jobs.values())
-    good = jobs["data.batch_size=64 finder.num_iter=10"]
+    good = jobs["model.num_classes=10 finder.num_iter=10"]
     assert good.info.status == "FINISHED"
     kids = {r.data.tags["lrtrack.stage"]: r for r in children(client, good)}
     assert set(kids) == {"explore", "final"}
     assert all(k.info.status == "FINISHED" for k in kids.values())
     assert math.isfinite(kids["final"].data.metrics["final_val_loss"])
 
-    no_bounds = jobs["data.batch_size=64 finder.num_iter=3"]
+    no_bounds = jobs["model.num_classes=10 finder.num_iter=3"]
     assert no_bounds.info.status == "FAILED"
     error = no_bounds.data.tags["lrtrack.error"]
     assert error.startswith("UserError: bounds.max_lr_rule='confirmed' has no suggestion: "), error
@@ -89,9 +91,9 @@ def test_sweep_structure_statuses_and_summary(failing_sweep) -> None:
     kids = {r.data.tags["lrtrack.stage"]: r.info.status for r in children(client, no_bounds)}
     assert kids == {"explore": "FINISHED"}  # the range test ran; training never started
     for num_iter in (10, 3):
-        invalid = jobs[f"data.batch_size=0 finder.num_iter={num_iter}"]
+        invalid = jobs[f"model.num_classes=3 finder.num_iter={num_iter}"]
         assert invalid.info.status == "FAILED"
-        assert "data.batch_size=0 is invalid" in invalid.data.tags["lrtrack.error"]
+        assert "the model's number of classes" in invalid.data.tags["lrtrack.error"]
         assert children(client, invalid) == []
 
     artifacts = {a.path for a in client.list_artifacts(sweep.info.run_id, "sweep")}
@@ -107,7 +109,7 @@ def test_sweep_structure_statuses_and_summary(failing_sweep) -> None:
     assert float(row["max_lr"]) == pytest.approx(4 * float(row["base_lr"]))
     assert float(row["suggested_lr/valley"]) > 0 and 0 <= float(row["final_val_accuracy"]) <= 1
     assert row["explore_run_id"] and row["final_run_id"]
-    assert rows[f"data.batch_size=0 finder.num_iter=10 (sweep {short})"]["status"] == "FAILED"
+    assert rows[f"model.num_classes=3 finder.num_iter=10 (sweep {short})"]["status"] == "FAILED"
     assert "no suggestion" in rows[no_bounds.info.run_name]["error"]
 
 

@@ -310,3 +310,14 @@ def test_a_model_too_large_to_train_in_memory_is_refused_before_any_run(tmp_path
         with sqlite3.connect(db) as con:
             tables = {row[0] for row in con.execute("select name from sqlite_master where type='table'")}
             assert "runs" not in tables or con.execute("select count(*) from runs").fetchone()[0] == 0
+
+
+def test_a_sweep_with_one_bad_job_is_refused_before_it_starts(tmp_path: Path) -> None:
+    proc = run_cli_here(["-m", "+model=mnist_cnn", "+experiment=smoke", "finder.diverge_th=2,nan", "seed=0,1"],
+                        tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [
+        "lrtrack: error: finder.diverge_th=nan is invalid: must be finite and > 1 and <= 1e6 (stop when the loss "
+        "exceeds this x the best; larger would turn the safety stop off); NaN and infinity are never valid here: "
+        "set a number (sweep job finder.diverge_th=nan seed=0, and 1 more)"]
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "multirun").exists()
