@@ -53,10 +53,10 @@ def test_every_float_setting_refuses_nan_and_infinity(value: str) -> None:
 
 def test_a_nan_safety_stop_and_a_nan_timeout_are_refused_with_what_is_allowed() -> None:
     assert errors_of(composed("finder.diverge_th=nan")) == [
-        "finder.diverge_th=nan is invalid: must be finite and > 1 and <= 1e6 (stop when the loss exceeds this x "
-        "the best; larger would turn the safety stop off); NaN and infinity are never valid here: set a number"]
-    (line,) = errors_of(composed("finder.diverge_th=1e300"))
-    assert line.startswith("finder.diverge_th=1e+300 is invalid: must be > 1 and <= 1e6")
+        "finder.diverge_th=nan is invalid: must be finite and > 1 (stop when the loss exceeds this x the best; a "
+        "huge one such as 1e9 turns the stop off, NaN never does); NaN and infinity are never valid here: set a "
+        "number"]
+    assert errors_of(composed("finder.diverge_th=1e9")) == []  # a deliberate "no stop" (the library's tests use it)
     (line,) = errors_of(composed("finder.end_lr=1e300"))
     assert line == "finder.end_lr=1e+300 is invalid: must be a positive LR up to 1e+06"
     (line,) = errors_of(composed("finder.start_lr=1e-320", "finder.end_lr=1e5"))
@@ -317,7 +317,7 @@ def test_a_sweep_with_one_bad_job_is_refused_before_it_starts(tmp_path: Path) ->
                         tmp_path)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines() == [
-        "lrtrack: error: finder.diverge_th=nan is invalid: must be finite and > 1 and <= 1e6 (stop when the loss "
-        "exceeds this x the best; larger would turn the safety stop off); NaN and infinity are never valid here: "
-        "set a number (sweep job finder.diverge_th=nan seed=0, and 1 more)"]
+        "lrtrack: error: finder.diverge_th=nan is invalid: must be finite and > 1 (stop when the loss exceeds this "
+        "x the best; a huge one such as 1e9 turns the stop off, NaN never does); NaN and infinity are never valid "
+        "here: set a number (sweep job finder.diverge_th=nan seed=0, and 1 more)"]
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "multirun").exists()

@@ -71,8 +71,8 @@ class FinderConfig:
     num_iter: int = rule(lo=2, allowed=">= 2 (a curve needs two points)", cost="steps")
     step_mode: str = MISSING
     smoothing: float = rule(lo=0, hi=1, hi_open=True, allowed="in [0, 1) (EMA decay; 0 = no smoothing)")
-    diverge_th: float = rule(lo=1, lo_open=True, hi=1e6, allowed="> 1 and <= 1e6 (stop when the loss exceeds this "
-                             "x the best; larger would turn the safety stop off)")
+    diverge_th: float = rule(lo=1, lo_open=True, allowed="> 1 (stop when the loss exceeds this x the best; a huge "
+                             "one such as 1e9 turns the stop off, NaN never does)")
     accumulation_steps: int = rule(lo=1, allowed=">= 1", cost="steps")
     val_batches: int = rule(lo=0, allowed=">= 0 (0 = training loss, no validation)", cost="steps")
     amp: bool = MISSING
@@ -87,7 +87,7 @@ class BoundsConfig:
     max_lr: Optional[float] = rule(lo=0, lo_open=True, hi=MAX_LR, allowed=f"a positive LR up to {MAX_LR:g} or "
                                    "null (from the range test)")
     max_lr_rule: Optional[str] = MISSING
-    base_divisor: float = rule(lo=1, hi=1e6, allowed="a number in [1, 1e6] (Smith: 3-4)")
+    base_divisor: float = rule(lo=1, allowed="a number >= 1 (Smith: 3-4)")
 
 
 @dataclass
