@@ -24,7 +24,9 @@ A journal is a folder::
 Runs are named by lrtrack's own ids (16 hex digits, :func:`new_run_id`), known at once and tagged
 on the run (:data:`RUN_ID_TAG`), so the job never waits for the store to learn an id and a user is
 shown one id that works everywhere (``train.resume``, ``train.lr_from``, the report). A tag value
-that names another run is written as ``{"ref": id}`` and resolved to the store's id on delivery.
+that names another run is written as ``{"ref": id}`` and resolved to the store's id on delivery;
+a text naming runs (a pipeline run's description with links) as ``{"text": ..., "refs":
+{placeholder: id}}``, each placeholder (and :data:`EXPERIMENT_REF`) replaced on delivery (format 2).
 """
 
 from __future__ import annotations
