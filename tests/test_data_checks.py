@@ -161,3 +161,19 @@ def test_inputs_x_1e30_are_blamed_not_the_rule(tmp_path: Path) -> None:
     assert last.startswith("lrtrack: error: no learning rate can be suggested: the loss was not finite from step")
     assert "inputs far from normalised" in last and "no fixed-LR probe" not in last
     assert "far from normalised" in proc.stdout  # the warning, before the range test
+
+
+def test_batches_padded_per_batch_are_not_a_shape_mismatch() -> None:
+    from torch.utils.data import DataLoader
+
+    def padded(lengths: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [(torch.zeros(4, n, dtype=torch.long), torch.zeros(4, dtype=torch.long)) for n in lengths]
+
+    train, val = padded([37, 12]), padded([52])  # a collate function pads each batch to its longest
+    report = check_data(DataLoader(train, batch_size=None), DataLoader(val, batch_size=None), first_train=train[0],
+                        first_val=val[0], classes=10, classification=True)
+    assert report.errors == []
+    images = [(torch.zeros(4, 1, 28, 28), torch.zeros(4, dtype=torch.long))]
+    other = [(torch.zeros(4, 1, 32, 32), torch.zeros(4, dtype=torch.long))]
+    report = check_data(images, other, first_train=images[0], first_val=other[0], classes=10, classification=True)
+    assert len(report.errors) == 1 and "(1, 32, 32)" in report.errors[0]

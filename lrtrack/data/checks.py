@@ -121,13 +121,16 @@ def _scale_note(x: torch.Tensor) -> str | None:
     return (f"inputs far from normalised (mean {mean:.3g}, std {std:.3g}, range {low:.3g} to {high:.3g}{looks})")
 
 
-def _compare(train: Any, val: Any) -> list[str]:
-    """Validation batches of another shape or kind than the training batches."""
+def _compare(train: Any, val: Any, fixed: bool) -> list[str]:
+    """Validation batches of another shape or kind than the training batches. ``fixed``: every sample
+    has the same shape (tensors held in memory); else only images (4-D floating inputs) are compared
+    whole, other batches by their number of dimensions (a collate function may pad each batch)."""
     problems = []
     for what, t, v in (("inputs", train[0], val[0]), ("targets", train[1], val[1])):
         if not (isinstance(t, torch.Tensor) and isinstance(v, torch.Tensor)):
             continue
-        if t.shape[1:] != v.shape[1:]:
+        whole = fixed or (t.dim() == 4 and t.is_floating_point())
+        if (t.shape[1:] != v.shape[1:]) if whole else (t.dim() != v.dim()):
             problems.append(f"the validation {what} are {_desc(v)} per sample but the training {what} {_desc(t)}: "
                             "give both the same shape (the validation would fail after a whole epoch of training)")
         elif _kind(t) != _kind(v):
@@ -161,7 +164,8 @@ def check_data(train: Iterable[Any], val: Iterable[Any] | None, *, first_train: 
     if report.errors:
         return report
     if firsts["training"] is not None and firsts["validation"] is not None:
-        report.errors.extend(_compare(firsts["training"], firsts["validation"]))
+        fixed = held["training"] is not None and held["validation"] is not None
+        report.errors.extend(_compare(firsts["training"], firsts["validation"], fixed))
     for split in ("training", "validation"):
         tensors = held[split]
         targets = tensors[1] if tensors is not None else folder_targets(train if split == "training" else val)
