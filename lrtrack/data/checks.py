@@ -24,8 +24,10 @@ import torch
 
 #: Floating inputs whose mean or standard deviation is beyond this are "far from normalised".
 FAR_FROM_NORMALISED = 20.0
-#: Rows sampled to measure the inputs' scale.
-SCALE_SAMPLE = 8192
+#: Values sampled (evenly through the data) to measure the inputs' scale.
+SCALE_SAMPLE = 1_000_000
+#: The finiteness check looks at this many values at a time.
+CHUNK_ELEMENTS = 4_000_000
 
 
 @dataclass
@@ -74,10 +76,17 @@ def _desc(t: torch.Tensor) -> str:
     return f"{shape} {str(t.dtype).replace('torch.', '')}"
 
 
+def _bad_rows(t: torch.Tensor) -> torch.Tensor:
+    """Per row, whether it holds inf or NaN; in chunks, so the mask never costs more than a few MB."""
+    flat = t.reshape(len(t), -1)
+    chunk = max(1, CHUNK_ELEMENTS // max(1, flat.shape[1]))
+    return torch.cat([~torch.isfinite(flat[i:i + chunk]).all(dim=1) for i in range(0, len(flat), chunk)])
+
+
 def _non_finite(name: str, t: torch.Tensor) -> str | None:
-    if not t.is_floating_point() or t.numel() == 0:
+    if not t.is_floating_point() or t.numel() == 0 or t.dim() == 0:
         return None
-    bad = ~torch.isfinite(t.reshape(len(t), -1)).all(dim=1) if t.dim() > 0 else ~torch.isfinite(t)
+    bad = _bad_rows(t)
     rows = int(bad.sum())
     if not rows:
         return None
@@ -108,7 +117,8 @@ def _label_problem(name: str, targets: torch.Tensor, classes: int | None, ignore
 def _scale_note(x: torch.Tensor) -> str | None:
     if not x.is_floating_point() or x.numel() == 0:
         return None
-    sample = x[: SCALE_SAMPLE].double()
+    flat = x.reshape(-1)
+    sample = flat[:: max(1, flat.numel() // SCALE_SAMPLE)][:SCALE_SAMPLE].double()  # evenly spread, bounded
     sample = sample[torch.isfinite(sample)]
     if sample.numel() == 0:
         return None
