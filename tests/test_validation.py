@@ -321,3 +321,16 @@ def test_a_sweep_with_one_bad_job_is_refused_before_it_starts(tmp_path: Path) ->
         "x the best; a huge one such as 1e9 turns the stop off, NaN never does); NaN and infinity are never valid "
         "here: set a number (sweep job finder.diverge_th=nan seed=0, and 1 more)"]
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "multirun").exists()
+
+
+def test_a_deleted_experiment_on_a_tracking_server_is_refused_too(mlflow_server) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from lrtrack.tracking.store import DeletedExperiment, check_experiment
+
+    client = MlflowClient(mlflow_server.uri)
+    gone = client.create_experiment("gone-on-server")
+    client.delete_experiment(gone)
+    with pytest.raises(DeletedExperiment, match=f"restore it \\(mlflow experiments restore --experiment-id {gone},"):
+        check_experiment(mlflow_server.uri, "gone-on-server")
+    check_experiment(mlflow_server.uri, "never-made")
