@@ -213,7 +213,7 @@ def test_lr_from_refuses_an_interrupted_range_test_unless_allowed(tmp_path: Path
 
 def test_a_nan_training_loss_is_one_line_exit_1_and_the_run_says_why(tmp_path: Path, premade_store) -> None:
     premade_store(tmp_path)
-    proc = run_cli_here(["+model=mnist_cnn", "+experiment=smoke", "stage=train", "bounds.max_lr=1e8"], tmp_path)
+    proc = run_cli_here(["+model=mnist_cnn", "+experiment=smoke", "stage=train", "bounds.max_lr=1e6"], tmp_path)
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
