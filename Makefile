@@ -10,13 +10,16 @@ BIN    := $(VENV)/bin
 # torch and torchvision first: pick the build for your machine (CPU or CUDA) by overriding TORCH.
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 MODEL  ?= mnist_cnn
+# The extras installed with lrtrack: dev (pytest, the Lightning and Hugging Face integrations) and ray
+# (hydra/launcher=ray; its test runs only where it is installed). EXTRAS=dev skips Ray (~200 MB).
+EXTRAS ?= dev,ray
 
 .PHONY: run test bench setup clean
 
-$(BIN)/lrtrack-installed: pyproject.toml
+$(BIN)/lrtrack-installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
 	touch $@
 
 setup: $(BIN)/lrtrack-installed
@@ -24,7 +27,7 @@ setup: $(BIN)/lrtrack-installed
 # Words like optimizer=adamw on make's command line are make variables: pass them on as overrides.
 # (make lists them last-first; reverse keeps the command line's order).
 reverse = $(if $(1),$(call reverse,$(wordlist 2,$(words $(1)),$(1))) $(firstword $(1)))
-OVERRIDES := $(strip $(call reverse,$(filter-out PYTHON=% VENV=% TORCH=% MODEL=% ARGS=%,$(MAKEOVERRIDES))))
+OVERRIDES := $(strip $(call reverse,$(filter-out PYTHON=% VENV=% TORCH=% MODEL=% EXTRAS=% ARGS=%,$(MAKEOVERRIDES))))
 
 run: setup
 	$(BIN)/python -m lrtrack +model=$(MODEL) $(OVERRIDES) $(ARGS)
