@@ -334,3 +334,18 @@ def test_a_deleted_experiment_on_a_tracking_server_is_refused_too(mlflow_server)
     with pytest.raises(DeletedExperiment, match=f"restore it \\(mlflow experiments restore --experiment-id {gone},"):
         check_experiment(mlflow_server.uri, "gone-on-server")
     check_experiment(mlflow_server.uri, "never-made")
+
+
+def test_a_refused_config_leaves_no_output_folder_behind(tmp_path: Path) -> None:
+    """Nothing started, nothing left: Hydra's output folder of a refused job (its .hydra record and
+    empty log) is removed, while a user's own files in a hydra.run.dir are kept."""
+    proc = run_cli_here(["+model=mnist_cnn", "+experiment=smoke", "train.epochs=0"], tmp_path)
+    assert proc.returncode == 2 and "train.epochs=0 is invalid" in proc.stderr
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "mlflow.db").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("kept")
+    proc = run_cli_here(["+model=mnist_cnn", "+experiment=smoke", "optimizer.momentum=2", f"hydra.run.dir={mine}"],
+                        tmp_path)
+    assert proc.returncode == 2 and "optimizer.momentum=2 is invalid" in proc.stderr
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]

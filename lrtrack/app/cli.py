@@ -22,7 +22,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from lrtrack.app.config import ConfigError, config_dir, register_configs, validate
-from lrtrack.app.guard import guard_process, protect, stop_line
+from lrtrack.app.guard import discard_refused_job_folder, guard_process, protect, stop_line
 from lrtrack.tracking.redact import redact
 
 log = logging.getLogger("lrtrack")
@@ -72,6 +72,7 @@ def task(cfg: DictConfig) -> float | None:
         validate(cfg)  # the settings (no torch); the recipe checks the rest once its tracker started
         return RangeTestRecipe(cfg, job).run()
     except ConfigError as err:
+        discard_refused_job_folder(job.output_dir, job.launch_dir)
         fail(err.errors)
     except UserError as err:
         fail(str(err))
@@ -138,7 +139,6 @@ def main() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     app = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")(task)
     from lrtrack.app.conffiles import config_file_problems
-
     (problems := config_file_problems(sys.argv[1:])) and fail(problems)  # YAML errors, alias bombs: before Hydra
     try:
         app()

@@ -137,3 +137,23 @@ def _redact_yaml(path: Path) -> None:
     masked = yaml.safe_dump(redact_tree(loaded), sort_keys=False)
     if redact(text) != text or masked != yaml.safe_dump(loaded, sort_keys=False):
         path.write_text(masked)
+
+
+def discard_refused_job_folder(folder: Path, cwd: Path) -> None:
+    """A job refused before anything started leaves nothing behind: Hydra's record of its config
+    (``.hydra/``) and its still-empty log go, then each folder left empty, up to (not including)
+    the working directory. Only what Hydra wrote is removed and ``rmdir`` refuses a folder that is
+    not empty, so a ``hydra.run.dir`` pointing into a user's own folder keeps everything else."""
+    record = folder / ".hydra"
+    for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+        (record / name).unlink(missing_ok=True)
+    for log_file in folder.glob("*.log"):
+        if log_file.stat().st_size == 0:
+            log_file.unlink()
+    for empty in (record, folder, *folder.parents):
+        if empty == cwd or cwd not in empty.parents:
+            break
+        try:
+            empty.rmdir()
+        except OSError:  # not empty (or not ours to remove): stop here
+            break
