@@ -105,6 +105,17 @@ CASES: list[Case] = [
     (["data=imagefolder", "data.root=missing"], "data.root", None),
     (["data=tensors", "data.path=missing.pt"], "data.path", None),
     (["data=tensors", "data.path=corrupt.pt"], "corrupt.pt", "corrupt-tensors"),
+    # Data checked past the first batch, before any run (lrtrack/data/checks.py): a defect deep in the file.
+    (["data=tensors", "data.path=data.pt"], "negative class labels", "tensors-negative-label"),
+    (["data=tensors", "data.path=data.pt"], "negative class labels", "tensors-negative-val-label"),
+    (["data=tensors", "data.path=data.pt"], "labels >= 10", "tensors-label-past-classes"),
+    (["data=tensors", "data.path=data.pt"], "inf or NaN", "tensors-inf-row"),
+    (["data=tensors", "data.path=data.pt"], "inf or NaN", "tensors-nan-row"),
+    (["data=tensors", "data.path=data.pt"], "inf or NaN", "tensors-nan-validation"),
+    (["data=tensors", "data.path=data.pt"], "validation", "tensors-val-shape"),
+    (["data=tensors", "data.path=data.pt"], "validation targets", "tensors-val-float-targets"),
+    (["data=tensors", "data.path=data.pt"], "complex", "tensors-complex-x"),
+    (["data=tensors", "data.path=data.pt"], "complex", "tensors-complex-y"),
     (["tracking.tracking_uri=garbage://x"], "garbage://x", None),
     (["tracking.tracking_uri=http://127.0.0.1:9"], "127.0.0.1:9", None),
     (["tracking.tracking_uri=sqlite:////nonexistent-folder/x.db"], "nonexistent-folder", None),
@@ -251,6 +262,39 @@ RANGE_TESTS = {"range-test-mlp": ["+model=mlp"], "range-test-adam": ["+model=mni
                "range-test-sgd": ["+model=mnist_cnn"]}
 
 
+def _bad_tensors(path: Path, defect: str) -> None:
+    """A ``data=tensors`` file for the MNIST CNN whose first batches are fine and whose defect lies
+    further in (row 300 of 512, or the validation half)."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(512, 1, 28, 28, generator=g), torch.randint(0, 10, (512,), generator=g)
+    xv, yv = torch.randn(128, 1, 28, 28, generator=g), torch.randint(0, 10, (128,), generator=g)
+    if defect == "negative-label":
+        y[300] = -1
+    elif defect == "negative-val-label":
+        yv[100] = -2
+    elif defect == "label-past-classes":
+        y[300] = 12
+    elif defect == "inf-row":
+        x[300, 0, 5, 5] = float("inf")
+    elif defect == "nan-row":
+        x[300, 0, 5, 5] = float("nan")
+    elif defect == "nan-validation":
+        xv = torch.full_like(xv, float("nan"))
+    elif defect == "val-shape":
+        xv = torch.randn(128, 1, 32, 32, generator=g)
+    elif defect == "val-float-targets":
+        yv = yv.float()
+    elif defect == "complex-x":
+        x = torch.complex(x, x)
+    elif defect == "complex-y":
+        y = torch.complex(y.float(), y.float())
+    else:
+        raise ValueError(f"unknown tensors defect {defect!r}")
+    torch.save({"x_train": x, "y_train": y, "x_val": xv, "y_val": yv}, path)
+
+
 def _prepare(folder: Path, what: str | None, env: dict[str, str]) -> list[str]:
     """Set up the folder for a case; returns overrides the case needs (the id of a run made here)."""
     if what == "broken-mnist":  # real file names, a header that is not MNIST's
@@ -261,6 +305,8 @@ def _prepare(folder: Path, what: str | None, env: dict[str, str]) -> list[str]:
             (raw / name).write_bytes(b"\x00\x00\x08\x03" + b"\x01" * 64)
     elif what == "corrupt-tensors":
         (folder / "corrupt.pt").write_bytes(b"this is not a torch file")
+    elif what is not None and what.startswith("tensors-"):
+        _bad_tensors(folder / "data.pt", what.removeprefix("tensors-"))
     elif what in YAML_FILES:
         path, text = YAML_FILES[what]
         (folder / path).parent.mkdir(parents=True, exist_ok=True)

@@ -20,8 +20,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, TensorDataset
 
-from lrtrack.engine import distributed as dist
 from lrtrack.data import InMemoryLoader, ShardedBatches, StridedBatches, shard, shard_bundle
+from lrtrack.engine import distributed as dist
 from lrtrack.engine.train import set_data_epoch
 
 # ---------------------------------------------------------------------- sharding (no processes)

@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from lrtrack.tracking.redact import MASK, install_log_redaction, redact, redact_tree, register_secret
+from lrtrack.tracking.redact import (
+    MASK,
+    install_log_redaction,
+    redact,
+    redact_tree,
+    register_secret,
+)
 
 
 @pytest.mark.parametrize("uri, shown", [

@@ -495,7 +495,8 @@ def tensors(path: str | Path, *, batch_size: int = 64, val_batch_size: int = 256
                                    f"{', '.join(sorted(arrays)) or 'nothing'}); it needs x_train, y_train, x_val, y_val")
     complex_keys = [k for k in ("x_train", "y_train", "x_val", "y_val") if torch.as_tensor(arrays[k]).is_complex()]
     if complex_keys:  # casting would drop the imaginary part silently
-        raise DataUnavailableError(f"data.path={str(path)!r}: {', '.join(complex_keys)} hold complex numbers: give real "
+        raise DataUnavailableError(f"data.path={str(path)!r}: {', '.join(complex_keys)} "
+                                   f"{'holds' if len(complex_keys) == 1 else 'hold'} complex numbers: give real "
                                    "values (e.g. torch.view_as_real(x): real and imaginary parts as 2 features)")
     tx, vx = _as_input(arrays["x_train"]), _as_input(arrays["x_val"])
     ty, vy = _as_target(arrays["y_train"]), _as_target(arrays["y_val"])
@@ -845,7 +846,9 @@ def image_folder(root: str | Path, *, batch_size: int = 64, val_batch_size: int 
     Raises:
         DataUnavailableError: the folders are missing or their classes differ.
     """
-    from lrtrack.data.folders import LoopSafeImageFolder as ImageFolder  # a directory link loop walked once
+    from lrtrack.data.folders import (
+        LoopSafeImageFolder as ImageFolder,  # a directory link loop walked once
+    )
 
     root = Path(root)
     train_classes, val_classes = _class_folders(root / train_dir), _class_folders(root / val_dir)
