@@ -105,6 +105,14 @@ CASES: list[Case] = [
     (["data=imagefolder", "data.root=missing"], "data.root", None),
     (["data=tensors", "data.path=missing.pt"], "data.path", None),
     (["data=tensors", "data.path=corrupt.pt"], "corrupt.pt", "corrupt-tensors"),
+    # Free text left empty (an unset shell variable): refused, not taken for null.
+    (["train.resume="], "train.resume", None),
+    (["stage=train", "train.lr_from="], "train.lr_from", None),
+    (["tracking.tracking_uri="], "tracking.tracking_uri", None),
+    (["tracking.register_model="], "tracking.register_model", None),
+    # A hyperparameter of the wrong length (torch indexes it without a check).
+    (["optimizer=adamw", "optimizer.betas=[0.9]"], "optimizer.betas", None),
+    (["optimizer=adam", "optimizer.betas=0.9"], "optimizer.betas", None),
     # Data checked past the first batch, before any run (lrtrack/data/checks.py): a defect deep in the file.
     (["data=tensors", "data.path=data.pt"], "negative class labels", "tensors-negative-label"),
     (["data=tensors", "data.path=data.pt"], "negative class labels", "tensors-negative-val-label"),

@@ -349,3 +349,18 @@ def test_a_refused_config_leaves_no_output_folder_behind(tmp_path: Path) -> None
                         tmp_path)
     assert proc.returncode == 2 and "optimizer.momentum=2 is invalid" in proc.stderr
     assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("setting", ["train.resume", "train.lr_from", "tracking.tracking_uri", "tracking.spool_dir",
+                                     "tracking.register_model"])
+def test_an_empty_free_text_setting_is_refused_not_taken_for_null(setting: str) -> None:
+    """``train.resume=$RUN_ID`` with the variable unset must not start a fresh run in silence."""
+    (line,) = errors_of(composed(f"{setting}="))
+    assert line == (f"{setting}='' is invalid: must not be empty (an unset shell variable?); give a value, "
+                    f"or leave {setting} out (null: its default)")
+
+
+@pytest.mark.parametrize("value", ["[0.9]", "0.9", "[0.9,0.99,0.5]"])
+def test_betas_of_the_wrong_length_are_one_line(value: str) -> None:
+    (line,) = errors_of(composed("optimizer=adamw", f"optimizer.betas={value}"))
+    assert line.startswith("optimizer.betas=") and "must be 2 numbers; e.g. optimizer.betas=[0.9,0.999]" in line

@@ -164,6 +164,8 @@ OPTIMIZER_RULES: dict[str, Rule] = {
     "eps": Rule(lo=0, lo_open=True, hi=1, allowed="in (0, 1] (it keeps a division by a moment finite)"),
     "weight_decay": Rule(lo=0, hi=FLOAT32_MAX, allowed=f">= 0 and at most {FLOAT32_MAX:.3g} (torch computes in float32)"),
 }
+# The optimizer's hyperparameters that are a fixed number of values (torch indexes them without a check).
+OPTIMIZER_LENGTHS: dict[str, tuple[int, str]] = {"betas": (2, "[0.9,0.999]")}
 
 
 def register_configs() -> None:
@@ -229,6 +231,7 @@ def validate(cfg: DictConfig, conf_dir: str | Path | None = None) -> None:
     if cfg.stage not in STAGES:
         errors.bad("stage", cfg.stage, f"allowed: {', '.join(STAGES)}")
     check_numbers(cfg, errors)
+    check_empty_strings(cfg, errors)
     for check in (_check_finder, _check_data, _check_train, _check_bounds, _check_tracking, check_costs,
                   check_param_names):
         check(cfg, errors)
@@ -275,6 +278,30 @@ def check_numbers(cfg: DictConfig, errors: _Errors) -> None:
             name = re.sub(r"\[\d+\]$", "", setting)  # optimizer.betas[0]: the rule of optimizer.betas
             known = OPTIMIZER_RULES.get(name.split(".", 1)[1]) if name.startswith("optimizer.") else None
             _check_value(setting, value, float if isinstance(value, float) else int, known or UNTYPED, errors)
+    optimizer = cfg.get("optimizer")
+    for key, (length, example) in OPTIMIZER_LENGTHS.items():
+        value = optimizer.get(key) if isinstance(optimizer, DictConfig) else None
+        if value is not None and (not isinstance(value, ListConfig) or len(value) != length):
+            errors.bad(f"optimizer.{key}", _shown(value), f"must be {length} numbers", f"e.g. optimizer.{key}={example}")
+
+
+def check_empty_strings(cfg: DictConfig, errors: _Errors) -> None:
+    """Every free-text setting of the schema (an optional string: a run id, a URI, a folder, a name)
+    refuses an empty value: ``train.resume=$RUN_ID`` with the variable unset would otherwise start
+    a fresh run in silence. The rule's allowed values and the experiment name (MLflow's rules) say
+    so in their own checks."""
+    import typing
+    from dataclasses import fields
+
+    for node, schema in _TYPED_NODES.items():
+        hints, section = typing.get_type_hints(schema), cfg.get(node)
+        for f in fields(schema):
+            value = section.get(f.name) if section is not None else None
+            setting = f"{node}.{f.name}"
+            if (str in typing.get_args(hints[f.name]) and isinstance(value, str) and not value.strip()
+                    and setting not in ("tracking.experiment_name", "bounds.max_lr_rule")):
+                errors.bad(setting, value, "must not be empty (an unset shell variable?)",
+                           f"give a value, or leave {setting} out (null: its default)")
 
 
 def _scalar_type(hint: Any) -> type | None:
@@ -871,7 +898,8 @@ def _build(errors: list[str], group: str, node: DictConfig, finish: Callable[[An
 
     try:
         return finish(instantiate(node))
-    except (InstantiationException, ValueError, TypeError) as err:
+    # IndexError/KeyError: a component indexing a setting of the wrong shape (a list too short).
+    except (InstantiationException, ValueError, TypeError, IndexError, KeyError) as err:
         errors.append(component_error(group, node, err))
         return None
 
