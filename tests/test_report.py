@@ -90,3 +90,23 @@ def test_report_by_experiment_name_and_errors(sweep_store: Path, monkeypatch: py
     monkeypatch.chdir(sweep_store / "by_name")  # no mlflow.db here
     assert main(["lrtrack-mlp"]) == 2
     assert "no MLflow store" in capsys.readouterr().err
+
+
+def test_report_and_deliver_refuse_bad_arguments_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """A store URI the report cannot use, and a --timeout that is not seconds: one line naming the
+    flag, exit 2, no traceback (MLflow's own error for an unknown scheme is a 30-line traceback)."""
+    from lrtrack.app.report import main as report
+    from lrtrack.tracking.deliver import main as deliver
+
+    monkeypatch.chdir(tmp_path)
+    assert report(["--tracking-uri", "garbage://x", "some-run"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("lrtrack.report: error: tracking URI 'garbage://x' is not supported") and \
+        line.endswith("(set --tracking-uri)")
+    for bad in ("nan", "-5", "soon"):
+        with pytest.raises(SystemExit) as stopped:
+            deliver([str(tmp_path), "--timeout", bad])
+        assert stopped.value.code == 2
+        assert f"argument --timeout: '{bad}' is not a number of seconds >= 0; e.g. --timeout 300" in \
+            capsys.readouterr().err

@@ -226,7 +226,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"lrtrack.report: error: no MLflow store at {redact(uri)}; pass --tracking-uri or run from the folder "
               "holding mlflow.db", file=sys.stderr)
         return 2
-    from lrtrack.tracking.store import read_client
+    from lrtrack.tracking.store import TrackingUnavailable, preflight, read_client
+
+    try:
+        preflight(uri, setting="--tracking-uri", off_switch=None)  # one line, before MLflow's traceback
+    except TrackingUnavailable as err:
+        print(f"lrtrack.report: error: {err}", file=sys.stderr)
+        return 2
 
     out = Path(args.out)
     taken = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)

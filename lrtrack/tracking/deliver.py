@@ -18,6 +18,7 @@ later) or it rejected some writes, 2 bad input (not a journal, the wrong store).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -68,12 +69,23 @@ def deliver_journal(path: str | Path, *, tracking_uri: str | None = None, timeou
         journal.close()
 
 
+def _seconds(text: str) -> float:
+    """``--timeout``: a finite number of seconds >= 0 (argparse turns the error into one line, exit 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0; e.g. --timeout 300")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     """The command; returns the exit status."""
     parser = argparse.ArgumentParser(prog=DELIVER_COMMAND, description=__doc__.split("\n\n")[0])
     parser.add_argument("path", help="a journal folder, or a folder to search for journals")
     parser.add_argument("--tracking-uri", default=None, help="the store (default: the one the journal recorded)")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the store (default 60)")
+    parser.add_argument("--timeout", type=_seconds, default=60.0, help="seconds to wait for the store (default 60)")
     args = parser.parse_args(argv)
     journals = find_journals(args.path)
     if not journals:

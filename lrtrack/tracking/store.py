@@ -14,6 +14,7 @@ user set them; importing this module changes nothing). Delivery's own backoff do
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import logging
 import os
@@ -61,11 +62,27 @@ class TrackingUnavailable(ValueError):
 # ---------------------------------------------------------------------- pre-flight
 
 
-def preflight(uri: str, timeout_s: float = 10.0) -> None:
+# How the messages' fixes name the URI's setting and the way to run without a store: the job's
+# config by default; another command (the report) names its own flag while it checks.
+_SETTING: contextvars.ContextVar[tuple[str, str | None]] = contextvars.ContextVar(
+    "lrtrack_store_setting", default=("tracking.tracking_uri", "tracking.enabled=false"))
+
+
+def preflight(uri: str, timeout_s: float = 10.0, *, setting: str = "tracking.tracking_uri",
+              off_switch: str | None = "tracking.enabled=false") -> None:
     """Check that the tracking store at ``uri`` can be used, within about ``timeout_s`` seconds:
     sqlite, a writable folder with free space and no other kind of file there; http(s), an MLflow
     server answering its REST API (no retries); a database URI, a host that accepts a connection.
-    Nothing is created. Raises :class:`TrackingUnavailable` (credentials masked in its message)."""
+    Nothing is created. Raises :class:`TrackingUnavailable` (credentials masked in its message),
+    whose fix names ``setting`` (and ``off_switch``, the way to run without a store, if any)."""
+    token = _SETTING.set((setting, off_switch))
+    try:
+        _preflight(uri, timeout_s)
+    finally:
+        _SETTING.reset(token)
+
+
+def _preflight(uri: str, timeout_s: float) -> None:
     scheme = uri.split(":", 1)[0].lower() if ":" in uri else ""
     base = scheme.split("+", 1)[0]
     if base == "sqlite":
@@ -83,14 +100,21 @@ def preflight(uri: str, timeout_s: float = 10.0) -> None:
                 f"sqlite:///{Path(uri.removeprefix('file://')).resolve() / 'mlflow.db'} instead ({_where(uri)})")
     else:
         raise TrackingUnavailable(f"tracking URI {redact(uri)!r} is not supported: use {ALLOWED_FORMS} "
-                                  f"({_where(uri)}), or tracking.enabled=false to run without MLflow")
+                                  f"({_where(uri)}){_or_off(' to run without MLflow')}")
 
 
 def _where(uri: str) -> str:
     """Which setting holds the URI, for the fix part of a message."""
+    setting = _SETTING.get()[0]
     if os.environ.get("MLFLOW_TRACKING_URI") == uri:
-        return "fix MLFLOW_TRACKING_URI, which overrides tracking.tracking_uri"
-    return "set tracking.tracking_uri"
+        return f"fix MLFLOW_TRACKING_URI, which overrides {setting}"
+    return f"set {setting}"
+
+
+def _or_off(why: str = "", lead: str = "") -> str:
+    """", or tracking.enabled=false" where the command can run without a store; else nothing."""
+    off = _SETTING.get()[1]
+    return f", or {lead}{off}{why}" if off else ""
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -108,7 +132,7 @@ def sqlite_path(uri: str) -> Path | None:
 def _check_sqlite(uri: str) -> None:
     path = sqlite_path(uri) or Path()
     folder = path.parent
-    fix = f"{_where(uri)} to a file in a writable folder, or tracking.enabled=false"
+    fix = f"{_where(uri)} to a file in a writable folder{_or_off()}"
     if not folder.is_dir():
         raise TrackingUnavailable(f"tracking store {uri}: the folder {folder} does not exist: "
                                   f"create it (mkdir -p {folder}) or {fix}")
@@ -162,8 +186,8 @@ def _check_http(uri: str, timeout_s: float) -> None:
     connect = min(3.0, timeout_s)
     read = max(0.5, timeout_s - connect)
     url = f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search"
-    fix = f"start it (mlflow server --host {parts.hostname} --port {parts.port or 5000} ...), {_where(uri)}, " \
-          f"or run with tracking.enabled=false"
+    fix = f"start it (mlflow server --host {parts.hostname} --port {parts.port or 5000} ...), {_where(uri)}" \
+          f"{_or_off(lead='run with ')}"
     try:
         reply = requests.get(url, params={"max_results": 1}, timeout=(connect, read), **_http_options())
     except requests.exceptions.ConnectTimeout as err:
