@@ -112,7 +112,7 @@ def _checkpoint_uploaded(proc: _Process, folder: Path, run_id: str, timeout: flo
     job's own file), or journaled (its operation in the job's journal, which the relay delivers even
     after the job dies). The process is then inside the second epoch. Waiting on the journal too keeps
     this from depending on how fast the relay (niced) runs on a loaded machine."""
-    proc.read_until(r"epoch 1/3: ")  # the epoch's checkpoint is written and journaled next
+    proc.read_until(r"epoch 1/\d+: ")  # the epoch's checkpoint is written and journaled next
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if any("checkpoints" in ops.read_text() and "last.pt" in ops.read_text()
@@ -166,9 +166,10 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path: Path, premade_
 
 def test_sigterm_stops_like_ctrl_c_keeping_runs_metrics_and_checkpoint(tmp_path: Path, premade_store) -> None:
     premade_store(tmp_path)
-    proc = _Process([*LONG, "stage=all"], tmp_path)
+    # 5 epochs: however late the signal lands on a loaded machine, it lands inside the training.
+    proc = _Process([*LONG, "stage=all", "train.epochs=5"], tmp_path)
     run_id = proc.read_until(r"training run (\w+) started").group(1)
-    _checkpoint_uploaded(proc, tmp_path, run_id)  # inside the second epoch
+    _checkpoint_uploaded(proc, tmp_path, run_id)  # the first epoch done and its checkpoint safe
     proc.signal(signal.SIGTERM)
     code, out = proc.finish()
     assert code == 130, out
@@ -177,8 +178,8 @@ def test_sigterm_stops_like_ctrl_c_keeping_runs_metrics_and_checkpoint(tmp_path:
     runs = {r.data.tags["lrtrack.stage"]: r for r in client.search_runs(["1"])}
     assert runs["final"].info.status == "KILLED" and runs["pipeline"].info.status == "KILLED"
     assert runs["explore"].info.status == "FINISHED"
-    # The finished epoch's metrics and its checkpoint are kept.
-    assert len(_history(client, run_id, "val_loss")) == 1
+    # The finished epochs' metrics and their checkpoint are kept; the training stopped before its end.
+    assert 1 <= len(_history(client, run_id, "val_loss")) < 5
     assert [a.path for a in client.list_artifacts(runs["final"].info.run_id, "checkpoints")] == ["checkpoints/last.pt"]
     assert (next(tmp_path.glob("outputs/*/*/checkpoints/last.pt"))).is_file()
 
