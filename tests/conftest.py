@@ -362,3 +362,19 @@ def errors_of(cfg: Any) -> list[str]:
     except ConfigError as err:
         return err.errors
     return []
+
+
+def runs_once_ended(folder: Path, timeout: float = 60) -> list[Any]:
+    """Every run of ``folder/mlflow.db`` once none is RUNNING (the relay may deliver after the job exited)."""
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        if runs and all(r.info.status != "RUNNING" for r in runs):
+            return runs
+        assert time.monotonic() < deadline, [(r.info.run_name, r.info.status) for r in runs]
+        time.sleep(0.2)

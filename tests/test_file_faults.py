@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
 
-from tests.conftest import clean_env, run_cli_here
+from tests.conftest import clean_env, run_cli_here, runs_once_ended
 from tests.test_faults_tracking import _tmpfs
 
 pytestmark = pytest.mark.slow
@@ -20,15 +18,6 @@ pytestmark = pytest.mark.slow
 TRAIN = ["+model=mnist_cnn", "+experiment=smoke", "stage=train", "bounds.max_lr=0.05"]
 
 
-def _runs(folder: Path, timeout: float = 60) -> list:
-    client = MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
-    deadline = time.monotonic() + timeout
-    while True:
-        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-        if runs and all(r.info.status != "RUNNING" for r in runs):
-            return runs
-        assert time.monotonic() < deadline, [(r.info.run_name, r.info.status) for r in runs]
-        time.sleep(0.2)
 
 
 def _one_error_line(stderr: str) -> str:
@@ -43,7 +32,7 @@ def test_resume_with_a_checkpoint_that_does_not_load_is_one_line_and_keeps_the_s
     premade_store(tmp_path)
     first = run_cli_here(TRAIN, tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
-    (final,) = _runs(tmp_path)
+    (final,) = runs_once_ended(tmp_path)
     assert final.info.status == "FINISHED"
     stored = Path(final.info.artifact_uri.removeprefix("file://")) / "checkpoints" / "last.pt"
     stored.write_bytes(stored.read_bytes()[:1000])  # truncated
@@ -51,7 +40,7 @@ def test_resume_with_a_checkpoint_that_does_not_load_is_one_line_and_keeps_the_s
     assert resumed.returncode == 2, resumed.stderr[-3000:]
     line = _one_error_line(resumed.stderr)
     assert f"train.resume={final.info.run_id!r}: its checkpoint last.pt cannot be loaded" in line
-    (after,) = _runs(tmp_path)
+    (after,) = runs_once_ended(tmp_path)
     assert after.info.status == "FINISHED" and "lrtrack.error" not in after.data.tags
 
 
@@ -70,7 +59,7 @@ def test_an_output_folder_on_a_full_disk_is_one_line_and_the_runs_fail_with_the_
     assert proc.returncode == 1, proc.stderr[-3000:]
     line = _one_error_line(proc.stderr)
     assert f"{small_output}/run" in line and "full" in line
-    runs = _runs(tmp_path)
+    runs = runs_once_ended(tmp_path)
     assert runs and {r.info.status for r in runs} == {"FAILED"}, [(r.info.run_name, r.info.status) for r in runs]
     assert all("full" in r.data.tags.get("lrtrack.error", "") for r in runs)
 

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tests.conftest import runs_once_ended
 from tests.test_faults import _Process
 
 pytestmark = pytest.mark.slow
@@ -22,16 +23,6 @@ SMOKE = ["+model=mnist_cnn", "+experiment=smoke"]
 STOP_WITHIN_S = 5.0
 
 
-def _runs_ended(folder: Path, timeout: float = 60) -> list[Any]:
-    """Every run of the store once none is RUNNING (the relay may deliver after the job exited)."""
-    client = MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
-    deadline = time.monotonic() + timeout
-    while True:
-        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-        if runs and all(r.info.status != "RUNNING" for r in runs):
-            return runs
-        assert time.monotonic() < deadline, [(r.info.run_name, r.info.status) for r in runs]
-        time.sleep(0.2)
 
 
 def _stop(proc: _Process, signum: int) -> tuple[int, str, float]:
@@ -70,7 +61,7 @@ def test_a_signal_in_each_stage_ends_the_job_with_130_and_its_runs_killed(stage:
     assert "Traceback" not in out, out[-3000:]
     assert "lrtrack: error: interrupted" in out
     assert "training done" not in out  # the job did not go on to train
-    runs = _runs_ended(tmp_path)
+    runs = runs_once_ended(tmp_path)
     assert runs and {r.info.status for r in runs} == {"KILLED"}, [(r.info.run_name, r.info.status) for r in runs]
     if stage == "training":
         assert "continue training with: " in out and "train.resume=" in out.split("continue training with: ")[-1]
@@ -87,7 +78,7 @@ def test_a_signal_in_a_sweeps_job_ends_the_sweep_with_130_and_every_run_killed(t
     assert code == 130, out[-3000:]
     assert took < STOP_WITHIN_S, f"{took:.1f} s to stop"
     assert "Traceback" not in out and "lrtrack: error: interrupted" in out, out[-3000:]
-    runs = _runs_ended(tmp_path)
+    runs = runs_once_ended(tmp_path)
     stages = sorted(r.data.tags.get("lrtrack.stage", "") for r in runs)
     assert "sweep" in stages and "explore" in stages, stages
     assert {r.info.status for r in runs} == {"KILLED"}, [(r.info.run_name, r.info.status) for r in runs]
@@ -119,7 +110,7 @@ def test_a_signal_while_the_job_waits_for_delivery_leaves_the_relay_to_finish(tm
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
     assert time.monotonic() - start < 2
-    (stored,) = _runs_ended(tmp_path)
+    (stored,) = runs_once_ended(tmp_path)
     assert stored.info.status == "FINISHED"
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert len(client.get_metric_history(stored.info.run_id, "loss")) == 50  # everything delivered
