@@ -176,6 +176,13 @@ def test_lightning_refuses_in_one_line_what_cannot_work(tmp_path: Path) -> None:
         LRRangeTest(lr_max=1.0)
     with pytest.raises(ValueError, match=r"^base_divisor must be a number >= 1"):
         LRRangeTest(base_divisor=0.5)
+    # The grid's settings on entry, by the engine's own check (not at fit, minutes later).
+    with pytest.raises(ValueError, match=r"^end_lr must not be negative; got -1$"):
+        LRRangeTest(end_lr=-1)
+    with pytest.raises(ValueError, match=r"^num_iter must be >= 2 \(a curve needs two points\); got 0$"):
+        LRRangeTest(num_iter=0)
+    with pytest.raises(ValueError, match=r"^start_lr must be smaller than end_lr; got start_lr=1.0, end_lr=0.5$"):
+        LRRangeTest(start_lr=1.0, end_lr=0.5)
     trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, callbacks=[LRRangeTest(num_iter=10)],
                          enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)
     with pytest.raises(ValueError, match=r"no lr or learning_rate attribute .*schedule='onecycle'"):
@@ -285,6 +292,8 @@ def test_transformers_refuses_in_one_line_what_cannot_work(tmp_path: Path) -> No
         range_test(nn.Module())
     with pytest.raises(ValueError, match=r"^unknown range test setting\(s\) device"):
         range_test(trainer, device="cpu")
+    with pytest.raises(ValueError, match=r"^step_mode must be one of exp, linear; got 'cubic'$"):
+        range_test(trainer, step_mode="cubic")
     trainer.optimizer = torch.optim.SGD(trainer.model.parameters(), lr=0.1)
     with pytest.raises(ValueError, match=r"create the Trainer without optimizers=\(\.\.\.\)"):
         range_test(trainer)

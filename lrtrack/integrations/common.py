@@ -7,6 +7,7 @@ opens the tracking store and logs.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from collections.abc import Iterable, Mapping
@@ -17,6 +18,7 @@ from typing import Any
 from torch import nn
 
 from lrtrack.engine import distributed as dist
+from lrtrack.engine.finder import check_grid, run_range_test
 from lrtrack.engine.observers import NullObserver
 from lrtrack.engine.schedules import Bounds, bounds_from_suggestions
 from lrtrack.engine.suggest import DEFAULT_RULE
@@ -38,6 +40,13 @@ def check_settings(settings: Mapping[str, Any], base_divisor: Any) -> None:
                          f"{', '.join(sorted(RANGE_TEST_SETTINGS))}")
     if isinstance(base_divisor, bool) or not isinstance(base_divisor, (int, float)) or base_divisor < 1:
         raise ValueError(f"base_divisor must be a number >= 1 (base_lr = max_lr / base_divisor); got {base_divisor!r}")
+    # The grid settings on entry, by the engine's own check (its defaults for what is not given; the
+    # start LR is the optimizer's, known only at fit: the smallest positive number stands in for it).
+    defaults = {name: p.default for name, p in inspect.signature(run_range_test).parameters.items()}
+    grid = {name: settings.get(name, defaults[name]) for name in ("start_lr", "end_lr", "num_iter", "step_mode")}
+    grid["start_lr"] = 5e-324 if grid["start_lr"] is None else grid["start_lr"]
+    if not any(isinstance(v, (list, tuple)) for v in grid.values()):  # per-group LRs: checked at fit, per group
+        check_grid(**grid)
 
 
 def tracking_uri_or_default(configured: str | None) -> str:
@@ -99,8 +108,6 @@ def explore(model: nn.Module, optimizer: Any, loader: Iterable[Any], *, framewor
         engine: what the framework decides (device, accumulation_steps, amp).
         extra: more params to record under ``integration.``.
     """
-    from lrtrack.engine.finder import run_range_test
-
     name = run_name or f"range_test {type(dist.unwrap(model)).__name__} {type(optimizer).__name__.lower()} {framework}"
     config = _config(model, optimizer, loader, framework, settings, extra)
     if not dist.is_main():
