@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import run_cli_here
+from tests.conftest import run_cli_here, runs_once_ended
 
 pytestmark = pytest.mark.slow
 
@@ -175,7 +175,8 @@ def test_sigterm_stops_like_ctrl_c_keeping_runs_metrics_and_checkpoint(tmp_path:
     assert code == 130, out
     assert f"train.resume={run_id}" in out and "Traceback" not in out
     client = _client(tmp_path)
-    runs = {r.data.tags["lrtrack.stage"]: r for r in client.search_runs(["1"])}
+    # A stopped job waits 1.5 s for its relay, then leaves it to deliver: read the runs once they ended.
+    runs = {r.data.tags["lrtrack.stage"]: r for r in runs_once_ended(tmp_path)}
     assert runs["final"].info.status == "KILLED" and runs["pipeline"].info.status == "KILLED"
     assert runs["explore"].info.status == "FINISHED"
     # The finished epochs' metrics and their checkpoint are kept; the training stopped before its end.
@@ -203,7 +204,7 @@ def test_lr_from_refuses_an_interrupted_range_test_unless_allowed(tmp_path: Path
     monkeypatch.undo()
     assert proc.returncode == 130, proc.stdout + proc.stderr
     assert "range test interrupted after 21 steps" in proc.stdout + proc.stderr
-    (explore,) = _client(tmp_path).search_runs(["1"])
+    (explore,) = runs_once_ended(tmp_path)  # the relay may deliver after the job exited
     assert explore.info.status == "KILLED" and explore.data.tags["lrtrack.stop_reason"] == "interrupted"
     refused = run_cli_here(["+model=mnist_cnn", "+experiment=smoke", "stage=train",
                             f"train.lr_from={explore.info.run_id}", "bounds.max_lr_rule=minimum"], tmp_path)
