@@ -184,7 +184,7 @@ CASES: list[Case] = [
 
 HUGE_COUNT = 10**12  # within int64: refused by the time or memory estimate (or the setting's own range)
 PAST_INT64 = 10**20  # refused for every integer (torch and numpy overflow)
-FLOAT_TRIALS = ("nan", "inf", "-inf", 0.0, -1.0, 1e300)
+FLOAT_TRIALS = ("nan", "inf", "-inf", 0.0, -1.0, 1e300, 1e-300)
 
 
 def schema_cases() -> list[Case]:

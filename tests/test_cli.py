@@ -80,7 +80,7 @@ def test_bad_values_are_reported_together_before_anything_starts(tmp_path: Path)
     assert sorted(lines) == [
         "lrtrack: error: finder.num_iter=1 is invalid: must be >= 2 (a curve needs two points)",
         "lrtrack: error: finder.step_mode='cubic' is invalid: allowed: exp, linear",
-        "lrtrack: error: optimizer.lr=-0.1 is invalid: must be >= 0 and at most 1e+06 (the range test's start LR)",
+        "lrtrack: error: optimizer.lr=-0.1 is invalid: must be 0 or in [1e-12, 1e+06] (the range test's start LR)",
     ]
     assert not (tmp_path / "mlflow.db").exists()  # no store, no run
 

@@ -67,7 +67,7 @@ def test_range_errors_are_collected_and_name_setting_value_and_what_is_allowed()
     cfg = composed("finder.num_iter=1", "finder.step_mode=cubic", "finder.smoothing=1.5", "finder.start_lr=20",
                    "optimizer.lr=-0.1", "bounds.base_divisor=0.5", "bounds.max_lr_rule=best", "train.epochs=0")
     assert sorted(errors_of(cfg)) == sorted([
-        "optimizer.lr=-0.1 is invalid: must be >= 0 and at most 1e+06 (the range test's start LR)",
+        "optimizer.lr=-0.1 is invalid: must be 0 or in [1e-12, 1e+06] (the range test's start LR)",
         "finder.step_mode='cubic' is invalid: allowed: exp, linear",
         "finder.num_iter=1 is invalid: must be >= 2 (a curve needs two points)",
         "finder.start_lr=20.0 is invalid: must be smaller than finder.end_lr=10.0",

@@ -58,10 +58,14 @@ def test_a_nan_safety_stop_and_a_nan_timeout_are_refused_with_what_is_allowed() 
         "number"]
     assert errors_of(composed("finder.diverge_th=1e9")) == []  # a deliberate "no stop" (the library's tests use it)
     (line,) = errors_of(composed("finder.end_lr=1e300"))
-    assert line == "finder.end_lr=1e+300 is invalid: must be a positive LR up to 1e+06"
-    (line,) = errors_of(composed("finder.start_lr=1e-320", "finder.end_lr=1e5"))
-    assert line == ("finder.start_lr=1e-320 is invalid: must be larger: the ratio of an exponential sweep from it "
-                    "to finder.end_lr=100000.0 overflows; set finder.start_lr=1e-7 or larger")
+    assert line == "finder.end_lr=1e+300 is invalid: must be an LR in [1e-12, 1e+06]"
+    # LRs too small to move a float32 weight (1e-300 is 0 there) are refused, not swept as flat noise.
+    (line,) = errors_of(composed("finder.start_lr=1e-300", "finder.end_lr=1e5"))
+    assert line == ("finder.start_lr=1e-300 is invalid: must be 0 (linear grids) or an LR in [1e-12, 1e+06] (or null: "
+                    "the optimizer's LR)")
+    assert errors_of(composed("finder.start_lr=1e-12", "finder.end_lr=1e6")) == []  # the widest grid
+    (line,) = errors_of(composed("optimizer=adam", "optimizer.eps=1e-45"))
+    assert line.startswith("optimizer.eps=1e-45 is invalid: must be in [1.18e-38, 1]")
     (line,) = errors_of(composed("tracking.delivery_timeout_s=nan"))
     assert line.startswith("tracking.delivery_timeout_s=nan is invalid: must be finite and seconds in [0, 604800]")
 

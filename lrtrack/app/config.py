@@ -45,8 +45,11 @@ class Rule:
     hi_open: bool = False
     allowed: str = ""
     cost: str | None = None  # a count whose upper bound is an estimate (check_costs): "steps" | "memory"
+    min_positive: float | None = None  # a positive value below this is refused (an LR too small to move a weight)
 
     def admits(self, value: float) -> bool:
+        if self.min_positive is not None and 0 < value < self.min_positive:
+            return False
         if self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo):
             return False
         return self.hi is None or not (value >= self.hi if self.hi_open else value > self.hi)
@@ -58,16 +61,22 @@ def rule(**kw: Any) -> Any:
 
 
 MAX_LR = 1e6  # no model trains at a larger LR: one step sends the loss to infinity
+# A float32 weight near 1 moves by at least its spacing, 1.2e-7: an update lr * grad with lr below 1e-12
+# changes no weight for any gradient a model produces, and 1e-300 is 0 in float32 (the curve is flat noise).
+MIN_LR = 1e-12
 FLOAT32_MAX = 3.4028234663852886e38  # torch computes in float32: a larger number overflows (a traceback)
+FLOAT32_TINY = 1.1754943508222875e-38  # float32's smallest normal number: a smaller eps is 0 (or subnormal) there
 INT64_MAX = 2**63 - 1  # torch's and numpy's integers: a larger one overflows with a traceback
 SEED_MAX = 2**32 - 1  # numpy.random.seed's range
 
 
 @dataclass
 class FinderConfig:
-    start_lr: Optional[float] = rule(lo=0, hi=MAX_LR, allowed=f"a positive LR up to {MAX_LR:g} (or null: the "
+    start_lr: Optional[float] = rule(lo=0, hi=MAX_LR, min_positive=MIN_LR,
+                                     allowed=f"0 (linear grids) or an LR in [{MIN_LR:g}, {MAX_LR:g}] (or null: the "
                                      "optimizer's LR)")
-    end_lr: float = rule(lo=0, lo_open=True, hi=MAX_LR, allowed=f"a positive LR up to {MAX_LR:g}")
+    end_lr: float = rule(lo=0, lo_open=True, hi=MAX_LR, min_positive=MIN_LR,
+                         allowed=f"an LR in [{MIN_LR:g}, {MAX_LR:g}]")
     num_iter: int = rule(lo=2, allowed=">= 2 (a curve needs two points)", cost="steps")
     step_mode: str = MISSING
     smoothing: float = rule(lo=0, hi=1, hi_open=True, allowed="in [0, 1) (EMA decay; 0 = no smoothing)")
@@ -84,7 +93,8 @@ class FinderConfig:
 
 @dataclass
 class BoundsConfig:
-    max_lr: Optional[float] = rule(lo=0, lo_open=True, hi=MAX_LR, allowed=f"a positive LR up to {MAX_LR:g} or "
+    max_lr: Optional[float] = rule(lo=0, lo_open=True, hi=MAX_LR, min_positive=MIN_LR,
+                                   allowed=f"an LR in [{MIN_LR:g}, {MAX_LR:g}] or "
                                    "null (from the range test)")
     max_lr_rule: Optional[str] = MISSING
     base_divisor: float = rule(lo=1, allowed="a number >= 1 (Smith: 3-4)")
@@ -157,11 +167,13 @@ DATA_RULES: dict[str, tuple[type, Rule]] = {
 UNTYPED = Rule(lo=-FLOAT32_MAX, hi=FLOAT32_MAX, allowed=f"within +-{FLOAT32_MAX:.3g} (torch computes in float32)")
 # The optimizer's hyperparameters by name, whatever the optimizer class (torch checks some, not these bounds).
 OPTIMIZER_RULES: dict[str, Rule] = {
-    "lr": Rule(lo=0, hi=MAX_LR, allowed=f">= 0 and at most {MAX_LR:g} (the range test's start LR)"),
+    "lr": Rule(lo=0, hi=MAX_LR, min_positive=MIN_LR,
+               allowed=f"0 or in [{MIN_LR:g}, {MAX_LR:g}] (the range test's start LR)"),
     "momentum": Rule(lo=0, hi=1, allowed="in [0, 1] (above 1 every step grows)"),
     "dampening": Rule(lo=0, hi=1, allowed="in [0, 1]"),
     "betas": Rule(lo=0, hi=1, hi_open=True, allowed="in [0, 1) each (moment decays)"),
-    "eps": Rule(lo=0, lo_open=True, hi=1, allowed="in (0, 1] (it keeps a division by a moment finite)"),
+    "eps": Rule(lo=0, lo_open=True, hi=1, min_positive=FLOAT32_TINY,
+                allowed=f"in [{FLOAT32_TINY:.3g}, 1] (it keeps a division by a moment finite; smaller is 0 in float32)"),
     "weight_decay": Rule(lo=0, hi=FLOAT32_MAX, allowed=f">= 0 and at most {FLOAT32_MAX:.3g} (torch computes in float32)"),
 }
 # The optimizer's hyperparameters that are a fixed number of values (torch indexes them without a check).
@@ -680,14 +692,12 @@ def _check_finder(cfg: DictConfig, errors: _Errors) -> None:
     if f.step_mode not in STEP_MODES:
         errors.bad("finder.step_mode", f.step_mode, f"allowed: {', '.join(STEP_MODES)}")
     start, setting = _start_lr(cfg), "finder.start_lr" if f.start_lr is not None else "optimizer.lr"
-    end_ok = _num(f.end_lr) and 0 < f.end_lr <= MAX_LR  # else reported by check_numbers, once
-    if _num(start) and 0 <= start <= MAX_LR:  # else reported by check_numbers (finder.start_lr) or _check_choices
+    end_ok = _num(f.end_lr) and MIN_LR <= f.end_lr <= MAX_LR  # else reported by check_numbers, once
+    # A start outside its rule is reported by check_numbers (finder.start_lr) or _check_choices, once.
+    if _num(start) and (start == 0 or MIN_LR <= start) and start <= MAX_LR:
         if f.step_mode == "exp" and start == 0:
             errors.bad(setting, start, "must be > 0 for finder.step_mode=exp (a log-spaced grid cannot start at 0)",
                        "set finder.start_lr=1e-7, or use finder=linear")
-        elif end_ok and f.step_mode == "exp" and not math.isfinite(f.end_lr / start):
-            errors.bad(setting, start, f"must be larger: the ratio of an exponential sweep from it to "
-                       f"finder.end_lr={f.end_lr!r} overflows", "set finder.start_lr=1e-7 or larger")
         elif end_ok and start >= f.end_lr and setting == "finder.start_lr":
             errors.bad(setting, start, f"must be smaller than finder.end_lr={f.end_lr!r}")
         elif end_ok and start >= f.end_lr:
