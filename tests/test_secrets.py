@@ -141,3 +141,28 @@ def test_a_password_with_at_signs_reaches_no_record_of_a_real_server(tmp_path: P
     for path in tmp_path.glob("outputs/**/*"):
         if path.is_file():
             assert not any(p.encode() in path.read_bytes() for p in pieces), path
+
+
+def test_tracebacks_are_masked_in_log_lines_and_when_a_bug_ends_the_process() -> None:
+    """A bug keeps its traceback, but an exception's message may quote a URI with its password."""
+    import subprocess
+    import sys
+
+    program = (
+        "import logging\n"
+        "from lrtrack.tracking.redact import install_log_redaction\n"
+        "install_log_redaction()\n"
+        "logging.basicConfig()\n"
+        "try:\n"
+        "    raise ConnectionError('cannot reach http://bob:hunter2@store:5000/api')\n"
+        "except ConnectionError:\n"
+        "    logging.getLogger('x').exception('delivery failed')\n"
+        "raise RuntimeError('a bug while talking to https://ann:s3cr@t@store/')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "hunter2" not in proc.stderr and "s3cr@t" not in proc.stderr
+    # Both tracebacks are still there, with the masked URIs.
+    assert "ERROR:x:delivery failed\nTraceback (most recent call last):" in proc.stderr
+    assert "ConnectionError: cannot reach http://***@store:5000/api" in proc.stderr
+    assert proc.stderr.rstrip().endswith("RuntimeError: a bug while talking to https://***@store/")

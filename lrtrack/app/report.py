@@ -24,7 +24,7 @@ from lrtrack.app.summary import job_row, rows_to_csv, summary_columns
 from lrtrack.engine import plots
 from lrtrack.engine.suggest import RULES
 from lrtrack.tracking import layout, records
-from lrtrack.tracking.redact import redact
+from lrtrack.tracking.redact import install_log_redaction, redact
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -220,6 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tracking-uri", default=None,
                         help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///$PWD/mlflow.db)")
     args = parser.parse_args(argv)
+    install_log_redaction()  # an error's message or traceback may quote a URI with its password
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():

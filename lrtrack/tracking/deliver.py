@@ -34,7 +34,7 @@ from lrtrack.tracking.journal import (
     needs_uri,
     summary_text,
 )
-from lrtrack.tracking.redact import redact
+from lrtrack.tracking.redact import install_log_redaction, redact
 
 
 def deliver_journal(path: str | Path, *, tracking_uri: str | None = None, timeout_s: float = 60.0) -> dict[str, int]:
@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracking-uri", default=None, help="the store (default: the one the journal recorded)")
     parser.add_argument("--timeout", type=_seconds, default=60.0, help="seconds to wait for the store (default 60)")
     args = parser.parse_args(argv)
+    install_log_redaction()  # an error's message or traceback may quote a URI with its password
     journals = find_journals(args.path)
     if not journals:
         print(f"lrtrack: error: no lrtrack tracking journal at {args.path} (a journal folder holds {META})",
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             counts = deliver_journal(path, tracking_uri=args.tracking_uri, timeout_s=args.timeout)
         except (ValueError, JournalBusy, DeliveryError) as err:
-            print(f"lrtrack: error: {err}", file=sys.stderr)
+            print(f"lrtrack: error: {redact(str(err))}", file=sys.stderr)
             status = max(status, 2 if isinstance(err, ValueError) else 1)
             continue
         print(f"delivered {summary_text(counts)} from {path}" if any(counts.values()) else f"{path}: already delivered")

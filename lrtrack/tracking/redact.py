@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -116,12 +117,36 @@ class _RedactingFactory:
         masked = redact(message)
         if masked != message:
             record.msg, record.args = masked, ()
+        # log.exception's traceback: a formatter uses exc_text when it is set, so it is masked once, here
+        # (an exception's message may quote a URI with its password: MLflow's and requests' do).
+        if record.exc_info and record.exc_info[0] is not None and not record.exc_text:
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
         return record
+
+
+def _redacting_excepthook(inner: Any) -> Any:
+    def hook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
+        """An uncaught exception (a bug) keeps its traceback, with credentials masked."""
+        import traceback
+
+        try:
+            text = "".join(traceback.format_exception(exc_type, exc, tb))
+        except Exception:  # a broken exception object: the interpreter's own report
+            inner(exc_type, exc, tb)
+            return
+        sys.stderr.write(redact(text))
+
+    hook.lrtrack_redacting = True  # type: ignore[attr-defined]
+    return hook
 
 
 def install_log_redaction() -> None:
     """Mask credentials in every log line of this process, in every handler (console, Hydra's job
-    log file, tqdm's): idempotent."""
+    log file, tqdm's), log.exception's tracebacks and an uncaught exception's: idempotent."""
     factory = logging.getLogRecordFactory()
     if not isinstance(factory, _RedactingFactory):
         logging.setLogRecordFactory(_RedactingFactory(factory))
+    if not getattr(sys.excepthook, "lrtrack_redacting", False):
+        sys.excepthook = _redacting_excepthook(sys.excepthook)

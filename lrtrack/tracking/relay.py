@@ -28,7 +28,7 @@ from pathlib import Path
 
 from lrtrack.tracking.drain import Control, drain
 from lrtrack.tracking.journal import DELIVER_COMMAND, Journal
-from lrtrack.tracking.redact import redact
+from lrtrack.tracking.redact import install_log_redaction, redact
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent", type=int, required=True)
     parser.add_argument("--timeout", type=float, default=60.0, help="how long to try a store that is away at the end")
     args = parser.parse_args(argv)
+    install_log_redaction()  # an error's message or traceback may quote a URI with its password
     # The job decides when delivery ends: a Ctrl-C, or the SIGTERM a cluster sends every process of
     # a job it preempts, must not stop the delivery of what the job logs as it stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
