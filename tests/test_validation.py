@@ -368,3 +368,36 @@ def test_an_empty_free_text_setting_is_refused_not_taken_for_null(setting: str) 
 def test_betas_of_the_wrong_length_are_one_line(value: str) -> None:
     (line,) = errors_of(composed("optimizer=adamw", f"optimizer.betas={value}"))
     assert line.startswith("optimizer.betas=") and "must be 2 numbers; e.g. optimizer.betas=[0.9,0.999]" in line
+
+
+@pytest.mark.parametrize(("overrides", "line"), [
+    # A component's settings against its target's signature: Python reads True as 1 and "maybe" as true.
+    (["optimizer.momentum=true"], "optimizer.momentum=true is invalid: must be a number (momentum of "
+                                  "torch.optim.SGD), not a boolean; e.g. optimizer.momentum=0"),
+    (["optimizer.nesterov=maybe"], "optimizer.nesterov='maybe' is invalid: must be true or false (a flag of "
+                                   "torch.optim.SGD); set optimizer.nesterov=true or optimizer.nesterov=false"),
+    (["optimizer=adamw", "+optimizer.amsgrad=5"], "optimizer.amsgrad=5 is invalid: must be true or false"),
+    (["optimizer.lr=[0.1]"], "optimizer.lr=[0.1] is invalid: must be a number (lr of torch.optim.SGD), not a list"),
+    (["schedule.three_phase=sometimes"], "schedule.three_phase='sometimes' is invalid: must be true or false"),
+    # Settings by name whatever the class; values that are 0 in float32.
+    (["optimizer=schedulefree_adamw", "optimizer.warmup_steps=2.5"],
+     "optimizer.warmup_steps=2.5 is invalid: must be a whole number of steps >= 0"),
+    (["optimizer=prodigy", "optimizer.d_coef=0"], "optimizer.d_coef=0 is invalid: must be > 0"),
+    (["model.dropout=1.0"], "model.dropout=1.0 is invalid: must be in [0, 1) (1 drops every activation)"),
+    (["schedule.pct_start=1e-320"], "schedule.pct_start=1e-320 is invalid: is 0 in float32"),
+    (["schedule.div_factor=0.5"], "schedule (lrtrack.engine.schedules.onecycle): onecycle div_factor must be >= 1"),
+    # A limit that is itself wrong is the one reported (not the counts it would bound).
+    (["limits.max_hours=1e-320"], "limits.max_hours=1e-320 is invalid: is 0 in float32"),
+    (["device=meta"], "device='meta' is invalid: lrtrack trains on cpu, cuda"),
+])
+def test_settings_a_component_cannot_mean_are_refused_in_one_line(overrides: list[str], line: str) -> None:
+    (got,) = errors_of(composed(*overrides))
+    assert got.startswith(line), got
+
+
+def test_schema_flags_on_the_command_line_take_true_or_false_only(tmp_path: Path) -> None:
+    proc = run_cli_here(["+model=mnist_cnn", "+experiment=smoke", "train.amp=2"], tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "lrtrack: error: train.amp=2 is invalid: must be true or false; set train.amp=true or train.amp=false")
+    assert not (tmp_path / "mlflow.db").exists()  # refused before the store was opened: no run

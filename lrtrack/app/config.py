@@ -46,6 +46,7 @@ class Rule:
     allowed: str = ""
     cost: str | None = None  # a count whose upper bound is an estimate (check_costs): "steps" | "memory"
     min_positive: float | None = None  # a positive value below this is refused (an LR too small to move a weight)
+    integer: bool = False  # a count given in a node without a schema (an optimizer's warmup_steps): no fraction
 
     def admits(self, value: float) -> bool:
         if self.min_positive is not None and 0 < value < self.min_positive:
@@ -175,6 +176,19 @@ OPTIMIZER_RULES: dict[str, Rule] = {
     "eps": Rule(lo=0, lo_open=True, hi=1, min_positive=FLOAT32_TINY,
                 allowed=f"in [{FLOAT32_TINY:.3g}, 1] (it keeps a division by a moment finite; smaller is 0 in float32)"),
     "weight_decay": Rule(lo=0, hi=FLOAT32_MAX, allowed=f">= 0 and at most {FLOAT32_MAX:.3g} (torch computes in float32)"),
+    # schedule-free's and Prodigy's: a warm-up counts steps; Prodigy's estimate and its factor are step sizes.
+    "warmup_steps": Rule(lo=0, hi=INT64_MAX, integer=True, allowed="a whole number of steps >= 0"),
+    "d0": Rule(lo=0, lo_open=True, hi=MAX_LR, min_positive=MIN_LR,
+               allowed=f"in [{MIN_LR:g}, {MAX_LR:g}] (the first step-size estimate)"),
+    "d_coef": Rule(lo=0, lo_open=True, hi=MAX_LR, allowed="> 0 (0 makes every step zero)"),
+    "growth_rate": Rule(lo=1, allowed=">= 1 (how fast the estimate may grow per step; inf: no limit)"),
+}
+# Other components' settings by name, whatever the class: a probability is one, a smoothing below 1.
+NAMED_RULES: dict[str, dict[str, Rule]] = {
+    "optimizer": OPTIMIZER_RULES,
+    "model": {"dropout": Rule(lo=0, hi=1, hi_open=True, allowed="in [0, 1) (1 drops every activation)"),
+              "num_classes": Rule(lo=1, hi=INT64_MAX, integer=True, allowed="a whole number >= 1")},
+    "criterion": {"label_smoothing": Rule(lo=0, hi=1, allowed="in [0, 1]")},
 }
 # The optimizer's hyperparameters that are a fixed number of values (torch indexes them without a check).
 OPTIMIZER_LENGTHS: dict[str, tuple[int, str]] = {"betas": (2, "[0.9,0.999]")}
@@ -244,6 +258,7 @@ def validate(cfg: DictConfig, conf_dir: str | Path | None = None) -> None:
         errors.bad("stage", cfg.stage, f"allowed: {', '.join(STAGES)}")
     check_numbers(cfg, errors)
     check_empty_strings(cfg, errors)
+    check_flag_overrides(_task_overrides(), errors)
     for check in (_check_finder, _check_data, _check_train, _check_bounds, _check_tracking, check_costs,
                   check_param_names):
         check(cfg, errors)
@@ -288,7 +303,8 @@ def check_numbers(cfg: DictConfig, errors: _Errors) -> None:
     for setting, value in _leaves(cfg):
         if setting not in checked and setting.split(".", 1)[0] not in _TYPED_NODES:
             name = re.sub(r"\[\d+\]$", "", setting)  # optimizer.betas[0]: the rule of optimizer.betas
-            known = OPTIMIZER_RULES.get(name.split(".", 1)[1]) if name.startswith("optimizer.") else None
+            group, _, key = name.partition(".")
+            known = NAMED_RULES.get(group, {}).get(key)
             _check_value(setting, value, float if isinstance(value, float) else int, known or UNTYPED, errors)
     optimizer = cfg.get("optimizer")
     for key, (length, example) in OPTIMIZER_LENGTHS.items():
@@ -316,6 +332,29 @@ def check_empty_strings(cfg: DictConfig, errors: _Errors) -> None:
                            f"give a value, or leave {setting} out (null: its default)")
 
 
+def check_flag_overrides(overrides: list[str], errors: _Errors) -> None:
+    """A flag of the schema given on the command line takes true or false: OmegaConf reads ``2``,
+    ``yes`` and ``on`` as true, so ``train.amp=2`` would turn AMP on without a word."""
+    import typing
+    from dataclasses import fields
+
+    flags = set()
+    for node, schema in (("", LRTrackConfig), *_TYPED_NODES.items()):
+        hints = typing.get_type_hints(schema)
+        flags.update(f"{node}.{f.name}" if node else f.name for f in fields(schema) if hints[f.name] is bool)
+    for override in overrides:
+        key, sep, value = override.lstrip("+~").partition("=")
+        if sep and key.lstrip("+") in flags and value.strip().lower() not in ("true", "false"):
+            errors.bad(key.lstrip("+"), _Short(value), "must be true or false", f"set {key}=true or {key}=false")
+
+
+def _task_overrides() -> list[str]:
+    """The command line's overrides of this job (none outside a Hydra job: a library call)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
 def _scalar_type(hint: Any) -> type | None:
     """``int`` for ``int`` and ``Optional[int]``, likewise float; None for anything else."""
     import typing
@@ -333,6 +372,13 @@ def _check_value(setting: str, value: Any, kind: type, limits: Rule, errors: _Er
     elif not math.isfinite(value):
         errors.bad(setting, value, f"must be finite and {limits.allowed}" if limits.allowed else "must be finite",
                    "NaN and infinity are never valid here: set a number")
+    elif isinstance(value, float) and 0 < abs(value) < FLOAT32_TINY and limits.min_positive is None:
+        own = limits.allowed if limits is not UNTYPED else ""
+        errors.bad(setting, value, f"is 0 in float32, where torch computes (its smallest normal number is "
+                   f"{FLOAT32_TINY:.3g})" + (f"; it must be {own}" if own else ""),
+                   "use 0 or a larger number" if limits.admits(0.0) else "use a larger number")
+    elif limits.integer and isinstance(value, float) and not value.is_integer():
+        errors.bad(setting, value, allowed if "whole number" in allowed else "must be a whole number")
     elif isinstance(value, int) and not -INT64_MAX - 1 <= value <= INT64_MAX:
         own = allowed if limits.hi is not None and limits.hi < INT64_MAX else ""  # the seed's range, say
         errors.bad(setting, _shown(value), own or "must fit in a 64-bit integer (torch and numpy refuse larger)",
@@ -388,6 +434,8 @@ def check_costs(cfg: DictConfig, errors: _Errors) -> None:
     figures above, against ``limits.max_hours`` and ``limits.max_memory_gb`` (this machine's
     memory by default). Settings already reported out of range are left out."""
     reported = {line.split("=", 1)[0] for line in errors.lines}
+    if reported & {"limits.max_hours", "limits.max_memory_gb"}:  # the limit itself is wrong: nothing to blame
+        return
     budget = _Budget.of(cfg)
     if budget is None:
         return
@@ -870,8 +918,16 @@ def dry_run(cfg: DictConfig) -> None:
     """
     import torch
 
+    from lrtrack.app.signatures import argument_problems
+
     errors: list[str] = []
     _check_device(str(cfg.device), errors)
+    for group in ("model", "optimizer", "criterion", "schedule", "data", "metric", "step"):
+        node = cfg.get(group)
+        if isinstance(node, DictConfig) and node.get("_target_"):
+            errors += argument_problems(group, node)
+    if errors:  # a flag given a string, a number given a boolean: building would accept it
+        raise ConfigError(errors)
     optimizer = _build(errors, "optimizer", cfg.optimizer,
                        lambda partial: partial([torch.nn.Parameter(torch.zeros(1))]))
     if optimizer is not None and cfg.stage in ("all", "train") and cfg.schedule is not None:
@@ -895,7 +951,12 @@ def _check_device(device: str, errors: list[str]) -> None:
     except (RuntimeError, ValueError):
         errors.append(f"device={device!r} is invalid: not a torch device; use auto, cpu, cuda or cuda:<index>")
         return
-    if parsed.type == "cuda" and not torch.cuda.is_available():
+    usable = ["cpu", "cuda"] + (["mps"] if torch.backends.mps.is_available() else [])
+    if parsed.type not in usable:
+        errors.append(f"device={device!r} is invalid: lrtrack trains on {', '.join(usable)} "
+                      f"({parsed.type!r} is not available to this torch build, or holds no data); "
+                      f"use device=auto, cpu or cuda[:<index>]")
+    elif parsed.type == "cuda" and not torch.cuda.is_available():
         errors.append(f"device={device!r} is invalid: CUDA is not available on this machine; use device=auto or cpu")
     elif parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
         errors.append(f"device={device!r} is invalid: this machine has {torch.cuda.device_count()} CUDA device(s)")

@@ -398,7 +398,7 @@ def _check_momentum(
             f"{max_momentum!r} (momentum is high when the LR is low)."
         )
     fix = (
-        "Set schedule.scheduler.cycle_momentum=false to leave momentum as the optimizer has "
+        "Set schedule.cycle_momentum=false to leave momentum as the optimizer has "
         "it, or use an optimizer with momentum (SGD with momentum > 0, or an Adam-family "
         "optimizer whose beta1 is cycled)."
     )
@@ -555,7 +555,7 @@ def exp_range(
     if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 < gamma <= 1:
         raise ValueError(
             f"exp_range gamma must be in (0, 1] (the amplitude decays by gamma**iteration), "
-            f"got {gamma!r}. Try schedule.scheduler.gamma=0.99994."
+            f"got {gamma!r}. Try schedule.gamma=0.99994."
         )
     return _cyclic(
         "exp_range",
@@ -623,6 +623,11 @@ def onecycle(
         div_factor = max_lr / base_lr
     div_factor = _check_positive("onecycle div_factor", div_factor, " Use null to derive it.")
     final_div_factor = _check_positive("onecycle final_div_factor", final_div_factor)
+    # Below 1 the run would start above its peak (div_factor) or end above its start (final_div_factor).
+    for label, value in (("div_factor", div_factor), ("final_div_factor", final_div_factor)):
+        if value < 1:
+            raise ValueError(f"onecycle {label} must be >= 1 (start LR = max_lr / div_factor, end LR = start LR / "
+                             f"final_div_factor), got {value!r}; e.g. {'null' if label == 'div_factor' else '1e4'}.")
     _check_momentum("onecycle", optimizer, cycle_momentum, base_momentum, max_momentum)
     total_steps = steps_per_epoch * epochs
     ratios = _group_ratios(optimizer)
@@ -729,7 +734,7 @@ def cosine_restarts(
             raise ValueError(
                 f"cosine_restarts {label} must be an integer >= 1 (in epochs for T_0, a factor "
                 f"for T_mult), got {value!r}. SGDR restarts on epoch boundaries; set "
-                f"schedule.scheduler.{label} to a whole number such as "
+                f"schedule.{label} to a whole number such as "
                 f"{max(1, math.floor(value)) if isinstance(value, (int, float)) else 1}."
             )
     eta_min = _check_eta_min(eta_min, max_lr)

@@ -1,0 +1,109 @@
+"""A component's settings checked against its target's signature, before it is built.
+
+``optimizer.momentum=true`` or ``optimizer.nesterov=maybe`` build without a word: Python takes
+``True`` as 1 and any non-empty string as true, so a run trains with a setting the user never
+meant. The target's own signature says what each argument is: its type hints where they can be
+read, else its default's type. A flag (``bool``) takes true or false only; a number takes a number,
+never a boolean, a string or a list. Arguments the signature leaves open (no hint, a ``None``
+default, ``**kwargs``) are the target's own business.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig
+
+FLAG, NUMBER = "flag", "number"
+
+
+def argument_problems(group: str, node: DictConfig) -> list[str]:
+    """One line per setting of ``node`` (a ``_target_`` node of ``group``) its target cannot mean."""
+    target = node.get("_target_")
+    kinds = _argument_kinds(target) if isinstance(target, str) else {}
+    lines = []
+    for key, kind in kinds.items():
+        if key not in node or str(key).startswith("_"):
+            continue
+        value = node[key]
+        if kind == FLAG and not (value is None or isinstance(value, bool)):
+            lines.append(f"{group}.{key}={_shown(value)} is invalid: must be true or false (a flag of {target}); "
+                         f"set {group}.{key}=true or {group}.{key}=false")
+        elif kind == NUMBER and (isinstance(value, (bool, str, DictConfig, ListConfig))):
+            lines.append(f"{group}.{key}={_shown(value)} is invalid: must be a number ({key} of {target}), not "
+                         f"{_kind_of(value)}; e.g. {group}.{key}={_example(target, key)}")
+    return lines
+
+
+def _argument_kinds(target: str) -> dict[str, str]:
+    """``{"nesterov": FLAG, "momentum": NUMBER, ...}`` for the arguments whose kind is certain."""
+    try:
+        from hydra.utils import get_object
+
+        obj = get_object(target)
+        signature = inspect.signature(obj)
+    except Exception:  # not importable, no signature: building it reports the problem
+        return {}
+    try:
+        hints = typing.get_type_hints(obj.__init__ if inspect.isclass(obj) else obj)
+    except Exception:  # hints naming what this Python cannot resolve: the defaults decide
+        hints = {}
+    kinds = {}
+    for name, parameter in signature.parameters.items():
+        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            continue
+        kind = _kind_of_hint(hints.get(name)) or _kind_of_default(parameter.default)
+        if kind:
+            kinds[name] = kind
+    return kinds
+
+
+def _kind_of_hint(hint: Any) -> str | None:
+    import types
+
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    options = [a for a in typing.get_args(hint) if a is not type(None)] if union else [hint]
+    if options == [bool]:
+        return FLAG
+    if options and all(o in (int, float) for o in options):
+        return NUMBER
+    return None  # a union with tensors, strings, callables: more than one kind is meant
+
+
+def _kind_of_default(default: Any) -> str | None:
+    if isinstance(default, bool):
+        return FLAG
+    if isinstance(default, (int, float)):
+        return NUMBER
+    return None
+
+
+def _kind_of(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, str):
+        return "a string"
+    return "a list" if isinstance(value, ListConfig) else "a mapping"
+
+
+def _example(target: str, key: str) -> str:
+    try:
+        from hydra.utils import get_object
+
+        default = inspect.signature(get_object(target)).parameters[key].default
+    except Exception:
+        return "0.1"
+    return repr(default) if isinstance(default, (int, float)) and not isinstance(default, bool) else "0.1"
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"  # as the user wrote it
+    if isinstance(value, (DictConfig, ListConfig)):
+        from omegaconf import OmegaConf
+
+        value = OmegaConf.to_container(value)
+    text = repr(value)
+    return text if len(text) <= 60 else text[:40] + "..."
