@@ -401,3 +401,20 @@ def test_schema_flags_on_the_command_line_take_true_or_false_only(tmp_path: Path
     assert proc.stderr.strip().splitlines()[-1] == (
         "lrtrack: error: train.amp=2 is invalid: must be true or false; set train.amp=true or train.amp=false")
     assert not (tmp_path / "mlflow.db").exists()  # refused before the store was opened: no run
+
+
+@pytest.mark.parametrize(("overrides", "line"), [
+    (["train.lr_from=0123456789abcdef"], "train.lr_from='0123456789abcdef' is invalid: takes the bounds from an "
+                                         "earlier range test, so it needs stage=train (stage=all runs its own range "
+                                         "test); add stage=train, or drop train.lr_from"),
+    (["tracking.register_model=my/model:v1"], "tracking.register_model='my/model:v1' is invalid: a registered "
+                                              "model's name cannot hold '/', ':' or control characters"),
+    (["tracking.register_model=cnn", "tracking.log_model=false"],
+     "tracking.register_model='cnn' is invalid: registers the logged model, so it needs tracking.log_model=true"),
+    (["tracking.experiment_name='line1\nline2'"],
+     "tracking.experiment_name='line1\\nline2' is invalid: an experiment name cannot hold control characters"),
+])
+def test_settings_that_would_be_ignored_or_refused_at_the_end_are_refused_first(overrides: list[str],
+                                                                                line: str) -> None:
+    (got,) = errors_of(composed(*overrides))
+    assert got.startswith(line), got

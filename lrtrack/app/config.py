@@ -879,6 +879,10 @@ def _check_train(cfg: DictConfig, errors: _Errors) -> None:
     t = cfg.train
     if t.resume is not None and cfg.stage == "range_test":
         errors.bad("train.resume", t.resume, "continues a training run, so it needs stage=all or stage=train")
+    if t.lr_from is not None and str(t.lr_from).strip() and cfg.stage != "train":  # (empty: its own line)
+        errors.bad("train.lr_from", t.lr_from, f"takes the bounds from an earlier range test, so it needs "
+                   f"stage=train (stage={cfg.stage} runs its own range test)",
+                   "add stage=train, or drop train.lr_from")
     if t.resume is not None and not t.checkpoint:
         errors.bad("train.checkpoint", t.checkpoint, "must be true with train.resume (it continues from checkpoints)")
 
@@ -893,6 +897,15 @@ def _check_bounds(cfg: DictConfig, errors: _Errors) -> None:
 
 
 def _check_tracking(cfg: DictConfig, errors: _Errors) -> None:
+    registered = cfg.tracking.register_model
+    if isinstance(registered, str) and registered.strip():
+        # MLflow's registry refuses these at the end of the job, after the training: say so now.
+        if any(c in registered for c in "/:") or any(ord(c) < 32 or ord(c) == 127 for c in registered):
+            errors.bad("tracking.register_model", _shown(registered), "a registered model's name cannot hold '/', "
+                       "':' or control characters (MLflow's registry refuses them)", "e.g. mnist-cnn")
+        elif not cfg.tracking.log_model:
+            errors.bad("tracking.register_model", _shown(registered), "registers the logged model, so it needs "
+                       "tracking.log_model=true", "set tracking.log_model=true, or drop tracking.register_model")
     name = cfg.tracking.experiment_name
     if name is not None:
         from lrtrack.tracking.store import experiment_name_problem

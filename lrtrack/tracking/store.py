@@ -321,6 +321,8 @@ def experiment_name_problem(name: str) -> str | None:
         return "an experiment name cannot be empty"
     if len(name) > MAX_EXPERIMENT_NAME:
         return f"MLflow allows at most {MAX_EXPERIMENT_NAME} characters in an experiment name, this has {len(name)}"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):  # a newline, an escape: the UI's one-line list, a terminal
+        return "an experiment name cannot hold control characters (a newline, a tab, an escape)"
     return None
 
 
