@@ -136,7 +136,7 @@ def statuses(runs: list[Any]) -> str:
 
 
 def error_lines(text: str) -> list[str]:
-    return [line for line in text.splitlines() if line.startswith(("lrtrack: error:", "lrtrack.report: error:"))]
+    return [line for line in text.splitlines() if line.startswith("lrtrack: error:")]
 
 
 @contextmanager

@@ -71,4 +71,4 @@ def test_report_out_naming_a_file_is_one_line(tmp_path: Path, premade_store) -> 
                           cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     (line,) = proc.stderr.strip().splitlines()
-    assert line.startswith("lrtrack.report: error: --out 'taken/report'") and "is a file, not a folder" in line
+    assert line.startswith("lrtrack: error: --out 'taken/report'") and "is a file, not a folder" in line

@@ -102,7 +102,7 @@ def test_report_and_deliver_refuse_bad_arguments_in_one_line(tmp_path: Path, mon
     monkeypatch.chdir(tmp_path)
     assert report(["--tracking-uri", "garbage://x", "some-run"]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith("lrtrack.report: error: tracking URI 'garbage://x' is not supported") and \
+    assert line.startswith("lrtrack: error: tracking URI 'garbage://x' is not supported") and \
         line.endswith("(set --tracking-uri)")
     for bad in ("nan", "-5", "soon"):
         with pytest.raises(SystemExit) as stopped:

@@ -166,3 +166,14 @@ def test_tracebacks_are_masked_in_log_lines_and_when_a_bug_ends_the_process() ->
     assert "ERROR:x:delivery failed\nTraceback (most recent call last):" in proc.stderr
     assert "ConnectionError: cannot reach http://***@store:5000/api" in proc.stderr
     assert proc.stderr.rstrip().endswith("RuntimeError: a bug while talking to https://***@store/")
+
+
+@pytest.mark.parametrize(("text", "shown"), [
+    # A quoted value after "=" is no key: the word after it is not a secret.
+    ("train.resume='xpasswdx': no such MLflow run", "train.resume='xpasswdx': no such MLflow run"),
+    ("{'password': 'abc', 'api_key': 'k'}", "{'password': '***', 'api_key': '***'}"),
+    ('"token": "zz"', '"token": "***"'),
+    ("--db-password=s3 y", "--db-password=*** y"),
+])
+def test_keyed_secrets_are_masked_and_quoted_values_are_not_taken_for_keys(text: str, shown: str) -> None:
+    assert redact(text) == shown

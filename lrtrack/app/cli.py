@@ -21,6 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from lrtrack.app.commandline import arranged, condensed, override_problems
 from lrtrack.app.config import ConfigError, config_dir, register_configs, validate
 from lrtrack.app.guard import discard_refused_job_folder, guard_process, protect, stop_line
 from lrtrack.tracking.redact import redact
@@ -85,28 +86,6 @@ def task(cfg: DictConfig) -> float | None:
         fail(f"interrupted; the runs so far are kept in MLflow (status KILLED){resume}", EXIT_INTERRUPTED)
 
 
-def condensed(error: BaseException) -> str:
-    """Hydra's multi-line composition error (and its cause) as one line."""
-    parts: list[str] = []
-    text = str(error) + ("\n" + str(error.__cause__) if error.__cause__ is not None else "")
-    skipping_paths = False
-    for raw in text.splitlines():
-        line = raw.strip()
-        if line.startswith("Config search path"):
-            skipping_paths = True
-            continue
-        if (skipping_paths and line.startswith("provider=")) or not line:
-            continue
-        skipping_paths = False
-        if line.startswith(("reference_type=", "object_type=")) or "HYDRA_FULL_ERROR" in line:
-            continue
-        if parts and raw.startswith("\t") and ("Available options" in parts[-1]):
-            parts[-1] += (" " if parts[-1].endswith(":") else ", ") + line
-        else:
-            parts.append(line.rstrip("."))
-    return "; ".join(parts)
-
-
 _job_started = False
 
 
@@ -139,10 +118,12 @@ def main() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     app = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")(task)
     from lrtrack.app.conffiles import config_file_problems
-    (problems := config_file_problems(sys.argv[1:])) and fail(problems)  # YAML errors, alias bombs: before Hydra
+    sys.argv[1:] = arranged(sys.argv[1:])  # Hydra's flags first: `+model=x -m` means what it says
+    problems = override_problems(sys.argv[1:], config_dir()) + config_file_problems(sys.argv[1:])
+    problems and fail(problems)  # a group set to null, YAML errors, alias bombs: before Hydra
     try:
         app()
-    except (HydraException, OmegaConfBaseException, YAMLError) as err:  # (Hydra's missing config is an OSError)
+    except (HydraException, OmegaConfBaseException, YAMLError, ValueError) as err:  # (a missing config: OSError)
         if _job_started:
             raise  # raised while a job ran: a bug, keep the traceback
         fail(condensed(err))

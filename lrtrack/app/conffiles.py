@@ -54,6 +54,10 @@ def config_file_problems(argv: list[str]) -> list[str]:
             problems.append(f"override {key[:50]}...={arg.split('=', 1)[1][:20]!r}: the key has {len(key)} "
                             f"characters, more than the {MAX_KEY} MLflow allows in a param name (each setting is "
                             "logged as one): use a shorter key")
+    for arg in argv:  # a search path entry that is not there: Hydra only warns, and the user's configs are not read
+        if arg.lstrip("+").startswith("hydra.searchpath="):
+            problems += [f"hydra.searchpath: no folder {folder} (an entry is file://<folder> or pkg://<package>); "
+                         "fix the path or drop the entry" for folder in config_folders([arg]) if not folder.is_dir()]
     for folder in config_folders(argv):
         if folder.is_dir():
             problems += [p for p in (yaml_problem(path) for path in _yaml_files(folder)) if p]

@@ -79,7 +79,23 @@ def stop_line(err: BaseException) -> tuple[str, int]:
         where = Path(err.filename).parent if err.filename else _folder_of(err) or "the output folder"
         return (f"the disk holding {where} is full ({err.strerror}): free some space, or run with "
                 "hydra.run.dir=<a folder on another disk>"), 1
+    if isinstance(err, OSError) and _in_hydra_setup(err):  # the output folder cannot be made: before any run
+        where = err.filename or _folder_of(err) or "the output folder"
+        return (f"cannot create the job's output folder {where} ({err.strerror or err}): choose a "
+                "folder you can write, hydra.run.dir=<folder> (hydra.sweep.dir=<folder> with -m)"), 2
     raise err
+
+
+def _in_hydra_setup(err: BaseException) -> bool:
+    """Raised by Hydra itself (making the output folder, saving the config), not inside a job's task."""
+    tb, hydra_frames = err.__traceback__, False
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code.co_name == "task" and code.co_filename.endswith(str(Path("lrtrack", "app", "cli.py"))):
+            return False
+        hydra_frames = hydra_frames or f"{os.sep}hydra{os.sep}" in code.co_filename
+        tb = tb.tb_next
+    return hydra_frames
 
 
 def _folder_of(err: BaseException) -> str | None:

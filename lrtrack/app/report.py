@@ -9,7 +9,6 @@ drawn by :mod:`lrtrack.engine.plots`; no Hydra, and the matplotlib backend is le
 
 from __future__ import annotations
 
-import argparse
 import html
 import logging
 import math
@@ -24,6 +23,7 @@ from lrtrack.app.summary import job_row, rows_to_csv, summary_columns
 from lrtrack.engine import plots
 from lrtrack.engine.suggest import RULES
 from lrtrack.tracking import layout, records
+from lrtrack.tracking.deliver import OneLineParser
 from lrtrack.tracking.redact import install_log_redaction, redact
 
 if TYPE_CHECKING:
@@ -212,7 +212,7 @@ def _page(client: MlflowClient, target: Target, rows: Sequence[dict[str, Any]], 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m lrtrack.report TARGET --out DIR``; returns the exit status (2 on a user error)."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m lrtrack.report",
         description="Compare lrtrack's exploratory and final runs: one HTML page with PNGs.")
     parser.add_argument("target", help="an MLflow experiment name (or id), a sweep run id or a pipeline run id")
@@ -224,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-        print(f"lrtrack.report: error: no MLflow store at {redact(uri)}; pass --tracking-uri or run from the folder "
+        print(f"lrtrack: error: no MLflow store at {redact(uri)}; pass --tracking-uri or run from the folder "
               "holding mlflow.db", file=sys.stderr)
         return 2
     from lrtrack.tracking.store import TrackingUnavailable, preflight, read_client
@@ -232,22 +232,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         preflight(uri, setting="--tracking-uri", off_switch=None)  # one line, before MLflow's traceback
     except TrackingUnavailable as err:
-        print(f"lrtrack.report: error: {err}", file=sys.stderr)
+        print(f"lrtrack: error: {err}", file=sys.stderr)
         return 2
 
     out = Path(args.out)
     taken = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
     if taken is not None:
-        print(f"lrtrack.report: error: --out {args.out!r}: {taken} is a file, not a folder; name a folder to write "
+        print(f"lrtrack: error: --out {args.out!r}: {taken} is a file, not a folder; name a folder to write "
               "the report into (it is created)", file=sys.stderr)
         return 2
     try:
         page = write_report(read_client(uri), args.target, args.out)
     except ValueError as err:
-        print(f"lrtrack.report: error: {redact(str(err))}", file=sys.stderr)
+        print(f"lrtrack: error: {redact(str(err))}", file=sys.stderr)
         return 2
     except OSError as err:  # a folder that cannot be written (read-only, a full disk)
-        print(f"lrtrack.report: error: --out {args.out!r}: cannot write the report there ({err.strerror or err}); "
+        print(f"lrtrack: error: --out {args.out!r}: cannot write the report there ({err.strerror or err}); "
               "name a writable folder", file=sys.stderr)
         return 2
     print(f"wrote {page}")

@@ -175,6 +175,7 @@ class SweepCallback(Callback):
             TrackingUnavailable,
             check_experiment,
             open_store,
+            preflight,
         )
 
         self.started = time.monotonic()
@@ -188,7 +189,8 @@ class SweepCallback(Callback):
                 keys.append(override_key(str(key)))
                 overrides.append(f"{key}={value}")
         name = _experiment_name(config)
-        try:  # MLflow's name limits; a deleted experiment is refused (one line), not restored
+        try:  # the store as a single job checks it; MLflow's name limits; a deleted experiment refused, not restored
+            preflight(uri)
             check_experiment(uri, name)
         except (TrackingUnavailable, DeletedExperiment) as err:
             print(f"lrtrack: error: {err}", file=sys.stderr)
@@ -197,7 +199,14 @@ class SweepCallback(Callback):
         launcher = str(OmegaConf.select(config, "hydra.runtime.choices.hydra/launcher") or "basic")
         swept = [o for o in overrides if override_key(o) in keys]
         sweep_dir = str(OmegaConf.select(config, "hydra.sweep.dir"))
-        self.tracker = Tracker(uri, name, spool_dir=Path(sweep_dir).resolve() / "tracking-spool")
+        from lrtrack.tracking.journal import JournalError
+
+        try:  # (Hydra turns a callback's exception into a warning and sweeps on: say it and stop here)
+            self.tracker = Tracker(uri, name, spool_dir=Path(sweep_dir).resolve() / "tracking-spool")
+        except JournalError as err:
+            print(f"lrtrack: error: {err} (the sweep's journal is in hydra.sweep.dir={sweep_dir}: choose a folder "
+                  "you can write)", file=sys.stderr)
+            sys.exit(2)
         self.sweep_dir = Path(sweep_dir).resolve()
         run_id = new_run_id()
         self.run = layout.start_sweep_run(

@@ -21,6 +21,7 @@ import argparse
 import math
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from lrtrack.tracking.drain import Control, drain
 from lrtrack.tracking.journal import (
@@ -69,6 +70,14 @@ def deliver_journal(path: str | Path, *, tracking_uri: str | None = None, timeou
         journal.close()
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A command's bad arguments as one ``lrtrack: error:`` line (argparse prints its usage block
+    first), naming ``--help`` for the rest; exit 2 as argparse does."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"lrtrack: error: {self.prog}: {message}; see {self.prog} --help\n")
+
+
 def _seconds(text: str) -> float:
     """``--timeout``: a finite number of seconds >= 0 (argparse turns the error into one line, exit 2)."""
     try:
@@ -82,7 +91,7 @@ def _seconds(text: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     """The command; returns the exit status."""
-    parser = argparse.ArgumentParser(prog=DELIVER_COMMAND, description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog=DELIVER_COMMAND, description=__doc__.split("\n\n")[0])
     parser.add_argument("path", help="a journal folder, or a folder to search for journals")
     parser.add_argument("--tracking-uri", default=None, help="the store (default: the one the journal recorded)")
     parser.add_argument("--timeout", type=_seconds, default=60.0, help="seconds to wait for the store (default 60)")

@@ -30,7 +30,10 @@ _URL = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<rest>[^\s'\"<>]
 # user:pa/ss@host: a colon not followed by a port ends the user; the password runs to the last @.
 _USER_COLON = re.compile(r"^[^/?#@]*:(?!\d*(?:[/?#]|$))")
 _QUERY = re.compile(rf"(?i)(?P<key>[?&;][^=&\s#]*(?:{_WORDS})[^=&\s#]*=)(?P<value>[^&\s#]*)")
-_KEYED = re.compile(rf"(?i)(?P<key>(?<![\w?&;])[\w.\-+~/]*(?:{_WORDS})[\w.\-]*(?P<q>['\"]?)(?:=|:[ \t]+))"
+# A key starts after a space, a brace or a comma, quoted or not; not after "=": in "train.resume='xpasswdx':
+# no such run" the quoted text is a value, and "no" is not a secret.
+_KEYED = re.compile(rf"(?i)(?P<key>(?:(?<![\w?&;=])['\"]|(?<![\w?&;='\"]))[\w.\-+~/]*(?:{_WORDS})[\w.\-]*"
+                    rf"(?P<q>['\"]?)(?:=|:[ \t]+))"
                     rf"(?P<value>'[^']*'|\"[^\"]*\"|[^\s,;}}\]]+)")
 _NUMBER = re.compile(r"^[+-]?\d+(?:\.\d*)?(?:e[+-]?\d+)?$", re.IGNORECASE)
 _LITERALS: set[str] = set()

@@ -85,11 +85,14 @@ def preflight(uri: str, timeout_s: float = 10.0, *, setting: str = "tracking.tra
 def _preflight(uri: str, timeout_s: float) -> None:
     scheme = uri.split(":", 1)[0].lower() if ":" in uri else ""
     base = scheme.split("+", 1)[0]
+    if base in ("http", "https", *DB_SCHEMES):
+        _check_url_syntax(uri)
     if base == "sqlite":
         _check_sqlite(uri)
     elif base in ("http", "https"):
         _check_http(uri, timeout_s)
     elif base in DB_SCHEMES:
+        _check_db_driver(uri)
         _check_socket(uri, DB_SCHEMES[base], timeout_s)
     elif base == "databricks":
         return
@@ -221,6 +224,33 @@ def _check_http_reply(shown: str, status: int, text: str, uri: str) -> None:
     except ValueError as err:
         raise TrackingUnavailable(f"{shown} answers but is not an MLflow tracking server (its reply is not JSON): "
                                   f"{_where(uri)} to the server's base URL") from err
+
+
+def _check_url_syntax(uri: str) -> None:
+    """A port that is no number or out of range, a bracket left open: urllib raises on reading it."""
+    try:
+        parts = urlsplit(uri)
+        parts.port  # noqa: B018 - reading it is the check
+    except ValueError as err:
+        raise TrackingUnavailable(f"tracking URI {redact(uri)!r} is not a valid URL ({err}): use {ALLOWED_FORMS} "
+                                  f"({_where(uri)})") from None
+
+
+def _check_db_driver(uri: str) -> None:
+    """MLflow opens a database store through SQLAlchemy, which needs the database's Python driver:
+    without it the job would run to its end and its records wait undelivered."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        make_url(uri).get_dialect().import_dbapi()
+    except ImportError as err:
+        missing = getattr(err, "name", None) or str(err)
+        raise TrackingUnavailable(f"tracking database {redact(uri)}: its Python driver {missing!r} is not "
+                                  f"installed: pip install it (e.g. psycopg[binary] for postgresql, mysqlclient "
+                                  f"or pymysql with mysql+pymysql://), or {_where(uri)}") from None
+    except Exception as err:  # SQLAlchemy cannot read the URL or knows no such dialect
+        raise TrackingUnavailable(f"tracking database URI {redact(uri)!r} cannot be used ({redact(str(err))}): "
+                                  f"use {ALLOWED_FORMS} ({_where(uri)})") from None
 
 
 def _check_socket(uri: str, default_port: int, timeout_s: float) -> None:

@@ -1,0 +1,98 @@
+"""The command line before Hydra sees it, and Hydra's composition errors as one line.
+
+Hydra's parser takes its flags (``-m``, ``--config-dir DIR``, ``--cfg job``) before the
+overrides only: ``python -m lrtrack +model=mnist_cnn -m`` ends in argparse's usage block.
+:func:`arranged` moves the flags first, keeping their order and the overrides' order, so the
+command means what it says. :func:`override_problems` refuses what composition would turn into a
+traceback: a config group set to ``null``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def arranged(argv: list[str]) -> list[str]:
+    """``argv`` with Hydra's flags (and their values) before the overrides; unchanged when it
+    already parses, or when it does not parse either way (Hydra then says why)."""
+    from hydra._internal.utils import get_args_parser
+
+    parser = get_args_parser()
+    parser.exit_on_error = False
+    try:
+        _, unknown = parser.parse_known_args(argv)
+        if not unknown:
+            return argv
+        _, unknown = parser.parse_known_intermixed_args(argv)
+    except Exception:  # argparse's own error (a flag missing its value): Hydra reports it
+        return argv
+    if unknown:
+        return argv
+    flags, overrides = _split(argv, parser)
+    return flags + overrides
+
+
+def _split(argv: list[str], parser: object) -> tuple[list[str], list[str]]:
+    """The flags with their values, and the overrides, each in the order given."""
+    takes_value = {}
+    for action in parser._actions:  # type: ignore[attr-defined]
+        for option in action.option_strings:
+            takes_value[option] = action.nargs
+    flags: list[str] = []
+    overrides: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        name = arg.split("=", 1)[0]
+        if arg.startswith("-") and name in takes_value:
+            flags.append(arg)
+            nargs = takes_value[name]
+            has_value = "=" in arg
+            if not has_value and nargs is None and i + 1 < len(argv):  # --config-dir DIR
+                flags.append(argv[i + 1])
+                i += 1
+            elif not has_value and nargs == "?" and i + 1 < len(argv) and not argv[i + 1].startswith("-") \
+                    and "=" not in argv[i + 1]:  # --info config
+                flags.append(argv[i + 1])
+                i += 1
+        else:
+            overrides.append(arg)
+        i += 1
+    return flags, overrides
+
+
+def override_problems(argv: list[str], conf_dir: Path) -> list[str]:
+    """One line per override composition would fail on with a traceback: a group set to null."""
+    problems = []
+    groups = {p.name for p in conf_dir.iterdir() if p.is_dir()} if conf_dir.is_dir() else set()
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        group = key.lstrip("+")
+        if sep and not arg.startswith("-") and group in groups and value.strip().lower() in ("null", "none", "~"):
+            options = sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
+            problems.append(f"{group}={value} is invalid: a config group takes one of its options "
+                            f"({', '.join(options)}), not null; choose one, e.g. "
+                            f"{group}={options[0] if options else '<name>'}")
+    return problems
+
+
+def condensed(error: BaseException) -> str:
+    """Hydra's multi-line composition error (and its cause) as one line."""
+    parts: list[str] = []
+    text = str(error) + ("\n" + str(error.__cause__) if error.__cause__ is not None else "")
+    skipping_paths = False
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("Config search path"):
+            skipping_paths = True
+            continue
+        if (skipping_paths and line.startswith("provider=")) or not line:
+            continue
+        skipping_paths = False
+        if line.startswith(("reference_type=", "object_type=")) or "HYDRA_FULL_ERROR" in line:
+            continue
+        if parts and raw.startswith("\t") and ("Available options" in parts[-1]):
+            parts[-1] += (" " if parts[-1].endswith(":") else ", ") + line
+        else:
+            parts.append(line.rstrip("."))
+    return "; ".join(parts)
