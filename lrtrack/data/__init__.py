@@ -27,7 +27,6 @@ from __future__ import annotations
 import gzip
 import logging
 import math
-import pickle
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -431,36 +430,6 @@ def build_data(name: str = "mnist", **settings: Any) -> DataBundle:
 # --------------------------------------------------------------------------- a tensors file
 
 
-def _load_arrays(path: Path) -> Mapping[str, Any]:
-    if path.suffix == ".npz":
-        import numpy as np
-
-        with np.load(path, allow_pickle=False) as npz:
-            return {k: torch.from_numpy(npz[k].copy()) for k in npz.files}
-    loaded = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(loaded, Mapping):
-        raise DataUnavailableError(
-            f"data.path={str(path)!r} holds a {type(loaded).__name__}, not a dict: save it with "
-            "torch.save({'x_train': ..., 'y_train': ..., 'x_val': ..., 'y_val': ...}, path)")
-    return loaded
-
-
-def _as_input(x: Any) -> torch.Tensor:
-    """Floating inputs as float32 (float64 halves the speed for nothing); integer inputs keep their
-    dtype (token ids for an ``nn.Embedding``), bools become float32 (a mask as 0/1 features)."""
-    x = torch.as_tensor(x)
-    if x.dtype == torch.float64 or x.dtype == torch.bool:
-        return x.float()
-    return x
-
-
-def _as_target(y: Any) -> torch.Tensor:
-    y = torch.as_tensor(y)
-    if y.dtype == torch.bool or y.dtype == torch.float64:
-        return y.float()
-    return y if y.is_floating_point() else y.long()
-
-
 def tensors(path: str | Path, *, batch_size: int = 64, val_batch_size: int = 256, in_memory: bool = True,
             num_workers: int = 0, seed: int = 0) -> DataBundle:
     """Arrays from one file (``data=tensors data.path=FILE``): ``x_train``, ``y_train``, ``x_val``, ``y_val``.
@@ -471,7 +440,8 @@ def tensors(path: str | Path, *, batch_size: int = 64, val_batch_size: int = 256
     float (float32: regression or multi-label). The batches are ``(x, y)`` pairs.
 
     Raises:
-        DataUnavailableError: the file is missing, of another kind, or lacks a key.
+        DataUnavailableError: the file is missing, of another kind, lacks a key, or holds what is not
+            rows of real numbers (:mod:`lrtrack.data.tensorfile`).
     """
     path = Path(path)
     if not path.is_file():
@@ -480,30 +450,11 @@ def tensors(path: str | Path, *, batch_size: int = 64, val_batch_size: int = 256
     if path.suffix not in (".pt", ".pth", ".npz"):
         raise DataUnavailableError(f"data.path={str(path)!r} is not a .pt or .npz file: save x_train, y_train, "
                                    "x_val, y_val with torch.save({...}, 'data.pt') or numpy.savez('data.npz', ...)")
-    try:
-        arrays = _load_arrays(path)
-    except pickle.UnpicklingError as err:
-        raise DataUnavailableError(
-            f"data.path={str(path)!r} holds objects torch.load(weights_only=True) refuses (numpy arrays?): save "
-            "torch tensors (torch.from_numpy(a)) in the dict, or the arrays with numpy.savez to a .npz") from err
-    except Exception as err:  # torch.load on a file that is not one fails in many ways (IndexError, EOFError ...)
-        raise DataUnavailableError(f"data.path={str(path)!r} cannot be read as a {path.suffix} file "
-                                   f"({type(err).__name__}: {_one_line(err)}); save it again") from err
-    missing = [k for k in ("x_train", "y_train", "x_val", "y_val") if k not in arrays]
-    if missing:
-        raise DataUnavailableError(f"data.path={str(path)!r} has no {', '.join(missing)} (it holds "
-                                   f"{', '.join(sorted(arrays)) or 'nothing'}); it needs x_train, y_train, x_val, y_val")
-    complex_keys = [k for k in ("x_train", "y_train", "x_val", "y_val") if torch.as_tensor(arrays[k]).is_complex()]
-    if complex_keys:  # casting would drop the imaginary part silently
-        raise DataUnavailableError(f"data.path={str(path)!r}: {', '.join(complex_keys)} "
-                                   f"{'holds' if len(complex_keys) == 1 else 'hold'} complex numbers: give real "
-                                   "values (e.g. torch.view_as_real(x): real and imaginary parts as 2 features)")
-    tx, vx = _as_input(arrays["x_train"]), _as_input(arrays["x_val"])
-    ty, vy = _as_target(arrays["y_train"]), _as_target(arrays["y_val"])
-    for split, x, y in (("train", tx, ty), ("val", vx, vy)):
-        if len(x) != len(y):
-            raise DataUnavailableError(f"data.path={str(path)!r}: x_{split} has {len(x)} rows but y_{split} {len(y)}")
-    num_classes = int(max(ty.max(), vy.max())) + 1 if not ty.is_floating_point() and len(ty) else None
+    from lrtrack.data.tensorfile import read_tensor_file  # its checks, one line each
+
+    tx, ty, vx, vy = read_tensor_file(path)
+    integer = not (ty.is_floating_point() or vy.is_floating_point())
+    num_classes = int(max(ty.max(), vy.max())) + 1 if integer else None
     source = f"tensors file {path.resolve()} (x_train {_shape(tx)}, y_train {_shape(ty)}, x_val {_shape(vx)})"
     return _tensor_bundle("tensors", source, (tx, ty), (vx, vy), batch_size=batch_size, val_batch_size=val_batch_size,
                           in_memory=in_memory, seed=seed, num_workers=num_workers, num_classes=num_classes)
