@@ -167,6 +167,7 @@ def run_cli_here(args: list[str], cwd: Path) -> CliRun:
     try:
         os.chdir(cwd)
         sys.argv = [str(Path(cli.__file__).with_name("__main__.py")), *args]
+        sys.path.insert(0, str(cwd))  # as `python -m` does: the launch folder's modules import (a user's _target_)
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
             warnings.resetwarnings()
             for action, category, module in reversed(_DEFAULT_WARNING_FILTERS):

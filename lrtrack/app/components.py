@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
+from lrtrack.app import kinds
 from lrtrack.app.config import component_error, model_memory_problem
 from lrtrack.tracking.layout import ERROR_TAG, DataInfo, error_message
 
@@ -164,26 +165,32 @@ class ComponentBuilder:
         self._import_from_launch_dir()
         seed_everything(self.cfg.seed)
         data = self._data()
-        model = self._build("model", lambda built: built)
+        model = self._build("model", lambda built: self._checked(kinds.model_problem, "model", built))
         problem = model_memory_problem(self.cfg, sum(p.numel() * p.element_size() for p in model.parameters()))
         if problem:
             raise UserError(problem)
-        optimizer = self._build("optimizer", lambda partial: partial(model.parameters()))
-        criterion = self._build("criterion", lambda built: built)
+        optimizer = self._build("optimizer", lambda factory: self._checked(
+            kinds.optimizer_problem, "optimizer",
+            self._checked(kinds.optimizer_factory_problem, "optimizer", factory)(model.parameters())))
+        criterion = self._build("criterion", lambda built: self._checked(
+            lambda target, obj: kinds.callable_problem("criterion", target, obj), "criterion", built))
         step, metric = self._step(), self._metric()
-        notes = self.check_first_batch(data, model, criterion, step)
+        notes = self.check_first_batch(data, model, criterion, step, metric)
         info = DataInfo(data.name, data.source, data.fell_back)
         return Components(data, model, optimizer, criterion, tracker, info, step=step, metric=metric,
                           data_notes=notes)
 
-    def check_first_batch(self, data: Any, model: Any, criterion: Any, step: Any) -> list[str]:
+    def check_first_batch(self, data: Any, model: Any, criterion: Any, step: Any, metric: Any = None) -> list[str]:
         """Run the model once on the first training batch (eval mode, no gradients, data order and
         RNG untouched) and stop before any run starts when model, loss and data cannot train
         together: logits given to ``nll``, probabilities to ``cross_entropy``, class counts or
-        shapes that cannot match, dict batches without a ``step``, a loss that is not a scalar.
-        The whole data is checked where that is cheap (:func:`lrtrack.data.checks.check_data`):
-        returns its notes (what a range test's curve may be blamed on)."""
+        shapes that cannot match, dict batches without a ``step``, a loss that is not a scalar; then
+        the validation ``metric`` on that batch's outputs and targets (it must give a finite number:
+        :func:`lrtrack.engine.metric_check.metric_problem`). The whole data is checked where that is
+        cheap (:func:`lrtrack.data.checks.check_data`): returns its notes (what a range test's curve
+        may be blamed on)."""
         from lrtrack.data import peek
+        from lrtrack.engine.metric_check import metric_problem
         from lrtrack.engine.steps import move_to_device, resolve_device
         from lrtrack.engine.tasks import first_batch_problem
 
@@ -198,6 +205,9 @@ class ComponentBuilder:
                                       num_classes=data.num_classes)
         if problem is not None:
             raise UserError(f"first batch: {problem}")
+        problem = metric_problem(metric, model, batch, criterion=None if step is not None else criterion, step=step)
+        if problem is not None:
+            raise UserError(f"metric._target_={self.cfg.metric.get('_target_')} {problem}")
         return notes
 
     def _check_data(self, data: Any, model: Any, batch: Any, criterion: Any) -> list[str]:
@@ -270,18 +280,25 @@ class ComponentBuilder:
                 if node.get(key) is not None and not Path(str(node[key])).is_absolute():
                     settings[key] = str(self.job.launch_dir / str(node[key]))
         try:
-            return as_bundle(instantiate(node, **settings), self.job.choices.get("data") or target.rsplit(".", 1)[-1])
+            built = instantiate(node, **settings)
         except DataUnavailableError as err:
             raise UserError(str(err)) from err
         except (InstantiationException, ValueError, TypeError) as err:
             if isinstance(err.__cause__, DataUnavailableError):
                 raise UserError(str(err.__cause__)) from err
             raise UserError(component_error("data", node, err)) from err
+        try:
+            return as_bundle(built, self.job.choices.get("data") or target.rsplit(".", 1)[-1])
+        except TypeError as err:  # not loaders: say what the target built
+            raise UserError(f"data._target_={target} {err}") from err
 
     def _step(self) -> Any:
         """The ``step`` setting: None (the criterion on (inputs, targets)) or a (model, batch) -> loss."""
         node = self.cfg.get("step")
-        return self._callable("step", node) if node else None
+        if not node:
+            return None
+        return self._checked(lambda target, built: kinds.callable_problem("step", target, built), "step",
+                             self._callable("step", node))
 
     def _metric(self) -> Any:
         """The ``metric`` setting as a validation metric (:func:`lrtrack.engine.tasks.as_metric`); None: loss only."""
@@ -290,7 +307,7 @@ class ComponentBuilder:
         node = self.cfg.get("metric")
         if not node:
             return None
-        built = self._callable("metric", node)
+        built = self._checked(kinds.metric_problem, "metric", self._callable("metric", node))
         name = None if hasattr(built, "name") else self.job.choices.get("metric")
         try:
             return as_metric(built, name=name)
@@ -316,6 +333,13 @@ class ComponentBuilder:
             return instantiate(node, _partial_=partial)
         except (InstantiationException, ValueError, TypeError) as err:
             raise UserError(component_error(group, node, err)) from err
+
+    def _checked(self, problem_of: Any, group: str, built: Any) -> Any:
+        """``built`` when it is what ``group`` needs (:mod:`lrtrack.app.kinds`), else a UserError naming it."""
+        problem = problem_of(str(self.cfg[group].get("_target_")), built)
+        if problem is not None:
+            raise UserError(problem)
+        return built
 
     def _import_from_launch_dir(self) -> None:
         """Make modules in the launch folder importable by ``_target_`` (``python -m`` puts the

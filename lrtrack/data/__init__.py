@@ -508,27 +508,41 @@ def as_bundle(built: Any, name: str) -> DataBundle:
     """What a data ``_target_`` returned, as a :class:`DataBundle`.
 
     Accepts a bundle, a ``(train, val)`` pair of loaders (``val`` may be None) or a mapping
-    with ``train`` and ``val``; ``name`` labels the last two.
+    with ``train`` and ``val``; ``name`` labels the last two. A loader is any iterable of batches.
 
     Raises:
-        TypeError: anything else, with what to return instead.
+        TypeError: anything else, with what to return instead (``returned an int, not ...``: the
+            caller names the target).
     """
     if isinstance(built, DataBundle):
-        return built
-    if isinstance(built, Mapping) and "train" in built:
+        train, val = built.train, built.val
+    elif isinstance(built, Mapping) and "train" in built:
         train, val = built["train"], built.get("val")
     elif isinstance(built, Sequence) and not isinstance(built, (str, bytes)) and len(built) == 2:
         train, val = built
     else:
-        raise TypeError(f"the data target returned a {type(built).__name__}; return a (train_loader, val_loader) pair, "
+        raise TypeError(f"returned {_article(built)}, not data loaders: return a (train_loader, val_loader) pair, "
                         "a dict with train and val, or a lrtrack.data.DataBundle (or use "
                         "_target_: lrtrack.data.datasets with train/val Datasets)")
     for split, loader in (("train", train), ("val", val)):
         if isinstance(loader, Dataset) and not isinstance(loader, DataLoader):
-            raise TypeError(f"the data target returned a Dataset as {split}; wrap it in a DataLoader, or use "
+            raise TypeError(f"returned a Dataset as {split}; wrap it in a DataLoader, or use "
                             "_target_: lrtrack.data.datasets with train/val Datasets")
+        if (loader is not None or split == "train") and (not isinstance(loader, Iterable)
+                                                         or isinstance(loader, (str, bytes, Mapping))):
+            raise TypeError(f"returned {_article(loader)} as {split}, not a loader (an iterable of batches, e.g. "
+                            "a torch.utils.data.DataLoader)" + ("; val may be None" if split == "val" else ""))
+    if isinstance(built, DataBundle):
+        return built
     return DataBundle(train, val, name, num_train=_length(getattr(train, "dataset", None)),
                       num_val=_length(getattr(val, "dataset", None)), source=f"user loaders ({name})")
+
+
+def _article(obj: Any) -> str:
+    if obj is None:
+        return "None"
+    kind = type(obj).__name__
+    return f"{'an' if kind[:1].lower() in 'aeiou' else 'a'} {kind}"
 
 
 def peek(loader: Iterable[Any]) -> Any:

@@ -90,7 +90,11 @@ class BatchMean:
         self.samples = 0
 
     def update(self, outputs: Any, targets: Any) -> None:
-        value = torch.as_tensor(self.fn(outputs, targets)).detach().double()
+        value = self.fn(outputs, targets)
+        problem = metric_value_problem(value)
+        if problem is not None:
+            raise TypeError(f"the metric {self.name} {problem}")
+        value = torch.as_tensor(value).detach().double().reshape(())
         size = int(targets.shape[0]) if isinstance(targets, torch.Tensor) and targets.dim() else 1
         self.total = value * size if self.total is None else self.total + value * size
         self.samples += size
@@ -99,7 +103,33 @@ class BatchMean:
         return None if self.total is None or not self.samples else float(self.total) / self.samples
 
 
-class _Stateful:
+def metric_value_problem(value: Any, *, many: bool = False) -> str | None:
+    """What is wrong with a metric's value for one batch (``returned None, not a number ...``), or None
+    when it is a real number: a Python or numpy number, or a real tensor of one element (``many``:
+    of any number of elements, averaged, as :class:`StatefulMetric` does). Finiteness is not checked (it
+    would wait for the device every batch); the first-batch check does (:mod:`lrtrack.engine.metric_check`)."""
+    import numbers
+
+    if isinstance(value, numbers.Real):  # bools too: 0 or 1 (a share once averaged)
+        return None
+    if hasattr(value, "dtype") and hasattr(value, "shape") and not isinstance(value, torch.Tensor):  # numpy
+        try:
+            value = torch.as_tensor(value)
+        except (TypeError, RuntimeError, ValueError):
+            return f"returned an array of {value.dtype}, not a number"
+    if not isinstance(value, torch.Tensor):
+        kind = type(value).__name__
+        shown = "None" if value is None else f"{'an' if kind[:1].lower() in 'aeiou' else 'a'} {kind}"
+        return f"returned {shown}, not a number"
+    what = f"a tensor {tuple(value.shape)} {str(value.dtype).replace('torch.', '')}"
+    if value.is_complex():
+        return f"returned {what}, not a real number"
+    if value.numel() == 0 or (value.numel() != 1 and not many):
+        return f"returned {what}, not one number: average over the batch (e.g. reduction='mean')"
+    return None
+
+
+class StatefulMetric:
     """An object with ``update``/``compute``/``reset`` (torchmetrics) under a ``name``."""
 
     def __init__(self, metric: Any, name: str | None) -> None:
@@ -141,12 +171,12 @@ def as_metric(metric: Any, name: str | None = None) -> ValMetric | None:
         if metric != "accuracy":
             raise TypeError(f"metric={metric!r} is not known: pass 'accuracy', None, or a callable/metric object")
         return Accuracy()
-    if isinstance(metric, Accuracy | BatchMean | _Stateful):
+    if isinstance(metric, Accuracy | BatchMean | StatefulMetric):
         if name:
             metric.name = name
         return metric
     if all(hasattr(metric, a) for a in ("update", "compute", "reset")):
-        return _Stateful(metric, name)
+        return StatefulMetric(metric, name)
     if callable(metric):
         return BatchMean(metric, name)
     raise TypeError(f"metric must be 'accuracy', None, a callable fn(outputs, targets) or an object with "
@@ -352,4 +382,5 @@ def _check_classes(outputs: torch.Tensor, targets: torch.Tensor, criterion: Any,
     return None
 
 
-__all__ = ["Accuracy", "BatchMean", "ModelLoss", "ValMetric", "as_metric", "first_batch_problem"]
+__all__ = ["Accuracy", "BatchMean", "ModelLoss", "StatefulMetric", "ValMetric", "as_metric", "first_batch_problem",
+           "metric_value_problem"]
