@@ -177,3 +177,89 @@ def test_batches_padded_per_batch_are_not_a_shape_mismatch() -> None:
     other = [(torch.zeros(4, 1, 32, 32), torch.zeros(4, dtype=torch.long))]
     report = check_data(images, other, first_train=images[0], first_val=other[0], classes=10, classification=True)
     assert len(report.errors) == 1 and "(1, 32, 32)" in report.errors[0]
+
+
+def test_validation_that_is_the_training_data_is_a_warning() -> None:
+    x, y = _data()
+    train, val = InMemoryLoader(x, y, 16, seed=0), InMemoryLoader(x.clone(), y.clone(), 16, shuffle=False)
+    report = check_data(train, val, first_train=peek(train), first_val=peek(val), classes=10, classification=True)
+    assert report.errors == [] and report.warnings == [
+        "the validation data is the training data (the same samples): the validation loss then measures "
+        "memorisation, not how the model does on unseen data; give a separate validation split (for an image "
+        "folder: data.val_dir)"]
+    assert _check(x, y).warnings == []  # the first 32 rows only: not the same data
+
+
+def test_val_batches_past_the_validation_loader_is_a_warning() -> None:
+    from lrtrack.data.checks import val_batches_warning
+
+    x, y = _data(40)
+    val = InMemoryLoader(x, y, 16, shuffle=False)  # 3 batches
+    assert val_batches_warning(val, 0) is None and val_batches_warning(val, 3) is None
+    assert val_batches_warning(val, 50) == (
+        "finder.val_batches=50 but the validation data has only 3 batches of up to 16 samples: the range test "
+        "validates on those 3 batches alone; set finder.val_batches=3 to say so, or give more validation data")
+    assert val_batches_warning(None, 5) == (
+        "finder.val_batches=5 but the data has no validation loader: the range test records the training loss; "
+        "give validation data or set finder.val_batches=0")
+
+
+def _npz(path: Path, n_train: int, labels: object = None, n_val: int = 64) -> Path:
+    import numpy as np
+
+    g = np.random.default_rng(0)
+    np.savez(path, x_train=g.standard_normal((n_train, 1, 28, 28)).astype("float32"),
+             y_train=g.integers(0, 10, n_train) if labels is None else labels,
+             x_val=g.standard_normal((n_val, 1, 28, 28)).astype("float32"), y_val=g.integers(0, 10, n_val))
+    return path
+
+
+def _images(root: Path, split: str, per_class: dict[str, int]) -> None:
+    import numpy as np
+    from PIL import Image
+
+    g = np.random.default_rng(len(split))
+    for cls, count in per_class.items():
+        (root / split / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            Image.fromarray(g.integers(0, 255, (28, 28), dtype=np.uint8)).save(root / split / cls / f"{i}.png")
+
+
+ONE_SAMPLE = ("the training data holds one sample: every step of the range test sees it, so the curve shows how "
+              "fast one sample is memorised, not a learning rate for the data")
+SAME_DATA = ("the validation data is the training data (the same samples): the validation loss then measures "
+             "memorisation, not how the model does on unseen data; give a separate validation split (for an image "
+             "folder: data.val_dir)")
+
+
+@pytest.mark.slow
+def test_degenerate_data_is_a_visible_warning_naming_the_data(tmp_path: Path) -> None:
+    import numpy as np
+
+    _npz(tmp_path / "one_row.npz", 1)
+    _npz(tmp_path / "one_class.npz", 256, labels=np.full(256, 3))
+    _npz(tmp_path / "val_10.npz", 256, n_val=10)
+    _images(tmp_path / "one_image", "train", {"a": 1})
+    _images(tmp_path / "one_image", "val", {"a": 2})
+    _images(tmp_path / "same", "train", {"a": 4, "b": 4})
+    cases = {
+        "one row": (["data=tensors", "data.path=one_row.npz"], f"(data.path=one_row.npz): {ONE_SAMPLE}"),
+        "one class": (["data=tensors", "data.path=one_class.npz"],
+                      "(data.path=one_class.npz): every training label is 3 (a single class): the model can only "
+                      "learn to predict it, so the curve says little about the LR"),
+        "one image": (["data=imagefolder", "data.root=one_image"], f"(data.root=one_image): {ONE_SAMPLE}"),
+        "val_dir=train": (["data=imagefolder", "data.root=same", "data.val_dir=train"], f"(data.root=same): {SAME_DATA}"),
+        "val_dir=train streamed": (["data=imagefolder", "data.root=same", "data.val_dir=train", "data.in_memory=false"],
+                                   f"(data.root=same): {SAME_DATA}"),
+        "val_batches=50": (["data=tensors", "data.path=val_10.npz", "finder.val_batches=50"],
+                           "(data.path=val_10.npz): finder.val_batches=50 but the validation data has only 1 batch "
+                           "of up to 256 samples: the range test validates on it alone; set "
+                           "finder.val_batches=1 to say so, or give more validation data"),
+    }
+    for name, (args, expected) in cases.items():
+        proc = run_cli_here(["+model=mnist_cnn", "+experiment=smoke", "stage=range_test", "tracking.enabled=false",
+                             *args], tmp_path)
+        assert proc.returncode == 0, (name, proc.stderr[-2000:])
+        warnings = [line for line in proc.stdout.splitlines() if "[WARNING]" in line and "check the data" in line]
+        assert [w.split("[WARNING] - ", 1)[1] for w in warnings] == [f"WARNING, check the data {expected}"], (
+            name, proc.stdout[-3000:])

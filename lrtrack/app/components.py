@@ -217,7 +217,7 @@ class ComponentBuilder:
         from torch import nn
 
         from lrtrack.data import peek
-        from lrtrack.data.checks import check_data
+        from lrtrack.data.checks import check_data, val_batches_warning
 
         classification = isinstance(criterion, (nn.NLLLoss, nn.CrossEntropyLoss))
         first_val, classes = None, None
@@ -242,9 +242,18 @@ class ComponentBuilder:
                             num_train=data.num_train)
         if report.errors:
             raise UserError(f"data ({self.cfg.data.get('_target_')}): {'; '.join(report.errors)}")
-        for warning in report.warnings:
-            log.warning("data: %s", warning)
+        val_batches = val_batches_warning(data.val, int(self.cfg.finder.val_batches))
+        for warning in [*report.warnings, *([val_batches] if val_batches else [])]:
+            log.warning("WARNING, check the data (%s): %s", self._data_setting(), warning)
         return report.notes
+
+    def _data_setting(self) -> str:
+        """The setting that says which data this is: ``data.path=...``, ``data.root=...`` or ``data=<name>``."""
+        node = self.cfg.data
+        for key in ("path", "root"):
+            if node.get(key) is not None:
+                return f"data.{key}={node[key]}"
+        return f"data={self.job.choices.get('data') or node.get('_target_')}"
 
     def distribute(self, parts: Components) -> Components:
         """torchrun: the model in DistributedDataParallel, each rank on its shard of the data

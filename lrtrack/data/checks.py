@@ -7,7 +7,9 @@ against the training data's, whatever the loaders are. :func:`check_data` return
 
 - errors (one line each): complex inputs or targets, inf/NaN in any row, labels outside the
   model's classes, validation data of another shape or kind than the training data;
-- warnings: one training sample, a single class, inputs far from normalised;
+- warnings: one training sample, a single class, inputs far from normalised, validation data that
+  is the training data (the same tensors or image files); :func:`val_batches_warning`:
+  ``finder.val_batches`` past the validation loader's length;
 - notes: what the range test's curve may be blamed on (inputs far from normalised), quoted when no
   LR can be suggested.
 
@@ -189,7 +191,57 @@ def check_data(train: Iterable[Any], val: Iterable[Any] | None, *, first_train: 
             if problem:
                 report.errors.append(problem)
     _degenerate(report, held["training"], folder_targets(train), num_train, classification)
+    if val is not None and _same_data(train, val, held["training"], held["validation"]):
+        report.warnings.append("the validation data is the training data (the same samples): the validation loss "
+                               "then measures memorisation, not how the model does on unseen data; give a "
+                               "separate validation split (for an image folder: data.val_dir)")
     return report
+
+
+def _folder_samples(loader: Any) -> list[str] | None:
+    """The image files of an image-folder data set (also under a normalising wrapper), by real path."""
+    import os
+
+    ds = getattr(loader, "dataset", None)
+    for candidate in (ds, getattr(ds, "base", None)):
+        samples = getattr(candidate, "samples", None)
+        if isinstance(samples, list) and getattr(candidate, "classes", None) is not None:
+            return [os.path.realpath(path) for path, _ in samples]
+    return None
+
+
+def _same_data(train: Any, val: Any, held_train: tuple[torch.Tensor, torch.Tensor] | None,
+               held_val: tuple[torch.Tensor, torch.Tensor] | None) -> bool:
+    """Whether the validation data is the training data: the same tensors, or the same image files."""
+    if train is val:
+        return True
+    if held_train is not None and held_val is not None:
+        return all(t.shape == v.shape and t.dtype == v.dtype and (t is v or torch.equal(t, v))
+                   for t, v in zip(held_train, held_val))
+    files = _folder_samples(train)
+    return files is not None and files == _folder_samples(val)
+
+
+def val_batches_warning(val: Any, val_batches: int) -> str | None:
+    """``finder.val_batches`` beyond the validation loader's length (or with no validation data):
+    the range test validates on fewer batches than asked; None when it gets what it asked for."""
+    if val_batches <= 0:
+        return None
+    if val is None:
+        return (f"finder.val_batches={val_batches} but the data has no validation loader: the range test "
+                "records the training loss; give validation data or set finder.val_batches=0")
+    try:
+        available = len(val)
+    except TypeError:  # an iterable of unknown length
+        return None
+    if val_batches <= available:
+        return None
+    size = getattr(val, "batch_size", None)
+    per = f" of up to {size} samples" if isinstance(size, int) else ""
+    batches = f"{available} batch{'es' if available != 1 else ''}"
+    return (f"finder.val_batches={val_batches} but the validation data has only {batches}{per}: the range test "
+            f"validates on {'it' if available == 1 else f'those {batches}'} alone; set finder.val_batches={available} to say so, or give more "
+            "validation data")
 
 
 def _degenerate(report: DataReport, held: tuple[torch.Tensor, torch.Tensor] | None, folder: torch.Tensor | None,
