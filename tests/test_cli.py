@@ -54,8 +54,13 @@ def test_missing_model_prints_one_line_naming_the_models(tmp_path: Path) -> None
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ("finder.num_iter=abc", "lrtrack: error: Error merging override finder.num_iter=abc; Value 'abc' of type "
-                                "'str' could not be converted to Integer; full_key: finder.num_iter"),
+        ("finder.num_iter=abc", "lrtrack: error: finder.num_iter=abc is invalid: must be a whole number; allowed: "
+                                ">= 2 (a curve needs two points)"),
+        ("finder.num_iter=1e3", "lrtrack: error: finder.num_iter=1e3 is invalid: must be a whole number (1e3 is "
+                                "read as a float: write 1000); allowed: >= 2 (a curve needs two points)"),
+        ("progress=[1]", "lrtrack: error: progress=[1] is invalid: must be true or false"),
+        ("train.resume=[a,b]", "lrtrack: error: train.resume=[a,b] is invalid: must be one value, not a list or a "
+                               "mapping"),
         ("finder.bogus=1", "lrtrack: error: Could not override 'finder.bogus'; To append to your config use "
                            "+finder.bogus=1; Key 'bogus' not in 'FinderConfig'; full_key: finder.bogus"),
         ("optimizer=sgdd", "lrtrack: error: In 'config': Could not find 'optimizer/sgdd'; "

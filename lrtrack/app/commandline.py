@@ -9,6 +9,7 @@ traceback: a config group set to ``null``.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 
@@ -76,6 +77,46 @@ def override_problems(argv: list[str], conf_dir: Path) -> list[str]:
     return problems
 
 
+_MERGE = re.compile(r"^Error merging override (?P<override>.+?); (?P<why>.+?); full_key: (?P<key>\S+)$")
+_KINDS = (("to Integer", "a whole number"), ("to Float", "a number"), ("valid bool", "true or false"),
+          ("to string", "one value, not a list or a mapping"))
+
+
+def _merge_line(line: str) -> str | None:
+    """OmegaConf's "Error merging override seed=abc; Value 'abc' of type 'str' could not be converted to
+    Integer; full_key: seed" as lrtrack's line: the setting, the value, what it must be and the rule."""
+    found = _MERGE.match(line)
+    if not found:
+        return None
+    kind = next((what for marker, what in _KINDS if marker in found["why"]), None)
+    if kind is None:
+        return None
+    value = found["override"].split("=", 1)[1] if "=" in found["override"] else found["override"]
+    rule = _rule_of(found["key"])
+    fix = ""
+    try:
+        number = float(value)
+        if kind == "a whole number" and number.is_integer():  # 1e3 is read as a float
+            fix = f" ({value} is read as a float: write {int(number)})"
+    except ValueError:
+        pass
+    return f"{found['key']}={value} is invalid: must be {kind}{fix}" + (f"; allowed: {rule}" if rule else "")
+
+
+def _rule_of(key: str) -> str:
+    """The schema's words for what ``key`` allows, "" when it has none."""
+    from dataclasses import fields
+
+    from lrtrack.app.config import _TYPED_NODES, LRTrackConfig
+
+    node, _, name = key.rpartition(".")
+    schema = _TYPED_NODES.get(node) if node else LRTrackConfig
+    for f in fields(schema) if schema else []:
+        if f.name == name and f.metadata.get("rule"):
+            return str(f.metadata["rule"].allowed)
+    return ""
+
+
 def condensed(error: BaseException) -> str:
     """Hydra's multi-line composition error (and its cause) as one line."""
     parts: list[str] = []
@@ -95,4 +136,5 @@ def condensed(error: BaseException) -> str:
             parts[-1] += (" " if parts[-1].endswith(":") else ", ") + line
         else:
             parts.append(line.rstrip("."))
-    return "; ".join(parts)
+    joined = "; ".join(parts)
+    return _merge_line(joined) or joined
