@@ -124,6 +124,31 @@ CASES: list[Case] = [
     (["data=tensors", "data.path=data.pt"], "validation targets", "tensors-val-float-targets"),
     (["data=tensors", "data.path=data.pt"], "complex", "tensors-complex-x"),
     (["data=tensors", "data.path=data.pt"], "complex", "tensors-complex-y"),
+    # A data=tensors file of the wrong structure, shape, size or dtype: one line naming data.path and the key.
+    (["data=tensors", "data.path=data.pt"], ("data.path", "x_val has no rows"), "tensors-empty-val"),
+    (["data=tensors", "data.path=data.pt"], ("data.path", "x_train is a single number"), "tensors-0d-x"),
+    (["data=tensors", "data.path=data.pt"], ("data.path", "x_train is a dict (keys: pixels)"), "tensors-nested-dict"),
+    (["data=tensors", "data.path=data.pt"], ("data.path", "y_train (uint64)", "past int64's largest",
+                                             "9223372036854775813"), "tensors-uint64-labels"),
+    # A _target_ that builds what its group cannot use (lrtrack/app/kinds.py), and a metric that cannot
+    # measure (tried on the first batch: lrtrack/engine/metric_check.py)
+    (["model._target_=builtins.int", "~model.num_classes", "~model.dropout"],
+     ("model._target_=builtins.int", "built an int, not a torch.nn.Module"), None),
+    (["model._target_=battery_parts.text_model"], ("model._target_=battery_parts.text_model", "built a str"),
+     "user-parts"),
+    (["+model._partial_=true"], ("model._target_=lrtrack.engine.models.MnistCNN", "functools.partial",
+                                 "drop model._partial_"), None),
+    (["optimizer._target_=battery_parts.list_optimizer", "stage=range_test"],
+     ("optimizer._target_=battery_parts.list_optimizer", "built a list", "torch.optim.Optimizer"), "user-parts"),
+    (["criterion._target_=builtins.int"], ("criterion._target_=builtins.int", "not a loss function"), None),
+    (["data._target_=battery_parts.text_data"], ("data._target_=battery_parts.text_data", "returned a str"),
+     "user-parts"),
+    (["+metric={_target_: builtins.print, _partial_: true}"], ("metric._target_=builtins.print", "returned None"),
+     None),
+    (["metric._target_=battery_parts.text_metric"], ("metric._target_=battery_parts.text_metric", "returned a str"),
+     "user-parts"),
+    (["metric._target_=battery_parts.no_arg_metric"],
+     ("metric._target_=battery_parts.no_arg_metric", "takes 0 positional arguments"), "user-parts"),
     (["tracking.tracking_uri=garbage://x"], "garbage://x", None),
     (["tracking.tracking_uri=http://127.0.0.1:9"], "127.0.0.1:9", None),
     (["tracking.tracking_uri=sqlite:////nonexistent-folder/x.db"], "nonexistent-folder", None),
@@ -266,6 +291,13 @@ YAML_FILES = {  # prepare name -> (path under the folder, content)
     "yaml-envmiss": ("conf/model/envmiss.yaml", "_target_: lrtrack.engine.models.MnistCNN\n"
                      "num_classes: ${oc.env:LRTRACK_BATTERY_UNSET}\n"),
 }
+USER_MODULES = {  # prepare name -> (path under the folder, content): a user's own _target_s
+    "user-parts": ("battery_parts.py", "def text_model(**settings):\n    return 'a model'\n\n\n"
+                   "def list_optimizer(params, **settings):\n    return list(params)\n\n\n"
+                   "def text_data(**settings):\n    return 'loaders'\n\n\n"
+                   "def text_metric(outputs, targets):\n    return 'good'\n\n\n"
+                   "def no_arg_metric():\n    return 1.0\n"),
+}
 RANGE_TESTS = {"range-test-mlp": ["+model=mlp"], "range-test-adam": ["+model=mnist_cnn", "optimizer=adam"],
                "range-test-sgd": ["+model=mnist_cnn"]}
 
@@ -298,6 +330,15 @@ def _bad_tensors(path: Path, defect: str) -> None:
         x = torch.complex(x, x)
     elif defect == "complex-y":
         y = torch.complex(y.float(), y.float())
+    elif defect == "empty-val":
+        xv, yv = xv[:0], yv[:0]
+    elif defect == "0d-x":
+        x = torch.tensor(1.0)
+    elif defect == "nested-dict":
+        x = {"pixels": x}  # type: ignore[assignment]
+    elif defect == "uint64-labels":
+        y = y.to(torch.uint64)
+        y[300] = 2**63 + 5  # past int64: read as int64 it would be negative
     else:
         raise ValueError(f"unknown tensors defect {defect!r}")
     torch.save({"x_train": x, "y_train": y, "x_val": xv, "y_val": yv}, path)
@@ -315,8 +356,8 @@ def _prepare(folder: Path, what: str | None, env: dict[str, str]) -> list[str]:
         (folder / "corrupt.pt").write_bytes(b"this is not a torch file")
     elif what is not None and what.startswith("tensors-"):
         _bad_tensors(folder / "data.pt", what.removeprefix("tensors-"))
-    elif what in YAML_FILES:
-        path, text = YAML_FILES[what]
+    elif what in YAML_FILES or what in USER_MODULES:
+        path, text = {**YAML_FILES, **USER_MODULES}[what]
         (folder / path).parent.mkdir(parents=True, exist_ok=True)
         (folder / path).write_text(text)
     elif what in ("deleted-experiment", "deleted-named"):  # a store holding a deleted experiment (MLflow's own API)
