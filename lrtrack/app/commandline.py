@@ -92,7 +92,9 @@ def _merge_line(line: str) -> str | None:
     if kind is None:
         return None
     value = found["override"].split("=", 1)[1] if "=" in found["override"] else found["override"]
-    rule = _rule_of(found["key"])
+    from lrtrack.app.config import allowed_text
+
+    rule = allowed_text(found["key"])
     fix = ""
     try:
         number = float(value)
@@ -101,20 +103,6 @@ def _merge_line(line: str) -> str | None:
     except ValueError:
         pass
     return f"{found['key']}={value} is invalid: must be {kind}{fix}" + (f"; allowed: {rule}" if rule else "")
-
-
-def _rule_of(key: str) -> str:
-    """The schema's words for what ``key`` allows, "" when it has none."""
-    from dataclasses import fields
-
-    from lrtrack.app.config import _TYPED_NODES, LRTrackConfig
-
-    node, _, name = key.rpartition(".")
-    schema = _TYPED_NODES.get(node) if node else LRTrackConfig
-    for f in fields(schema) if schema else []:
-        if f.name == name and f.metadata.get("rule"):
-            return str(f.metadata["rule"].allowed)
-    return ""
 
 
 def condensed(error: BaseException) -> str:

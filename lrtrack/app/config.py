@@ -270,6 +270,18 @@ _TYPED_NODES = {"finder": FinderConfig, "bounds": BoundsConfig, "train": TrainCo
                 "tracking": TrackingConfig, "limits": LimitsConfig}
 
 
+def allowed_text(setting: str) -> str:
+    """The schema's words for what a typed ``setting`` allows (its :class:`Rule`), "" when it has none."""
+    from dataclasses import fields
+
+    node, _, name = setting.rpartition(".")
+    schema = _TYPED_NODES.get(node) if node else LRTrackConfig
+    for f in fields(schema) if schema else []:
+        if f.name == name and f.metadata.get("rule"):
+            return str(f.metadata["rule"].allowed)
+    return ""
+
+
 def _check_unknown_keys(cfg: DictConfig, errors: _Errors) -> None:
     """``+finder.num_iters=5`` adds a key the schema does not have: a typo, not a setting."""
     from dataclasses import fields
