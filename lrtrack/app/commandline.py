@@ -69,7 +69,7 @@ def override_problems(argv: list[str], conf_dir: Path) -> list[str]:
     for arg in argv:
         key, sep, value = arg.partition("=")
         group = key.lstrip("+")
-        if sep and not arg.startswith("-") and group in groups and value.strip().lower() in ("null", "none", "~"):
+        if sep and not arg.startswith("-") and group in groups and value.strip() == "null":  # (metric=none: an option)
             options = sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
             problems.append(f"{group}={value} is invalid: a config group takes one of its options "
                             f"({', '.join(options)}), not null; choose one, e.g. "

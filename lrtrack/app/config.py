@@ -955,6 +955,13 @@ def dry_run(cfg: DictConfig) -> None:
         raise ConfigError(errors)
     optimizer = _build(errors, "optimizer", cfg.optimizer,
                        lambda partial: partial([torch.nn.Parameter(torch.zeros(1))]))
+    if optimizer is not None:  # a factory that built something else: said as such, not by the schedule
+        from lrtrack.app.kinds import optimizer_problem
+
+        problem = optimizer_problem(str(cfg.optimizer.get("_target_")), optimizer)
+        if problem:
+            errors.append(problem)
+            optimizer = None
     if optimizer is not None and cfg.stage in ("all", "train") and cfg.schedule is not None:
         max_lr = cfg.bounds.max_lr or 0.1
         base_lr = max_lr / max(float(cfg.bounds.base_divisor), 1.0)
