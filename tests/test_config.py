@@ -114,8 +114,13 @@ def test_train_stage_needs_an_lr_source() -> None:
 def test_a_typo_added_with_plus_is_rejected_with_a_suggestion() -> None:
     assert errors_of(composed("+finder.num_iters=5")) == [
         "finder.num_iters=5 is invalid: finder has no setting 'num_iters'; did you mean finder.num_iter?"]
-    (line,) = errors_of(composed("+schedule.pct_strt=0.4"))  # untyped groups: their factory refuses it
-    assert line.startswith("schedule (lrtrack.engine.schedules.onecycle): ") and "pct_strt" in line
+    # untyped groups: their target's signature refuses it, with the closest setting it takes
+    assert errors_of(composed("+schedule.pct_strt=0.4")) == [
+        "schedule.pct_strt=0.4 is invalid: lrtrack.engine.schedules.onecycle takes no setting 'pct_strt'; did you "
+        "mean schedule.pct_start?"]
+    (line,) = errors_of(composed("+model.db_password=hunter22"))  # a secret's value is never shown
+    assert line == ("model.db_password='***' is invalid: lrtrack.engine.models.MnistCNN takes no setting "
+                    "'db_password'; its settings: num_classes, dropout")
 
 
 def test_an_unavailable_device_is_refused_before_anything_starts() -> None:

@@ -118,18 +118,32 @@ def test_an_env_token_and_a_secret_setting_reach_no_param_tag_artifact_log_or_fi
 
 
 @pytest.mark.slow
-def test_a_password_with_at_signs_reaches_no_record_of_a_real_server(tmp_path: Path, mlflow_server) -> None:
+@pytest.mark.parametrize(("password", "pieces", "code"), [
+    ("p@ss@w0rd-Zq", ["p@ss@w0rd-Zq", "w0rd-Zq", "ss@w0rd"], 0),
+    ("LfT1q RgT1z", ["LfT1q", "RgT1z"], 0),  # a space ends a URL in free text: masked as a literal
+    ("LfT0q/RgT0z", ["LfT0q", "RgT0z"], 2),  # "/" ends the authority for urllib: refused, masked whole
+    ("7731/RgTzz", ["7731/", "RgTzz"], 2),  # digits then "/" look like a port
+])
+def test_a_password_of_any_characters_reaches_no_record_of_a_real_server(
+        tmp_path: Path, mlflow_server, password: str, pieces: list[str], code: int) -> None:
     from mlflow.tracking import MlflowClient
 
     from tests.conftest import run_cli
 
-    password = "p@ss@w0rd-Zq"
     uri = mlflow_server.uri.replace("http://", f"http://alice:{password}@")
-    proc = run_cli(["+model=mnist_cnn", "+experiment=smoke", "stage=range_test", f"tracking.tracking_uri={uri}"],
-                   tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    pieces = [password, "w0rd-Zq", "ss@w0rd"]
+    (tmp_path / "kwmodel.py").write_text("from lrtrack.engine.models import MnistCNN\n\n\nclass Net(MnistCNN):\n"
+                                         "    def __init__(self, **settings):\n        super().__init__()\n")
+    proc = run_cli(["+model=mnist_cnn", "+experiment=smoke", "stage=range_test", f"tracking.tracking_uri='{uri}'",
+                    "model._target_=kwmodel.Net", "+model.db_password_2=86753091",
+                    "+model.credentials={github: DictSEC-5566}", "+model.note=${model.db_password_2}"], tmp_path)
+    assert proc.returncode == code, proc.stderr[-3000:]
+    pieces = [*pieces, "86753091", "DictSEC-5566"]
     assert not any(p in proc.stdout + proc.stderr for p in pieces)
+    if code:
+        (line,) = [x for x in proc.stderr.splitlines() if x.startswith("lrtrack: error:")]
+        assert "not a valid URL" in line and "percent-encoded" in line and "http://***@" in line
+        assert not any(p.encode() in f.read_bytes() for f in tmp_path.rglob("*") if f.is_file() for p in pieces)
+        return
     client = MlflowClient(tracking_uri=mlflow_server.uri)
     (run,) = client.search_runs([client.get_experiment_by_name("lrtrack-mnist_cnn").experiment_id])
     record = json.dumps([run.data.params, run.data.tags, run.info.run_name])

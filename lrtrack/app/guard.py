@@ -63,6 +63,24 @@ def guard_process() -> None:
 
     stop_on_signals()
     install_log_redaction()
+    register_command_line(sys.argv[1:])
+
+
+def register_command_line(argv: list[str]) -> None:
+    """The credentials a command line holds, registered as secrets before Hydra logs it (a sweep logs
+    each job's overrides): a URL's userinfo, a secret-named setting's value."""
+    from lrtrack.tracking.redact import (
+        holds_secret_value,
+        register_secret,
+        register_url_credentials,
+    )
+
+    register_url_credentials(os.environ.get("MLFLOW_TRACKING_URI"))
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        register_url_credentials(value if sep else arg)
+        if sep and holds_secret_value(key.rsplit(".", 1)[-1]):
+            register_secret(value.strip("'\""))
 
 
 def stop_line(err: BaseException) -> tuple[str, int]:
@@ -119,7 +137,12 @@ def protect(cfg: DictConfig, output_dir: Path) -> None:
     config takes from the environment (``${oc.env:NAME}``) as secrets
     (:func:`lrtrack.tracking.redact.register_secret`), and make the job's log file and Hydra's saved
     config readable by this user only, credentials masked in them."""
-    from lrtrack.tracking.redact import clear_secrets, install_log_redaction, register_secret
+    from lrtrack.tracking.redact import (
+        clear_secrets,
+        install_log_redaction,
+        register_secret,
+        register_secret_settings,
+    )
 
     install_log_redaction()
     clear_secrets()  # this job's own (a process that runs several jobs, a sweep, a test, does not carry them over)
@@ -135,12 +158,26 @@ def protect(cfg: DictConfig, output_dir: Path) -> None:
                     register_secret(os.environ.get(name))
 
     walk(OmegaConf.to_container(cfg, resolve=False))
+    register_command_line(sys.argv[1:])
+    try:  # secret-named settings as their values (an interpolation copies them), URLs' userinfo whole
+        register_secret_settings(OmegaConf.to_container(cfg, resolve=True))
+    except Exception:  # a value that cannot be resolved: validation names it; the unresolved tree still counts
+        register_secret_settings(OmegaConf.to_container(cfg, resolve=False))
     private = [Path(h.baseFilename) for h in logging.getLogger().handlers if hasattr(h, "baseFilename")]
-    for path in [*private, *(output_dir / ".hydra").glob("*.yaml")]:
+    for path in [*private, *(output_dir / ".hydra").glob("*.yaml"), *_sweep_records()]:
         with contextlib.suppress(OSError):
             path.chmod(0o600)
             if path.suffix == ".yaml":  # Hydra saved the config and the overrides as given
                 _redact_yaml(path)
+
+
+def _sweep_records() -> list[Path]:
+    """A sweep's ``multirun.yaml`` (Hydra saves it in the sweep folder before the first job starts)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized() or str(HydraConfig.get().mode) != "RunMode.MULTIRUN":
+        return []
+    return [p for p in [Path(HydraConfig.get().sweep.dir) / "multirun.yaml"] if p.is_file()]
 
 
 def _redact_yaml(path: Path) -> None:

@@ -24,7 +24,7 @@ from lrtrack.engine import plots
 from lrtrack.engine.suggest import RULES
 from lrtrack.tracking import layout, records
 from lrtrack.tracking.deliver import OneLineParser
-from lrtrack.tracking.redact import install_log_redaction, redact
+from lrtrack.tracking.redact import install_log_redaction, redact, register_url_credentials
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -223,6 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     install_log_redaction()  # an error's message or traceback may quote a URI with its password
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    register_url_credentials(uri)  # a password holding a space or a quote: masked as a literal too
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         print(f"lrtrack: error: no MLflow store at {redact(uri)}; pass --tracking-uri or run from the folder "
               "holding mlflow.db", file=sys.stderr)

@@ -23,7 +23,7 @@ def argument_problems(group: str, node: DictConfig) -> list[str]:
     """One line per setting of ``node`` (a ``_target_`` node of ``group``) its target cannot mean."""
     target = node.get("_target_")
     kinds = _argument_kinds(target) if isinstance(target, str) else {}
-    lines = []
+    lines = _unknown_settings(group, node, target) if isinstance(target, str) else []
     for key, kind in kinds.items():
         if key not in node or str(key).startswith("_"):
             continue
@@ -34,6 +34,30 @@ def argument_problems(group: str, node: DictConfig) -> list[str]:
         elif kind == NUMBER and (isinstance(value, (bool, str, DictConfig, ListConfig))):
             lines.append(f"{group}.{key}={_shown(value)} is invalid: must be a number ({key} of {target}), not "
                          f"{_kind_of(value)}; e.g. {group}.{key}={_example(target, key)}")
+    return lines
+
+
+def _unknown_settings(group: str, node: DictConfig, target: str) -> list[str]:
+    """Settings the target takes no argument for (it has no ``**kwargs``): building it would fail
+    after the runs were created, or in every job of a sweep."""
+    import difflib
+
+    try:
+        from hydra.utils import get_object
+
+        parameters = inspect.signature(get_object(target)).parameters
+    except Exception:  # not importable, no signature: building it reports the problem
+        return []
+    if any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
+        return []
+    known = [name for name, p in parameters.items() if p.kind != p.VAR_POSITIONAL]
+    lines = []
+    for key in node:
+        if str(key).startswith("_") or key in parameters:
+            continue
+        close = difflib.get_close_matches(str(key), known, n=1)
+        hint = f"did you mean {group}.{close[0]}?" if close else f"its settings: {', '.join(known) or 'none'}"
+        lines.append(f"{group}.{key}={_shown(node[key], key)} is invalid: {target} takes no setting {key!r}; {hint}")
     return lines
 
 
@@ -98,7 +122,11 @@ def _example(target: str, key: str) -> str:
     return repr(default) if isinstance(default, (int, float)) and not isinstance(default, bool) else "0.1"
 
 
-def _shown(value: Any) -> str:
+def _shown(value: Any, key: str = "") -> str:
+    from lrtrack.tracking.redact import MASK, is_secret_name
+
+    if key and is_secret_name(key):
+        return repr(MASK)  # the value of a secret-named setting is never shown
     if isinstance(value, bool):
         return "true" if value else "false"  # as the user wrote it
     if isinstance(value, (DictConfig, ListConfig)):

@@ -35,7 +35,7 @@ from lrtrack.tracking.journal import (
     needs_uri,
     summary_text,
 )
-from lrtrack.tracking.redact import install_log_redaction, redact
+from lrtrack.tracking.redact import install_log_redaction, redact, register_url_credentials
 
 
 def deliver_journal(path: str | Path, *, tracking_uri: str | None = None, timeout_s: float = 60.0) -> dict[str, int]:
@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=_seconds, default=60.0, help="seconds to wait for the store (default 60)")
     args = parser.parse_args(argv)
     install_log_redaction()  # an error's message or traceback may quote a URI with its password
+    register_url_credentials(args.tracking_uri)
     journals = find_journals(args.path)
     if not journals:
         print(f"lrtrack: error: no lrtrack tracking journal at {args.path} (a journal folder holds {META})",

@@ -62,11 +62,37 @@ def _mask_url(m: re.Match[str]) -> str:
     authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
     if "@" in authority:
         at = authority.rfind("@")
-    elif "@" in rest and _USER_COLON.match(rest):
+    elif "@" in rest and _HOST_AFTER_AT.match(rest[rest.rfind("@") + 1:]):
+        # "bob:7731/pw@host", "bob:pw?x#y@host": a password holding "/", "?" or "#" (a user typed it
+        # unescaped) ends the authority early for urllib; the userinfo still runs to the last "@".
         at = rest.rfind("@")
     else:
         return m.group(0)
     return f"{m['scheme']}{MASK}{rest[at:]}"
+
+
+# A host after the last "@": an IPv6 literal, a name with a dot or a port, or localhost ("http://h:5/a@b" has none).
+_HOST_AFTER_AT = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\](?::\d*)?|[A-Za-z0-9\-_]+(?:\.[A-Za-z0-9\-_]+)+(?::\d*)?"
+                            r"|[A-Za-z0-9\-_]+:\d+|localhost)(?:[/?#].*)?$")
+
+
+def register_url_credentials(text: Any) -> None:
+    """Register the userinfo of every URL in ``text`` (a setting's whole value, an environment
+    variable) as a secret: a password holding a space or a quote ends a URL found in free text,
+    so it is masked as a literal wherever it appears; its password alone, and both URL-decoded, too."""
+    from urllib.parse import unquote
+
+    value = str(text) if text is not None else ""
+    for found in re.finditer(r"[A-Za-z][A-Za-z0-9+.\-]*://", value):
+        rest = value[found.end():]
+        line_end = min(i for i in (rest.find("\n"), len(rest)) if i >= 0)
+        rest = rest[:line_end]
+        if "@" not in rest:
+            continue
+        userinfo = rest[:rest.rfind("@")]
+        password = userinfo.split(":", 1)[1] if ":" in userinfo else ""
+        for secret in (userinfo, password, unquote(userinfo), unquote(password)):
+            register_secret(secret)
 
 
 def _mask_keyed(m: re.Match[str]) -> str:
@@ -89,19 +115,58 @@ def redact(text: str) -> str:
     return _KEYED.sub(_mask_keyed, text)
 
 
+# Words that name a secret wherever they stand in a key (db_password_2: 86753091 is a password);
+# "token" only ends one (max_tokens: 512 is a count).
+_STRONG_NAME = re.compile(r"(?i)passw(?:or)?d|pwd|secret|api[_-]?key|access[_-]?key|credential")
+
+
+def holds_secret_value(key: str) -> bool:
+    """A key whose value is a secret whatever it looks like, a number included (``db_password_2``,
+    ``api_key``; not ``max_tokens``, a count)."""
+    return bool(_STRONG_NAME.search(key) or _SECRET_NAME_END.search(key))
+
+
+def _mask_all(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _mask_all(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_mask_all(v) for v in value)
+    return value if value is None or isinstance(value, bool) or value == "" else MASK
+
+
+def register_secret_settings(value: Any, key: str = "") -> None:
+    """Register the value of every secret-named setting in a config tree (resolved) as a secret, so it
+    is masked where an interpolation copied it (``note: ${model.db_password}``)."""
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            register_secret_settings(v, key if key and holds_secret_value(key) else str(k))
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            register_secret_settings(v, key)
+    elif key and is_secret_name(key) and value is not None and not isinstance(value, bool):
+        if isinstance(value, str) or _SECRET_NAME_END.search(key) or _STRONG_NAME.search(key):
+            register_secret(value)
+    elif isinstance(value, str) and "://" in value:
+        register_url_credentials(value)
+
+
 def redact_tree(value: Any, key: str = "") -> Any:
     """:func:`redact` applied to every string inside nested dicts and lists; the value of a key whose
     name says it is secret (:func:`is_secret_name`) is masked whole (a number only when the name ends
     with the word: ``api_key: 123`` but not ``max_tokens: 512``)."""
+    if key and isinstance(value, (Mapping, list, tuple)) and holds_secret_value(key):
+        return _mask_all(value)  # credentials: {github: ...}, secrets: [...]: all of it (special_tokens: not)
     if isinstance(value, Mapping):
         return {k: redact_tree(v, str(k)) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return type(value)(redact_tree(v, key) for v in value)
     if key and value is not None and not isinstance(value, bool) and is_secret_name(key):
-        if isinstance(value, str) or _SECRET_NAME_END.search(key):
+        if isinstance(value, str) or _SECRET_NAME_END.search(key) or _STRONG_NAME.search(key):
             return MASK if value != "" else value
     if isinstance(value, str):
         return redact(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and str(value) in _LITERALS:
+        return MASK  # a secret number copied by an interpolation (note: ${model.db_password})
     return value
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from lrtrack.tracking.drain import Control, drain
 from lrtrack.tracking.journal import DELIVER_COMMAND, Journal
-from lrtrack.tracking.redact import install_log_redaction, redact
+from lrtrack.tracking.redact import install_log_redaction, redact, register_url_credentials
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("mlflow.store.db.utils", "alembic.runtime.migration"):  # "Creating tables ...": not news
         logging.getLogger(noisy).setLevel(logging.WARNING)
     uri = os.environ.pop(URI_ENV)
+    register_url_credentials(uri)  # a password holding a space or a quote: masked as a literal too
     journal = Journal.open(args.journal, lock_fd=args.lock_fd)
     import mlflow.tracking  # noqa: F401 - while the job imports torch, before there is anything to deliver
 

@@ -231,9 +231,14 @@ def _check_url_syntax(uri: str) -> None:
     try:
         parts = urlsplit(uri)
         parts.port  # noqa: B018 - reading it is the check
+        if "@" in uri.split("://", 1)[-1] and "@" not in parts.netloc and redact(uri) != uri:
+            raise ValueError("the userinfo ends at a '/', '?' or '#' in it")  # bob:7731/pw@host: host "bob"
     except ValueError as err:
-        raise TrackingUnavailable(f"tracking URI {redact(uri)!r} is not a valid URL ({err}): use {ALLOWED_FORMS} "
-                                  f"({_where(uri)})") from None
+        # urllib's message quotes the piece it could not read: with a userinfo, a piece of the password
+        why = (" (a password holding '/', '?', '#' or a space must be percent-encoded: %2F, %3F, %23, %20)"
+               if "@" in uri else f" ({err})")
+        raise TrackingUnavailable(f"tracking URI {redact(uri)!r} is not a valid URL{why}: "
+                                  f"use {ALLOWED_FORMS} ({_where(uri)})") from None
 
 
 def _check_db_driver(uri: str) -> None:
