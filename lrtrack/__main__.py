@@ -1,6 +1,21 @@
 """``python -m lrtrack``: see :mod:`lrtrack.app.cli`."""
 
-from lrtrack.app.cli import exit_without_teardown, main
+import os
+import signal
+
+
+def _stopped_while_starting(signum: int, frame: object) -> None:
+    """SIGTERM or Ctrl-C while the imports run, before :mod:`lrtrack.app.guard` installs its own
+    handler: nothing has started and nothing is lost; exit 130 as a stopped job does."""
+    os.write(2, b"lrtrack: error: interrupted while starting; nothing was started\n")
+    os._exit(130)
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _stopped_while_starting)  # the imports below take most of a second
+    signal.signal(signal.SIGINT, _stopped_while_starting)
+
+from lrtrack.app.cli import exit_without_teardown, main  # noqa: E402 - after the handlers above
 
 if __name__ == "__main__":
     try:

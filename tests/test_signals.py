@@ -114,3 +114,34 @@ def test_a_signal_while_the_job_waits_for_delivery_leaves_the_relay_to_finish(tm
     assert stored.info.status == "FINISHED"
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert len(client.get_metric_history(stored.info.run_id, "loss")) == 50  # everything delivered
+
+
+def _catches(pid: int, signum: int) -> bool:
+    """Whether the process has a handler for ``signum`` (the kernel's SigCgt mask)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return False
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("after_s", [0.0, 0.3])
+def test_a_signal_while_the_command_starts_is_exit_130_without_a_traceback(tmp_path: Path, signum: int,
+                                                                           after_s: float) -> None:
+    proc = _Process(SMOKE, tmp_path)
+    deadline = time.monotonic() + 10
+    while not _catches(proc.proc.pid, signal.SIGTERM):  # lrtrack's first lines ran: from here on it is ours
+        assert time.monotonic() < deadline and proc.proc.poll() is None
+        time.sleep(0.002)
+    time.sleep(after_s)  # 0: during the imports; 0.3 s: usually still importing, or composing the config
+    code, out, took = _stop(proc, signum)
+    assert code == 130, out
+    assert "Traceback" not in out and out.strip().splitlines()[-1].startswith("lrtrack: error: interrupted"), out
+    assert took < STOP_WITHIN_S
+    if (tmp_path / "mlflow.db").exists():  # stopped after the store was opened: no run is left RUNNING
+        client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+        deadline = time.monotonic() + 60
+        while any(r.info.status == "RUNNING" for r in client.search_runs(
+                [e.experiment_id for e in client.search_experiments()])):
+            assert time.monotonic() < deadline, "a run was left RUNNING"
+            time.sleep(0.2)
