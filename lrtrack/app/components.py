@@ -152,6 +152,10 @@ class ComponentBuilder:
         for noisy in ("mlflow.store.db.utils", "alembic.runtime.migration"):  # "Creating tables ...": not news
             logging.getLogger(noisy).setLevel(logging.WARNING)
         spool = Path(t.spool_dir) if t.spool_dir else self.job.output_dir / "tracking-spool"
+        if self.job.sweep is None:  # an earlier job killed with its relay: its records first (a sweep's own do it)
+            from lrtrack.app.stranded import deliver_stranded
+
+            deliver_stranded(Path(self.job.launch_dir), Path(t.spool_dir) if t.spool_dir else None, uri)
         try:
             return Tracker(uri, name, spool_dir=spool, delivery_timeout_s=t.delivery_timeout_s)
         except JournalError as err:
