@@ -76,11 +76,13 @@ def _resume(recipe: RangeTestRecipe, parts: Components, run_id: str) -> float | 
     check_same_config(recipe.context.config, record)
     folder = recipe.job.output_dir / "resume"
     folder.mkdir(parents=True, exist_ok=True)
-    checkpoint = records.download_checkpoint(client, record.run_id, str(folder))
-    if checkpoint is None:
+    checkpoint_path = records.download_checkpoint(client, record.run_id, str(folder))
+    if checkpoint_path is None:
         raise UserError(f"train.resume={run_id!r}: the run has no checkpoint yet (it stopped in its first "
                         "epoch); start it again without train.resume")
-    checkpoint = _loaded_checkpoint(run_id, checkpoint, parts.model)  # before the runs are reopened: statuses kept
+    state = _loaded_checkpoint(run_id, checkpoint_path, parts.model)  # before the runs are reopened: statuses kept
+    recipe.job.command = without_resume(recipe.job.command)  # the resume command adds it again
+    recipe.job.final_run_id = record.lrtrack_id  # stopped from here on: the resume command is printed
     curve = None
     if record.range_test_run_id:
         curve = records.read_range_test(client, record.range_test_run_id, where=redact(tracker.tracking_uri))
@@ -89,11 +91,24 @@ def _resume(recipe: RangeTestRecipe, parts: Components, run_id: str) -> float | 
     parent = (tracker.reopen_run(record.parent_lrtrack_id, record.parent_run_id) if record.parent_run_id
               else NullRun())
     with recording_errors(parent), recording_errors(tracker.reopen_run(record.lrtrack_id, record.run_id)) as run:
-        log.info("resuming training run %s from %s", record.lrtrack_id, checkpoint)
+        log.info("resuming training run %s from %s", record.lrtrack_id, checkpoint_path)
         title = client.get_run(record.run_id).info.run_name
-        outcome = recipe.fit(parts, bounds, curve, run, SkipLogged(run, logged), title, checkpoint)
+        outcome = recipe.fit(parts, bounds, curve, run, SkipLogged(run, logged), title, state)
         parent.log_summary({"final_val_loss": outcome} if outcome is not None else {})
     return outcome
+
+
+def without_resume(command: str) -> str:
+    """``python -m lrtrack ... train.resume=ID`` without its ``train.resume`` override (a resumed
+    job's command, to which the resume command appends ``train.resume=`` again)."""
+    import shlex
+
+    try:
+        words = shlex.split(command)
+    except ValueError:  # not a shell line (unbalanced quotes): left as it is
+        return command
+    kept = [w for w in words if w.lstrip("+~").partition("=")[0] != "train.resume"]
+    return shlex.join(kept) if len(kept) < len(words) else command
 
 
 def _loaded_checkpoint(run_id: str, path: str, model: Any) -> dict[str, Any]:
