@@ -270,7 +270,7 @@ class RangeTestRecipe:
         from hydra.utils import instantiate
 
         from lrtrack.engine.schedules import optimizer_steps_per_epoch
-        from lrtrack.engine.train import DiskFullError, NonFiniteLossError
+        from lrtrack.engine.train import CheckpointWriteError, NonFiniteLossError
 
         t = self.cfg.train
         steps_per_epoch = optimizer_steps_per_epoch(len(parts.data.train), t.accumulation_steps)
@@ -286,7 +286,7 @@ class RangeTestRecipe:
                      self.job.final_run_id, redact(self.job.command), self.job.final_run_id)
         try:
             result = self._train(parts, schedule, observer, resume_from)
-        except (NonFiniteLossError, DiskFullError) as err:  # a full disk: the checkpoint could not be written
+        except (NonFiniteLossError, CheckpointWriteError) as err:  # a full disk, a read-only folder: no checkpoint
             raise RunFailure(f"{err}; the run ends FAILED with the steps before it logged") from err
         self.summary["final"] = layout.final_metrics(result)
         log.info("training done: %s", ", ".join(f"{k}={v:.4g}" for k, v in self.summary["final"].items()))

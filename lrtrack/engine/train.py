@@ -169,7 +169,13 @@ def set_optimizer_mode(optimizer: torch.optim.Optimizer, *, training: bool) -> N
         switch()
 
 
-class DiskFullError(RuntimeError):
+class CheckpointWriteError(RuntimeError):
+    """A file of the run could not be written into its folder (the message names the folder, the
+    reason and the fix): a full disk (:class:`DiskFullError`), a read-only file system, a file
+    where the folder should be..."""
+
+
+class DiskFullError(CheckpointWriteError):
     """A file of the run could not be written: the disk holding its folder is full (the message names it)."""
 
 
@@ -184,10 +190,20 @@ def _disk_full(err: BaseException, folder: Path) -> bool:
 
     if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
+    if isinstance(err, OSError):  # another reason, which the error names (read-only, not a folder...)
+        return False
     try:
         return shutil.disk_usage(folder).free < FULL_BELOW_BYTES
     except OSError:
         return False
+
+
+def _why_unwritable(err: OSError, folder: Path) -> str:
+    """The reason a write into ``folder`` failed, in words: ``"Read-only file system"``, ``"it is a
+    file, not a folder"``..."""
+    if folder.exists() and not folder.is_dir():
+        return "it is a file, not a folder"
+    return err.strerror or type(err).__name__
 
 
 def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -197,14 +213,23 @@ def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
         # Created readable by this user only (the model and optimizer state are the user's work).
         with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
             torch.save(payload, fh)
+        # replace in one move so an interrupted save never leaves a truncated last.pt
+        os.replace(tmp, path)
     except (OSError, RuntimeError) as err:
-        if not _disk_full(err, path.parent):
-            raise
-        tmp.unlink(missing_ok=True)
-        raise DiskFullError(f"the disk holding the output folder {path.parent} is full: the checkpoint could not "
-                            "be written; free some space, or run with hydra.run.dir=<a folder on another disk>") from err
-    # replace in one move so an interrupted save never leaves a truncated last.pt
-    os.replace(tmp, path)
+        full = _disk_full(err, path.parent)
+        if not full and not isinstance(err, OSError):
+            raise  # torch failing for another reason than the disk: a bug, with its traceback
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        if full:
+            raise DiskFullError(f"the disk holding the output folder {path.parent} is full: the checkpoint could "
+                                "not be written; free some space, or run with hydra.run.dir=<a folder on another "
+                                "disk>") from err
+        raise CheckpointWriteError(f"cannot write the checkpoint to {path.parent} ({_why_unwritable(err, path.parent)})"
+                                   ": make it a writable folder, or run with hydra.run.dir=<a writable folder> "
+                                   "(or train.checkpoint=false: no checkpoint, no resume)") from err
 
 
 def evaluate(
@@ -670,4 +695,4 @@ def train(
         logger.info("resuming after epoch %d (global step %d)", start_epoch, trainer.global_step)
     return trainer.fit(train_loader, epochs, val_loader, criterion, step_fn, checkpoint, start_epoch)
 
-__all__ = ["DiskFullError", "NonFiniteLossError", "TrainResult", "checkpoint_problem", "evaluate", "load_checkpoint", "train"]
+__all__ = ["CheckpointWriteError", "DiskFullError", "NonFiniteLossError", "TrainResult", "checkpoint_problem", "evaluate", "load_checkpoint", "train"]
