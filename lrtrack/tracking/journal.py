@@ -143,6 +143,16 @@ def full_disk_message(folder: Path, err: OSError) -> str:
             f"{DELIVER_COMMAND} {folder} delivers it")
 
 
+def unwritable_message(folder: Path, err: OSError) -> str:
+    """The line for a journal that cannot be written for another reason than a full disk (a
+    read-only file system, a file where a folder should be...); a full disk has :func:`full_disk_message`."""
+    if err.errno in FULL_DISK:
+        return full_disk_message(folder, err)
+    return (f"cannot write into the tracking journal {folder} ({err.strerror or type(err).__name__}): make that "
+            f"folder writable, or set tracking.spool_dir to a writable folder; what was logged before is kept "
+            f"there and {DELIVER_COMMAND} {folder} delivers it")
+
+
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with private_open(tmp, "w") as fh:
@@ -307,8 +317,7 @@ class Journal:
                 released = self._release_reserve()
                 if released and op in ENDINGS:  # how the runs end, and why, into the room kept for it
                     return self.append(op, run, **fields)
-                raise JournalError(full_disk_message(self.path, err)) from err
-            raise
+            raise JournalError(unwritable_message(self.path, err)) from err
 
     def _release_reserve(self) -> bool:
         """Free the room kept for the job's last writes; True when there was some."""
@@ -327,14 +336,21 @@ class Journal:
             pass
 
     def stash(self, name: str) -> tuple[Path, str]:
-        """A fresh slot for an artifact file: its absolute path, and the path the journal records."""
+        """A fresh slot for an artifact file: its absolute path, and the path the journal records.
+
+        Raises:
+            JournalError: the slot cannot be made (a full disk, a read-only folder...: the message names it).
+        """
         while True:
             self._files += 1
             folder = self.path / FILES / f"{self._files:06d}"
             if not folder.exists():
                 break
-        (self.path / FILES).mkdir(mode=PRIVATE_DIR, exist_ok=True)
-        folder.mkdir(mode=PRIVATE_DIR)
+        try:
+            (self.path / FILES).mkdir(mode=PRIVATE_DIR, exist_ok=True)
+            folder.mkdir(mode=PRIVATE_DIR)
+        except OSError as err:
+            raise JournalError(unwritable_message(self.path, err)) from err
         target = folder / (Path(name).name or "artifact")
         return target, str(target.relative_to(self.path))
 

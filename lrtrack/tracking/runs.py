@@ -55,6 +55,18 @@ RELAY_START_SLACK_S = 30.0  # a relay may still be importing MLflow and opening 
 INTERRUPT_WAIT_S = 1.5  # a stopped job (Ctrl-C, SIGTERM) waits this long for its relay, then leaves it to deliver
 
 
+def deliver_command(journal: Path, tracking_uri: str) -> str:
+    """The command that delivers ``journal``, as it works when typed: the journal keeps its store's URI
+    with the credentials masked, so a URI with credentials must be given again (never printed)."""
+    import shlex
+
+    from lrtrack.tracking.journal import needs_uri
+
+    command = f"{DELIVER_COMMAND} {shlex.quote(str(journal))}"
+    return command + " --tracking-uri <the store's URI, with its credentials>" if needs_uri(redact(tracking_uri)) \
+        else command
+
+
 def safe_key(key: str) -> str:
     """MLflow keys allow ``[\\w./ -]``; Hydra's ``+model`` style keys do not."""
     return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in key)
@@ -137,15 +149,19 @@ class TrackedRun:
 
     @contextlib.contextmanager
     def _full_disk_is_journal_error(self) -> Iterator[None]:
-        """A file written into the journal on a full disk: one line naming the folder, not OSError."""
-        from lrtrack.tracking.journal import FULL_DISK, full_disk_message
+        """A file that cannot be written into the journal (a full disk, a read-only folder...): one line
+        naming the folder, not OSError. An error about a file outside the journal (the source of a
+        copy) is raised as it is."""
+        from lrtrack.tracking.journal import FULL_DISK, unwritable_message
 
         try:
             yield
         except OSError as err:
-            if err.errno in FULL_DISK:
-                raise JournalError(full_disk_message(self.journal.path, err)) from err
-            raise
+            # shutil's copies name the source as filename and the copy (in the journal) as filename2
+            named = [Path(os.path.abspath(f)) for f in (err.filename, err.filename2) if isinstance(f, (str, Path))]
+            if named and err.errno not in FULL_DISK and not any(p.is_relative_to(self.journal.path) for p in named):
+                raise
+            raise JournalError(unwritable_message(self.journal.path, err)) from err
 
     def log_figure(self, figure: Figure, artifact_file: str) -> None:
         # lrtrack's figures are plain matplotlib Figures (no pyplot), so there is nothing to close.
@@ -370,7 +386,8 @@ class Tracker:
                 reason = "the tracking relay could not start"
             else:
                 reason = f"tracking store {where} still unavailable ({error}) after waiting {waited:g} s"
-            parts.append(f"{reason}: {what} not delivered, kept in {path}; deliver them with: {DELIVER_COMMAND} {path}")
+            parts.append(f"{reason}: {what} not delivered, kept in {path}; deliver them with: "
+                         f"{deliver_command(path, self.tracking_uri)}")
         if rejected:
             parts.append(f"{rejected} tracking writes rejected by the store (see the log and {path / REJECTED})")
         return "; ".join(parts)
@@ -401,10 +418,12 @@ class Tracker:
                 relay.wait()
             self.journal.remove()
             return
-        if relay is None:
+        if relay is None or relay.poll() is not None:  # it could not start, or it died (kill -9, a crash)
             self.journal.close()
-            log.error("tracking writes kept in %s; deliver them with: %s %s", self.journal.path, DELIVER_COMMAND,
-                      self.journal.path)
+            why = "could not start" if relay is None else f"stopped (exit status {relay.returncode})"
+            log.error("the tracking relay %s: nothing more reaches the store (its runs stay RUNNING there, not "
+                      "KILLED); their records wait in the journal %s; deliver them with: %s", why, self.journal.path,
+                      deliver_command(self.journal.path, self.tracking_uri))
             return
         with contextlib.suppress(OSError):
             relay.stdin.close()  # type: ignore[union-attr]
