@@ -386,6 +386,9 @@ def run_sweep_job(cfg: DictConfig, job: JobInfo) -> float:
         expected = isinstance(err, (ConfigError, UserError))
         log.error("job %s failed: %s", " ".join(job.overrides), " ".join(x.strip() for x in lines),
                   exc_info=not expected)  # a bug keeps its traceback in the job's log
+        from lrtrack.app.sweep import note_failed_job
+
+        note_failed_job(job.job_num, job.overrides, " ".join(x.strip() for x in lines))  # the sweep exits 1
         if job.sweep is not None:
             try:
                 from lrtrack.tracking.runs import Tracker

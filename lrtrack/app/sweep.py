@@ -55,7 +55,13 @@ ENV_TRACKING_URI = "LRTRACK_SWEEP_TRACKING_URI"
 ENV_EXPERIMENT = "LRTRACK_SWEEP_EXPERIMENT"
 ENV_KEYS = "LRTRACK_SWEEP_KEYS"
 ENV_VARS = (ENV_RUN_ID, ENV_TRACKING_URI, ENV_EXPERIMENT, ENV_KEYS)
+#: Where a failed job of this sweep leaves a note (one file per job, in the sweep's folder): the
+#: sweep counts its failed jobs whatever the launcher (worker processes inherit the variable) and
+#: with tracking off or the store away, where it cannot read them back from MLflow.
+ENV_FAILED_DIR = "LRTRACK_SWEEP_FAILED_DIR"
+FAILED_DIR = ".lrtrack-failed-jobs"
 EXIT_JOBS_FAILED = 1
+EXIT_FAILED = 1
 SHORT_ID_LENGTH = 6
 
 
@@ -108,6 +114,27 @@ class SweepContext:
                                      parent_run_id=self.run_id, tags={**self.job_tags(overrides), **(tags or {})})
 
 
+def note_failed_job(job_num: int | None, overrides: Sequence[str], error: str) -> None:
+    """Count a failed job of the running sweep (:data:`ENV_FAILED_DIR`); nothing outside a sweep."""
+    folder = os.environ.get(ENV_FAILED_DIR)
+    if not folder:
+        return
+    name = f"job-{job_num if job_num is not None else os.getpid()}"
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / name).write_text(f"{' '.join(overrides)}\n{error}\n")
+    except OSError as err:  # the job's own failure is logged already; the store may still count it
+        log.warning("could not note the failed job in %s (%s)", folder, err.strerror or err)
+
+
+def noted_failures(folder: Path) -> int:
+    """How many jobs :func:`note_failed_job` noted in ``folder``."""
+    try:
+        return sum(1 for p in folder.iterdir() if p.name.startswith("job-"))
+    except OSError:
+        return 0
+
+
 def current_sweep() -> SweepContext | None:
     """The sweep this process runs a job of, from the environment (None outside a sweep)."""
     run_id = os.environ.get(ENV_RUN_ID)
@@ -149,6 +176,7 @@ class SweepCallback(Callback):
         self.tracker: Any = None  # the sweep's own journal and relay (its parent run, summary, seed runs)
         self.run: Any = None
         self.started = 0.0
+        self.failed_dir: Path | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         """Launchers (joblib, submitit) pickle the callbacks for their workers: the sweep's tracker
@@ -164,6 +192,7 @@ class SweepCallback(Callback):
             print(f"lrtrack: error: {problem}", file=sys.stderr)
         if problems:
             sys.exit(2)
+        self._count_failures(Path(str(OmegaConf.select(config, "hydra.sweep.dir"))).resolve() / FAILED_DIR)
         if not OmegaConf.select(config, "tracking.enabled", default=True):
             return
         from lrtrack.app.where import resolve_tracking_uri
@@ -202,7 +231,9 @@ class SweepCallback(Callback):
         from lrtrack.tracking.journal import JournalError
 
         try:  # (Hydra turns a callback's exception into a warning and sweeps on: say it and stop here)
-            self.tracker = Tracker(uri, name, spool_dir=Path(sweep_dir).resolve() / "tracking-spool")
+            self.tracker = Tracker(uri, name, spool_dir=Path(sweep_dir).resolve() / "tracking-spool",
+                                   delivery_timeout_s=float(OmegaConf.select(config, "tracking.delivery_timeout_s",
+                                                                             default=60.0)))
         except JournalError as err:
             print(f"lrtrack: error: {err} (the sweep's journal is in hydra.sweep.dir={sweep_dir}: choose a folder "
                   "you can write)", file=sys.stderr)
@@ -219,22 +250,62 @@ class SweepCallback(Callback):
                            ENV_KEYS: ",".join(keys)})
         log.info("sweep run %s in experiment %s (%s launcher): %s", self.run.run_id, name, launcher, " ".join(swept))
 
+    def _count_failures(self, folder: Path) -> None:
+        """Let the jobs note their failures in ``folder`` (emptied first: a sweep folder used again)."""
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
+        self.failed_dir = folder
+        os.environ[ENV_FAILED_DIR] = str(folder)
+
+    def _noted_failures(self) -> int:
+        import shutil
+
+        os.environ.pop(ENV_FAILED_DIR, None)
+        if self.failed_dir is None:
+            return 0
+        count = noted_failures(self.failed_dir)
+        shutil.rmtree(self.failed_dir, ignore_errors=True)
+        return count
+
     # ------------------------------------------------------------------ end
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """Summarise the sweep on its run and deliver it; exit 1 (one ``lrtrack: error:`` line) when a
+        job failed or the sweep's records could not be delivered (the line says how to send them).
+        Hydra turns a callback's exception into a warning and exits 0: the errors a user can act on
+        are said here, and the exit status set here."""
+        from lrtrack.tracking.journal import DeliveryError, JournalError
+        from lrtrack.tracking.store import TrackingUnavailable
+
+        noted = self._noted_failures()
         ctx = self.context
-        if ctx is None:
-            return
-        for var in ENV_VARS:
-            os.environ.pop(var, None)
-        with self.tracker:  # delivered before the review hint is printed
-            failed = finish_sweep(ctx, self.tracker, self.run, aggregate_seeds=self.aggregate_seeds,
-                                  wall_seconds=time.monotonic() - self.started)
-        self.context = None
-        _print_review_hint(ctx, self.tracker)
+        failed, errors = noted, []
+        if ctx is not None:
+            for var in ENV_VARS:
+                os.environ.pop(var, None)
+            delivered = False
+            try:
+                with self.tracker:  # delivered before the review hint is printed
+                    try:
+                        failed = max(noted, finish_sweep(ctx, self.tracker, self.run,
+                                                         aggregate_seeds=self.aggregate_seeds,
+                                                         wall_seconds=time.monotonic() - self.started))
+                    except SweepSummaryError as err:
+                        errors.append(str(err))
+                delivered = True
+            except (DeliveryError, JournalError, TrackingUnavailable) as err:  # the line names the deliver command
+                errors.append(str(err))
+            self.context = None
+            if delivered:
+                _print_review_hint(ctx, self.tracker)
         if failed and self.exit_on_failure:
-            print(f"lrtrack: error: {failed} sweep job(s) failed; see the FAILED runs under sweep run "
-                  f"{ctx.run_id} (their {layout.ERROR_TAG} tag says why)", file=sys.stderr)
-            sys.exit(EXIT_JOBS_FAILED)
+            where = (f"see the FAILED runs under sweep run {ctx.run_id} (their {layout.ERROR_TAG} tag says why)"
+                     if ctx is not None else "see each job's error above and its log in its folder under "
+                     f"hydra.sweep.dir={self.failed_dir.parent if self.failed_dir else '?'}")
+            errors.insert(0, f"{failed} sweep job(s) failed; {where}")
+        if errors:
+            print(f"lrtrack: error: {'; '.join(errors)}", file=sys.stderr)
+            sys.exit(EXIT_JOBS_FAILED if failed and self.exit_on_failure else EXIT_FAILED)
 
     def interrupted(self) -> str | None:
         """Ctrl-C or SIGTERM stopped the sweep (inside a job or between jobs): its run ends KILLED and
@@ -243,7 +314,7 @@ class SweepCallback(Callback):
         if ctx is None:
             return None
         self.context = None
-        for var in ENV_VARS:
+        for var in (*ENV_VARS, ENV_FAILED_DIR):
             os.environ.pop(var, None)
         self.run.end("KILLED")
         self.tracker.hand_over(1.0)  # the job's tracker waited already: within the 5 s a stop may take
@@ -277,7 +348,8 @@ _ACTIVE: list[SweepCallback] = []  # the sweep this process started, while it ru
 def interrupt_sweep() -> str:
     """End the running sweep of this process KILLED (see :meth:`SweepCallback.interrupted`); the line to show."""
     run_id = _ACTIVE.pop().interrupted() if _ACTIVE else None
-    return f"interrupted; the sweep run {run_id} and its jobs' runs end KILLED in MLflow" if run_id else "interrupted"
+    return (f"interrupted; the sweep run {run_id} and its jobs' runs are kept in MLflow, those still running "
+            "ended KILLED") if run_id else "interrupted"
 
 
 REVIEW_MAX_RUNS = 20  # the compare page of a larger sweep is unreadable: its sweep run's page instead
@@ -313,17 +385,31 @@ def _review_runs(ctx: SweepContext) -> list[str]:
     return [run.info.run_id for job in jobs for run in (job.explore, job.final) if run is not None]
 
 
+class SweepSummaryError(RuntimeError):
+    """The sweep's summary could not be read or written (the message says why, in one line)."""
+
+
 def finish_sweep(ctx: SweepContext, tracker: Any, run: Any, *, aggregate_seeds: bool = False,
                  wall_seconds: float | None = None) -> int:
     """Summarise a sweep on its parent ``run`` and end it (FAILED when any job failed or the summary
     could not be written, else FINISHED); returns the number of failed jobs. Reads the jobs from
-    the store (each job delivered its runs before it ended); writes through ``tracker``."""
-    from lrtrack.tracking.store import read_client
+    the store (each job delivered its runs before it ended); writes through ``tracker``.
 
-    client = read_client(ctx.tracking_uri)
+    Raises:
+        SweepSummaryError: the summary could not be made (the store went away, the journal cannot be
+            written: one line; a bug also logs its traceback); the run ends FAILED all the same.
+    """
+    from mlflow.exceptions import MlflowException
+
+    from lrtrack.tracking.journal import JournalError
+    from lrtrack.tracking.redact import redact
+    from lrtrack.tracking.store import TrackingUnavailable, read_client
+
     status = "FAILED"
     failed = 0
+    problem: str | None = None
     try:
+        client = read_client(ctx.tracking_uri)
         jobs = records.sweep_jobs(client, ctx.run_id)
         rows = [job_row(job) for job in jobs]
         layout.log_sweep_summary(run, rows, summary_columns(rows), records.range_test_curves(client, jobs),
@@ -337,11 +423,17 @@ def finish_sweep(ctx: SweepContext, tracker: Any, run: Any, *, aggregate_seeds: 
             loss = row.get(layout.FINAL_VAL_LOSS)
             log.info("  %-9s %s  val_loss=%s", row["status"], row["job"], "" if loss is None else f"{loss:.4g}")
         log.info("sweep %s: %d job(s), %d failed; summary logged to run %s", status, len(rows), failed, ctx.run_id)
-    except Exception:
+    except (MlflowException, TrackingUnavailable, JournalError, OSError) as err:  # the store or the disk
+        problem = " ".join(str(err).split())[:500]
+        status = "FAILED"
+    except Exception as err:  # a bug: its traceback in the log
         log.exception("could not summarise sweep run %s", ctx.run_id)
+        problem = f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
         status = "FAILED"
     finally:
         run.end(status)
+    if problem is not None:
+        raise SweepSummaryError(f"could not summarise sweep run {ctx.run_id} ({redact(problem)}); its run ends FAILED")
     return failed
 
 
