@@ -1,4 +1,4 @@
-"""Faults against real processes: signals, secrets and full disks. Each case says what it does, what
+"""Faults against real processes: signals, secrets, full or unwritable folders and failing sweeps. Each case says what it does, what
 should happen and what did, PASS or FAIL; the script exits 1 when any case fails.
 
 Every case runs ``python -m lrtrack +model=mnist_cnn +experiment=smoke ...`` (or ``lrtrack.report``)
@@ -397,6 +397,36 @@ def report_on_a_file(folder: Path) -> Result:
     return Result(ok, f"exit {code}, {len(lines)} error line(s): {(lines or [''])[-1][:150]}")
 
 
+def unwritable_checkpoints(read_only: bool) -> Callable[[Path], Result]:
+    """The output folder's checkpoints/ is a file, or a read-only tmpfs: not a full disk."""
+    def check(folder: Path) -> Result:
+        premade(folder)
+        checkpoints = folder / "out" / "checkpoints"
+        checkpoints.parent.mkdir(parents=True)
+        mounted = False
+        if read_only:
+            checkpoints.mkdir()
+            mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(checkpoints)],
+                                     capture_output=True).returncode == 0
+            if not mounted:
+                return Result(None, "cannot mount a read-only tmpfs here (needs root)")
+        else:
+            checkpoints.write_text("a file")
+        try:
+            code, out, err = run([*TRAIN, f"hydra.run.dir={folder}/out"], folder)
+            runs = runs_ended(folder)
+        finally:
+            if mounted:
+                subprocess.run(["umount", "-l", str(checkpoints)], check=False)
+        lines = error_lines(err)
+        tagged = bool(runs) and all("cannot write the checkpoint" in r.data.tags.get("lrtrack.error", "") for r in runs)
+        ok = (code == 1 and len(lines) == 1 and str(checkpoints) in lines[0] and "Traceback" not in err
+              and {r.info.status for r in runs} == {"FAILED"} and tagged)
+        return Result(ok, f"exit {code}, runs {statuses(runs)}, lrtrack.error tags: {tagged}, {len(lines)} error "
+                          f"line(s): {(lines or [''])[-1][:150]}")
+    return check
+
+
 DISK_CASES = [
     Case("disk: output folder full at a checkpoint", "stage=train, 3 epochs, hydra.run.dir on a 300 kB tmpfs",
          "exit 1, one line naming the folder, every run FAILED with an lrtrack.error tag",
@@ -409,8 +439,41 @@ DISK_CASES = [
          "exit 2, one line, the run stays FINISHED", bad_checkpoint),
     Case("disk: report --out naming a file", "python -m lrtrack.report lrtrack-mnist_cnn --out <a file>",
          "exit 2, one line", report_on_a_file),
+    Case("disk: a file where the checkpoints folder should be", "stage=train, <output>/checkpoints made a file",
+         "exit 1, one line naming the folder, the run FAILED with an lrtrack.error tag",
+         unwritable_checkpoints(read_only=False)),
+    Case("disk: a read-only checkpoints folder", "stage=train, <output>/checkpoints a read-only tmpfs (EROFS)",
+         "exit 1, one line naming the folder, the run FAILED with an lrtrack.error tag",
+         unwritable_checkpoints(read_only=True)),
 ]
-CASES = [*SIGNAL_CASES, *SECRET_CASES, *DISK_CASES]
+
+
+# --------------------------------------------------------------------------- sweeps
+
+SWEEP_FAST = ["+model=mlp", "data=fake", "data.fake_size=256", "train.epochs=1", "finder.num_iter=10",
+              "finder.end_lr=1", "progress=false", "train.checkpoint=false"]
+
+
+def sweep_all_failed(tracking: bool) -> Callable[[Path], Result]:
+    """-m seed=0,1 with model.num_classes=3: every job fails its first-batch check."""
+    def check(folder: Path) -> Result:
+        premade(folder)
+        code, out, err = run(["-m", *SWEEP_FAST, "model.num_classes=3", "seed=0,1", f"tracking.enabled={tracking}"],
+                             folder)
+        lines = error_lines(err)
+        ok = code == 1 and len(lines) == 1 and "2 sweep job(s) failed" in lines[0] and "Traceback" not in err \
+            and "UserWarning" not in err
+        return Result(ok, f"exit {code}, {len(lines)} error line(s): {(lines or [''])[-1][:150]}")
+    return check
+
+
+SWEEP_CASES = [
+    Case("sweep: every job fails", "-m seed=0,1 model.num_classes=3 (each job fails its first-batch check)",
+         "exit 1, one line counting the failed jobs", sweep_all_failed(True)),
+    Case("sweep: every job fails, tracking off", "the same with tracking.enabled=false (no store to count them in)",
+         "exit 1, one line counting the failed jobs", sweep_all_failed(False)),
+]
+CASES = [*SIGNAL_CASES, *SECRET_CASES, *DISK_CASES, *SWEEP_CASES]
 
 
 def main(argv: list[str] | None = None) -> int:
