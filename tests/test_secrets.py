@@ -191,3 +191,14 @@ def test_tracebacks_are_masked_in_log_lines_and_when_a_bug_ends_the_process() ->
 ])
 def test_keyed_secrets_are_masked_and_quoted_values_are_not_taken_for_keys(text: str, shown: str) -> None:
     assert redact(text) == shown
+
+
+def test_what_hydra_prints_itself_is_masked_too(tmp_path: Path) -> None:
+    """``--cfg job`` prints the composed config with Hydra's own print, not through a log line."""
+    from tests.conftest import run_cli
+
+    proc = run_cli(["--cfg", "job", "+model=mnist_cnn", "tracking.tracking_uri='http://bob:Pw0rd ZZ@127.0.0.1:5000'",
+                    "+model.db_password=PWSETTING9"], tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "tracking_uri: http://***@127.0.0.1:5000" in proc.stdout and "db_password: ***" in proc.stdout
+    assert not any(p in proc.stdout + proc.stderr for p in ("Pw0rd", "PWSETTING9"))

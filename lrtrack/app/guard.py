@@ -64,6 +64,27 @@ def guard_process() -> None:
     stop_on_signals()
     install_log_redaction()
     register_command_line(sys.argv[1:])
+    for name in ("stdout", "stderr"):  # what is printed, not logged: Hydra's --cfg and its job errors, tracebacks
+        stream = getattr(sys, name)
+        if not isinstance(stream, RedactingStream):
+            setattr(sys, name, RedactingStream(stream))
+
+
+class RedactingStream:
+    """A text stream that masks credentials (:func:`lrtrack.tracking.redact.redact`) in what is
+    written to it; everything else (``isatty``, ``fileno``, ``encoding``) is the stream's own."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def write(self, text: Any) -> int:
+        from lrtrack.tracking.redact import redact
+
+        self._inner.write(redact(text) if isinstance(text, str) else text)
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
 
 
 def register_command_line(argv: list[str]) -> None:
