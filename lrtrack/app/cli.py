@@ -83,7 +83,7 @@ def task(cfg: DictConfig) -> float | None:
         fail(str(err), EXIT_FAILED)
     except KeyboardInterrupt:
         resume = f"; continue training with: {job.command} train.resume={job.final_run_id}" if job.final_run_id else ""
-        kept = ("the runs it started are kept in MLflow, those still running ended KILLED" if cfg.tracking.enabled
+        kept = ("what it logged is kept: its runs end KILLED in MLflow once delivered" if cfg.tracking.enabled
                 else "nothing was logged (tracking.enabled=false)")
         fail(f"interrupted; {kept}{resume if cfg.tracking.enabled else ''}", EXIT_INTERRUPTED)
 
