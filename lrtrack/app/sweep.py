@@ -399,11 +399,9 @@ def finish_sweep(ctx: SweepContext, tracker: Any, run: Any, *, aggregate_seeds: 
         SweepSummaryError: the summary could not be made (the store went away, the journal cannot be
             written: one line; a bug also logs its traceback); the run ends FAILED all the same.
     """
-    from mlflow.exceptions import MlflowException
-
     from lrtrack.tracking.journal import JournalError
     from lrtrack.tracking.redact import redact
-    from lrtrack.tracking.store import TrackingUnavailable, read_client
+    from lrtrack.tracking.store import read_client, store_errors
 
     status = "FAILED"
     failed = 0
@@ -423,7 +421,7 @@ def finish_sweep(ctx: SweepContext, tracker: Any, run: Any, *, aggregate_seeds: 
             loss = row.get(layout.FINAL_VAL_LOSS)
             log.info("  %-9s %s  val_loss=%s", row["status"], row["job"], "" if loss is None else f"{loss:.4g}")
         log.info("sweep %s: %d job(s), %d failed; summary logged to run %s", status, len(rows), failed, ctx.run_id)
-    except (MlflowException, TrackingUnavailable, JournalError, OSError) as err:  # the store or the disk
+    except (*store_errors(), JournalError, OSError) as err:  # the store or the disk
         problem = " ".join(str(err).split())[:500]
         status = "FAILED"
     except Exception as err:  # a bug: its traceback in the log

@@ -339,6 +339,14 @@ def read_client(uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=uri)
 
 
+def store_errors() -> tuple[type[BaseException], ...]:
+    """What reading a store can raise that is the store's problem, not a bug (the app layer catches
+    these without importing MLflow): MLflow's own errors and :class:`TrackingUnavailable`."""
+    from mlflow.exceptions import MlflowException
+
+    return MlflowException, TrackingUnavailable
+
+
 class DeletedExperiment(ValueError):
     """The experiment exists but was deleted: lrtrack does not undo the user's decision."""
 
