@@ -283,8 +283,12 @@ def test_job_and_relay_killed_together_deliver_ends_their_runs_killed(tmp_path: 
     (journal,) = tmp_path.glob("outputs/*/*/tracking-spool/*")
     client = _client(tmp_path)
     assert _run(client, run_id).info.status == "RUNNING"  # nobody was left to end it
-    # The next lrtrack command on the store ends it: its owner process is gone from this host.
-    nxt = run_cli_here(["+model=mnist_cnn", "+experiment=smoke", "stage=range_test"], tmp_path)
+    # The next lrtrack command on the store, launched from another folder (one in this folder delivers
+    # the journal first: tests/test_stranded.py), ends it: its owner process is gone from this host.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    nxt = run_cli_here(["+model=mnist_cnn", "+experiment=smoke", "stage=range_test",
+                        f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"], elsewhere)
     assert nxt.returncode == 0, nxt.stderr
     killed = _run(client, run_id)
     assert killed.info.status == "KILLED" and "gone" in killed.data.tags["lrtrack.stop_reason"]
