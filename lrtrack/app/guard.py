@@ -180,16 +180,34 @@ def protect(cfg: DictConfig, output_dir: Path) -> None:
 
     walk(OmegaConf.to_container(cfg, resolve=False))
     register_command_line(sys.argv[1:])
-    try:  # secret-named settings as their values (an interpolation copies them), URLs' userinfo whole
-        register_secret_settings(OmegaConf.to_container(cfg, resolve=True))
-    except Exception:  # a value that cannot be resolved: validation names it; the unresolved tree still counts
-        register_secret_settings(OmegaConf.to_container(cfg, resolve=False))
+    # Secret-named settings as their values (an interpolation copies them), URLs' userinfo whole; only
+    # those are resolved here: the whole config may hold an interpolation bomb, refused by validation.
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    register_secret_settings(raw)
+    for path in _secret_paths(raw):
+        with contextlib.suppress(Exception):  # one that cannot be resolved: validation names it
+            register_secret_settings({path.rsplit(".", 1)[-1]: OmegaConf.to_container(
+                OmegaConf.create({"v": OmegaConf.select(cfg, path)}), resolve=True)["v"]})
     private = [Path(h.baseFilename) for h in logging.getLogger().handlers if hasattr(h, "baseFilename")]
     for path in [*private, *(output_dir / ".hydra").glob("*.yaml"), *_sweep_records()]:
         with contextlib.suppress(OSError):
             path.chmod(0o600)
             if path.suffix == ".yaml":  # Hydra saved the config and the overrides as given
                 _redact_yaml(path)
+
+
+def _secret_paths(node: Any, prefix: str = "") -> list[str]:
+    """The dotted paths of the secret-named settings in a config tree."""
+    from lrtrack.tracking.redact import is_secret_name
+
+    paths = []
+    for key, value in node.items() if isinstance(node, dict) else []:
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if is_secret_name(str(key)):
+            paths.append(path)
+        elif isinstance(value, dict):
+            paths += _secret_paths(value, path)
+    return paths
 
 
 def _sweep_records() -> list[Path]:
