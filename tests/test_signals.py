@@ -145,3 +145,31 @@ def test_a_signal_while_the_command_starts_is_exit_130_without_a_traceback(tmp_p
                 [e.experiment_id for e in client.search_experiments()])):
             assert time.monotonic() < deadline, "a run was left RUNNING"
             time.sleep(0.2)
+
+
+def test_a_stop_swallowed_where_python_ignores_exceptions_still_stops_the_next_step() -> None:
+    """A KeyboardInterrupt raised inside a ``__del__`` is printed and dropped by Python; the stop the
+    signal handler also requested is seen by the next optimizer step (lrtrack.engine.stopping)."""
+    import torch
+
+    from lrtrack.app.guard import _terminate, stop_on_signals
+    from lrtrack.engine.steps import supervised_step, train_step
+
+    class Dropped:
+        def __del__(self) -> None:
+            _terminate(signal.SIGTERM, None)  # the signal lands while Python runs a finaliser
+
+    saved = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    try:
+        stop_on_signals()
+        Dropped()  # "Exception ignored in: <function Dropped.__del__ ...>": the interruption is lost
+        model = torch.nn.Linear(2, 2)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        batch = (torch.zeros(4, 2), torch.zeros(4, dtype=torch.long))
+        with pytest.raises(KeyboardInterrupt):
+            train_step(model, optimizer, lambda: batch, supervised_step(torch.nn.CrossEntropyLoss()),
+                       device=torch.device("cpu"))
+    finally:
+        stop_on_signals()  # forget the stop for the tests after this one
+        signal.signal(signal.SIGTERM, saved[0])
+        signal.signal(signal.SIGINT, saved[1])

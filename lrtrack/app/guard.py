@@ -36,6 +36,9 @@ def _terminate(signum: int, frame: Any) -> None:
     global _stopping_since
     if _stopping_since is None:
         _stopping_since = time.monotonic()
+        from lrtrack.engine.stopping import request_stop
+
+        request_stop()  # every later step raises too: an interruption swallowed in a __del__ is not lost
         # A cluster signals every process of the job: DataLoader workers die with it, and torch's SIGCHLD
         # handler would raise "worker killed" into the stop. Expected now: not an error of the run.
         with contextlib.suppress(AttributeError, ValueError, OSError):
@@ -51,9 +54,26 @@ def _terminate(signum: int, frame: Any) -> None:
 def stop_on_signals() -> None:
     """Install the handler for SIGTERM and SIGINT (see the module docstring); main thread only."""
     global _stopping_since
+    from lrtrack.engine.stopping import clear_stop
+
     _stopping_since = None
+    clear_stop()
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGINT, _terminate)
+    if not _FORK_HOOK:  # a forked child (a DataLoader worker) leaves the stop to the job, which ends it
+        os.register_at_fork(after_in_child=_children_leave_signals_to_the_job)
+        _FORK_HOOK.append(True)
+
+
+_FORK_HOOK: list[bool] = []
+
+
+def _children_leave_signals_to_the_job() -> None:
+    """A cluster's preemption signals every process of the job: a DataLoader worker that stopped on
+    it would fail the job's next batch ("worker exited unexpectedly") before the job saw its own."""
+    with contextlib.suppress(ValueError, OSError):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def guard_process() -> None:

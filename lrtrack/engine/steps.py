@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from lrtrack.engine.stopping import check_stop
+
 StepFn = Callable[[nn.Module, Any], torch.Tensor]
 """``step_fn(model, batch) -> loss``: the loss of one batch (a scalar tensor)."""
 
@@ -183,6 +185,7 @@ def train_step(
         The mean unscaled loss over the step's batches: a detached float32 scalar on
         ``device``. Nothing here waits for the device (no host synchronization).
     """
+    check_stop()  # a stop whose KeyboardInterrupt was swallowed (engine.stopping) is seen here
     optimizer.zero_grad(set_to_none=True)
     loss_sum = torch.zeros((), device=device)
     passes = 0
@@ -265,6 +268,7 @@ def mean_loss(
     Raises:
         ValueError: ``batches`` yielded nothing.
     """
+    check_stop()
     from lrtrack.engine.distributed import is_distributed, sum_over_ranks, unwrap
 
     model = unwrap(model) if is_distributed() else model
