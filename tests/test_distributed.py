@@ -270,7 +270,14 @@ def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     import torch.multiprocessing as mp
 
     folder = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_rank_main, args=(2, str(folder / "init"), str(folder)), nprocs=2, join=True)
+    try:
+        mp.spawn(_rank_main, args=(2, str(folder / "init"), str(folder)), nprocs=2, join=True)
+    except mp.ProcessExitedException:
+        # gloo now and then aborts a rank inside destroy_process_group ("terminate called without an
+        # active exception", SIGABRT; 1 run in 5 here, before and after this session's changes), after
+        # both ranks saved their results: those are what the tests compare. A rank that saved nothing failed.
+        if not all((folder / f"rank{r}.pt").is_file() for r in range(2)):
+            raise
     return [torch.load(folder / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
 
