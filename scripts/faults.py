@@ -135,6 +135,17 @@ def statuses(runs: list[Any]) -> str:
     return ", ".join(f"{r.data.tags.get('lrtrack.stage', '?')}={r.info.status}" for r in runs) or "no runs"
 
 
+def failed_runs_verdict(code: int | None, err: str, runs: list[Any], *, folder_named: str, tag_says: str) -> Result:
+    """A write that failed: exit 1, one error line naming the folder, no traceback, every run FAILED
+    with an lrtrack.error tag that says why."""
+    lines = error_lines(err)
+    tagged = bool(runs) and all(tag_says in r.data.tags.get("lrtrack.error", "") for r in runs)
+    ok = (code == 1 and len(lines) == 1 and folder_named in lines[0] and "Traceback" not in err
+          and {r.info.status for r in runs} == {"FAILED"} and tagged)
+    return Result(ok, f"exit {code}, runs {statuses(runs)}, lrtrack.error tags: {tagged}, {len(lines)} error "
+                      f"line(s): {(lines or [''])[-1][:150]}")
+
+
 def error_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith("lrtrack: error:")]
 
@@ -346,12 +357,7 @@ def full_output(size: str, extra: list[str]) -> Callable[[Path], Result]:
                 return Result(None, "cannot mount a tmpfs here (needs root)")
             code, out, err = run([*extra, f"hydra.run.dir={disk}/run"], folder)
             runs = runs_ended(folder)
-        lines = error_lines(err)
-        tagged = bool(runs) and all("full" in r.data.tags.get("lrtrack.error", "") for r in runs)
-        ok = (code == 1 and len(lines) == 1 and str(disk) in lines[0] and "Traceback" not in err
-              and {r.info.status for r in runs} == {"FAILED"} and tagged)
-        return Result(ok, f"exit {code}, runs {statuses(runs)}, lrtrack.error tags: {tagged}, {len(lines)} error "
-                          f"line(s): {(lines or [''])[-1][:150]}")
+        return failed_runs_verdict(code, err, runs, folder_named=str(disk), tag_says="full")
     return check
 
 
@@ -418,12 +424,7 @@ def unwritable_checkpoints(read_only: bool) -> Callable[[Path], Result]:
         finally:
             if mounted:
                 subprocess.run(["umount", "-l", str(checkpoints)], check=False)
-        lines = error_lines(err)
-        tagged = bool(runs) and all("cannot write the checkpoint" in r.data.tags.get("lrtrack.error", "") for r in runs)
-        ok = (code == 1 and len(lines) == 1 and str(checkpoints) in lines[0] and "Traceback" not in err
-              and {r.info.status for r in runs} == {"FAILED"} and tagged)
-        return Result(ok, f"exit {code}, runs {statuses(runs)}, lrtrack.error tags: {tagged}, {len(lines)} error "
-                          f"line(s): {(lines or [''])[-1][:150]}")
+        return failed_runs_verdict(code, err, runs, folder_named=str(checkpoints), tag_says="cannot write the checkpoint")
     return check
 
 

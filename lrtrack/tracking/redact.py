@@ -37,6 +37,7 @@ _KEYED = re.compile(rf"(?i)(?P<key>(?:(?<![\w?&;=])['\"]|(?<![\w?&;='\"]))[\w.\-
                     rf"(?P<value>'[^']*'|\"[^\"]*\"|[^\s,;}}\]]+)")
 _NUMBER = re.compile(r"^[+-]?\d+(?:\.\d*)?(?:e[+-]?\d+)?$", re.IGNORECASE)
 _LITERALS: set[str] = set()
+_LONGEST_FIRST: list[str] = []  # _LITERALS, longest first (a password that holds another secret): kept sorted once
 MIN_SECRET_LENGTH = 4  # shorter registered values would mask common words
 
 
@@ -45,11 +46,13 @@ def register_secret(value: Any) -> None:
     text = str(value) if value is not None else ""
     if len(text) >= MIN_SECRET_LENGTH and text != MASK:
         _LITERALS.add(text)
+        _LONGEST_FIRST[:] = sorted(_LITERALS, key=len, reverse=True)
 
 
 def clear_secrets() -> None:
     """Forget every :func:`register_secret` value (a new job registers its own)."""
     _LITERALS.clear()
+    _LONGEST_FIRST.clear()
 
 
 def is_secret_name(key: str) -> bool:
@@ -108,7 +111,7 @@ def _mask_keyed(m: re.Match[str]) -> str:
 
 def redact(text: str) -> str:
     """``text`` with URL userinfo, secret settings' values and registered secrets masked."""
-    for literal in sorted(_LITERALS, key=len, reverse=True):
+    for literal in _LONGEST_FIRST:  # redact() runs on every printed line (stdout is wrapped): no sort here
         text = text.replace(literal, MASK)
     text = _URL.sub(_mask_url, text)
     text = _QUERY.sub(lambda m: f"{m['key']}{MASK}", text)
