@@ -221,6 +221,25 @@ def test_keyboard_interrupt_restores_and_returns_the_partial_curve() -> None:
         assert torch.equal(v, before[k]), k
 
 
+def test_an_interrupt_before_the_first_step_returns_an_empty_low_confidence_result() -> None:
+    """A signal that lands between the loader and the first step (seen under load in CI) is not a bug."""
+    model, loader = _task()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    before = _state(model)
+
+    def interrupted_at_once(m: nn.Module, batch: object) -> torch.Tensor:
+        raise KeyboardInterrupt
+
+    result = run_range_test(model, opt, loader, step_fn=interrupted_at_once, num_iter=10, device="cpu",
+                            progress=False)
+    assert result.stop_reason == STOP_INTERRUPTED and result.steps == 0 and result.lrs == []
+    assert result.confidence == "low"
+    assert result.confidence_reasons == ["too few steps: the sweep has 0 finite points"]
+    assert all(s.lr is None for s in result.suggestions.values())
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
 # --------------------------------------------------------------------------- groups, accumulation, validation
 
 

@@ -101,7 +101,8 @@ def curve_reasons(lrs: Sequence[float], raw_losses: Sequence[float]) -> list[str
     """``flat loss``, ``non-monotone sweep`` and ``too few steps`` read from the sweep's raw loss."""
     n = _finite_prefix(raw_losses)
     if n < MIN_SWEEP_POINTS:
-        return [f"{TOO_FEW}: the sweep has {n} finite points (stopped at lr {lrs[max(0, n - 1)]:.3g})"]
+        where = f" (stopped at lr {lrs[n - 1]:.3g})" if 0 < n <= len(lrs) else ""  # a test stopped before its first step
+        return [f"{TOO_FEW}: the sweep has {n} finite points{where}"]
     start = statistics.median(raw_losses[: max(3, n // 10)])
     curve = zero_lag([min(v, start) for v in raw_losses[:n]], _SMOOTHING)
     low = min(range(n), key=curve.__getitem__)
