@@ -52,6 +52,12 @@ def text_data(**settings):
 
 def number_loaders(**settings):
     return 3, None
+
+
+class ExitingNet(torch.nn.Module):
+    def __init__(self, **settings):
+        super().__init__()
+        raise SystemExit(3)
 '''
 
 BASE = ["+model=mnist_cnn", "+experiment=smoke"]
@@ -118,6 +124,23 @@ CASES = {
                                      "fn(outputs, targets) -> number, or a class with update/compute/reset "
                                      "(torchmetrics)"),
 }
+
+
+EXITING = {  # a user's module or constructor calling sys.exit would end lrtrack silently (exit 0 on import)
+    "a module exiting on import": (["model._target_=scriptlike.Net"],
+                                   "model (scriptlike.Net): cannot import 'scriptlike.Net': importing scriptlike called "
+                                   "sys.exit(0); put the module's script code under `if __name__ == \"__main__\":`"),
+    "a constructor exiting": (["model._target_=parts.ExitingNet"],
+                              "model (parts.ExitingNet): building it called sys.exit(3); a component must raise an "
+                              "exception to refuse its settings"),
+}
+
+
+@pytest.mark.parametrize("case", list(EXITING))
+def test_a_component_calling_sys_exit_is_one_line_not_a_silent_exit(case: str, project: Path) -> None:
+    (project / "scriptlike.py").write_text("import sys\n\nprint('training...')\nsys.exit(0)\n")
+    args, expected = EXITING[case]
+    assert refused(args, project) == expected
 
 
 @pytest.mark.parametrize("case", list(CASES))

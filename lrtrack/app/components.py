@@ -296,7 +296,7 @@ class ComponentBuilder:
             built = instantiate(node, **settings)
         except DataUnavailableError as err:
             raise UserError(str(err)) from err
-        except (InstantiationException, ValueError, TypeError) as err:
+        except (InstantiationException, ValueError, TypeError, SystemExit) as err:
             if isinstance(err.__cause__, DataUnavailableError):
                 raise UserError(str(err.__cause__)) from err
             raise UserError(component_error("data", node, err)) from err
@@ -344,7 +344,7 @@ class ComponentBuilder:
         partial = node.get("_partial_", not inspect.isclass(get_object(target)))
         try:
             return instantiate(node, _partial_=partial)
-        except (InstantiationException, ValueError, TypeError) as err:
+        except (InstantiationException, ValueError, TypeError, SystemExit) as err:
             raise UserError(component_error(group, node, err)) from err
 
     def _checked(self, problem_of: Any, group: str, built: Any) -> Any:
@@ -371,5 +371,5 @@ class ComponentBuilder:
         node = self.cfg[group]
         try:
             return finish(instantiate(node))
-        except (InstantiationException, ValueError, TypeError) as err:
+        except (InstantiationException, ValueError, TypeError, SystemExit) as err:
             raise UserError(component_error(group, node, err)) from err

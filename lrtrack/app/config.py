@@ -881,6 +881,9 @@ def import_hint(target: str) -> str | None:
         return f"cannot import {target!r}: importing {module} needs {err.name!r}, which is not installed ({err})"
     except Exception as err:  # the user's module raised while importing
         return f"cannot import {target!r}: importing {module} raised {type(err).__name__}: {err}"
+    except SystemExit as err:  # a script's top-level code ran on import (it would end lrtrack silently)
+        return (f"cannot import {target!r}: importing {module} called sys.exit({err.code!r}); put the module's "
+                "script code under `if __name__ == \"__main__\":`")
     if not hasattr(loaded, attr):
         return (f"cannot import {target!r}: module {module} ({getattr(loaded, '__file__', '?')}) has no "
                 f"{attr!r}; check the spelling of _target_")
@@ -1009,6 +1012,10 @@ def _build(errors: list[str], group: str, node: DictConfig, finish: Callable[[An
 
 def component_error(group: str, node: DictConfig, err: BaseException) -> str:
     """One line for a component that cannot be built: ``group (target): message; check ...``."""
+    if isinstance(err, SystemExit):  # a module or constructor that ends the process would end lrtrack silently
+        hint = import_hint(str(node.get("_target_")))
+        return f"{group} ({node.get('_target_')}): " + (hint or (
+            f"building it called sys.exit({err.code!r}); a component must raise an exception to refuse its settings"))
     cause = err.__cause__ if err.__cause__ is not None and not str(err).strip() else err
     message = " ".join(line.strip() for line in str(cause).strip().splitlines()) or type(cause).__name__
     located = re.search(r"Error locating target '([^']+)'", message)

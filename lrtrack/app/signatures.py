@@ -46,7 +46,7 @@ def _unknown_settings(group: str, node: DictConfig, target: str) -> list[str]:
         from hydra.utils import get_object
 
         parameters = inspect.signature(get_object(target)).parameters
-    except Exception:  # not importable, no signature: building it reports the problem
+    except (Exception, SystemExit):  # not importable, no signature: building it reports the problem
         return []
     if any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
         return []
@@ -68,7 +68,7 @@ def _argument_kinds(target: str) -> dict[str, str]:
 
         obj = get_object(target)
         signature = inspect.signature(obj)
-    except Exception:  # not importable, no signature: building it reports the problem
+    except (Exception, SystemExit):  # not importable, no signature: building it reports the problem
         return {}
     try:
         hints = typing.get_type_hints(obj.__init__ if inspect.isclass(obj) else obj)
