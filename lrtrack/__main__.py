@@ -15,7 +15,8 @@ if __name__ == "__main__":
     signal.signal(signal.SIGTERM, _stopped_while_starting)  # the imports below take most of a second
     signal.signal(signal.SIGINT, _stopped_while_starting)
 
-from lrtrack.app.cli import exit_without_teardown, main  # noqa: E402 - after the handlers above
+from lrtrack.app.cli import main  # noqa: E402 - after the handlers above
+from lrtrack.app.guard import exit_without_teardown  # noqa: E402
 
 if __name__ == "__main__":
     try:

@@ -33,7 +33,14 @@ from torch.utils.data import DataLoader
 
 from lrtrack.engine import finder as engine
 from lrtrack.engine.observers import StepObserver
-from lrtrack.engine.steps import StepFn, autocast_factory, batch_size_of, mean_loss, supervised_step
+from lrtrack.engine.steps import (
+    StepFn,
+    autocast_factory,
+    batch_size_of,
+    device_problem,
+    mean_loss,
+    supervised_step,
+)
 from lrtrack.engine.suggest import Suggestion, check_rule, suggest
 
 log = logging.getLogger(__name__)
@@ -502,6 +509,10 @@ class LRFinder:
         self.criterion, self.step_fn = criterion, step_fn
         self.amp_backend, self.grad_scaler, self.cache_dir = amp_backend, grad_scaler, cache_dir
         _check_finder_args(self, amp_config)
+        if not isinstance(memory_cache, bool):  # 'no' would be taken as true
+            raise TypeError(f"memory_cache must be True or False; got {memory_cache!r}")
+        if device and device_problem(device) is not None:
+            raise ValueError(f"device={str(device)!r} is invalid: {device_problem(device)}")
         self.amp_config = dict(amp_config) if amp_config is not None else None
         self.memory_cache, self.compat, self.observer = memory_cache, bool(compat), observer
         self.history: dict[str, list[float]] = {"lr": [], "loss": []}

@@ -9,6 +9,7 @@ import pytest
 
 from lrtrack.app.commandline import arranged
 from tests.conftest import run_cli_here, runs_once_ended
+from tests.test_examples import no_runs
 
 SMOKE = ["+model=mnist_cnn", "+experiment=smoke"]
 
@@ -68,3 +69,97 @@ def test_a_sweep_checks_its_store_before_its_run_exists(tmp_path: Path) -> None:
                         tmp_path)
     assert _one_line(proc).startswith("lrtrack: error: nothing answers at tracking server http://127.0.0.1:9 "
                                       "(connection refused)")
+
+
+# ------------------------------------------------------------------ the fresh battery's classes (helper-14)
+# Each refused in one line before any run: run_cli_here in a premade store, then the store is checked empty.
+
+REFUSED = {
+    "a top-level typo": (["+epochs=5"], "epochs=5 is invalid: lrtrack has no top-level setting of that name and no "
+                                        "${...} reads it; did you mean train.epochs?"),
+    "a group typo": (["+models=mlp"], "models='mlp' is invalid: lrtrack has no top-level setting of that name and no "
+                                      "${...} reads it; did you mean model?"),
+    "a schema node deleted": (["~train"], "train is missing: lrtrack needs it (~train deleted it: drop that override; "
+                                          "to change a setting, write <setting>=<value>)"),
+    "a schema node's values deleted": (["~finder"], "finder.start_lr, finder.end_lr, finder.step_mode, "
+                                                    "finder.smoothing (and 7 more) are missing: lrtrack needs them "
+                                                    "(~finder deleted them: drop that override; to change a setting, "
+                                                    "write <setting>=<value>)"),
+    "a setting the stage never reads": (["stage=range_test", "bounds.max_lr=0.1"],
+                                        "bounds.max_lr='0.1' is invalid: is read only by the training run, and "
+                                        "stage=range_test runs the range test alone; drop bounds.max_lr, or run "
+                                        "stage=all (range test, then training)"),
+    "registering with tracking off": (["tracking.enabled=false", "tracking.register_model=cnn"],
+                                      "tracking.register_model='cnn' is invalid: registers the logged model in MLflow, "
+                                      "so it needs tracking.enabled=true; drop tracking.register_model, or enable "
+                                      "tracking"),
+    "a CPU index": (["device=cpu:1"], "device='cpu:1' is invalid: the CPU has no index (torch runs on all its cores "
+                                      "as one device); use device=cpu"),
+    "a float count": (["model.num_classes=1e1"], "model.num_classes=10.0 is invalid: must be a whole number "
+                                                 "(num_classes of lrtrack.engine.models.MnistCNN); write 10"),
+    "an LR interpolated to null": (["optimizer.lr=${bounds.max_lr}"],
+                                   "optimizer.lr=${bounds.max_lr} is invalid: must be a number (lr of torch.optim.SGD), "
+                                   "not null (what it refers to is null); e.g. optimizer.lr=0.001"),
+    "a decay past the run": (["schedule=step", "schedule.step_size=1000"],
+                             "schedule (lrtrack.engine.schedules.step): step step_size=1000 epochs is longer than the "
+                             "run (1 epochs), so the LR never decays; give a step_size of at most 1, or use "
+                             "schedule=constant.; check the schedule.* settings"),
+    "a group option as its file": (["optimizer=sgd.yaml"], "optimizer=sgd.yaml is invalid: a config group takes an "
+                                                           "option's name, not its file; write optimizer=sgd"),
+    "an empty output folder": (["hydra.run.dir="], "hydra.run.dir='' is invalid: an empty folder would put the job's "
+                                                   "outputs in the launch folder; give a folder, e.g. "
+                                                   "hydra.run.dir=outputs/mine"),
+    "a bad --cfg": (["--cfg", "badvalue"], "argument --cfg/-c: invalid choice: 'badvalue' (choose from 'job', 'hydra', "
+                                           "'all'); see python -m lrtrack --help"),
+    "a sweep range with step 0": (["-m", "stage=range_test", "seed=range(0,3,0)"],
+                                  "seed=range(0,3,0) cannot be swept: range() arg 3 must not be zero; the basic sweeper "
+                                  "takes lists (a,b,c), range(start, stop[, step]) with a non-zero step, and glob(); "
+                                  "interval() and tag() need a sweeper that samples (e.g. hydra/sweeper=optuna)"),
+    "an empty sweep": (["-m", "stage=range_test", "seed=range(3,1)"],
+                       "the sweep has no jobs: seed=range(3,1) expands to no value; check the range or list"),
+    "validation asked of data without it": (["finder.val_batches=3", "data._target_=parts.no_val",
+                                             "~data.val_batch_size", "~data.fake_size", "~data.in_memory"],
+                                            "finder.val_batches=3 is invalid: the data (data=fake) has no validation "
+                                            "loader; give validation data or set finder.val_batches=0 (the range test "
+                                            "then records the training loss)"),
+}
+
+PARTS = '''
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+
+def no_val(batch_size=64, seed=0, num_workers=0):
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(256, 1, 28, 28, generator=g), torch.randint(0, 10, (256,), generator=g)
+    return DataLoader(TensorDataset(x, y), batch_size=batch_size), None
+'''
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_each_class_of_the_fresh_battery_is_one_line_before_any_run(case: str, tmp_path: Path, premade_store) -> None:
+    premade_store(tmp_path)
+    (tmp_path / "parts.py").write_text(PARTS)
+    args, line = REFUSED[case]
+    proc = run_cli_here([*SMOKE, *args], tmp_path)
+    assert _one_line(proc) == f"lrtrack: error: {line}"
+    assert no_runs(tmp_path)
+
+
+def test_a_top_level_node_that_a_setting_interpolates_is_a_users_own_and_kept(tmp_path: Path, premade_store) -> None:
+    premade_store(tmp_path)
+    proc = run_cli_here([*SMOKE, "stage=range_test", "+width=10", "model.num_classes=${width}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_a_schedule_setting_wrong_for_the_suggested_lr_stops_before_the_training_run(tmp_path: Path,
+                                                                                      premade_store) -> None:
+    """eta_min is checked against the range test's max_lr once known: the explore run is kept, no final run."""
+    premade_store(tmp_path)
+    proc = run_cli_here([*SMOKE, "schedule=cosine", "schedule.eta_min=0.08"], tmp_path)
+    line = _one_line(proc)
+    assert line.startswith("lrtrack: error: schedule (lrtrack.engine.schedules.cosine): eta_min must be in [0, max_lr=")
+    assert line.endswith("the training run was not started)")
+    runs = runs_once_ended(tmp_path)
+    assert sorted(r.data.tags.get("lrtrack.stage", "pipeline") for r in runs) == ["explore", "pipeline"]
+    assert [r.info.status for r in runs if r.data.tags.get("lrtrack.stage") == "explore"] == ["FINISHED"]

@@ -23,10 +23,22 @@ def test_every_option_of_every_group_composes_to_a_complete_valid_config(group: 
     options = available_options(group)
     assert options, group
     for option in options:
-        cfg = composed(model=option) if group == "model" else composed(f"{group}={option}")
+        # (a schedule-free optimizer trains with a constant LR: another schedule is refused, see below)
+        alongside = ["schedule=constant"] if option.startswith("schedulefree") else []
+        cfg = composed(model=option) if group == "model" else composed(f"{group}={option}", *alongside)
         missing = OmegaConf.missing_keys(cfg)
         assert not missing, f"{group}={option} leaves {sorted(missing)} unset"
         assert errors_of(cfg) == [], f"{group}={option}"
+
+
+@pytest.mark.parametrize("optimizer", ["schedulefree_adamw", "schedulefree_sgd"])
+def test_a_schedule_free_optimizer_with_a_schedule_is_refused_naming_the_one_it_needs(optimizer: str) -> None:
+    target = {"schedulefree_adamw": "AdamWScheduleFree", "schedulefree_sgd": "SGDScheduleFree"}[optimizer]
+    assert errors_of(composed(f"optimizer={optimizer}")) == [
+        f"schedule='lrtrack.engine.schedules.onecycle' is invalid: optimizer schedulefree.{target} replaces the LR "
+        "schedule (it averages the weights instead), so it trains with a constant LR; use schedule=constant "
+        "(warm-up: optimizer.warmup_steps)"]
+    assert errors_of(composed(f"optimizer={optimizer}", "stage=range_test")) == []  # the range test: no schedule
 
 
 def test_the_defaults_are_the_seed_example() -> None:
@@ -101,7 +113,8 @@ def test_dry_run_builds_the_optimizer_and_schedule_before_anything_starts() -> N
     # Cycling momentum needs an optimizer that has momentum.
     (line,) = errors_of(composed("optimizer.momentum=0", "schedule=triangular"))
     assert line.startswith("schedule (lrtrack.engine.schedules.triangular): ") and "cycle_momentum" in line
-    # Only the range test: the schedule is not built, so its settings do not matter.
+    # Only the range test: the schedule is not built, so a config's schedule settings do not matter (the same
+    # override typed on a command line is refused: test_settings_a_stage_never_reads_are_refused).
     assert errors_of(composed("stage=range_test", "schedule.pct_start=1.5")) == []
 
 

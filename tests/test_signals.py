@@ -173,3 +173,28 @@ def test_a_stop_swallowed_where_python_ignores_exceptions_still_stops_the_next_s
         stop_on_signals()  # forget the stop for the tests after this one
         signal.signal(signal.SIGTERM, saved[0])
         signal.signal(signal.SIGINT, saved[1])
+
+
+@pytest.mark.parametrize(("marker", "delay"), [(r"training done: ", 0.05), (r"review in MLflow: ", 0.0)])
+def test_a_signal_after_training_is_exit_130_and_never_lost_nor_a_traceback(marker: str, delay: float,
+                                                                            tmp_path: Path, premade_store) -> None:
+    """After the last step the job logs its plots and model and waits for delivery: a KeyboardInterrupt
+    raised there inside a __del__ or an atexit hook is dropped by Python ("Exception ignored"), and the
+    job used to go on and exit 0. The stop is kept: exit 130, one line, no traceback, and the runs are
+    KILLED (stopped before they ended) or FINISHED (stopped while the last records were delivered)."""
+    premade_store(tmp_path)
+    proc = _Process(SMOKE, tmp_path)
+    proc.read_until(marker)
+    time.sleep(delay)
+    code, out, took = _stop(proc, signal.SIGTERM)
+    assert code == 130, out[-3000:]
+    assert "Traceback" not in out and "Exception ignored" not in out, out[-3000:]
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("lrtrack: error: interrupted"), last
+    assert took < STOP_WITHIN_S, f"{took:.1f} s to stop"
+    statuses = {r.data.tags.get("lrtrack.stage"): r.info.status for r in runs_once_ended(tmp_path)}
+    if "FINISHED" in statuses.values() and "KILLED" not in statuses.values():
+        assert last == "lrtrack: error: interrupted after the job's runs ended FINISHED; the relay delivers what is " \
+                       "left of them", last
+    else:
+        assert statuses["final"] == "KILLED" and "train.resume=" in last, (statuses, last)

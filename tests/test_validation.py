@@ -380,7 +380,7 @@ def test_betas_of_the_wrong_length_are_one_line(value: str) -> None:
     (["optimizer.lr=[0.1]"], "optimizer.lr=[0.1] is invalid: must be a number (lr of torch.optim.SGD), not a list"),
     (["schedule.three_phase=sometimes"], "schedule.three_phase='sometimes' is invalid: must be true or false"),
     # Settings by name whatever the class; values that are 0 in float32.
-    (["optimizer=schedulefree_adamw", "optimizer.warmup_steps=2.5"],
+    (["optimizer=schedulefree_adamw", "schedule=constant", "optimizer.warmup_steps=2.5"],
      "optimizer.warmup_steps=2.5 is invalid: must be a whole number of steps >= 0"),
     (["optimizer=prodigy", "optimizer.d_coef=0"], "optimizer.d_coef=0 is invalid: must be > 0"),
     (["model.dropout=1.0"], "model.dropout=1.0 is invalid: must be in [0, 1) (1 drops every activation)"),

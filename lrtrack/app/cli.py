@@ -23,7 +23,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from lrtrack.app.commandline import arranged, condensed, override_problems
 from lrtrack.app.config import ConfigError, config_dir, register_configs, validate
-from lrtrack.app.guard import discard_refused_job_folder, guard_process, protect, stop_line
+from lrtrack.app.guard import (
+    after_the_runs,
+    discard_refused_job_folder,
+    finished_job,
+    guard_process,
+    job_done,
+    protect,
+    stop_line,
+)
 from lrtrack.tracking.redact import redact
 
 log = logging.getLogger("lrtrack")
@@ -63,6 +71,7 @@ def task(cfg: DictConfig) -> float | None:
     global _job_started
     _job_started = True
     from lrtrack.app.recipe import RangeTestRecipe, RunFailure, UserError, run_sweep_job
+    from lrtrack.engine.stopping import check_stop
     from lrtrack.tracking.journal import DeliveryError, JournalError
 
     job = job_info()
@@ -71,7 +80,10 @@ def task(cfg: DictConfig) -> float | None:
         return run_sweep_job(cfg, job)
     try:
         validate(cfg)  # the settings (no torch); the recipe checks the rest once its tracker started
-        return RangeTestRecipe(cfg, job).run()
+        outcome = RangeTestRecipe(cfg, job).run()
+        check_stop()  # a signal whose KeyboardInterrupt Python dropped (raised in a __del__ or an atexit hook)
+        job_done(cfg.tracking.enabled)
+        return outcome
     except ConfigError as err:
         discard_refused_job_folder(job.output_dir, job.launch_dir)
         fail(err.errors)
@@ -82,6 +94,8 @@ def task(cfg: DictConfig) -> float | None:
     except (DeliveryError, JournalError) as err:  # the records wait in the journal (the message says how to send them)
         fail(str(err), EXIT_FAILED)
     except KeyboardInterrupt:
+        if job.runs_ended:  # stopped while the last records were delivered: nothing is lost, nothing to resume
+            fail(after_the_runs(cfg.tracking.enabled), EXIT_INTERRUPTED)
         resume = f"; continue training with: {job.command} train.resume={job.final_run_id}" if job.final_run_id else ""
         kept = ("what it logged is kept: its runs end KILLED in MLflow once delivered" if cfg.tracking.enabled
                 else "nothing was logged (tracking.enabled=false)")
@@ -89,23 +103,6 @@ def task(cfg: DictConfig) -> float | None:
 
 
 _job_started = False
-
-
-def exit_without_teardown(code: int) -> None:
-    """End the process after a finished command, skipping the interpreter's module teardown:
-    with torch loaded it takes about a second, spent after everything was written. atexit
-    handlers still run and every stream and log file is flushed first; the tracker was closed
-    (its runs delivered) before. Only ``python -m lrtrack`` calls this, never the library."""
-    import atexit
-
-    atexit._run_exitfuncs()
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    os._exit(code)
 
 
 def main() -> None:
@@ -130,4 +127,6 @@ def main() -> None:
             raise  # raised while a job ran: a bug, keep the traceback
         fail(condensed(err))
     except (KeyboardInterrupt, OSError) as err:  # a stopped sweep, a full disk: one line (guard.stop_line)
+        if isinstance(err, KeyboardInterrupt) and finished_job() is not None:
+            fail(after_the_runs(bool(finished_job())), EXIT_INTERRUPTED)
         fail(*stop_line(err))

@@ -62,18 +62,54 @@ def _split(argv: list[str], parser: object) -> tuple[list[str], list[str]]:
     return flags, overrides
 
 
+_STOPS_AT_ONCE = {"-h", "--help", "--hydra-help", "--version", "-sc", "--shell-completion"}
+
+
+class _FlagError(Exception):
+    pass
+
+
+def flag_problems(argv: list[str]) -> list[str]:
+    """Hydra's flags as its parser reads them (``--cfg badvalue``, ``--info nope``, ``--config-dir`` with
+    no folder): one line instead of argparse's usage block."""
+    from hydra._internal.utils import get_args_parser
+
+    if _STOPS_AT_ONCE.intersection(a.split("=", 1)[0] for a in argv):
+        return []  # help and version print and exit: nothing to check
+
+    def refuse(message: str) -> None:
+        raise _FlagError(message)
+
+    parser = get_args_parser()
+    parser.error = refuse  # type: ignore[method-assign]
+    try:
+        parser.parse_args(argv)
+    except _FlagError as err:
+        return [f"{err}; see python -m lrtrack --help"]
+    return []
+
+
 def override_problems(argv: list[str], conf_dir: Path) -> list[str]:
-    """One line per override composition would fail on with a traceback: a group set to null."""
-    problems = []
+    """One line per override composition would fail on, or take in a way not meant: a group set to null,
+    a group's option written as its file name, an empty output folder."""
+    problems = flag_problems(argv)
     groups = {p.name for p in conf_dir.iterdir() if p.is_dir()} if conf_dir.is_dir() else set()
     for arg in argv:
         key, sep, value = arg.partition("=")
         group = key.lstrip("+")
-        if sep and not arg.startswith("-") and group in groups and value.strip() == "null":  # (metric=none: an option)
+        if not sep or arg.startswith("-"):
+            continue
+        if group in groups and value.strip() == "null":  # (metric=none: an option)
             options = sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
             problems.append(f"{group}={value} is invalid: a config group takes one of its options "
                             f"({', '.join(options)}), not null; choose one, e.g. "
                             f"{group}={options[0] if options else '<name>'}")
+        elif group in groups and value.strip().endswith((".yaml", ".yml")):  # the option's name becomes run names
+            problems.append(f"{group}={value} is invalid: a config group takes an option's name, not its file; "
+                            f"write {key}={value.strip().rsplit('.', 1)[0]}")
+        elif group in ("hydra.run.dir", "hydra.sweep.dir", "hydra.sweep.subdir") and not value.strip():
+            problems.append(f"{group}='' is invalid: an empty folder would put the job's outputs in the launch "
+                            f"folder; give a folder, e.g. {group}=outputs/mine")
     return problems
 
 

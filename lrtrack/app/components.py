@@ -246,6 +246,10 @@ class ComponentBuilder:
                             num_train=data.num_train)
         if report.errors:
             raise UserError(f"data ({self.cfg.data.get('_target_')}): {'; '.join(report.errors)}")
+        if data.val is None and self.cfg.finder.val_batches > 0:  # asked for, and impossible: not a warning
+            raise UserError(f"finder.val_batches={self.cfg.finder.val_batches} is invalid: the data "
+                            f"({self._data_setting()}) has no validation loader; give validation data or set "
+                            "finder.val_batches=0 (the range test then records the training loss)")
         val_batches = val_batches_warning(data.val, int(self.cfg.finder.val_batches))
         for warning in [*report.warnings, *([val_batches] if val_batches else [])]:
             log.warning("WARNING, check the data (%s): %s", self._data_setting(), warning)

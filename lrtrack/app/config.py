@@ -158,7 +158,8 @@ class LRTrackConfig:
 DATA_RULES: dict[str, tuple[type, Rule]] = {
     "batch_size": (int, Rule(lo=1, allowed="a whole number >= 1", cost="memory")),
     "val_batch_size": (int, Rule(lo=1, allowed="a whole number >= 1", cost="memory")),
-    "fake_size": (int, Rule(lo=1, allowed="a whole number >= 1", cost="memory")),
+    "fake_size": (int, Rule(lo=16, allowed="a whole number >= 16 (validation gets a quarter as many: fewer make "
+                                           "a meaningless curve)", cost="memory")),
     "num_workers": (int, Rule(lo=0, allowed="a whole number >= 0 (0: load in the main process)", cost="memory")),
     "max_memory_mb": (float, Rule(lo=0, lo_open=True, allowed="a positive number of MiB", cost="memory")),
 }
@@ -248,7 +249,7 @@ class _Errors:
 def validate(cfg: DictConfig, conf_dir: str | Path | None = None) -> None:
     """Check every setting a user can get wrong; raise :class:`ConfigError` listing them all."""
     errors = _Errors()
-    for first in (_check_expansion, _check_resolvable, _check_component_nodes):  # the checks below read these
+    for first in (_check_schema_present, _check_expansion, _check_resolvable, _check_component_nodes):  # read below
         first(cfg, errors)
         if errors.lines:
             raise ConfigError(errors.lines)
@@ -260,7 +261,7 @@ def validate(cfg: DictConfig, conf_dir: str | Path | None = None) -> None:
     check_empty_strings(cfg, errors)
     check_flag_overrides(_task_overrides(), errors)
     for check in (_check_finder, _check_data, _check_train, _check_bounds, _check_tracking, check_costs,
-                  check_param_names):
+                  check_param_names, _check_unread_settings, _check_schedule_free):
         check(cfg, errors)
     if errors.lines:
         raise ConfigError(errors.lines)
@@ -282,15 +283,76 @@ def allowed_text(setting: str) -> str:
     return ""
 
 
-def _check_unknown_keys(cfg: DictConfig, errors: _Errors) -> None:
-    """``+finder.num_iters=5`` adds a key the schema does not have: a typo, not a setting."""
+def _check_schema_present(cfg: DictConfig, errors: _Errors) -> None:
+    """``~finder`` (or ``~train.epochs``) deletes what lrtrack reads: a node of the schema, or a setting
+    whose schema default is ``???``. One line each, naming the deletion to drop."""
     from dataclasses import fields
 
-    for node, schema in _TYPED_NODES.items():
-        known = [f.name for f in fields(schema)]
+    deletions = [o for o in _task_overrides() if o.startswith("~")]
+
+    def deleted(settings: list[str]) -> None:
+        by = [o for o in deletions for s in settings if s == o[1:].split("=")[0] or s.startswith(o[1:].split("=")[0] + ".")]
+        how = f"{by[0]} deleted {'it' if len(settings) == 1 else 'them'}: drop that override" if by else "a config deleted it"
+        shown = ", ".join(settings[:4]) + (f" (and {len(settings) - 4} more)" if len(settings) > 4 else "")
+        errors.add(f"{shown} {'is' if len(settings) == 1 else 'are'} missing: lrtrack needs "
+                   f"{'it' if len(settings) == 1 else 'them'} ({how}; to change a setting, write <setting>=<value>)")
+
+    for f in fields(LRTrackConfig):  # (no model or optimizer chosen: _check_choices says what to add)
+        if f.name not in ("model", "optimizer") and (f.name not in cfg or OmegaConf.is_missing(cfg, f.name)):
+            deleted([f.name])
+    for node in _TYPED_NODES:
+        section = cfg.get(node) if node in cfg and not OmegaConf.is_missing(cfg, node) else None
+        gone = [f"{node}.{name}" for name in [f.name for f in fields(_TYPED_NODES[node])]
+                if isinstance(section, DictConfig) and (name not in section or OmegaConf.is_missing(section, name))]
+        if gone:  # (conf/<node>/ gives every value: a ??? left is a deletion)
+            deleted(gone)
+
+
+def _interpolations(node: Any) -> Iterator[str]:
+    """Every string holding a ``${...}`` in an unresolved container (keys and values)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _interpolations(key)
+            yield from _interpolations(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _interpolations(value)
+    elif isinstance(node, str) and "${" in node:
+        yield node
+
+
+def _schema_keys() -> dict[str, list[str]]:
+    """Every typed setting's name, by node ("" for the top level)."""
+    from dataclasses import fields
+
+    return {"": [f.name for f in fields(LRTrackConfig)],
+            **{node: [f.name for f in fields(schema)] for node, schema in _TYPED_NODES.items()}}
+
+
+def _check_unknown_keys(cfg: DictConfig, errors: _Errors) -> None:
+    """``+finder.num_iters=5`` adds a key the schema does not have: a typo, not a setting. A top-level
+    key lrtrack does not know (``+epochs=5``) is a typo too, unless a ``${...}`` reads it (a user's own
+    node that other settings interpolate): nothing else would ever read it."""
+    schema = _schema_keys()
+    for node, known in schema.items():
+        if not node:
+            continue
         for key in cfg[node].keys() if cfg.get(node) is not None else []:
             if key not in known and not str(key).startswith("_"):
                 errors.unknown(node, str(key), cfg[node][key], node, known)
+    text = " ".join(_interpolations(OmegaConf.to_container(cfg, resolve=False)))
+    for key in cfg.keys():
+        key = str(key)
+        if key in schema[""] or key.startswith("_") or re.search(r"\$\{[^}]*\b" + re.escape(key) + r"\b", text):
+            continue
+        everywhere = {f"{n}.{k}" if n else k: k for n, ks in schema.items() for k in ks}
+        close = difflib.get_close_matches(key, list(everywhere), n=1) or [
+            full for full, short in everywhere.items() if difflib.get_close_matches(key, [short], n=1, cutoff=0.75)][:1]
+        hint = (f"did you mean {close[0]}?" if close else
+                f"the top-level settings: {', '.join(schema[''])}")
+        errors.bad(key, _shown(OmegaConf.to_container(cfg[key], resolve=False)
+                               if isinstance(cfg[key], (DictConfig, ListConfig)) else cfg._get_node(key)._value()),
+                   "lrtrack has no top-level setting of that name and no ${...} reads it", hint)
 
 
 def check_numbers(cfg: DictConfig, errors: _Errors) -> None:
@@ -890,6 +952,40 @@ def import_hint(target: str) -> str | None:
     return None
 
 
+# What stage=range_test never reads (train.resume and train.lr_from have their own lines).
+_TRAINING_ONLY = ("bounds.", "train.", "schedule.", "schedule=")
+_OWN_LINES = ("train.resume", "train.lr_from")
+
+
+def _check_unread_settings(cfg: DictConfig, errors: _Errors) -> None:
+    """A setting given on the command line that this run's stage never reads would be ignored without a
+    word (``stage=range_test bounds.max_lr=0.1``). A sweep's jobs may share settings across stages, so
+    only a single run is held to it."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if cfg.stage != "range_test" or (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
+        return
+    for override in _task_overrides():
+        setting = override.lstrip("+~").split("=", 1)[0]
+        if override.lstrip("+~").startswith(_TRAINING_ONLY) and setting not in _OWN_LINES:
+            value = override.split("=", 1)[1] if "=" in override else None
+            errors.bad(setting, value, "is read only by the training run, and stage=range_test runs the range test "
+                       "alone", f"drop {setting}, or run stage=all (range test, then training)")
+
+
+def _check_schedule_free(cfg: DictConfig, errors: _Errors) -> None:
+    """A schedule-free optimizer replaces the LR schedule with averaging: another schedule on top of it
+    fights it (its authors: use a constant LR after warm-up)."""
+    if cfg.stage == "range_test" or OmegaConf.is_missing(cfg, "optimizer") or not isinstance(cfg.schedule, DictConfig):
+        return
+    target, schedule = str(cfg.optimizer.get("_target_", "")), str(cfg.schedule.get("_target_", ""))
+    if target.startswith("schedulefree.") and schedule != "lrtrack.engine.schedules.constant":
+        errors.bad("schedule", schedule, f"optimizer {target} replaces the LR schedule (it averages the weights "
+                   "instead), so it trains with a constant LR", "use schedule=constant (warm-up: "
+                   "optimizer.warmup_steps)")
+
+
 def _check_train(cfg: DictConfig, errors: _Errors) -> None:
     t = cfg.train
     if t.resume is not None and cfg.stage == "range_test":
@@ -918,6 +1014,9 @@ def _check_tracking(cfg: DictConfig, errors: _Errors) -> None:
         if any(c in registered for c in "/:") or any(ord(c) < 32 or ord(c) == 127 for c in registered):
             errors.bad("tracking.register_model", _shown(registered), "a registered model's name cannot hold '/', "
                        "':' or control characters (MLflow's registry refuses them)", "e.g. mnist-cnn")
+        elif not cfg.tracking.enabled:
+            errors.bad("tracking.register_model", _shown(registered), "registers the logged model in MLflow, so it "
+                       "needs tracking.enabled=true", "drop tracking.register_model, or enable tracking")
         elif not cfg.tracking.log_model:
             errors.bad("tracking.register_model", _shown(registered), "registers the logged model, so it needs "
                        "tracking.log_model=true", "set tracking.log_model=true, or drop tracking.register_model")
@@ -966,35 +1065,36 @@ def dry_run(cfg: DictConfig) -> None:
             errors.append(problem)
             optimizer = None
     if optimizer is not None and cfg.stage in ("all", "train") and cfg.schedule is not None:
-        max_lr = cfg.bounds.max_lr or 0.1
-        base_lr = max_lr / max(float(cfg.bounds.base_divisor), 1.0)
-        _build(errors, "schedule", cfg.schedule,
-               lambda partial: partial(optimizer, max_lr=max_lr, base_lr=base_lr, steps_per_epoch=10,
-                                       epochs=max(int(cfg.train.epochs), 1)))
+        max_lr = cfg.bounds.max_lr or 0.1  # (the range test's LR is checked again once known: schedule_problems)
+        errors += schedule_problems(cfg, max_lr, max_lr / max(float(cfg.bounds.base_divisor), 1.0), 10, optimizer)
     if errors:
         raise ConfigError(errors)
 
 
-def _check_device(device: str, errors: list[str]) -> None:
-    """``device=cuda`` on a machine without CUDA fails now, not after the data is loaded."""
+def schedule_problems(cfg: DictConfig, max_lr: float, base_lr: float, steps_per_epoch: int,
+                      optimizer: Any = None) -> list[str]:
+    """The ``schedule`` built with these bounds on a stand-in parameter (the real optimizer keeps its
+    LRs): one line per problem, as :func:`dry_run`'s. Called again with the range test's bounds,
+    before the training run starts (``schedule.eta_min`` above the suggested max_lr)."""
     import torch
 
-    if device == "auto":
-        return
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, ValueError):
-        errors.append(f"device={device!r} is invalid: not a torch device; use auto, cpu, cuda or cuda:<index>")
-        return
-    usable = ["cpu", "cuda"] + (["mps"] if torch.backends.mps.is_available() else [])
-    if parsed.type not in usable:
-        errors.append(f"device={device!r} is invalid: lrtrack trains on {', '.join(usable)} "
-                      f"({parsed.type!r} is not available to this torch build, or holds no data); "
-                      f"use device=auto, cpu or cuda[:<index>]")
-    elif parsed.type == "cuda" and not torch.cuda.is_available():
-        errors.append(f"device={device!r} is invalid: CUDA is not available on this machine; use device=auto or cpu")
-    elif parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
-        errors.append(f"device={device!r} is invalid: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    errors: list[str] = []
+    if optimizer is None:
+        optimizer = _build(errors, "optimizer", cfg.optimizer, lambda partial: partial([torch.nn.Parameter(torch.zeros(1))]))
+    if optimizer is not None:
+        _build(errors, "schedule", cfg.schedule,
+               lambda partial: partial(optimizer, max_lr=max_lr, base_lr=base_lr, steps_per_epoch=steps_per_epoch,
+                                       epochs=max(int(cfg.train.epochs), 1)))
+    return errors
+
+
+def _check_device(device: str, errors: list[str]) -> None:
+    """``device=cuda`` on a machine without CUDA fails now, not after the data is loaded."""
+    from lrtrack.engine.steps import device_problem
+
+    problem = None if device == "auto" else device_problem(device)
+    if problem is not None:
+        errors.append(f"device={device!r} is invalid: {problem}")
 
 
 def _build(errors: list[str], group: str, node: DictConfig, finish: Callable[[Any], Any]) -> Any:

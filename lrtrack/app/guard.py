@@ -58,8 +58,26 @@ def stop_on_signals() -> None:
 
     _stopping_since = None
     clear_stop()
+    _finished.clear()  # (a process that runs several commands: a test)
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGINT, _terminate)
+    if sys.unraisablehook is not _quiet_dropped_stop:
+        _hooks.append(sys.unraisablehook)
+        sys.unraisablehook = _quiet_dropped_stop
+
+
+_hooks: list[Any] = []
+
+
+def _quiet_dropped_stop(unraisable: Any) -> None:
+    """The signal's KeyboardInterrupt raised inside a ``__del__``, a weakref callback or an atexit hook
+    is dropped by Python with an "Exception ignored" traceback: the stop itself is kept (it was
+    requested, and the next step or the end of the job raises it again), so the traceback is noise."""
+    from lrtrack.engine.stopping import stop_requested
+
+    if issubclass(unraisable.exc_type, KeyboardInterrupt) and stop_requested():
+        return
+    _hooks[0](unraisable)
     if not _FORK_HOOK:  # a forked child (a DataLoader worker) leaves the stop to the job, which ends it
         os.register_at_fork(after_in_child=_children_leave_signals_to_the_job)
         _FORK_HOOK.append(True)
@@ -100,8 +118,17 @@ class RedactingStream:
     def write(self, text: Any) -> int:
         from lrtrack.tracking.redact import redact
 
-        self._inner.write(redact(text) if isinstance(text, str) else text)
+        try:
+            self._inner.write(redact(text) if isinstance(text, str) else text)
+        except BrokenPipeError:  # `python -m lrtrack --info | head`: the reader left; the rest goes nowhere
+            self._inner = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
         return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._inner.flush()
+        except BrokenPipeError:
+            self._inner = open(os.devnull, "w")  # noqa: SIM115
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -269,3 +296,49 @@ def discard_refused_job_folder(folder: Path, cwd: Path) -> None:
             empty.rmdir()
         except OSError:  # not empty (or not ours to remove): stop here
             break
+
+
+# --------------------------------------------------------------------------- the end of the command
+
+_finished: list[bool] = []  # the job returned (and whether it tracked): a stop now finds its runs FINISHED
+
+
+def job_done(tracked: bool) -> None:
+    """The job returned with its runs ended FINISHED; a stop after this has nothing left to end KILLED."""
+    _finished[:] = [tracked]
+
+
+def finished_job() -> bool | None:
+    """Whether the finished job tracked its runs; None while no job has finished."""
+    return _finished[0] if _finished else None
+
+
+def after_the_runs(tracked: bool) -> str:
+    """The line for a stop that came after the job's runs ended."""
+    return "interrupted after the job's runs ended FINISHED" + ("; the relay delivers what is left of them"
+                                                               if tracked else "")
+
+
+def exit_without_teardown(code: int) -> None:
+    """End the process after a finished command, skipping the interpreter's module teardown:
+    with torch loaded it takes about a second, spent after everything was written. atexit
+    handlers still run and every stream and log file is flushed first; the tracker was closed
+    (its runs delivered) before. Only ``python -m lrtrack`` calls this, never the library."""
+    import atexit
+    import signal
+
+    from lrtrack.engine.stopping import request_stop, stop_requested
+
+    for signum in (signal.SIGTERM, signal.SIGINT):  # from here a signal is noted, not raised into the clean-up
+        signal.signal(signum, lambda *_: request_stop())
+    atexit._run_exitfuncs()
+    if code == 0 and stop_requested():
+        print(f"lrtrack: error: {after_the_runs(bool(finished_job()))}", file=sys.stderr)
+        code = EXIT_INTERRUPTED
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)

@@ -34,6 +34,7 @@ from lrtrack.app.components import (
 )
 from lrtrack.app.config import ConfigError, dry_run, max_lr_rule, suggestion_rule, validate
 from lrtrack.app.where import review_hint
+from lrtrack.engine.stopping import check_stop
 from lrtrack.tracking import layout
 from lrtrack.tracking.records import RangeCurve, RunLookupError, read_range_test, setup_differences
 from lrtrack.tracking.redact import redact, redact_tree
@@ -56,6 +57,7 @@ class JobInfo:
     job_num: int | None = None
     pipeline_run: Any = field(default=None, init=False)  # the job's run, once it exists
     final_run_id: str | None = field(default=None, init=False)  # once training has started
+    runs_ended: bool = field(default=False, init=False)  # every run of the job ended FINISHED (delivery may go on)
 
     @property
     def pipeline_run_id(self) -> str | None:
@@ -117,6 +119,7 @@ class RangeTestRecipe:
             with process_group(self.builder.device()), logging_redirect_tqdm(loggers=[logging.getLogger()]):
                 self._redact_saved_config()
                 outcome = self._stages(self.builder.distribute(self.setup(tracker)))
+            self.job.runs_ended = True  # a stop from here on ends nothing KILLED: the runs are FINISHED
         self._print_review(tracker)  # delivered: the store's ids are known
         return outcome
 
@@ -146,6 +149,7 @@ class RangeTestRecipe:
                 curve = broadcast_object(self.read_range_test(parts) if is_main() else None)
             if stage in ("all", "train"):
                 bounds = broadcast_object(self.choose_bounds(curve))  # torchrun: rank 0's decision everywhere
+                self.check_schedule(parts, bounds)
                 outcome = self.train(parts, bounds, curve, pipeline.run_id)
                 pipeline.log_summary({"final_val_loss": outcome} if outcome is not None else {})
                 self.summary["bounds"] = bounds
@@ -195,6 +199,7 @@ class RangeTestRecipe:
                 start_lr=f.start_lr, end_lr=f.end_lr, num_iter=f.num_iter, step_mode=f.step_mode,
                 smoothing=f.smoothing, diverge_th=f.diverge_th, accumulation_steps=f.accumulation_steps,
                 amp=f.amp, device=self.builder.device(), observer=run, progress=self.cfg.progress)
+            check_stop()  # a stop swallowed in a __del__ during the last step: the run ends KILLED, not FINISHED
             _log_suggestions(result)
             self.data_notes = list(parts.data_notes)
             rule, notice = suggestion_rule(self.cfg)
@@ -253,6 +258,18 @@ class RangeTestRecipe:
                 raise UserError(no_suggestion_message(str(err), curve.lrs, curve.losses, self.data_notes)) from err
             raise UserError(str(err)) from err
 
+    def check_schedule(self, parts: Components, bounds: Any) -> None:
+        """The schedule's settings against the real bounds and steps, before the training run starts (the
+        dry run had only a stand-in max_lr): one line, the range test's run kept as it ended."""
+        from lrtrack.app.config import schedule_problems
+        from lrtrack.engine.schedules import optimizer_steps_per_epoch
+
+        steps = optimizer_steps_per_epoch(len(parts.data.train), self.cfg.train.accumulation_steps)
+        problems = schedule_problems(self.cfg, bounds.max_lr, bounds.base_lr, steps)
+        if problems:
+            raise UserError(f"{'; '.join(problems)} (with max_lr={bounds.max_lr:.4g} from {bounds.rule}; the "
+                            "training run was not started)")
+
     def train(self, parts: Components, bounds: Any, curve: RangeCurve | None,
               parent_id: str | None) -> float | None:
         """The final run: the schedule within ``bounds``, then training."""
@@ -286,6 +303,7 @@ class RangeTestRecipe:
                      self.job.final_run_id, redact(self.job.command), self.job.final_run_id)
         try:
             result = self._train(parts, schedule, observer, resume_from)
+            check_stop()  # (as after the range test: before the plots and the logged model)
         except (NonFiniteLossError, CheckpointWriteError) as err:  # a full disk, a read-only folder: no checkpoint
             raise RunFailure(f"{err}; the run ends FAILED with the steps before it logged") from err
         self.summary["final"] = layout.final_metrics(result)

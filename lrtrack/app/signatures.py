@@ -16,7 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig
 
-FLAG, NUMBER = "flag", "number"
+FLAG, NUMBER, INTEGER = "flag", "number", "integer"
 
 
 def argument_problems(group: str, node: DictConfig) -> list[str]:
@@ -24,6 +24,13 @@ def argument_problems(group: str, node: DictConfig) -> list[str]:
     target = node.get("_target_")
     kinds = _argument_kinds(target) if isinstance(target, str) else {}
     lines = _unknown_settings(group, node, target) if isinstance(target, str) else []
+    numeric_defaults = _numeric_defaults(target) if isinstance(target, str) else {}
+    for key in node:
+        if key in numeric_defaults and node[key] is None:  # ${bounds.max_lr} left null: torch would compare None
+            raw = node._get_node(key)._value()
+            lines.append(f"{group}.{key}={raw if isinstance(raw, str) else 'null'} is invalid: must be a number "
+                         f"({key} of {target}), not null" + (" (what it refers to is null)" if isinstance(raw, str)
+                                                             else "") + f"; e.g. {group}.{key}={numeric_defaults[key]!r}")
     for key, kind in kinds.items():
         if key not in node or str(key).startswith("_"):
             continue
@@ -31,10 +38,32 @@ def argument_problems(group: str, node: DictConfig) -> list[str]:
         if kind == FLAG and not (value is None or isinstance(value, bool)):
             lines.append(f"{group}.{key}={_shown(value)} is invalid: must be true or false (a flag of {target}); "
                          f"set {group}.{key}=true or {group}.{key}=false")
-        elif kind == NUMBER and (isinstance(value, (bool, str, DictConfig, ListConfig))):
+        elif kind in (NUMBER, INTEGER) and (isinstance(value, (bool, str, DictConfig, ListConfig))):
             lines.append(f"{group}.{key}={_shown(value)} is invalid: must be a number ({key} of {target}), not "
                          f"{_kind_of(value)}; e.g. {group}.{key}={_example(target, key)}")
+        elif kind == INTEGER and isinstance(value, float):  # 1e1 and 10.0 are floats: torch wants an int
+            whole = f"write {int(value)}" if value.is_integer() else f"e.g. {group}.{key}={_example(target, key)}"
+            lines.append(f"{group}.{key}={value!r} is invalid: must be a whole number ({key} of {target}); {whole}")
     return lines
+
+
+def _numeric_defaults(target: str) -> dict[str, Any]:
+    """The arguments whose default is a number (not a flag) and whose hint, if any, leaves out None:
+    None is not among what they take (``clip: float | None = 1.0`` takes it)."""
+    try:
+        from hydra.utils import get_object
+
+        obj = get_object(target)
+        parameters = inspect.signature(obj).parameters
+    except (Exception, SystemExit):
+        return {}
+    try:
+        hints = typing.get_type_hints(obj.__init__ if inspect.isclass(obj) else obj)
+    except Exception:  # hints this Python cannot resolve: the defaults decide
+        hints = {}
+    return {name: p.default for name, p in parameters.items()
+            if isinstance(p.default, (int, float)) and not isinstance(p.default, bool)
+            and type(None) not in typing.get_args(hints.get(name))}
 
 
 def _unknown_settings(group: str, node: DictConfig, target: str) -> list[str]:
@@ -91,6 +120,8 @@ def _kind_of_hint(hint: Any) -> str | None:
     options = [a for a in typing.get_args(hint) if a is not type(None)] if union else [hint]
     if options == [bool]:
         return FLAG
+    if options == [int]:
+        return INTEGER
     if options and all(o in (int, float) for o in options):
         return NUMBER
     return None  # a union with tensors, strings, callables: more than one kind is meant

@@ -32,8 +32,14 @@ def sweep_job_problems(config: DictConfig) -> list[str]:
     loader = GlobalHydra.instance().config_loader()
     arguments = [f"{key}={value}" for key, value in (_raw(config, "hydra.sweeper.params") or {}).items()]
     arguments += [str(a) for a in _raw(config, "hydra.overrides.task") or []]
-    overrides = OverridesParser.create(config_loader=loader).parse_overrides(arguments)
-    jobs = [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+    parser = OverridesParser.create(config_loader=loader)
+    try:
+        jobs = [job for batch in BasicSweeper.split_arguments(parser.parse_overrides(arguments), None) for job in batch]
+    except Exception:  # noqa: BLE001 - Hydra's own words, for the one argument that has the problem
+        return [_expansion_problem(parser, BasicSweeper, arguments)]
+    if not jobs:
+        return [f"the sweep has no jobs: {' '.join(a for a in arguments if '(' in a) or ' '.join(arguments)} "
+                "expands to no value; check the range or list"]
     problems: dict[str, list[str]] = {}  # a problem -> the jobs that have it
     for job in jobs[:MAX_JOBS_CHECKED]:
         cfg = loader.load_sweep_config(config, list(job))
@@ -47,6 +53,19 @@ def sweep_job_problems(config: DictConfig) -> list[str]:
                 problems.setdefault(line, []).append(swept)
     return [f"{line} (sweep job {names[0]}" + (f", and {len(names) - 1} more)" if len(names) > 1 else ")")
             for line, names in problems.items()]
+
+
+def _expansion_problem(parser: Any, sweeper: Any, arguments: list[str]) -> str:
+    """The first argument the basic sweeper cannot expand, with why and what it takes."""
+    for argument in arguments:
+        try:
+            sweeper.split_arguments(parser.parse_overrides([argument]), None)
+        except Exception as err:  # noqa: BLE001 - (a range with step 0, interval() or a bad sweep syntax)
+            why = " ".join(str(err).split()) or type(err).__name__
+            return (f"{argument} cannot be swept: {why}; the basic sweeper takes lists (a,b,c), range(start, stop[, "
+                    "step]) with a non-zero step, and glob(); interval() and tag() need a sweeper that samples "
+                    "(e.g. hydra/sweeper=optuna)")
+    return f"the sweep {' '.join(arguments)} cannot be expanded; check its lists and ranges"
 
 
 def _raw(config: DictConfig, key: str) -> Any:

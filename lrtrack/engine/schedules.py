@@ -771,6 +771,9 @@ def step(
         "step", optimizer, max_lr, base_lr, steps_per_epoch, epochs
     )
     step_iterations = _iterations("step step_size", step_size, steps_per_epoch)
+    if step_iterations > steps_per_epoch * epochs:  # StepLR would hold max_lr for the whole run
+        raise ValueError(f"step step_size={step_size!r} epochs is longer than the run ({epochs} epochs), so "
+                         f"the LR never decays; give a step_size of at most {epochs}, or use schedule=constant.")
     if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 < gamma <= 1:
         raise ValueError(f"step gamma must be in (0, 1], got {gamma!r}; e.g. 0.1.")
     ratios = _group_ratios(optimizer)

@@ -79,8 +79,32 @@ def batch_size_of(batch: Any) -> int:
     return 1
 
 
+def device_problem(device: str | torch.device) -> str | None:
+    """Why this machine cannot train on ``device`` (one sentence naming what it can), None when it can.
+    torch parses more than it can run on: ``cpu:1``, ``meta``, ``cuda:3`` with one GPU or none."""
+    try:
+        parsed = device if isinstance(device, torch.device) else torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        return "not a torch device; use auto, cpu, cuda or cuda:<index>"
+    usable = ["cpu", "cuda"] + (["mps"] if torch.backends.mps.is_available() else [])
+    if parsed.type not in usable:
+        return (f"lrtrack trains on {', '.join(usable)} ({parsed.type!r} is not available to this torch build, or "
+                "holds no data); use device=auto, cpu or cuda[:<index>]")
+    if parsed.type == "cpu" and parsed.index not in (None, 0):
+        return "the CPU has no index (torch runs on all its cores as one device); use device=cpu"
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        return "CUDA is not available on this machine; use device=auto or cpu"
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        return f"this machine has {torch.cuda.device_count()} CUDA device(s): cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+    return None
+
+
 def resolve_device(device: str | torch.device | None, model: nn.Module | None = None) -> torch.device:
-    """``None``/"auto" picks CUDA when present, else the model's device, else CPU."""
+    """``None``/"auto" picks CUDA when present, else the model's device, else CPU.
+
+    Raises:
+        ValueError: a device this machine cannot train on (:func:`device_problem`).
+    """
     if device is None or device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -88,6 +112,9 @@ def resolve_device(device: str | torch.device | None, model: nn.Module | None = 
             for p in model.parameters():
                 return p.device
         return torch.device("cpu")
+    problem = device_problem(device)
+    if problem is not None:
+        raise ValueError(f"device={str(device)!r} is invalid: {problem}")
     return torch.device(device)
 
 

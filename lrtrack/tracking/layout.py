@@ -310,11 +310,11 @@ def pipeline_note(*, command: str, explore_run: str | None, final_run: str | Non
 def log_trained_model(run: Any, model: Any, first_batch: Any, *, name: str,
                       registered_model_name: str | None = None) -> None:
     """The trained model as the final run's MLflow logged model (``mlflow.pytorch.log_model`` on
-    delivery), named ``name`` (MLflow's characters only), with the first rows of ``first_batch`` as
-    its input example; registered as ``registered_model_name`` when given."""
+    delivery), named ``name`` in MLflow's characters (a config named resnet.v2 logs resnet_v2), with
+    the first rows of ``first_batch`` as its input example; registered as ``registered_model_name``."""
     from lrtrack.tracking.models import input_example
 
-    safe = "".join(c if c.isalnum() or c in "_-." else "_" for c in name) or "model"
+    safe = "".join(c if c.isalnum() or c in "_-" else "_" for c in name) or "model"  # MLflow refuses / : . % " '
     run.log_model(model, name=safe, input_example=input_example(first_batch),
                   registered_model_name=registered_model_name)
 
