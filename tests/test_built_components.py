@@ -207,3 +207,40 @@ def test_what_a_target_built_is_described_in_a_few_words() -> None:
     assert kinds.optimizer_factory_problem("o", 0) == (
         "optimizer._target_=o built an int, not a factory of a torch.optim.Optimizer: give an Optimizer class with "
         "optimizer._partial_=true (lrtrack passes the model's parameters), or a factory params -> Optimizer")
+
+
+FIRST_BATCH = '''
+import torch
+
+
+class BadForward(torch.nn.Module):
+    def __init__(self, **settings):
+        super().__init__()
+        self.linear = torch.nn.Linear(784, 10)
+
+    def forward(self, x):
+        return {}["pixel_values"]
+
+
+def missing_file_data(**settings):
+    raise FileNotFoundError(2, "No such file or directory", "/data/train.bin")
+'''
+
+
+@pytest.mark.parametrize(("args", "line"), [
+    (["+criterion.reduction=avg"], "first batch: criterion.reduction='avg' is invalid: ValueError: avg is not a valid "
+                                   "value for reduction"),
+    (["model._target_=first.BadForward"], "first batch: the model cannot take the data's inputs (64, 1, 28, 28) "
+                                          "float32: KeyError: 'pixel_values'; the model's own code raised it "
+                                          "(first.py:11): fix the model, or the data it expects"),
+    (["model._target_=torch.nn.Identity", "~model.num_classes", "~model.dropout"],
+     "model._target_=torch.nn.Identity built a model with no trainable parameters: there is nothing for the range "
+     "test to train; check model._target_ (and any requires_grad=False in it)"),
+    (["data._target_=first.missing_file_data", "~data.val_batch_size", "~data.fake_size", "~data.in_memory"],
+     "data (first.missing_file_data): FileNotFoundError: [Errno 2] No such file or directory: '/data/train.bin'; "
+     "check the data.* settings"),
+])
+def test_a_component_failing_is_blamed_on_the_setting_or_code_that_failed(args: list[str], line: str,
+                                                                          project: Path) -> None:
+    (project / "first.py").write_text(FIRST_BATCH)
+    assert refused(args, project) == line

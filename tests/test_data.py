@@ -131,6 +131,13 @@ def test_image_folder_settings_and_errors(png_tree: Path, tmp_path: Path) -> Non
     rgb = lrdata.image_folder(png_tree, channels=3, size=14, in_memory=False, batch_size=8)
     assert next(iter(rgb.train))[0].shape == (8, 3, 14, 14)
     (tmp_path / "train" / "a").mkdir(parents=True)
+    with pytest.raises(lrdata.DataUnavailableError, match=r"^data.root='.+': .+/val does not exist; lay the images"):
+        lrdata.image_folder(tmp_path)
+    with pytest.raises(lrdata.DataUnavailableError,  # the setting that is wrong, not data.root
+                       match=r"^data.train_dir='nope': .+/nope does not exist; lay the images out as "
+                             r"<root>/nope/<class>/\*.png and <root>/val/<class>/\*.png \(data.root="):
+        lrdata.image_folder(tmp_path, train_dir="nope")
+    (tmp_path / "val").mkdir()
     with pytest.raises(lrdata.DataUnavailableError, match=r"val has no class folders; lay the images out as"):
         lrdata.image_folder(tmp_path)
     (tmp_path / "val" / "b").mkdir(parents=True)

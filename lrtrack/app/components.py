@@ -173,6 +173,10 @@ class ComponentBuilder:
         problem = model_memory_problem(self.cfg, sum(p.numel() * p.element_size() for p in model.parameters()))
         if problem:
             raise UserError(problem)
+        if not any(p.requires_grad for p in model.parameters()):  # torch would blame the optimizer's settings
+            raise UserError(f"model._target_={self.cfg.model.get('_target_')} built a model with no trainable "
+                            "parameters: there is nothing for the range test to train; check model._target_ (and "
+                            "any requires_grad=False in it)")
         optimizer = self._build("optimizer", lambda factory: self._checked(
             kinds.optimizer_problem, "optimizer",
             self._checked(kinds.optimizer_factory_problem, "optimizer", factory)(model.parameters())))

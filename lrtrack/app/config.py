@@ -1116,9 +1116,12 @@ def component_error(group: str, node: DictConfig, err: BaseException) -> str:
         hint = import_hint(str(node.get("_target_")))
         return f"{group} ({node.get('_target_')}): " + (hint or (
             f"building it called sys.exit({err.code!r}); a component must raise an exception to refuse its settings"))
-    cause = err.__cause__ if err.__cause__ is not None and not str(err).strip() else err
-    message = " ".join(line.strip() for line in str(cause).strip().splitlines()) or type(cause).__name__
-    located = re.search(r"Error locating target '([^']+)'", message)
+    located = re.search(r"Error locating target '([^']+)'", str(err))
+    # Hydra wraps what the target raised in "Error in call to target ...: FileNotFoundError(2, '...')
+    # full_key: ..." (a repr that drops an OSError's file name): the target's own exception says it better.
+    cause = err.__cause__ if err.__cause__ is not None and not located else err
+    text = " ".join(line.strip() for line in str(cause).strip().splitlines())
+    message = (f"{type(cause).__name__}: {text}" if cause is not err and text else text) or type(cause).__name__
     hint = import_hint(located.group(1)) if located else None
     if hint:
         return f"{group} ({node.get('_target_')}): {hint}"

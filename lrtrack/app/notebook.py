@@ -90,8 +90,12 @@ class TrackedTraining:
 def _tracker(tracking_uri: str | None, experiment: str | None, model: nn.Module) -> Any:
     from lrtrack.app.where import resolve_tracking_uri
     from lrtrack.tracking.runs import Tracker
+    from lrtrack.tracking.store import preflight
 
     uri = resolve_tracking_uri(tracking_uri, Path.cwd())
+    # A store that cannot be reached is said now (TrackingUnavailable), not after the test ran and its
+    # delivery waited delivery_timeout_s.
+    preflight(uri, setting="tracking_uri", off_switch=None)
     return Tracker(uri, experiment or f"lrtrack-{type(model).__name__}")
 
 

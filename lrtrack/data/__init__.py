@@ -818,10 +818,13 @@ def image_folder(root: str | Path, *, batch_size: int = 64, val_batch_size: int 
     root = Path(root)
     train_classes, val_classes = _class_folders(root / train_dir), _class_folders(root / val_dir)
     if not train_classes or not val_classes:
-        missing = root / (train_dir if not train_classes else val_dir)
+        key, sub = ("train_dir", train_dir) if not train_classes else ("val_dir", val_dir)
+        missing = root / sub
+        where = f"data.{key}={sub!r}" if sub != {"train_dir": "train", "val_dir": "val"}[key] else f"data.root={str(root)!r}"
         raise DataUnavailableError(
-            f"data.root={str(root)!r}: {missing} has no class folders; lay the images out as "
-            f"<root>/{train_dir}/<class>/*.png and <root>/{val_dir}/<class>/*.png")
+            f"{where}: {missing} {'does not exist' if not missing.exists() else 'has no class folders'}; lay the "
+            f"images out as <root>/{train_dir}/<class>/*.png and <root>/{val_dir}/<class>/*.png"
+            + (f" (data.root={str(root)!r})" if not where.startswith("data.root") else ""))
     if train_classes != val_classes:
         raise DataUnavailableError(f"data.root={str(root)!r}: {train_dir}/ and {val_dir}/ have different class "
                                    f"folders ({', '.join(sorted(set(train_classes) ^ set(val_classes)))} in one "

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -296,7 +297,9 @@ def _check_supervised(model: nn.Module, batch: Any, criterion: Any, num_classes:
     try:
         outputs = model(inputs)
     except Exception as err:  # the user's model: one line
-        fix = _dtype_fix(model, inputs, err) or "make the model.* settings fit the data (input size, channels)"
+        fix = _dtype_fix(model, inputs, err) or (
+            "make the model.* settings fit the data (input size, channels)" if _SHAPE_ERROR.search(str(err)) else
+            f"the model's own code raised it ({_where(err)}): fix the model, or the data it expects")
         return f"the model cannot take the data's inputs {_shape(inputs)}: {_error(err)}; {fix}"
     if not isinstance(outputs, torch.Tensor):
         extra = " (it has .loss: set step=model_loss)" if hasattr(outputs, "loss") else ""
@@ -306,13 +309,26 @@ def _check_supervised(model: nn.Module, batch: Any, criterion: Any, num_classes:
         return problem
     try:
         loss = criterion(outputs, targets)
-    except Exception as err:  # shapes or dtypes the criterion refuses
+    except Exception as err:  # shapes or dtypes the criterion refuses, or one of its own settings
+        setting = next((f"criterion.{key}={value!r}" for key, value in vars(criterion).items()
+                        if not key.startswith("_") and isinstance(value, str) and value and value in str(err)), None)
+        if setting is not None:  # `avg is not a valid value for reduction`: the setting, not the task
+            return f"{setting} is invalid: {_error(err)}"
         return (f"{_criterion_name(criterion)} cannot take the model's outputs {_shape(outputs)} and the targets "
                 f"{_shape(targets)}: {_error(err)}; choose the criterion that fits the task")
     return _check_loss(loss, _criterion_name(criterion))
 
 
 _DTYPE_ERROR = re.compile(r"dtype|scalar type|Long|Int|Float|Double|Half|Byte|unsigned char|indices")
+_SHAPE_ERROR = re.compile(r"shape|size|mat1|mat2|dimension|channels|expected input|must match", re.IGNORECASE)
+
+
+def _where(err: BaseException) -> str:
+    """``file.py:12`` of the innermost frame that raised ``err``."""
+    import traceback
+
+    frames = traceback.extract_tb(err.__traceback__)
+    return f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else "its forward"
 
 
 def _dtype_fix(model: nn.Module, inputs: Any, err: BaseException) -> str | None:

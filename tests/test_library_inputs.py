@@ -1,0 +1,59 @@
+"""The library's entry points check their arguments before any step: a device torch only parses, a
+string for a flag, a tracking store nothing answers at. One clear exception naming the argument."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lrtrack import LRFinder, run_range_test, tracked_range_test
+from lrtrack.tracking.store import TrackingUnavailable
+
+
+def _task() -> tuple[nn.Module, torch.optim.Optimizer, DataLoader]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(20, 4), nn.LogSoftmax(1))
+    data = TensorDataset(torch.randn(64, 20), torch.randint(0, 4, (64,)))
+    return model, torch.optim.SGD(model.parameters(), lr=1e-3), DataLoader(data, batch_size=16)
+
+
+@pytest.mark.parametrize(("device", "why"), [
+    ("cpu:1", "the CPU has no index (torch runs on all its cores as one device); use device=cpu"),
+    ("cuda:3", "CUDA is not available on this machine; use device=auto or cpu"),
+    ("meta", "lrtrack trains on cpu, cuda"),
+])
+def test_a_device_this_machine_cannot_train_on_is_refused_before_any_step(device: str, why: str) -> None:
+    if torch.cuda.is_available() and device.startswith("cuda"):
+        pytest.skip("this machine has CUDA: cuda:3 may exist")
+    model, opt, loader = _task()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    expected = "^" + re.escape(f"device='{device}' is invalid: {why}")
+    with pytest.raises(ValueError, match=expected):
+        run_range_test(model, opt, loader, criterion=nn.NLLLoss(), device=device, num_iter=5, progress=False)
+    with pytest.raises(ValueError, match=expected):
+        LRFinder(model, opt, nn.NLLLoss(), device=device)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_lrfinder_memory_cache_takes_a_boolean_not_a_string() -> None:
+    model, opt, _ = _task()
+    with pytest.raises(TypeError, match=r"^memory_cache must be True or False; got 'no'$"):
+        LRFinder(model, opt, nn.NLLLoss(), memory_cache="no")
+
+
+def test_tracked_range_test_refuses_a_store_nothing_answers_at_before_the_test(tmp_path: Path,
+                                                                               monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    model, opt, loader = _task()
+    start = time.monotonic()
+    with pytest.raises(TrackingUnavailable, match=r"nothing answers at tracking server http://\*\*\*@127\.0\.0\.1:9 "):
+        tracked_range_test(model, opt, loader, criterion=nn.NLLLoss(), num_iter=5,
+                           tracking_uri="http://bob:s3cret@127.0.0.1:9")
+    assert time.monotonic() - start < 10  # (it used to run the test, then wait 60 s for delivery)
+    assert not list(tmp_path.iterdir())  # no journal, no store: nothing was started
