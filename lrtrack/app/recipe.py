@@ -396,6 +396,7 @@ def run_sweep_job(cfg: DictConfig, job: JobInfo) -> float:
     try:
         validate(cfg)  # the settings; the recipe builds the optimizer and schedule once its tracker started
         outcome = RangeTestRecipe(cfg, job).run()
+        check_stop()  # a stop Python dropped in a __del__: the sweep stops here, before its next job
         return float("nan") if outcome is None else float(outcome)
     except KeyboardInterrupt:
         raise
