@@ -57,3 +57,16 @@ def test_tracked_range_test_refuses_a_store_nothing_answers_at_before_the_test(t
                            tracking_uri="http://bob:s3cret@127.0.0.1:9")
     assert time.monotonic() - start < 10  # (it used to run the test, then wait 60 s for delivery)
     assert not list(tmp_path.iterdir())  # no journal, no store: nothing was started
+
+
+def test_a_first_step_that_fails_keeps_its_error_and_gains_the_first_batch_diagnosis() -> None:
+    """A model and data that do not fit: torch's own error (a bug's traceback is kept) with the line the
+    CLI would print added as a note."""
+    model, opt, _ = _task()
+    narrow = DataLoader(TensorDataset(torch.randn(64, 7), torch.randint(0, 4, (64,))), batch_size=16)
+    with pytest.raises(RuntimeError, match="mat1 and mat2 shapes cannot be multiplied") as caught:
+        run_range_test(model, opt, narrow, criterion=nn.NLLLoss(), num_iter=5, progress=False)
+    assert caught.value.__notes__ == [
+        "lrtrack: the range test's first step failed: the model cannot take the data's inputs (16, 7) float32: "
+        "RuntimeError: mat1 and mat2 shapes cannot be multiplied (16x7 and 20x4); make the model.* settings fit the "
+        "data (input size, channels)"]

@@ -689,9 +689,32 @@ def run_range_test(
         smoother=policy.smoother if policy.smoother is not None else EmaSmoother(smoothing),
         observer=observer if observer is not None else NullObserver(),
     )
-    probes, notes = _execute(test, StateSnapshot(model, optimizer) if restore else None, train_loader, val_loader,
-                             val_batches, progress, steps, _probe_budget(probe_budget, steps, num_iter))
+    try:
+        probes, notes = _execute(test, StateSnapshot(model, optimizer) if restore else None, train_loader,
+                                 val_loader, val_batches, progress, steps, _probe_budget(probe_budget, steps, num_iter))
+    except Exception as err:
+        if not test.lrs:  # the very first step: most often a model, a loss and batches that do not fit
+            _note_first_batch(err, model, train_loader, criterion, step_fn, device)
+        raise
     return test.result(step_mode, starts[0], ends[0], probes, notes)
+
+
+def _note_first_batch(err: BaseException, model: nn.Module, train_loader: Iterable[Any], criterion: Any,
+                      step_fn: Any, device: torch.device) -> None:
+    """Add the first-batch check's one line (:func:`lrtrack.engine.tasks.first_batch_problem`: which of
+    model, loss and data does not fit, and what to change) to ``err``'s traceback, as the CLI says it.
+    A loader that is its own iterator is not read again (its next batch is not the one that failed)."""
+    from lrtrack.engine.tasks import first_batch_problem
+
+    if iter(train_loader) is train_loader:  # type: ignore[comparison-overlap]
+        return
+    try:
+        batch = move_to_device(next(iter(train_loader)), device, False)
+        problem = first_batch_problem(model, batch, criterion=criterion, step=step_fn)
+    except Exception:  # the check itself cannot run: the traceback says what it can
+        return
+    if problem is not None:
+        err.add_note(f"lrtrack: the range test's first step failed: {problem}")
 
 
 def _execute(test: _RangeTest, snapshot: StateSnapshot | None, train_loader: Iterable[Any],
