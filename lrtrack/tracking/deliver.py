@@ -12,7 +12,13 @@ again is harmless ("already delivered").
     python -m lrtrack.deliver <journal> --timeout 300        # wait longer for the store
 
 Exit status: 0 everything delivered, 1 the store is still away (the journal is kept: run it again
-later) or it rejected some writes, 2 bad input (not a journal, the wrong store).
+later) or it rejected some writes, 2 bad input (not a journal, the wrong store: one that does not
+hold the runs the journal delivered before).
+
+An sqlite file that is not there is the store away (moved, deleted, not mounted): it is waited
+for as a server that is down (up to --timeout), then named in the one line that says the journal is
+kept; it is never made anew in its place. The one exception: a store named with --tracking-uri, for
+a journal that delivered nothing yet, is created (everything then goes there).
 """
 
 from __future__ import annotations
@@ -40,13 +46,17 @@ from lrtrack.tracking.redact import install_log_redaction, redact, register_url_
 
 def deliver_journal(path: str | Path, *, tracking_uri: str | None = None, timeout_s: float = 60.0) -> dict[str, int]:
     """Deliver one journal into its store, waiting at most ``timeout_s`` for the store to answer.
+    A missing sqlite file is waited for, and never created, unless ``tracking_uri`` names it and the
+    journal has delivered nothing yet.
 
     Returns what was delivered (counts by kind); empty when it had been delivered already.
 
     Raises:
-        ValueError: not a journal, or its URI had credentials and none was given.
+        ValueError: not a journal, or its URI had credentials and none was given, or the store does
+            not hold the runs it delivered before (:class:`~lrtrack.tracking.drain.StoreMismatch`).
         JournalBusy: its job (or that job's relay) is still delivering it.
-        DeliveryError: the store is still away (the journal is kept), or it rejected writes.
+        DeliveryError: the store is still away, its sqlite file not there included (the journal is
+            kept), or it rejected writes.
     """
     journal = Journal.open(path)
     try:
@@ -54,8 +64,12 @@ def deliver_journal(path: str | Path, *, tracking_uri: str | None = None, timeou
         if needs_uri(uri):
             raise ValueError(f"the journal's tracking URI had credentials, which are never stored ({uri}): give it "
                              f"again with --tracking-uri")
-        counts = journal.summary(journal.load_state()["offset"])
-        delivery = drain(journal, uri, Control(timeout_s))
+        state = journal.load_state()
+        counts = journal.summary(state["offset"])
+        # A new store only where the user names one (--tracking-uri) for a journal that delivered
+        # nothing yet: everything goes there, and no run is split between two stores.
+        create = tracking_uri is not None and not state.get("ids") and not state.get("experiment_id")
+        delivery = drain(journal, uri, Control(timeout_s), create_store=create, announce=False)  # one line, below
         if delivery.pending or delivery.state["open"]:
             raise DeliveryError(f"tracking store {redact(uri)} is still unavailable after {timeout_s:g} s "
                                 f"({delivery.last_error}): {summary_text(journal.summary(delivery.state['offset']))} "

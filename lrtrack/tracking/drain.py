@@ -14,6 +14,13 @@ Runs never stay RUNNING: once the journal is complete (its job closed it, or die
 opened and did not end is ended KILLED; and on opening a store, runs whose recorded owner process
 (:data:`OWNER_TAG`) is gone from this host are ended KILLED, so a job and its relay killed together
 are cleaned up by the next lrtrack command on the store.
+
+A store that goes away mid-run is waited for, whatever its kind: a server down, an sqlite file
+locked, read-only, or moved away (delivery never creates one: only the job's start may, see
+:func:`~lrtrack.tracking.store.open_store`). After a failed call the store's pooled connections
+are dropped (:func:`~lrtrack.tracking.store.reset_connections`), so the next try sees the store as
+it is by then. A store that does not hold the runs this journal delivered (replaced, or restored
+from an older copy) stops the delivery with one line (:class:`StoreMismatch`).
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from lrtrack.tracking.store import (
     ensure_experiment,
     is_transient,
     open_store,
+    reset_connections,
 )
 
 log = logging.getLogger(__name__)
@@ -44,6 +52,27 @@ MAX_BACKOFF_S = 5.0
 
 class NotYetThere(RuntimeError):
     """A run this operation refers to is not in the store yet (another job's deliverer creates it)."""
+
+
+class StoreMismatch(ValueError):
+    """The store does not hold a run this journal delivered into it: it is not the store the runs
+    went to (replaced, or restored from an older copy), or the run was deleted for good. Delivering
+    more would put its metrics nowhere (or into runs made anew, without what came before)."""
+
+
+class _QuietStoreErrors(logging.Filter):
+    """MLflow logs a traceback for every SQLAlchemy ``OperationalError`` (a locked or read-only
+    sqlite file) before raising it as an ``MlflowException``, and a warning for each of its own
+    tries to make an engine; delivery says the store is away in one line itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(("SQLAlchemy database error", "SQLAlchemy engine could not be created"))
+
+
+def _quiet_store_errors() -> None:
+    logger = logging.getLogger("mlflow.store.db.utils")
+    if not any(isinstance(f, _QuietStoreErrors) for f in logger.filters):
+        logger.addFilter(_QuietStoreErrors())
 
 
 def log_batch(client: Any, run_id: str, kind: str, items: list[Any]) -> None:
@@ -85,6 +114,8 @@ class Delivery:
     journal: Journal
     tracking_uri: str
     client: Any = None
+    create_store: bool = False  # the job's start: its relay may create an sqlite store that is not there yet
+    announce: bool = True  # say when the store goes away and comes back (the relay: the job goes on meanwhile)
     last_error: str | None = None
     state: dict[str, Any] = field(default_factory=dict)
 
@@ -105,18 +136,28 @@ class Delivery:
             if self.pending:
                 self._open()
                 self._apply_pending(final)
-            if self.last_error is not None:
+            if self.last_error is not None and self.announce:
                 log.warning("lrtrack: tracking store %s is back: the journal is being delivered",
                             redact(self.tracking_uri))
             self._set_error(None)
             return not self.pending
-        except (TrackingUnavailable, NotYetThere) as err:
+        except NotYetThere as err:
+            self._set_error(str(err))
+        except TrackingUnavailable as err:
+            self.drop_client()
             self._set_error(str(err))
         except Exception as err:
             if not is_transient(err):
                 raise
+            self.drop_client()
             self._set_error(describe(err))
         return False
+
+    def drop_client(self) -> None:
+        """After a failed call: the next try opens the store anew, on new connections (a pooled
+        sqlite connection keeps a file that was read-only, or moved away, as it found it)."""
+        self.client = None
+        reset_connections(self.tracking_uri)
 
     def _answers(self) -> bool:
         """A quick "does the server answer" before trying a store that was away (http only)."""
@@ -127,7 +168,7 @@ class Delivery:
         return http_answers(self.tracking_uri, timeout_s=2.0)
 
     def _set_error(self, error: str | None) -> None:
-        if error is not None and self.last_error is None:
+        if error is not None and self.last_error is None and self.announce:
             log.warning("lrtrack: tracking store %s is unavailable (%s); the job goes on, its tracking writes "
                         "wait in %s and are delivered when the store is back", redact(self.tracking_uri), error,
                         self.journal.path)
@@ -139,12 +180,28 @@ class Delivery:
     def _open(self) -> None:
         if self.client is not None:
             return
-        client = open_store(self.tracking_uri)
+        client = open_store(self.tracking_uri, create=self.create_store)
+        self.create_store = False  # it exists now: from here on, a missing sqlite file is an outage
+        self._check_store(client)
         if not self.state["experiment_id"]:
             self.state["experiment_id"] = ensure_experiment(client, self.journal.meta["experiment_name"])
             self.journal.save_state(self.state)
         self.client = client
         end_orphaned_runs(client, keep=set(self.state["ids"].values()))
+
+    def _check_store(self, client: Any) -> None:
+        """The store holds the runs this journal delivered before (:class:`StoreMismatch` if not);
+        an experiment that is gone while no run was delivered into it is found (or made) anew."""
+        for run, store_id in self.state["ids"].items():
+            if _absent(lambda store_id=store_id: client.get_run(store_id)):
+                raise StoreMismatch(
+                    f"tracking store {redact(self.tracking_uri)} does not hold run {store_id}, into which "
+                    f"{self.journal.path} delivered its run {run} before: it is another store (replaced, or "
+                    f"restored from an older copy), or the run was deleted for good; nothing more was delivered: "
+                    f"deliver the journal into the store that holds its runs (--tracking-uri)")
+        experiment_id = self.state["experiment_id"]
+        if experiment_id and _absent(lambda: client.get_experiment(experiment_id)):
+            self.state["experiment_id"] = None
 
     def _apply_pending(self, final: bool) -> None:
         """Apply every whole operation past the offset. Consecutive metric rows of one run go to the
@@ -299,6 +356,19 @@ class Delivery:
         self.journal.save_state(self.state)
 
 
+def _absent(call: Callable[[], Any]) -> bool:
+    """True when ``call`` (a look-up by id) says there is no such thing; a store that is away raises."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        call()
+    except MlflowException as err:
+        if is_transient(err):
+            raise
+        return err.error_code == "RESOURCE_DOES_NOT_EXIST"
+    return False
+
+
 def end_orphaned_runs(client: Any, keep: set[str] = frozenset()) -> list[str]:  # type: ignore[assignment]
     """End KILLED every RUNNING run whose owner process (:data:`OWNER_TAG`) is gone from this host.
 
@@ -339,14 +409,19 @@ class Control:
 
 
 def drain(journal: Journal, tracking_uri: str, control: Control, *,
-          on_attempt: Callable[[Delivery], None] | None = None) -> Delivery:
+          on_attempt: Callable[[Delivery], None] | None = None, create_store: bool = False,
+          announce: bool = True) -> Delivery:
     """Deliver ``journal`` until it is complete and delivered, or ``control``'s deadline passes.
 
     Polls a growing journal every :data:`POLL_S`; while the store is away, backs off from
     :data:`POLL_S` to :data:`MAX_BACKOFF_S`. When everything is delivered and the journal is
     complete, runs it left open end KILLED. Returns the delivery (``last_error``, ``pending``).
+    ``create_store``: the job starts now (its relay), and may create an sqlite store not there yet,
+    on its first open only. ``announce=False``: the caller says the outcome in its own line (deliver),
+    not when the store goes away and comes back. Raises :class:`StoreMismatch` (a bug is raised too).
     """
-    delivery = Delivery(journal, tracking_uri)
+    _quiet_store_errors()
+    delivery = Delivery(journal, tracking_uri, create_store=create_store, announce=announce)
     delay = POLL_S
     while True:
         complete = control.complete()
@@ -361,6 +436,8 @@ def drain(journal: Journal, tracking_uri: str, control: Control, *,
                 except Exception as err:
                     if not is_transient(err) and not isinstance(err, (TrackingUnavailable, NotYetThere)):
                         raise
+                    if not isinstance(err, NotYetThere):
+                        delivery.drop_client()
                     delivery._set_error(describe(err))
                     done = False
             if done:

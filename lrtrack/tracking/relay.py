@@ -12,6 +12,9 @@ re-parented, means the job died (``kill -9`` included): the relay delivers every
 runs the job left open as KILLED, and removes the journal. It inherits the journal's lock, so
 ``python -m lrtrack.deliver`` cannot deliver the same journal at once. Exit status: 0 everything
 delivered, 1 not (the journal is kept for ``deliver``).
+
+An sqlite store the job found missing at its start (``--create-store``) is created by the relay's
+first open; from then on, and always otherwise, a missing file is the store away: it waits for it.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from lrtrack.tracking.drain import Control, drain
+from lrtrack.tracking.drain import Control, StoreMismatch, drain
 from lrtrack.tracking.journal import DELIVER_COMMAND, Journal
 from lrtrack.tracking.redact import install_log_redaction, redact, register_url_credentials
 
@@ -36,11 +39,13 @@ URI_ENV = "LRTRACK_RELAY_URI"  # the real URI (credentials included) never goes 
 NICENESS = 10
 
 
-def start_relay(journal: Journal, tracking_uri: str, timeout_s: float) -> subprocess.Popen[bytes]:
-    """Start the relay for ``journal`` (which this process holds locked)."""
+def start_relay(journal: Journal, tracking_uri: str, timeout_s: float, *,
+                create_store: bool = False) -> subprocess.Popen[bytes]:
+    """Start the relay for ``journal`` (which this process holds locked). ``create_store``: the job
+    is starting and its sqlite store is not there yet: the relay's first open creates it."""
     assert journal.lock_fd is not None
     command = [sys.executable, "-m", "lrtrack.tracking.relay", str(journal.path), "--lock-fd", str(journal.lock_fd),
-               "--parent", str(os.getpid()), "--timeout", f"{timeout_s:g}"]
+               "--parent", str(os.getpid()), "--timeout", f"{timeout_s:g}", *(["--create-store"] if create_store else [])]
     # lrtrack importable from wherever the job runs (a source checkout need not be installed).
     here = str(Path(__file__).resolve().parents[2])
     path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH", "")) if p)
@@ -94,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lock-fd", type=int, required=True, help="the journal's lock, inherited from the job")
     parser.add_argument("--parent", type=int, required=True)
     parser.add_argument("--timeout", type=float, default=60.0, help="how long to try a store that is away at the end")
+    parser.add_argument("--create-store", action="store_true",
+                        help="the job found no sqlite store at its start: the first open creates it")
     args = parser.parse_args(argv)
     install_log_redaction()  # an error's message or traceback may quote a URI with its password
     # The job decides when delivery ends: a Ctrl-C, or the SIGTERM a cluster sends every process of
@@ -113,7 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     import mlflow.tracking  # noqa: F401 - while the job imports torch, before there is anything to deliver
 
     control = ParentControl(args.parent, args.timeout)
-    delivery = drain(journal, uri, control)
+    try:
+        delivery = drain(journal, uri, control, create_store=args.create_store)
+    except StoreMismatch as err:  # the store was replaced under the job: what waits is kept, not misdelivered
+        log.error("lrtrack relay: %s; the writes wait in %s", err, journal.path)
+        return 1
     if delivery.pending or delivery.state["open"]:
         if control.parent_gone:
             log.error("lrtrack relay: tracking store %s still unavailable (%s): the writes wait in %s; deliver "

@@ -72,6 +72,19 @@ def safe_key(key: str) -> str:
     return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in key)
 
 
+def _store_to_create(tracking_uri: str) -> bool:
+    """True when ``tracking_uri`` is an sqlite store whose file is not there as the job starts: its
+    relay creates it. Only then: a file missing later is the store away (moved, deleted), and a new,
+    empty store in its place would take what the real one never sees."""
+    from lrtrack.tracking.store import TrackingUnavailable, sqlite_path
+
+    try:
+        path = sqlite_path(tracking_uri)
+    except TrackingUnavailable:
+        return False
+    return path is not None and not path.exists()
+
+
 def _tag_values(tags: Mapping[str, Any]) -> dict[str, Any]:
     """Tag values as the journal holds them: a run link as ``{"ref": id}``, a text naming runs as
     ``{"text": ..., "refs": {placeholder: id}}`` (:class:`~lrtrack.tracking.layout.RunText`), else text."""
@@ -274,7 +287,8 @@ class Tracker:
         self._closed = False
         self._relay: subprocess.Popen[bytes] | None = None
         try:
-            self._relay = start_relay(self.journal, tracking_uri, self.delivery_timeout_s)
+            self._relay = start_relay(self.journal, tracking_uri, self.delivery_timeout_s,
+                                      create_store=_store_to_create(tracking_uri))
         except OSError as err:  # cannot start a process: the journal waits for python -m lrtrack.deliver
             log.error("the tracking relay could not start (%s): tracking writes are kept in %s", err, self.journal.path)
         atexit.register(self._close_at_exit)

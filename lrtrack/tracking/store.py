@@ -3,7 +3,11 @@
 - :func:`preflight` checks the store without importing MLflow, and raises :class:`TrackingUnavailable`:
   one line naming the URI, the problem and the fix.
 - :func:`open_store` creates a fresh sqlite store under a file lock, so jobs and torchrun ranks may
-  start at once on a new file, from an empty template when this machine has one (see below).
+  start at once on a new file, from an empty template when this machine has one (see below). Only
+  a job's start may create one: delivery opens with ``create=False``, and an sqlite file that is
+  missing then is an outage (:class:`StoreMissing`), never a new, empty store.
+- :func:`reset_connections` drops this process's pooled connections to a database store, so that
+  a retry after a failed write sees the store as it is now (writable again, put back).
 - :func:`is_transient` tells "the store is away, try again later" from "this write is wrong".
 
 MLflow's own HTTP retries take about 4 minutes a call against a dead server, so a client on an
@@ -52,11 +56,19 @@ DB_SCHEMES = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
 ALLOWED_FORMS = ("sqlite:////absolute/path/mlflow.db, http://host:port or https://host (an MLflow server), "
                  "or a database URI (postgresql://, mysql://, mssql://)")
 SQLITE_HEADER = b"SQLite format 3\x00"
+# sqlite's errors that mean its file is away for now (sqlite3.OperationalError is also a wrong statement)
+SQLITE_AWAY = ("database is locked", "database table is locked", "unable to open database", "readonly database",
+               "disk i/o error", "disk is full")
 MAX_EXPERIMENT_NAME = 500  # mlflow.utils.validation.MAX_EXPERIMENT_NAME_LENGTH (tests/test_validation.py pins it)
 
 
 class TrackingUnavailable(ValueError):
     """The tracking store cannot be used; the message names the URI, the problem and the fix."""
+
+
+class StoreMissing(TrackingUnavailable):
+    """An sqlite store's file is not there (moved away, deleted, on a disk not mounted) where a
+    store must exist: delivery waits for it, it never makes an empty one in its place."""
 
 
 # ---------------------------------------------------------------------- pre-flight
@@ -315,17 +327,101 @@ def store_lock(uri: str, timeout_s: float = 120.0) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
-def open_store(uri: str) -> MlflowClient:
+def open_store(uri: str, *, create: bool = True) -> MlflowClient:
     """A client for ``uri`` whose store exists: a fresh sqlite file is created under
-    :func:`store_lock`, so several processes may open the same new store at once."""
+    :func:`store_lock`, so several processes may open the same new store at once.
+
+    ``create=False`` (delivery: the relay once the job's start is past, ``python -m lrtrack.deliver``):
+    a missing sqlite file raises :class:`StoreMissing`, and this process never creates that file
+    afterwards either (its connections open it read-write, without creating it: see
+    :func:`_open_existing`). A store moved away for a moment and put back, or deleted, is an outage:
+    a new, empty store made at its path would take the deliveries that the real one never sees."""
     path = sqlite_path(uri)
+    if path is not None and not create:
+        _MUST_EXIST.add(os.path.abspath(path))
+        _install_connect_guard()
+        if not path.is_file():
+            raise StoreMissing(f"the database file {path} is missing")
+        _engines_without_retry(uri)
+        return read_client(uri)
     with store_lock(uri):
         fresh = path is not None and not path.exists()
+        if fresh and path is not None:
+            _MUST_EXIST.discard(os.path.abspath(path))  # this open may create it
         copied = fresh and path is not None and copy_template(path)
         client = read_client(uri)  # an sqlite store creates its tables here (unless copied)
         if fresh and not copied and path is not None:
             save_template(path)
     return client
+
+
+# sqlite files this process must never create (see open_store): absolute paths
+_MUST_EXIST: set[str] = set()
+_GUARD_INSTALLED = False
+
+
+def _install_connect_guard() -> None:
+    """Every SQLAlchemy connection this process makes to a file in :data:`_MUST_EXIST` opens it
+    read-write without creating it (once per process)."""
+    global _GUARD_INSTALLED
+    if _GUARD_INSTALLED:
+        return
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    event.listen(Engine, "do_connect", _open_existing)
+    _GUARD_INSTALLED = True
+
+
+def _open_existing(dialect: Any, record: Any, cargs: list[Any], cparams: dict[str, Any]) -> None:
+    """SQLAlchemy's ``do_connect`` hook: sqlite's default mode creates a missing file, and MLflow
+    would then migrate an empty store into it. ``mode=rw`` makes a missing file "unable to open
+    database file" instead (an outage: :func:`is_transient`), checked and opened at once."""
+    if dialect.name != "sqlite" or not cargs or not isinstance(cargs[0], str) or cargs[0].startswith("file:"):
+        return
+    if cargs[0] in ("", ":memory:") or os.path.abspath(cargs[0]) not in _MUST_EXIST:
+        return
+    from urllib.parse import quote
+
+    cargs[0] = f"file:{quote(os.path.abspath(cargs[0]), safe='/')}?mode=rw"
+    cparams["uri"] = True
+
+
+def _engines_without_retry(uri: str) -> None:
+    """Make MLflow's engines for the sqlite store ``uri`` (its tracking and model registry stores
+    keep one per URI) unless made already, without MLflow's own retries: those sleep about 100 s
+    in all when the file cannot be opened (moved away, locked), past the delivery's deadline, where
+    delivery's own backoff tries again within seconds. Best effort: another MLflow makes its own."""
+    try:
+        from mlflow.store.db.utils import create_sqlalchemy_engine
+        from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as RegistryStore
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore as TrackingStore
+    except ImportError:  # pragma: no cover - another MLflow version
+        return
+    for store_class in (TrackingStore, RegistryStore):
+        engines, lock = getattr(store_class, "_engine_map", None), getattr(store_class, "_engine_map_lock", None)
+        if isinstance(engines, dict) and lock is not None:
+            with lock:
+                if uri not in engines:
+                    engines[uri] = create_sqlalchemy_engine(uri)  # connects on first use, not here
+
+
+def reset_connections(uri: str) -> None:
+    """Close this process's pooled connections to the database store at ``uri``, so the next call
+    connects anew. MLflow keeps one SQLAlchemy engine per URI for the process's life, and a
+    connection keeps what it found when it opened: an sqlite file opened read-only (it was
+    read-only then), or a file since moved away (``attempt to write a readonly database`` for
+    good). Nothing for other stores, or before MLflow's stores are imported."""
+    import sys
+
+    if uri.split(":", 1)[0].split("+", 1)[0].lower() not in ("sqlite", *DB_SCHEMES):
+        return
+    for module in ("mlflow.store.tracking.sqlalchemy_store", "mlflow.store.model_registry.sqlalchemy_store"):
+        store_class = getattr(sys.modules.get(module), "SqlAlchemyStore", None)
+        engine = getattr(store_class, "_engine_map", {}).get(uri)
+        if engine is not None:
+            with contextlib.suppress(Exception):  # a connection that cannot even close is dropped all the same
+                engine.dispose()
 
 
 def read_client(uri: str) -> MlflowClient:
@@ -433,12 +529,27 @@ def is_transient(err: BaseException) -> bool:
     """True when ``err`` means the store is unreachable or unwell, so the write may succeed later:
     MLflow reports a refused connection, a timeout, a 5xx reply or a locked, read-only or full sqlite
     file as an ``MlflowException`` with a code not in :data:`PERMANENT_CODES`; file and socket errors
-    are ``OSError`` (``requests``' included)."""
+    are ``OSError`` (``requests``' included). Opening
+    a database store (MLflow's ``SqlAlchemyStore``, before its calls wrap errors) raises the
+    database's own errors: SQLAlchemy's ``OperationalError`` ("database is locked", "unable to open
+    database file", "attempt to write a readonly database", "disk I/O error", a server that does not
+    answer) and the pool's timeouts and lost connections, which are the store away too."""
     from mlflow.exceptions import MlflowException
 
     if isinstance(err, MlflowException):
         return err.error_code not in PERMANENT_CODES
-    return isinstance(err, OSError)
+    if isinstance(err, OSError):
+        return True
+    if isinstance(err, sqlite3.OperationalError):  # also a wrong statement, "no such table": not those
+        return any(marker in str(err).lower() for marker in SQLITE_AWAY)
+    try:
+        from sqlalchemy import exc
+    except ImportError:  # pragma: no cover - MLflow needs it
+        return False
+    if isinstance(err, exc.OperationalError):
+        orig = getattr(err, "orig", None)
+        return is_transient(orig) if isinstance(orig, sqlite3.Error) else True  # a server's: its connection
+    return isinstance(err, (exc.TimeoutError, exc.DisconnectionError))
 
 
 def describe(err: BaseException) -> str:
@@ -450,7 +561,8 @@ def describe(err: BaseException) -> str:
                           ("connection reset", "connection reset"), ("remotedisconnected", "connection closed"),
                           ("connection aborted", "connection closed"), ("database is locked", "database is locked"),
                           ("readonly database", "read-only database"), ("disk is full", "disk full"),
-                          ("unable to open database", "cannot open the database file")):
+                          ("unable to open database", "cannot open the database file"),
+                          ("disk i/o error", "disk I/O error")):
         if marker in lowered:
             return short
     for code in ("500", "502", "503", "504"):
