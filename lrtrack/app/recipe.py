@@ -98,9 +98,7 @@ class RangeTestRecipe:
 
         Call :func:`lrtrack.app.config.validate` first; the optimizer and schedule are built on a
         dummy parameter here (:func:`lrtrack.app.config.dry_run`), before any data is loaded.
-
-        Raises:
-            ConfigError, UserError: bad input (one line each); nothing was logged.
+        Raises: ConfigError, UserError: bad input (one line each); nothing was logged.
         """
         # The tracker first: its relay process imports MLflow and opens the store while this one
         # imports torch. It delivers what is left at the end (bounded wait; DeliveryError if it cannot).
@@ -108,7 +106,6 @@ class RangeTestRecipe:
             from tqdm.contrib.logging import logging_redirect_tqdm
 
             dry_run(self.cfg)  # torch's import: the relay imports MLflow meanwhile
-
             from lrtrack.engine.distributed import launch_problem, process_group
 
             problem = launch_problem(self.builder.device())
@@ -149,7 +146,7 @@ class RangeTestRecipe:
                 curve = broadcast_object(self.read_range_test(parts) if is_main() else None)
             if stage in ("all", "train"):
                 bounds = broadcast_object(self.choose_bounds(curve))  # torchrun: rank 0's decision everywhere
-                self.check_schedule(parts, bounds)
+                check_schedule(self.cfg, parts, bounds)
                 outcome = self.train(parts, bounds, curve, pipeline.run_id)
                 pipeline.log_summary({"final_val_loss": outcome} if outcome is not None else {})
                 self.summary["bounds"] = bounds
@@ -257,18 +254,6 @@ class RangeTestRecipe:
 
                 raise UserError(no_suggestion_message(str(err), curve.lrs, curve.losses, self.data_notes)) from err
             raise UserError(str(err)) from err
-
-    def check_schedule(self, parts: Components, bounds: Any) -> None:
-        """The schedule's settings against the real bounds and steps, before the training run starts (the
-        dry run had only a stand-in max_lr): one line, the range test's run kept as it ended."""
-        from lrtrack.app.config import schedule_problems
-        from lrtrack.engine.schedules import optimizer_steps_per_epoch
-
-        steps = optimizer_steps_per_epoch(len(parts.data.train), self.cfg.train.accumulation_steps)
-        problems = schedule_problems(self.cfg, bounds.max_lr, bounds.base_lr, steps)
-        if problems:
-            raise UserError(f"{'; '.join(problems)} (with max_lr={bounds.max_lr:.4g} from {bounds.rule}; the "
-                            "training run was not started)")
 
     def train(self, parts: Components, bounds: Any, curve: RangeCurve | None,
               parent_id: str | None) -> float | None:
@@ -387,6 +372,19 @@ class RangeTestRecipe:
         if self.job.sweep is not None and stage != "lrtrack":  # a sweep's runs: which job, which sweep
             name += f", {self.job.sweep.job_name(self.job.overrides)}"
         return name if len(name) <= layout.MAX_RUN_NAME else name[:layout.MAX_RUN_NAME - 3] + "..."
+
+
+def check_schedule(cfg: DictConfig, parts: Components, bounds: Any) -> None:
+    """The schedule's settings against the real bounds and steps, before the training run starts (the
+    dry run had only a stand-in max_lr): one line, the range test's run kept as it ended."""
+    from lrtrack.app.config import schedule_problems
+    from lrtrack.engine.schedules import optimizer_steps_per_epoch
+
+    steps = optimizer_steps_per_epoch(len(parts.data.train), cfg.train.accumulation_steps)
+    problems = schedule_problems(cfg, bounds.max_lr, bounds.base_lr, steps)
+    if problems:
+        raise UserError(f"{'; '.join(problems)} (with max_lr={bounds.max_lr:.4g} from {bounds.rule}; the "
+                        "training run was not started)")
 
 
 def run_sweep_job(cfg: DictConfig, job: JobInfo) -> float:

@@ -11,6 +11,7 @@ from the restored start state, runs a few short fixed-LR probes below it
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -684,30 +685,34 @@ def run_range_test(
     test = _RangeTest(
         model, optimizer, step_fn if step_fn is not None else supervised_step(criterion), grids,
         device=device, amp=bool(amp) and device.type in ("cuda", "cpu"), grad_scaler=grad_scaler,
-        accumulation_steps=accumulation_steps, non_blocking=non_blocking, policy=policy,
-        diverge_th=diverge_th,
+        accumulation_steps=accumulation_steps, non_blocking=non_blocking, policy=policy, diverge_th=diverge_th,
         smoother=policy.smoother if policy.smoother is not None else EmaSmoother(smoothing),
         observer=observer if observer is not None else NullObserver(),
     )
-    try:
+    with _first_step_diagnosed(test, train_loader, criterion, step_fn):
         probes, notes = _execute(test, StateSnapshot(model, optimizer) if restore else None, train_loader,
                                  val_loader, val_batches, progress, steps, _probe_budget(probe_budget, steps, num_iter))
-    except Exception as err:
-        if not test.lrs:  # the very first step: most often a model, a loss and batches that do not fit
-            _note_first_batch(err, model, train_loader, criterion, step_fn, device)
-        raise
     return test.result(step_mode, starts[0], ends[0], probes, notes)
 
 
-def _note_first_batch(err: BaseException, model: nn.Module, train_loader: Iterable[Any], criterion: Any,
-                      step_fn: Any, device: torch.device) -> None:
-    """Add the first-batch check's one line (:func:`lrtrack.engine.tasks.first_batch_problem`: which of
-    model, loss and data does not fit, and what to change) to ``err``'s traceback, as the CLI says it.
-    A loader that is its own iterator is not read again (its next batch is not the one that failed)."""
+@contextlib.contextmanager
+def _first_step_diagnosed(test: _RangeTest, train_loader: Iterable[Any], criterion: Any,
+                          step_fn: Any) -> Iterator[None]:
+    """An error of the very first step (most often a model, a loss and batches that do not fit) gains the
+    first-batch check's line (:func:`lrtrack.engine.tasks.first_batch_problem`), as the CLI says it, as a
+    note; its traceback is kept. A loader that is its own iterator is not read again."""
     from lrtrack.engine.tasks import first_batch_problem
 
-    if iter(train_loader) is train_loader:  # type: ignore[comparison-overlap]
-        return
+    try:
+        yield
+    except Exception as err:
+        if not test.lrs and iter(train_loader) is not train_loader:
+            _note_first_batch(err, test.model, train_loader, criterion, step_fn, test.device, first_batch_problem)
+        raise
+
+
+def _note_first_batch(err: BaseException, model: nn.Module, train_loader: Iterable[Any], criterion: Any,
+                      step_fn: Any, device: torch.device, first_batch_problem: Any) -> None:
     try:
         batch = move_to_device(next(iter(train_loader)), device, False)
         problem = first_batch_problem(model, batch, criterion=criterion, step=step_fn)
