@@ -89,6 +89,7 @@ def test_a_journaled_model_waits_for_the_store_and_is_delivered_later(tmp_path: 
     from lrtrack.tracking.deliver import deliver_journal
     from lrtrack.tracking.journal import Journal
     from lrtrack.tracking.runs import TrackedRun
+    from lrtrack.tracking.store import open_store
 
     journal = Journal.create(tmp_path / "spool", fluent_uri, "models")
     run = TrackedRun(journal, "ab" * 8)
@@ -100,6 +101,7 @@ def test_a_journaled_model_waits_for_the_store_and_is_delivered_later(tmp_path: 
     run.end()
     journal.close()
     assert "mlflow" not in {m.split(".")[0] for m in _modules_imported_by_log_model()}
+    open_store(fluent_uri)  # the store a job's start makes: deliver never creates one (tests/test_store_outages.py)
     assert deliver_journal(journal.path)["models"] == 1
     assert deliver_journal(journal.path)["models"] == 0
     (logged,) = mlflow.search_logged_models(experiment_ids=[MlflowClient(fluent_uri).get_experiment_by_name(
