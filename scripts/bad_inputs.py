@@ -292,6 +292,21 @@ CASES: list[Case] = [
     (["+criterion.reduction=avg"], ("criterion.reduction='avg'", "not a valid value"), None),
     (["model._target_=torch.nn.Identity", "~model.num_classes", "~model.dropout"],
      ("model._target_=torch.nn.Identity", "no trainable parameters"), None),
+    # the fourth battery's classes: settings a run never reads, schedules longer than the run, LRs below
+    # the floor, limits that are themselves wrong, optimizers that climb or fail at their first step
+    (["stage=train", "bounds.max_lr=0.1", "finder.num_iter=50"], ("finder.num_iter='50'", "stage=train"), None),
+    (["stage=train", "bounds.max_lr=0.1", "finder=linear"], ("finder='linear'", "stage=train"), None),
+    (["bounds.max_lr=0.1", "bounds.max_lr_rule=valley"], ("bounds.max_lr_rule='valley'", "sets max_lr itself"), None),
+    (["train.allow_partial=true"], ("train.allow_partial", "no train.lr_from"), None),
+    (["train.allow_other_setup=true"], ("train.allow_other_setup", "no train.lr_from"), None),
+    (["schedule=cosine_restarts", "schedule.T_0=5"], ("T_0=5", "no restart"), None),
+    (["schedule.three_phase=true", "schedule.pct_start=0.6"], ("pct_start", "three_phase"), None),
+    (["bounds.base_divisor=1e30"], ("bounds.base_divisor=1e+30", "10000"), None),
+    (["stage=train", "bounds.max_lr=1e-12"], ("bounds.max_lr=1e-12", "base LR"), None),
+    (["limits.max_hours=1e-9"], ("limits.max_hours=1e-09", "1/3600"), None),
+    (["+optimizer.maximize=true"], ("optimizer.maximize", "climbs"), None),
+    (["optimizer=adam", "+optimizer.capturable=true"], ("optimizer (torch.optim.Adam)", "first step fails"), None),
+    (["stage=range_test", "finder=linear", "finder.start_lr=0"], ("finder.start_lr=0.0", "log-LR axis"), None),
 ]
 
 HUGE_COUNT = 10**12  # within int64: refused by the time or memory estimate (or the setting's own range)

@@ -104,6 +104,17 @@ REFUSED = {
                              "schedule (lrtrack.engine.schedules.step): step step_size=1000 epochs is longer than the "
                              "run (1 epochs), so the LR never decays; give a step_size of at most 1, or use "
                              "schedule=constant.; check the schedule.* settings"),
+    "a range-test setting with stage=train": (["stage=train", "bounds.max_lr=0.1", "finder.num_iter=50"],
+                                              "finder.num_iter='50' is invalid: is read only by a range test, and "
+                                              "stage=train runs none (it takes the LR from the bounds); drop "
+                                              "finder.num_iter, or run stage=all (range test, then training)"),
+    "a rule next to an explicit max_lr": (["bounds.max_lr=0.1", "bounds.max_lr_rule=valley"],
+                                          "bounds.max_lr_rule='valley' is invalid: picks the suggestion that gives "
+                                          "max_lr, and bounds.max_lr=0.1 sets max_lr itself; drop "
+                                          "bounds.max_lr_rule"),
+    "an allowance with nothing to allow": (["train.allow_partial=true"],
+                                           "train.allow_partial='true' is invalid: allows a kind of train.lr_from "
+                                           "run, and no train.lr_from is given; drop train.allow_partial"),
     "a group option as its file": (["optimizer=sgd.yaml"], "optimizer=sgd.yaml is invalid: a config group takes an "
                                                            "option's name, not its file; write optimizer=sgd"),
     "an empty output folder": (["hydra.run.dir="], "hydra.run.dir='' is invalid: an empty folder would put the job's "

@@ -87,7 +87,8 @@ def test_range_errors_are_collected_and_name_setting_value_and_what_is_allowed()
         "train.epochs=0 is invalid: must be >= 1",
         "bounds.max_lr_rule='best' is invalid: allowed: null (finder.suggestion's rule), confirmed, steepest, valley, "
         "minimum, slide, min_loss_div10",
-        "bounds.base_divisor=0.5 is invalid: must be a number >= 1 (Smith: 3-4)",
+        "bounds.base_divisor=0.5 is invalid: must be a number in [1, 10000] (Smith: 3-4; beyond, the base LR is no "
+        "LR at all)",
     ])
 
 
@@ -95,10 +96,10 @@ def test_exp_grid_from_lr_zero_is_refused_with_the_fix() -> None:
     assert errors_of(composed("optimizer.lr=0")) == [
         "optimizer.lr=0 is invalid: must be > 0 for finder.step_mode=exp (a log-spaced grid cannot start at 0); "
         "set finder.start_lr=1e-7, or use finder=linear"]
-    assert errors_of(composed("optimizer.lr=0", "finder=linear", "stage=range_test")) == []
-    # ... but the training schedule keeps the groups' LR ratios, so it needs a positive LR: caught now.
-    (line,) = errors_of(composed("optimizer.lr=0", "finder=linear"))
-    assert line.startswith("schedule (lrtrack.engine.schedules.onecycle): parameter group 0 has lr=0.0")
+    # A linear grid could start at 0, but the suggestions read the curve on a log-LR axis (it crashed there).
+    assert errors_of(composed("optimizer.lr=0", "finder=linear", "stage=range_test")) == [
+        "optimizer.lr=0 is invalid: must be > 0 (the suggestions and the divergence edge read the curve on a log-LR "
+        "axis, where LR 0 has no place); set finder.start_lr=0.01"]
 
 
 def test_dry_run_builds_the_optimizer_and_schedule_before_anything_starts() -> None:

@@ -70,3 +70,19 @@ def test_a_first_step_that_fails_keeps_its_error_and_gains_the_first_batch_diagn
         "lrtrack: the range test's first step failed: the model cannot take the data's inputs (16, 7) float32: "
         "RuntimeError: mat1 and mat2 shapes cannot be multiplied (16x7 and 20x4); make the model.* settings fit the "
         "data (input size, channels)"]
+
+
+def test_tracked_training_checks_its_arguments_before_any_run(tmp_path: Path, monkeypatch) -> None:
+    from lrtrack import tracked_training
+
+    monkeypatch.chdir(tmp_path)
+    model, opt, loader = _task()
+    with pytest.raises(ValueError, match=r"^max_lr_rule must be one of confirmed, .*; got 'best'$"):
+        tracked_training(model, opt, loader, epochs=1, max_lr_rule="best", criterion=nn.NLLLoss())
+    with pytest.raises(ValueError, match=r"^give max_lr=0.1 or max_lr_rule='valley', not both"):
+        tracked_training(model, opt, loader, epochs=1, max_lr=0.1, max_lr_rule="valley", criterion=nn.NLLLoss())
+    with pytest.raises(TypeError, match=r"^range_test must be what tracked_range_test returned .*got str 'abc'$"):
+        tracked_training(model, opt, loader, epochs=1, range_test="abc", criterion=nn.NLLLoss())
+    with pytest.raises(TypeError, match=r"^metric='f1' is not known: pass 'accuracy', None, or a callable"):
+        tracked_training(model, opt, loader, epochs=1, max_lr=0.1, metric="f1", criterion=nn.NLLLoss())
+    assert not (tmp_path / "mlflow.db").exists()  # refused before the store was opened: no run

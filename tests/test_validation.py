@@ -418,3 +418,28 @@ def test_settings_that_would_be_ignored_or_refused_at_the_end_are_refused_first(
                                                                                 line: str) -> None:
     (got,) = errors_of(composed(*overrides))
     assert got.startswith(line), got
+
+
+@pytest.mark.parametrize(("overrides", "line"), [
+    (["bounds.base_divisor=1e30"], "bounds.base_divisor=1e+30 is invalid: must be a number in [1, 10000]"),
+    (["stage=train", "bounds.max_lr=1e-12"], "bounds.max_lr=1e-12 is invalid: with bounds.base_divisor=4 the base LR "
+                                             "is 2.5e-13, below 1e-12 (no LR at all); raise bounds.max_lr"),
+    (["limits.max_hours=1e-9"], "limits.max_hours=1e-09 is invalid: must be a number of hours, at least 1/3600"),
+    (["+optimizer.maximize=true"], "optimizer.maximize=True is invalid: a range test and its training lower the "
+                                   "loss"),
+    (["optimizer=adam", "+optimizer.capturable=true"], "optimizer (torch.optim.Adam): its first step fails: "
+                                                       "AssertionError: If capturable=True"),
+    (["schedule=cosine_restarts", "schedule.T_0=5", "train.epochs=1"],
+     "schedule (lrtrack.engine.schedules.cosine_restarts): cosine_restarts T_0=5 epochs is longer than the run "
+     "(1 epochs), so no restart happens"),
+    (["schedule.three_phase=true", "schedule.pct_start=0.6"],
+     "schedule (lrtrack.engine.schedules.onecycle): onecycle pct_start must be below 0.5 with three_phase=true"),
+    (["finder=linear", "finder.start_lr=0", "stage=range_test"],
+     "finder.start_lr=0.0 is invalid: must be > 0 (the suggestions and the divergence edge read the curve on a "
+     "log-LR axis"),
+])
+def test_meaningless_bounds_limits_optimizers_and_schedules_are_one_line(overrides: list[str], line: str) -> None:
+    """The third battery's classes (a base LR below the floor, a limit that is itself wrong, an optimizer that
+    climbs the loss or fails at its first step, a schedule longer than the run), said by the config check."""
+    (got,) = errors_of(composed(*overrides))
+    assert got.startswith(line), got

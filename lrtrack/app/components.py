@@ -169,6 +169,7 @@ class ComponentBuilder:
         self._import_from_launch_dir()
         seed_everything(self.cfg.seed)
         data = self._data()
+        self._check_accumulation(data)
         model = self._build("model", lambda built: self._checked(kinds.model_problem, "model", built))
         problem = model_memory_problem(self.cfg, sum(p.numel() * p.element_size() for p in model.parameters()))
         if problem:
@@ -258,6 +259,19 @@ class ComponentBuilder:
         for warning in [*report.warnings, *([val_batches] if val_batches else [])]:
             log.warning("WARNING, check the data (%s): %s", self._data_setting(), warning)
         return report.notes
+
+    def _check_accumulation(self, data: Any) -> None:
+        """train.accumulation_steps beyond the batches of an epoch: an epoch would take no optimizer step
+        (the config's estimate knows the built-in data's size only; a user's loader is counted here)."""
+        t = self.cfg.train
+        try:
+            batches = len(data.train)
+        except TypeError:  # an iterable of unknown length
+            return
+        if self.cfg.stage in ("all", "train") and t.accumulation_steps > batches:
+            raise UserError(f"train.accumulation_steps={t.accumulation_steps} is invalid: an epoch of "
+                            f"{self._data_setting()} has {batches} batches, so no optimizer step would happen; "
+                            f"use at most {batches}")
 
     def _data_setting(self) -> str:
         """The setting that says which data this is: ``data.path=...``, ``data.root=...`` or ``data=<name>``."""

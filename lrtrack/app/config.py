@@ -98,7 +98,8 @@ class BoundsConfig:
                                    allowed=f"an LR in [{MIN_LR:g}, {MAX_LR:g}] or "
                                    "null (from the range test)")
     max_lr_rule: Optional[str] = MISSING
-    base_divisor: float = rule(lo=1, allowed="a number >= 1 (Smith: 3-4)")
+    base_divisor: float = rule(lo=1, hi=1e4, allowed="a number in [1, 10000] (Smith: 3-4; beyond, the base LR is "
+                                                   "no LR at all)")
 
 
 @dataclass
@@ -129,7 +130,7 @@ class TrackingConfig:
 
 @dataclass
 class LimitsConfig:
-    max_hours: float = rule(lo=0, lo_open=True, allowed="a positive number of hours")
+    max_hours: float = rule(lo=1 / 3600, allowed="a number of hours, at least 1/3600 (one second)")
     max_memory_gb: Optional[float] = rule(lo=0, lo_open=True, allowed="a positive number of GB or null "
                                           "(this machine's memory)")
 
@@ -820,6 +821,9 @@ def _check_finder(cfg: DictConfig, errors: _Errors) -> None:
         if f.step_mode == "exp" and start == 0:
             errors.bad(setting, start, "must be > 0 for finder.step_mode=exp (a log-spaced grid cannot start at 0)",
                        "set finder.start_lr=1e-7, or use finder=linear")
+        elif start == 0:  # a linear grid may start at 0, but the suggestions read the curve on a log-LR axis
+            errors.bad(setting, start, "must be > 0 (the suggestions and the divergence edge read the curve on a "
+                       "log-LR axis, where LR 0 has no place)", f"set finder.start_lr={f.end_lr / 100:g}")
         elif end_ok and start >= f.end_lr and setting == "finder.start_lr":
             errors.bad(setting, start, f"must be smaller than finder.end_lr={f.end_lr!r}")
         elif end_ok and start >= f.end_lr:
@@ -952,26 +956,46 @@ def import_hint(target: str) -> str | None:
     return None
 
 
-# What stage=range_test never reads (train.resume and train.lr_from have their own lines).
+# Settings a run never reads, by what the run does (train.resume and train.lr_from have their own lines).
 _TRAINING_ONLY = ("bounds.", "train.", "schedule.", "schedule=")
-_OWN_LINES = ("train.resume", "train.lr_from")
+_RANGE_TEST_ONLY = ("finder.", "finder=")
+_OWN_LINES = ("train.resume", "train.lr_from", "finder.suggestion")  # (the suggestion picks lr_from's rule too)
+
+
+def _unread(cfg: DictConfig, setting: str) -> str | None:
+    """Why this run never reads ``setting`` (given on the command line), None when it does."""
+    t, b = cfg.train, cfg.bounds
+    if cfg.stage == "range_test" and setting.startswith(_TRAINING_ONLY) and setting not in _OWN_LINES:
+        return "is read only by the training run, and stage=range_test runs the range test alone"
+    if cfg.stage == "train" and setting.startswith(_RANGE_TEST_ONLY) and setting not in _OWN_LINES:
+        return "is read only by a range test, and stage=train runs none (it takes the LR from the bounds)"
+    if setting == "finder.suggestion" and cfg.stage == "train" and b.max_lr is not None:
+        return f"picks the suggestion that gives max_lr, and bounds.max_lr={b.max_lr} sets max_lr itself"
+    if setting == "bounds.max_lr_rule" and b.max_lr is not None:
+        return f"picks the suggestion that gives max_lr, and bounds.max_lr={b.max_lr} sets max_lr itself"
+    if setting == "bounds.max_lr" and t.lr_from and cfg.stage == "train":
+        return "sets max_lr itself, so train.lr_from's range test would not be used"
+    if setting in ("train.allow_partial", "train.allow_other_setup") and not t.lr_from:
+        return "allows a kind of train.lr_from run, and no train.lr_from is given"
+    return None
 
 
 def _check_unread_settings(cfg: DictConfig, errors: _Errors) -> None:
-    """A setting given on the command line that this run's stage never reads would be ignored without a
-    word (``stage=range_test bounds.max_lr=0.1``). A sweep's jobs may share settings across stages, so
-    only a single run is held to it."""
+    """A setting given on the command line that this run never reads would be ignored without a word
+    (``stage=range_test bounds.max_lr=0.1``, ``bounds.max_lr_rule=valley bounds.max_lr=0.1``). A sweep's
+    jobs may share settings across stages, so only a single run is held to it."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    if cfg.stage != "range_test" or (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
         return
     for override in _task_overrides():
         setting = override.lstrip("+~").split("=", 1)[0]
-        if override.lstrip("+~").startswith(_TRAINING_ONLY) and setting not in _OWN_LINES:
+        why = _unread(cfg, override.lstrip("+~") if "." not in setting else setting)
+        if why is not None:
             value = override.split("=", 1)[1] if "=" in override else None
-            errors.bad(setting, value, "is read only by the training run, and stage=range_test runs the range test "
-                       "alone", f"drop {setting}, or run stage=all (range test, then training)")
+            errors.bad(setting, value, why, f"drop {setting}" + (
+                ", or run stage=all (range test, then training)" if cfg.stage != "all" else ""))
 
 
 def _check_schedule_free(cfg: DictConfig, errors: _Errors) -> None:
@@ -1005,6 +1029,14 @@ def _check_bounds(cfg: DictConfig, errors: _Errors) -> None:
                    f"{', '.join(MAX_LR_RULES)}")
     if cfg.stage == "train" and cfg.train.lr_from is None and b.max_lr is None:
         errors.add("stage=train needs an LR: set bounds.max_lr=<lr> or train.lr_from=<range-test run id>")
+    if _num(b.max_lr) and _num(b.base_divisor) and b.base_divisor >= 1 and b.max_lr / b.base_divisor < MIN_LR:
+        errors.bad("bounds.max_lr", b.max_lr, f"with bounds.base_divisor={b.base_divisor:g} the base LR is "
+                   f"{b.max_lr / b.base_divisor:.3g}, below {MIN_LR:g} (no LR at all)", "raise bounds.max_lr")
+    optimizer = cfg.get("optimizer") if not OmegaConf.is_missing(cfg, "optimizer") else None
+    if isinstance(optimizer, DictConfig) and optimizer.get("maximize") is True:
+        errors.bad("optimizer.maximize", True, "a range test and its training lower the loss; maximize=true climbs "
+                   "it (every LR would look like a divergence)", "drop optimizer.maximize (to raise a score, "
+                   "minimise its negative)")
 
 
 def _check_tracking(cfg: DictConfig, errors: _Errors) -> None:
@@ -1060,7 +1092,8 @@ def dry_run(cfg: DictConfig) -> None:
     if optimizer is not None:  # a factory that built something else: said as such, not by the schedule
         from lrtrack.app.kinds import optimizer_problem
 
-        problem = optimizer_problem(str(cfg.optimizer.get("_target_")), optimizer)
+        problem = optimizer_problem(str(cfg.optimizer.get("_target_")), optimizer) or _step_problem(optimizer,
+                                                                                                      cfg.optimizer)
         if problem:
             errors.append(problem)
             optimizer = None
@@ -1069,6 +1102,24 @@ def dry_run(cfg: DictConfig) -> None:
         errors += schedule_problems(cfg, max_lr, max_lr / max(float(cfg.bounds.base_divisor), 1.0), 10, optimizer)
     if errors:
         raise ConfigError(errors)
+
+
+def _step_problem(optimizer: Any, node: DictConfig) -> str | None:
+    """One step of the dummy parameter's optimizer: some settings fail only there (``capturable=true``
+    off CUDA, a ``foreach`` the device lacks), after the runs were created."""
+    import torch
+
+    try:
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                p.grad = torch.zeros_like(p)
+        if callable(getattr(optimizer, "train", None)):
+            optimizer.train()  # schedule-free optimizers step in train mode only
+        optimizer.step()
+    except Exception as err:  # noqa: BLE001 - the optimizer's own words, on one line
+        why = " ".join(str(err).split()) or type(err).__name__
+        return f"optimizer ({node.get('_target_')}): its first step fails: {type(err).__name__}: {why}; check the optimizer.* settings"
+    return None
 
 
 def schedule_problems(cfg: DictConfig, max_lr: float, base_lr: float, steps_per_epoch: int,

@@ -192,8 +192,17 @@ def tracked_range_test(
 
 def _bounds(range_test: TrackedRangeTest | None, max_lr: float | None, max_lr_rule: str | None,
             base_divisor: float) -> Any:
-    from lrtrack.engine.schedules import bounds_from_config, bounds_from_suggestions
+    from lrtrack.engine.schedules import MAX_LR_RULES, bounds_from_config, bounds_from_suggestions
 
+    if range_test is not None and not isinstance(range_test, TrackedRangeTest):
+        raise TypeError(f"range_test must be what tracked_range_test returned (a TrackedRangeTest); got "
+                        f"{type(range_test).__name__} {range_test!r:.60}")
+    if max_lr_rule is not None:
+        if max_lr is not None:  # one or the other: the rule would be ignored without a word
+            raise ValueError(f"give max_lr={max_lr!r} or max_lr_rule={max_lr_rule!r}, not both (max_lr sets the peak "
+                             "itself; max_lr_rule picks it from the range test's suggestions)")
+        if max_lr_rule not in MAX_LR_RULES:
+            raise ValueError(f"max_lr_rule must be one of {', '.join(MAX_LR_RULES)}; got {max_lr_rule!r}")
     if max_lr is not None:
         return bounds_from_config(max_lr, base_divisor)
     if range_test is None:
@@ -245,9 +254,11 @@ def tracked_training(
             ``device``, ``amp``, ``seed``, ``checkpoint_dir``, ...).
     """
     from lrtrack.engine.schedules import make_schedule, optimizer_steps_per_epoch
+    from lrtrack.engine.tasks import as_metric
     from lrtrack.engine.train import train
 
     bounds = _bounds(range_test, max_lr, max_lr_rule, base_divisor)
+    metric = as_metric(metric)  # an unknown metric name is said now, before the run exists
     if range_test is not None:
         tracking_uri = tracking_uri or range_test.tracking_uri
         experiment = experiment or range_test.experiment

@@ -426,6 +426,9 @@ def _check_momentum(
 # --------------------------------------------------------------------------------------------
 
 
+_WARNED: set[tuple[str, float, int]] = set()  # (the dry run builds the schedule too)
+
+
 def _cyclic(
     mode: str,
     optimizer: Optimizer,
@@ -444,6 +447,10 @@ def _cyclic(
         mode, optimizer, max_lr, base_lr, steps_per_epoch, epochs
     )
     step_size_up = _iterations("step_size_epochs", step_size_epochs, steps_per_epoch)
+    if step_size_up > steps_per_epoch * epochs and (mode, step_size_epochs, epochs) not in _WARNED:
+        _WARNED.add((mode, step_size_epochs, epochs))  # valid, but likely not meant: said (once), not refused
+        logger.warning("%s: step_size_epochs=%s is longer than the run (%d epochs): the LR rises for the whole run "
+                       "and never reaches max_lr; a cycle takes 2 x step_size_epochs", mode, step_size_epochs, epochs)
     _check_momentum(mode, optimizer, cycle_momentum, base_momentum, max_momentum)
     ratios = _group_ratios(optimizer)
     _set_start_lr(optimizer, [base_lr * r for r in ratios])
@@ -615,6 +622,9 @@ def onecycle(
         or not 0 < pct_start < 1
     ):
         raise ValueError(f"onecycle pct_start must be in (0, 1), got {pct_start!r}; e.g. 0.3.")
+    if three_phase and pct_start >= 0.5:  # the symmetric fall would end after the run's end: phases out of order
+        raise ValueError(f"onecycle pct_start must be below 0.5 with three_phase=true (the rise and the equal fall "
+                         f"take 2 x pct_start of the run), got {pct_start!r}; e.g. 0.3.")
     if anneal_strategy not in ("cos", "linear"):
         raise ValueError(
             f"onecycle anneal_strategy must be 'cos' or 'linear', got {anneal_strategy!r}."
@@ -737,6 +747,9 @@ def cosine_restarts(
                 f"schedule.{label} to a whole number such as "
                 f"{max(1, math.floor(value)) if isinstance(value, (int, float)) else 1}."
             )
+    if T_0 > epochs:  # the first cycle outlasts the run: no restart, an unfinished cosine
+        raise ValueError(f"cosine_restarts T_0={T_0} epochs is longer than the run ({epochs} epochs), so no restart "
+                         f"happens; give a T_0 of at most {epochs}, or use schedule=cosine.")
     eta_min = _check_eta_min(eta_min, max_lr)
     ratios = _group_ratios(optimizer)
     _set_start_lr(optimizer, [max_lr * r for r in ratios])
