@@ -110,3 +110,15 @@ def test_report_and_deliver_refuse_bad_arguments_in_one_line(tmp_path: Path, mon
         assert stopped.value.code == 2
         assert f"argument --timeout: '{bad}' is not a number of seconds >= 0; e.g. --timeout 300" in \
             capsys.readouterr().err
+
+
+def test_report_refuses_an_empty_out_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """--out '' means the current folder: the page and its PNGs would land among the user's files."""
+    from lrtrack.app.report import main as report
+
+    monkeypatch.chdir(tmp_path)
+    assert report(["some-experiment", "--out", ""]) == 2
+    assert capsys.readouterr().err.strip() == ("lrtrack: error: --out '' is empty; name a folder to write the report "
+                                               "into (default: lrtrack-report)")
+    assert list(tmp_path.iterdir()) == []

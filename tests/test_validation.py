@@ -443,3 +443,12 @@ def test_meaningless_bounds_limits_optimizers_and_schedules_are_one_line(overrid
     climbs the loss or fails at its first step, a schedule longer than the run), said by the config check."""
     (got,) = errors_of(composed(*overrides))
     assert got.startswith(line), got
+
+
+@pytest.mark.parametrize("name", ["\u200b", "\u200b\u200b", "\u00a0", "\u2028"])
+def test_an_experiment_name_of_invisible_characters_is_refused(name: str) -> None:
+    from lrtrack.tracking.store import experiment_name_problem
+
+    assert experiment_name_problem(name) == ("an experiment name cannot be empty (or only spaces and invisible "
+                                             "characters)")
+    assert experiment_name_problem(f"runs{name}2026") is None  # inside a name they are the user's business

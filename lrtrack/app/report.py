@@ -220,6 +220,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tracking-uri", default=None,
                         help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///$PWD/mlflow.db)")
     args = parser.parse_args(argv)
+    if not args.out.strip():  # '' is the current folder: the report's files would land among the user's
+        print("lrtrack: error: --out '' is empty; name a folder to write the report into (default: lrtrack-report)",
+              file=sys.stderr)
+        return 2
     install_log_redaction()  # an error's message or traceback may quote a URI with its password
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"

@@ -456,8 +456,10 @@ def deleted_experiment_message(name: str, experiment_id: str, uri: str) -> str:
 
 def experiment_name_problem(name: str) -> str | None:
     """What MLflow would refuse in an experiment name (checked before any run); None when it is fine."""
-    if not name.strip():
-        return "an experiment name cannot be empty"
+    import unicodedata
+
+    if not "".join(c for c in name if unicodedata.category(c) not in ("Cf", "Zs", "Zl", "Zp")).strip():
+        return "an experiment name cannot be empty (or only spaces and invisible characters)"
     if len(name) > MAX_EXPERIMENT_NAME:
         return f"MLflow allows at most {MAX_EXPERIMENT_NAME} characters in an experiment name, this has {len(name)}"
     if any(ord(c) < 32 or ord(c) == 127 for c in name):  # a newline, an escape: the UI's one-line list, a terminal
