@@ -286,6 +286,7 @@ def test_transformers_range_test_sets_learning_rate_and_links_the_final_run(
 
 def test_transformers_refuses_in_one_line_what_cannot_work(tmp_path: Path) -> None:
     from lrtrack.integrations.transformers import range_test
+    from lrtrack.tracking.store import TrackingUnavailable
 
     trainer = tiny_bert_trainer(tmp_path, report_to=[])
     with pytest.raises(TypeError, match=r"^range_test needs a transformers.Trainer; got Module$"):
@@ -294,6 +295,21 @@ def test_transformers_refuses_in_one_line_what_cannot_work(tmp_path: Path) -> No
         range_test(trainer, device="cpu")
     with pytest.raises(ValueError, match=r"^step_mode must be one of exp, linear; got 'cubic'$"):
         range_test(trainer, step_mode="cubic")
+    # The engine's own checks, on entry (they used to come after the explore run existed).
+    with pytest.raises(ValueError, match=r"^smoothing must be in \[0, 1\)"):
+        range_test(trainer, smoothing=1.5)
+    with pytest.raises(TypeError, match=r"^probe_budget must be a share of num_iter > 0 or None \(auto\); got 'x'$"):
+        range_test(trainer, probe_budget="x")
+    with pytest.raises(ValueError, match=r"^diverge_th must be a number > 1; got nan$"):
+        range_test(trainer, diverge_th=float("nan"))
+    with pytest.raises(ValueError, match=r"^experiment=' ': an experiment name cannot be empty"):
+        range_test(trainer, experiment=" ")
+    with pytest.raises(TrackingUnavailable, match=r"nothing answers at tracking server http://127\.0\.0\.1:9 "):
+        range_test(trainer, tracking_uri="http://127.0.0.1:9")
+    trainer.args.learning_rate = 0.0
+    with pytest.raises(ValueError, match=r"^TrainingArguments.learning_rate=0.0 is the range test's start LR, so it "
+                                         r"must be > 0; set learning_rate=1e-7 \(or pass start_lr=\.\.\.\)$"):
+        range_test(trainer)
     trainer.optimizer = torch.optim.SGD(trainer.model.parameters(), lr=0.1)
     with pytest.raises(ValueError, match=r"create the Trainer without optimizers=\(\.\.\.\)"):
         range_test(trainer)

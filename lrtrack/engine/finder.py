@@ -340,8 +340,8 @@ def _check_settings(
         raise ValueError("give exactly one of criterion (for (inputs, targets) batches) or step_fn")
     check_smoothing(smoothing)
     if policy.divergence_check is None and (
-        not isinstance(diverge_th, (int, float)) or diverge_th <= 1
-    ):
+        isinstance(diverge_th, bool) or not isinstance(diverge_th, (int, float)) or not diverge_th > 1
+    ):  # (NaN is not > 1: a NaN threshold would never stop the test)
         raise ValueError(f"diverge_th must be a number > 1; got {diverge_th!r}")
     if isinstance(accumulation_steps, bool) or not isinstance(accumulation_steps, int) or accumulation_steps < 1:
         raise ValueError(f"accumulation_steps must be an integer >= 1; got {accumulation_steps!r}")
@@ -741,8 +741,23 @@ def _execute(test: _RangeTest, snapshot: StateSnapshot | None, train_loader: Ite
     return probes
 
 
+def check_range_test_settings(*, num_iter: int = 100, smoothing: float = 0.95, diverge_th: float = 5.0,
+                              probe_steps: int | None = None, probe_budget: float | None = None) -> None:
+    """What :func:`run_range_test` checks of these settings, without running it (an integration checks a
+    user's settings on entry, before the framework's fit starts); ValueError/TypeError naming the setting."""
+    _check_settings(None, _no_step, smoothing, diverge_th, 1, RangeTestPolicy())
+    steps = _probe_steps(probe_steps, num_iter)
+    _probe_budget(probe_budget, steps, num_iter)
+
+
+def _no_step(model: nn.Module, batch: Any) -> torch.Tensor:  # (stands in for a step in the checks above)
+    raise NotImplementedError
+
+
 def _probe_budget(probe_budget: float | None, steps: int, num_iter: int) -> int:
     """The probes' steps in all: ``probe_budget`` (a share of ``num_iter``; None: :data:`PROBE_BUDGET`)."""
+    if probe_budget is not None and (isinstance(probe_budget, bool) or not isinstance(probe_budget, (int, float))):
+        raise TypeError(f"probe_budget must be a share of num_iter > 0 or None (auto); got {probe_budget!r}")
     share = PROBE_BUDGET if probe_budget is None else float(probe_budget)
     if not (math.isfinite(share) and share > 0):
         raise ValueError(f"probe_budget must be a share of num_iter > 0 or None (auto); got {probe_budget!r}")

@@ -18,7 +18,7 @@ from typing import Any
 from torch import nn
 
 from lrtrack.engine import distributed as dist
-from lrtrack.engine.finder import check_grid, run_range_test
+from lrtrack.engine.finder import check_grid, check_range_test_settings, run_range_test
 from lrtrack.engine.observers import NullObserver
 from lrtrack.engine.schedules import Bounds, bounds_from_suggestions
 from lrtrack.engine.suggest import DEFAULT_RULE
@@ -47,6 +47,8 @@ def check_settings(settings: Mapping[str, Any], base_divisor: Any) -> None:
     grid["start_lr"] = 5e-324 if grid["start_lr"] is None else grid["start_lr"]
     if not any(isinstance(v, (list, tuple)) for v in grid.values()):  # per-group LRs: checked at fit, per group
         check_grid(**grid)
+    check_range_test_settings(**{k: settings[k] for k in ("num_iter", "smoothing", "diverge_th", "probe_steps",
+                                                          "probe_budget") if k in settings})
 
 
 def tracking_uri_or_default(configured: str | None) -> str:
@@ -115,7 +117,12 @@ def explore(model: nn.Module, optimizer: Any, loader: Iterable[Any], *, framewor
                                 **settings, **engine)
         return ExploreRun(result, _shared(None), None, tracking_uri, experiment)
     from lrtrack.tracking.runs import Tracker
+    from lrtrack.tracking.store import experiment_name_problem, preflight
 
+    problem = experiment_name_problem(experiment)
+    if problem is not None:
+        raise ValueError(f"experiment={experiment!r}: {problem}")
+    preflight(tracking_uri, setting="tracking_uri", off_switch=None)  # now, not after the test and 60 s of delivery
     ctx = layout.RunContext(config, {}, [], framework)
     with Tracker(tracking_uri, experiment) as tracker:  # delivered on leaving
         with tracker.start_run(name, tags=ctx.tags(layout.STAGE_EXPLORE)) as run:

@@ -72,6 +72,10 @@ def range_test(trainer: Trainer, *, base_divisor: float = 4.0, tracking_uri: str
         raise ValueError("range_test(trainer) builds the optimizer from the TrainingArguments; create the Trainer "
                          "without optimizers=(...) (or subclass it and override create_optimizer)")
     args = trainer.args
+    if settings.get("start_lr") is None and not (isinstance(args.learning_rate, (int, float))
+                                                 and args.learning_rate > 0):
+        raise ValueError(f"TrainingArguments.learning_rate={args.learning_rate!r} is the range test's start LR, so it "
+                         "must be > 0; set learning_rate=1e-7 (or pass start_lr=...)")
     uri = tracking_uri_or_default(tracking_uri)
     experiment = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or f"lrtrack-{type(trainer.model).__name__}"
     model = trainer.model
