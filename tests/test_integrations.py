@@ -38,6 +38,13 @@ PEAK_TOLERANCE = 0.02  # the issue's: the final run's logged LR peaks at bounds.
 # ---------------------------------------------------------------------- reading the store back
 
 
+
+@pytest.fixture(autouse=True)
+def _mlflow_environment_restored(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lightning's MLFlowLogger sets MLFLOW_TRACKING_URI in this process: put it back after each test."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "unset")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+
 def runs_by_stage(db: Path, experiment: str) -> tuple[MlflowClient, dict[str, Any]]:
     client = MlflowClient(tracking_uri=f"sqlite:///{db}")
     exp = client.get_experiment_by_name(experiment)

@@ -50,6 +50,7 @@ def test_lrfinder_memory_cache_takes_a_boolean_not_a_string() -> None:
 def test_tracked_range_test_refuses_a_store_nothing_answers_at_before_the_test(tmp_path: Path,
                                                                                monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'other.db'}")  # the argument wins over it
     model, opt, loader = _task()
     start = time.monotonic()
     with pytest.raises(TrackingUnavailable, match=r"nothing answers at tracking server http://\*\*\*@127\.0\.0\.1:9 "):

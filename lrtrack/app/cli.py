@@ -105,6 +105,11 @@ def task(cfg: DictConfig) -> float | None:
 _job_started = False
 
 
+def job_started() -> bool:
+    """Whether Hydra called the job (a stop before that has started nothing)."""
+    return _job_started
+
+
 def main() -> None:
     """``python -m lrtrack``: the Hydra application; a composition error is one line, exit 2."""
     from hydra.errors import HydraException

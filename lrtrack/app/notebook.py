@@ -92,7 +92,8 @@ def _tracker(tracking_uri: str | None, experiment: str | None, model: nn.Module)
     from lrtrack.tracking.runs import Tracker
     from lrtrack.tracking.store import preflight
 
-    uri = resolve_tracking_uri(tracking_uri, Path.cwd())
+    # The argument first (MLFLOW_TRACKING_URI is only the default: Lightning's MLFlowLogger, for one, sets it).
+    uri = tracking_uri or resolve_tracking_uri(None, Path.cwd())
     # A store that cannot be reached is said now (TrackingUnavailable), not after the test ran and its
     # delivery waited delivery_timeout_s.
     preflight(uri, setting="tracking_uri", off_switch=None)

@@ -111,8 +111,7 @@ class RangeTestRecipe:
             problem = launch_problem(self.builder.device())
             if problem is not None:
                 raise UserError(problem)
-            # torchrun: one process group for the job (gloo on CPU, nccl on CUDA), left at the end.
-            # Log lines go through tqdm while a progress bar is drawn, so neither overwrites the other.
+            # torchrun: one process group (gloo on CPU, nccl on CUDA); log lines go through tqdm's bars.
             with process_group(self.builder.device()), logging_redirect_tqdm(loggers=[logging.getLogger()]):
                 self._redact_saved_config()
                 outcome = self._stages(self.builder.distribute(self.setup(tracker)))
@@ -296,6 +295,7 @@ class RangeTestRecipe:
         if run.enabled:
             layout.log_training(run, result, bounds=bounds, steps_per_epoch=steps_per_epoch, curve=curve,
                                 title=title)
+            check_stop()  # (a stop swallowed while the figures were drawn: before the model is logged)
             self._log_model(parts, run)
         return result.final_val_loss
 
