@@ -115,6 +115,13 @@ REFUSED = {
     "an allowance with nothing to allow": (["train.allow_partial=true"],
                                            "train.allow_partial='true' is invalid: allows a kind of train.lr_from "
                                            "run, and no train.lr_from is given; drop train.allow_partial"),
+    "an override that cannot be resolved": (["finder.end_lr=${finder.nope}"],
+                                            "finder.end_lr='${finder.nope}' cannot be resolved: Interpolation key "
+                                            "'finder.nope' not found; set what it refers to (an environment variable: "
+                                            "export it) or write the value"),
+    "a max_lr outside its rule, said once": (["stage=train", "bounds.max_lr=-1"],
+                                             "bounds.max_lr=-1.0 is invalid: must be an LR in [1e-12, 1e+06] or null "
+                                             "(from the range test)"),
     "a group option as its file": (["optimizer=sgd.yaml"], "optimizer=sgd.yaml is invalid: a config group takes an "
                                                            "option's name, not its file; write optimizer=sgd"),
     "an empty output folder": (["hydra.run.dir="], "hydra.run.dir='' is invalid: an empty folder would put the job's "

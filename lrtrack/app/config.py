@@ -427,7 +427,10 @@ def _task_overrides() -> list[str]:
     """The command line's overrides of this job (none outside a Hydra job: a library call)."""
     from hydra.core.hydra_config import HydraConfig
 
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    if not HydraConfig.initialized():
+        return []
+    # As typed: an override holding ${...} is text here (resolving it would fail on what it refers to).
+    return [str(o) for o in OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)]
 
 
 def _scalar_type(hint: Any) -> type | None:
@@ -1029,7 +1032,8 @@ def _check_bounds(cfg: DictConfig, errors: _Errors) -> None:
                    f"{', '.join(MAX_LR_RULES)}")
     if cfg.stage == "train" and cfg.train.lr_from is None and b.max_lr is None:
         errors.add("stage=train needs an LR: set bounds.max_lr=<lr> or train.lr_from=<range-test run id>")
-    if _num(b.max_lr) and _num(b.base_divisor) and b.base_divisor >= 1 and b.max_lr / b.base_divisor < MIN_LR:
+    if (_num(b.max_lr) and MIN_LR <= b.max_lr <= MAX_LR and _num(b.base_divisor) and b.base_divisor >= 1
+            and b.max_lr / b.base_divisor < MIN_LR):  # (a max_lr outside its own rule is said by it, once)
         errors.bad("bounds.max_lr", b.max_lr, f"with bounds.base_divisor={b.base_divisor:g} the base LR is "
                    f"{b.max_lr / b.base_divisor:.3g}, below {MIN_LR:g} (no LR at all)", "raise bounds.max_lr")
     optimizer = cfg.get("optimizer") if not OmegaConf.is_missing(cfg, "optimizer") else None
