@@ -122,6 +122,15 @@ REFUSED = {
     "a max_lr outside its rule, said once": (["stage=train", "bounds.max_lr=-1"],
                                              "bounds.max_lr=-1.0 is invalid: must be an LR in [1e-12, 1e+06] or null "
                                              "(from the range test)"),
+    "one sweep folder for every job": (["-m", "stage=range_test", "seed=0,1", "hydra.sweep.subdir=same"],
+                                       "hydra.sweep.subdir=same is invalid: every job of the sweep would write into "
+                                       "that one folder; keep a per-job part in it, e.g. "
+                                       "hydra.sweep.subdir=${hydra.job.num}"),
+    "a schedule config without _partial_": (["~schedule._partial_"],
+                                            "schedule (lrtrack.engine.schedules.onecycle): TypeError: onecycle() "
+                                            "missing 1 required positional argument: 'optimizer'; add _partial_: true "
+                                            "to the schedule's config (lrtrack passes the optimizer and the bounds "
+                                            "when it builds it)"),
     "a group option as its file": (["optimizer=sgd.yaml"], "optimizer=sgd.yaml is invalid: a config group takes an "
                                                            "option's name, not its file; write optimizer=sgd"),
     "an empty output folder": (["hydra.run.dir="], "hydra.run.dir='' is invalid: an empty folder would put the job's "

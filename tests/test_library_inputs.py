@@ -87,3 +87,18 @@ def test_tracked_training_checks_its_arguments_before_any_run(tmp_path: Path, mo
     with pytest.raises(TypeError, match=r"^metric='f1' is not known: pass 'accuracy', None, or a callable"):
         tracked_training(model, opt, loader, epochs=1, max_lr=0.1, metric="f1", criterion=nn.NLLLoss())
     assert not (tmp_path / "mlflow.db").exists()  # refused before the store was opened: no run
+
+
+def test_flags_loss_classes_and_another_models_optimizer_are_refused_before_any_step() -> None:
+    from lrtrack.engine.train import train
+
+    model, opt, loader = _task()
+    with pytest.raises(TypeError, match=r"^amp must be True or False; got 'no'$"):
+        run_range_test(model, opt, loader, criterion=nn.NLLLoss(), amp="no", num_iter=5, progress=False)
+    with pytest.raises(TypeError, match=r"^amp must be True or False; got 'no'$"):
+        train(model, opt, loader, epochs=1, criterion=nn.NLLLoss(), amp="no", progress=False)
+    with pytest.raises(TypeError, match=r"^criterion must be a loss instance, e.g. NLLLoss\(\), not the class NLLLoss$"):
+        run_range_test(model, opt, loader, criterion=nn.NLLLoss, num_iter=5, progress=False)
+    other = torch.optim.SGD(nn.Linear(3, 3).parameters(), lr=1e-3)
+    with pytest.raises(ValueError, match=r"^the optimizer holds none of the model's parameters"):
+        LRFinder(model, other, nn.NLLLoss()).range_test(loader, num_iter=5, progress=False)

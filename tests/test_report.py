@@ -122,3 +122,22 @@ def test_report_refuses_an_empty_out_folder(tmp_path: Path, monkeypatch: pytest.
     assert capsys.readouterr().err.strip() == ("lrtrack: error: --out '' is empty; name a folder to write the report "
                                                "into (default: lrtrack-report)")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("meta", "why"), [
+    ("{bad", "cannot be read as a journal's description (Expecting property name enclosed in double quotes: line 1 "
+             "column 2 (char 1)): the journal is damaged"),
+    ("[]", "holds a JSON list, not a journal's description: the journal is damaged"),
+])
+def test_deliver_of_a_damaged_journal_names_its_file_in_one_line(meta: str, why: str, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from lrtrack.tracking.deliver import main as deliver
+
+    (tmp_path / "spool").mkdir()
+    (tmp_path / "spool" / "journal.json").write_text(meta)
+    assert deliver([str(tmp_path / "spool")]) == 2
+    assert capsys.readouterr().err.strip() == f"lrtrack: error: {tmp_path / 'spool' / 'journal.json'} {why}; its " \
+                                              "records (journal.jsonl) are kept as they are"
+    assert deliver([""]) == 2
+    assert capsys.readouterr().err.strip() == ("lrtrack: error: the journal path is empty; name a journal folder (or "
+                                               "a folder to search)")

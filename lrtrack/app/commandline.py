@@ -110,6 +110,9 @@ def override_problems(argv: list[str], conf_dir: Path) -> list[str]:
         elif group in ("hydra.run.dir", "hydra.sweep.dir", "hydra.sweep.subdir") and not value.strip():
             problems.append(f"{group}='' is invalid: an empty folder would put the job's outputs in the launch "
                             f"folder; give a folder, e.g. {group}=outputs/mine")
+        elif group == "hydra.sweep.subdir" and "${" not in value:  # one folder for every job: each overwrites the last
+            problems.append(f"hydra.sweep.subdir={value} is invalid: every job of the sweep would write into that "
+                            "one folder; keep a per-job part in it, e.g. hydra.sweep.subdir=${hydra.job.num}")
     return problems
 
 

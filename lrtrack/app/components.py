@@ -89,10 +89,14 @@ class Components:
 @contextmanager
 def recording_errors(run: Any) -> Iterator[Any]:
     """Open ``run``; when its work fails, say why on the run (``lrtrack.error``) before it ends FAILED."""
+    from lrtrack.engine.stopping import stop_requested
+
     with run:
         try:
             yield run
         except Exception as err:
+            if stop_requested():  # the stop broke what ran (a DataLoader worker it killed, torch.save): KILLED
+                raise KeyboardInterrupt(f"stopped ({type(err).__name__} on the way)") from err
             run.set_tags({ERROR_TAG: error_message(err)})
             raise
 

@@ -1180,6 +1180,10 @@ def component_error(group: str, node: DictConfig, err: BaseException) -> str:
     hint = import_hint(located.group(1)) if located else None
     if hint:
         return f"{group} ({node.get('_target_')}): {hint}"
+    if "required positional argument" in message and not node.get("_partial_") and group in ("optimizer", "schedule"):
+        what = "the model's parameters" if group == "optimizer" else "the optimizer and the bounds"
+        return (f"{group} ({node.get('_target_')}): {message}; add _partial_: true to the {group}'s config (lrtrack "
+                f"passes {what} when it builds it)")
     return f"{group} ({node.get('_target_')}): {message}; check the {group}.* settings"
 
 

@@ -33,6 +33,8 @@ from lrtrack.engine.smoothing import EmaSmoother, check_smoothing
 from lrtrack.engine.steps import (
     StepFn,
     autocast_factory,
+    check_flags,
+    check_model_and_optimizer,
     make_grad_scaler,
     mean_loss,
     move_to_device,
@@ -332,8 +334,11 @@ def _numpy_rng_state() -> Any:
 
 def _check_settings(
     criterion: Any, step_fn: Any, smoothing: Any, diverge_th: Any, accumulation_steps: Any,
-    policy: RangeTestPolicy,
+    policy: RangeTestPolicy, model_and_optimizer: tuple[Any, Any] | None = None, **flags: Any,
 ) -> None:
+    check_flags(**flags)
+    if model_and_optimizer is not None:
+        check_model_and_optimizer(*model_and_optimizer, criterion)
     if not isinstance(policy, RangeTestPolicy):
         raise TypeError(f"policy must be a RangeTestPolicy or None; got {type(policy).__name__}")
     if (criterion is None) == (step_fn is None):
@@ -649,8 +654,7 @@ def run_range_test(
         start_lr: first LR (default: the optimizer's LR); a list gives one per group.
         end_lr: last LR; a list gives one per group.
         num_iter: number of optimizer steps (the grid's length).
-        step_mode: ``exp`` or ``linear`` spacing.
-        smoothing: EMA decay in [0, 1) for the smoothed loss (bias-corrected).
+        step_mode: ``exp`` or ``linear`` spacing. smoothing: EMA decay in [0, 1) (bias-corrected).
         diverge_th: divergence threshold (> 1).
         accumulation_steps: batches per optimizer step.
         amp: mixed precision through ``torch.amp`` (float16 + GradScaler on CUDA, bfloat16 on CPU).
@@ -674,7 +678,8 @@ def run_range_test(
         divergence edge.
     """
     policy = policy if policy is not None else RangeTestPolicy()
-    _check_settings(criterion, step_fn, smoothing, diverge_th, accumulation_steps, policy)
+    _check_settings(criterion, step_fn, smoothing, diverge_th, accumulation_steps, policy, (model, optimizer),
+                    amp=amp, non_blocking=non_blocking, progress=progress, restore=restore)
     steps = _probe_steps(probe_steps, num_iter)
     base_lrs = [float(g["lr"]) for g in optimizer.param_groups]
     starts = base_lrs if start_lr is None else _per_group(start_lr, base_lrs, "start_lr")

@@ -34,6 +34,9 @@ __all__ = [
     "StepFn",
     "autocast_factory",
     "batch_size_of",
+    "check_flags",
+    "check_model_and_optimizer",
+    "device_problem",
     "make_grad_scaler",
     "mean_loss",
     "move_to_device",
@@ -77,6 +80,27 @@ def batch_size_of(batch: Any) -> int:
         if size:
             return size
     return 1
+
+
+def check_flags(**flags: Any) -> None:
+    """Each of ``flags`` True or False: ``amp='no'`` is a non-empty string, which Python takes as true."""
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be True or False; got {value!r}")
+
+
+def check_model_and_optimizer(model: nn.Module, optimizer: Any, criterion: Any = None) -> None:
+    """The optimizer steps the model's own parameters, and the criterion is a loss, not its class: with
+    another model's optimizer the curve is recorded while the model never moves; ``nn.NLLLoss`` (the
+    class) fails deep in torch on the first batch."""
+    if isinstance(criterion, type):
+        raise TypeError(f"criterion must be a loss instance, e.g. {criterion.__name__}(), not the class "
+                        f"{criterion.__name__}")
+    owned = {id(p) for p in model.parameters()}
+    stepped = [p for group in getattr(optimizer, "param_groups", []) for p in group["params"]]
+    if stepped and not any(id(p) in owned for p in stepped):
+        raise ValueError("the optimizer holds none of the model's parameters (built for another model?): build it "
+                         "from this model, e.g. torch.optim.SGD(model.parameters(), lr=1e-3)")
 
 
 def device_problem(device: str | torch.device) -> str | None:

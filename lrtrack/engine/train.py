@@ -39,6 +39,8 @@ from lrtrack.engine.steps import (
     StepFn,
     autocast_factory,
     batch_size_of,
+    check_flags,
+    check_model_and_optimizer,
     make_grad_scaler,
     mean_loss,
     resolve_device,
@@ -46,6 +48,7 @@ from lrtrack.engine.steps import (
     supervised_step,
     train_step,
 )
+from lrtrack.engine.stopping import stop_requested
 from lrtrack.engine.tasks import as_metric
 
 logger = logging.getLogger(__name__)
@@ -216,6 +219,9 @@ def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
         # replace in one move so an interrupted save never leaves a truncated last.pt
         os.replace(tmp, path)
     except (OSError, RuntimeError) as err:
+        if stop_requested():  # a signal inside torch.save's writer comes out as its RuntimeError: it is the stop
+            tmp.unlink(missing_ok=True)
+            raise KeyboardInterrupt("stop requested while the checkpoint was written") from err
         full = _disk_full(err, path.parent)
         if not full and not isinstance(err, OSError):
             raise  # torch failing for another reason than the disk: a bug, with its traceback
@@ -672,6 +678,8 @@ def train(
         ValueError: bad settings or an empty ``train_loader``.
     """
     _check_args(epochs, accumulation_steps, grad_clip_norm, smoothing, optimizer, schedule)
+    check_flags(progress=progress, amp=amp)
+    check_model_and_optimizer(model, optimizer, criterion)
     if step_fn is None and criterion is None:
         criterion = nn.CrossEntropyLoss()
     if seed is not None:

@@ -112,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     install_log_redaction()  # an error's message or traceback may quote a URI with its password
     register_url_credentials(args.tracking_uri)
+    if not args.path.strip():  # '' would search the current folder
+        print("lrtrack: error: the journal path is empty; name a journal folder (or a folder to search)",
+              file=sys.stderr)
+        return 2
     journals = find_journals(args.path)
     if not journals:
         print(f"lrtrack: error: no lrtrack tracking journal at {args.path} (a journal folder holds {META})",

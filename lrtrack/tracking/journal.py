@@ -83,6 +83,19 @@ RESERVE_BYTES = 32 * 1024
 ENDINGS = ("tags", "end", "params")
 
 
+def _read_meta(path: Path) -> dict[str, Any]:
+    """The journal's ``META`` file, or a ValueError naming it (a file cut short, edited, not an object)."""
+    try:
+        meta = json.loads((path / META).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path / META} cannot be read as a journal's description ({err}): the journal is "
+                         "damaged; its records (journal.jsonl) are kept as they are") from err
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path / META} holds a JSON {type(meta).__name__}, not a journal's description: the "
+                         "journal is damaged; its records (journal.jsonl) are kept as they are")
+    return meta
+
+
 class JournalError(RuntimeError):
     """The journal cannot be written; the message names the folder and the fix."""
 
@@ -252,7 +265,8 @@ class Journal:
         path = Path(path).resolve()
         if not (path / META).is_file():
             raise ValueError(f"{path} is not an lrtrack tracking journal (no {META} in it)")
-        version = json.loads((path / META).read_text()).get("format")
+        meta = _read_meta(path)
+        version = meta.get("format")
         if version not in READS:
             raise ValueError(f"{path} is a tracking journal of format {version!r}; this lrtrack reads formats "
                              f"{', '.join(map(str, READS))}: deliver it with the lrtrack version that wrote it")
@@ -263,7 +277,7 @@ class Journal:
                 raise JournalBusy(f"{path} is in use by another process (its job or that job's relay is still "
                                   f"delivering it): wait for it to end, then run this again") from err
         journal = cls(path, lock_fd)
-        journal.made_parent = bool(json.loads((path / META).read_text()).get("made_parent"))
+        journal.made_parent = bool(meta.get("made_parent"))
         return journal
 
     @property
