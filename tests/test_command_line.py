@@ -131,6 +131,10 @@ REFUSED = {
                                             "missing 1 required positional argument: 'optimizer'; add _partial_: true "
                                             "to the schedule's config (lrtrack passes the optimizer and the bounds "
                                             "when it builds it)"),
+    "one seed in a summary over seeds": (["experiment=seeds", "seed=5"],  # (after +experiment=smoke: switch it)
+                                         "seed=5 is invalid: +experiment=seeds summarises the range test over several "
+                                         "seeds, and seed=5 fixes one; give them as hydra.sweeper.params.seed="
+                                         "'0,1,2,3' (or drop +experiment=seeds)"),
     "a group option as its file": (["optimizer=sgd.yaml"], "optimizer=sgd.yaml is invalid: a config group takes an "
                                                            "option's name, not its file; write optimizer=sgd"),
     "an empty output folder": (["hydra.run.dir="], "hydra.run.dir='' is invalid: an empty folder would put the job's "

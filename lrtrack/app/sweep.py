@@ -152,6 +152,30 @@ def swept_keys(overrides: list[str]) -> list[str]:
     return [override_key(o.get_key_element()) for o in parsed if o.is_sweep_override()]
 
 
+def seed_sweep_problems(config: DictConfig) -> list[str]:
+    """``aggregate_seeds`` (``+experiment=seeds``) summarises range tests over several seeds: a seed fixed on
+    the command line, a single swept seed or a stage without a range test would make a "median over seeds"
+    of one seed, or of nothing."""
+    overrides = [str(o) for o in OmegaConf.to_container(OmegaConf.select(config, "hydra.overrides.task") or [],
+                                                         resolve=False)]
+    fixed = [o for o in overrides if override_key(o) == "seed" and not any(c in o for c in ",(")]
+    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    swept = str(params.get("seed", "")) if params else ""
+    problems = []
+    if fixed:
+        problems.append(f"{fixed[0]} is invalid: +experiment=seeds summarises the range test over several seeds, and "
+                        f"{fixed[0]} fixes one; give them as hydra.sweeper.params.seed='0,1,2,3' (or drop "
+                        "+experiment=seeds)")
+    elif swept and "," not in swept and "(" not in swept:
+        problems.append(f"hydra.sweeper.params.seed={swept} is invalid: a summary over seeds needs at least two, e.g. "
+                        "hydra.sweeper.params.seed='0,1,2,3'")
+    stage = OmegaConf.select(config, "stage")
+    if stage != "range_test":
+        problems.append(f"stage={stage} is invalid: +experiment=seeds summarises range tests (stage=range_test); "
+                        "drop the stage override")
+    return problems
+
+
 def _experiment_name(config: DictConfig) -> str:
     configured = OmegaConf.select(config, "tracking.experiment_name")
     if configured:
@@ -187,7 +211,7 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from lrtrack.app.sweepcheck import sweep_job_problems
 
-        problems = sweep_job_problems(config)  # every job's settings, before the sweep's run exists
+        problems = sweep_job_problems(config) + (seed_sweep_problems(config) if self.aggregate_seeds else [])
         for problem in problems:
             print(f"lrtrack: error: {problem}", file=sys.stderr)
         if problems:
