@@ -307,6 +307,13 @@ CASES: list[Case] = [
     (["+optimizer.maximize=true"], ("optimizer.maximize", "climbs"), None),
     (["optimizer=adam", "+optimizer.capturable=true"], ("optimizer (torch.optim.Adam)", "first step fails"), None),
     (["stage=range_test", "finder=linear", "finder.start_lr=0"], ("finder.start_lr=0.0", "log-LR axis"), None),
+    # the fifth battery's: look-alike and invisible characters, one folder for every sweep job, seeds
+    (["stage=r\u0430nge_test"], ("U+0430", "CYRILLIC"), None),
+    (["finder.num_iter=12\u200b"], ("U+200B", "ZERO WIDTH SPACE"), None),
+    (["-m", "stage=range_test", "seed=0,1", "hydra.sweep.subdir=same"], ("hydra.sweep.subdir=same", "one folder"),
+     None),
+    (["experiment=seeds", "seed=5"], ("seed=5", "+experiment=seeds"), None),
+    (["~schedule._partial_"], ("schedule (", "_partial_: true"), None),
 ]
 
 HUGE_COUNT = 10**12  # within int64: refused by the time or memory estimate (or the setting's own range)

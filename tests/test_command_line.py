@@ -135,6 +135,11 @@ REFUSED = {
                                          "seed=5 is invalid: +experiment=seeds summarises the range test over several "
                                          "seeds, and seed=5 fixes one; give them as hydra.sweeper.params.seed="
                                          "'0,1,2,3' (or drop +experiment=seeds)"),
+    "a look-alike letter": (["stage=r\u0430nge_test"], "'stage=r\u0430nge_test' holds U+0430 (CYRILLIC SMALL LETTER A): "
+                                                      "outside quotes a value is plain ASCII; retype it, or quote it "
+                                                      "(stage='r\u0430nge_test')"),
+    "an invisible character": (["finder.num_iter=12\u200b"], "'finder.num_iter=12\\u200b' holds U+200B (ZERO WIDTH "
+                                                            "SPACE); retype it in plain ASCII"),
     "a group option as its file": (["optimizer=sgd.yaml"], "optimizer=sgd.yaml is invalid: a config group takes an "
                                                            "option's name, not its file; write optimizer=sgd"),
     "an empty output folder": (["hydra.run.dir="], "hydra.run.dir='' is invalid: an empty folder would put the job's "

@@ -99,6 +99,15 @@ def override_problems(argv: list[str], conf_dir: Path) -> list[str]:
         group = key.lstrip("+")
         if not sep or arg.startswith("-"):
             continue
+        odd = _look_alikes(key) + _invisible(value)
+        if odd:  # `stage=rаnge_test` (a Cyrillic а), a trailing zero-width space: Hydra's lexer shows what looks right
+            problems.append(f"{arg!r} holds {', '.join(odd)}; retype it in plain ASCII")
+            continue
+        quoted = len(value) >= 2 and value[0] == value[-1] and value[0] in "'\""
+        if not quoted and _look_alikes(value):  # Hydra's grammar takes other characters in quotes only
+            problems.append(f"{arg!r} holds {', '.join(_look_alikes(value))}: outside quotes a value is plain "
+                            f"ASCII; retype it, or quote it ({key}='{value}')")
+            continue
         if group in groups and value.strip() == "null":  # (metric=none: an option)
             options = sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
             problems.append(f"{group}={value} is invalid: a config group takes one of its options "
@@ -114,6 +123,25 @@ def override_problems(argv: list[str], conf_dir: Path) -> list[str]:
             problems.append(f"hydra.sweep.subdir={value} is invalid: every job of the sweep would write into that "
                             "one folder; keep a per-job part in it, e.g. hydra.sweep.subdir=${hydra.job.num}")
     return problems
+
+
+def _described(c: str) -> str:
+    import unicodedata
+
+    return f"U+{ord(c):04X} ({unicodedata.name(c, 'unnamed')})"
+
+
+def _look_alikes(text: str) -> list[str]:
+    """Characters outside ASCII in a key (a setting's name is ASCII: a Cyrillic а only looks like a)."""
+    return [_described(c) for c in dict.fromkeys(text) if ord(c) > 127]
+
+
+def _invisible(text: str) -> list[str]:
+    """Characters that print as nothing or as a space: zero-width, no-break and other Unicode spaces."""
+    import unicodedata
+
+    return [_described(c) for c in dict.fromkeys(text) if unicodedata.category(c) in ("Cf", "Zl", "Zp")
+            or (unicodedata.category(c) == "Zs" and c != " ")]
 
 
 _MERGE = re.compile(r"^Error merging override (?P<override>.+?); (?P<why>.+?); full_key: (?P<key>\S+)$")
