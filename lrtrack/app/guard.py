@@ -329,8 +329,15 @@ def exit_without_teardown(code: int) -> None:
 
     from lrtrack.engine.stopping import request_stop, stop_requested
 
-    for signum in (signal.SIGTERM, signal.SIGINT):  # from here a signal is noted, not raised into the clean-up
-        signal.signal(signum, lambda *_: request_stop())
+    def note_stop(*_: Any) -> None:
+        request_stop()
+
+    try:  # from here a signal is noted, not raised into the clean-up
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, note_stop)
+    except KeyboardInterrupt:  # one came while the handlers were switched: _terminate noted it before raising
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, note_stop)
     atexit._run_exitfuncs()
     if code == 0 and stop_requested():
         print(f"lrtrack: error: {after_the_runs(bool(finished_job()))}", file=sys.stderr)
