@@ -101,11 +101,43 @@ def guard_process() -> None:
 
     stop_on_signals()
     install_log_redaction()
+    _quiet_interrupted_tracebacks()
     register_command_line(sys.argv[1:])
     for name in ("stdout", "stderr"):  # what is printed, not logged: Hydra's --cfg and its job errors, tracebacks
         stream = getattr(sys, name)
         if not isinstance(stream, RedactingStream):
             setattr(sys, name, RedactingStream(stream))
+
+
+def _quiet_interrupted_tracebacks() -> None:
+    """A library that logs an error while the stop unwinds it (SQLAlchemy's "Error closing cursor" when the
+    signal lands in a query) would print the interrupt's traceback: during a stop, a log record whose
+    exception is (or came from) the KeyboardInterrupt keeps its line and loses the traceback."""
+    factory = logging.getLogRecordFactory()
+    if getattr(factory, "lrtrack_quiet_interrupts", False):
+        return
+
+    def record(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        from lrtrack.engine.stopping import stop_requested
+
+        made = factory(*args, **kwargs)
+        if made.exc_info and made.exc_info[1] is not None and stop_requested() and _from_interrupt(made.exc_info[1]):
+            made.exc_info, made.exc_text = None, None
+        return made
+
+    record.lrtrack_quiet_interrupts = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(record)
+
+
+def _from_interrupt(err: BaseException) -> bool:
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
 
 
 class RedactingStream:
