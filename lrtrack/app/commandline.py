@@ -104,8 +104,9 @@ def override_problems(argv: list[str], conf_dir: Path) -> list[str]:
             problems.append(f"{arg!r} holds {', '.join(odd)}; retype it in plain ASCII")
             continue
         quoted = len(value) >= 2 and value[0] == value[-1] and value[0] in "'\""
-        if not quoted and _look_alikes(value):  # Hydra's grammar takes other characters in quotes only
-            problems.append(f"{arg!r} holds {', '.join(_look_alikes(value))}: outside quotes a value is plain "
+        foreign = [] if quoted else _look_alikes(value)  # Hydra's grammar takes other characters in quotes only
+        if foreign:
+            problems.append(f"{arg!r} holds {', '.join(foreign)}: outside quotes a value is plain "
                             f"ASCII; retype it, or quote it ({key}='{value}')")
             continue
         if group in groups and value.strip() == "null":  # (metric=none: an option)
